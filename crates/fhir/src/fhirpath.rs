@@ -1,0 +1,1 @@
+//! A FHIRPath evaluator for the subset used by search-parameter expressions.

@@ -1,0 +1,2 @@
+//! The `hutong` binary.
+fn main() {}

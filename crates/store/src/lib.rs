@@ -1,0 +1,184 @@
+//! The storage contract. A store persists versioned FHIR resources with their search-index
+//! entries and outbox events, atomically, and answers reads, history and parsed searches.
+//! It knows no FHIR behaviour beyond that: conditional operations, transactions' reference
+//! resolution, validation and index extraction happen above it (crate `engine`), once for all
+//! backends. Backends: `store-sqlite` (embedded default) and `store-postgres`.
+//!
+//! [`contract`] holds the test suite every backend must pass.
+
+pub mod contract;
+
+use async_trait::async_trait;
+use fhir::IndexEntry;
+use fhir::search::SearchQuery;
+
+/// The request context every store call takes first, so the caller and purpose of a storage
+/// access can never be forgotten. The security layer fills in the principal.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    /// Correlates log lines and audit records with the HTTP request.
+    pub request_id: String,
+}
+
+impl Ctx {
+    pub fn system() -> Self {
+        Ctx { request_id: "system".to_string() }
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    /// Version number, 1-based; `meta.versionId` is its decimal string.
+    pub version: i64,
+    /// Epoch milliseconds, UTC; `meta.lastUpdated`.
+    pub last_updated: i64,
+    /// True for the tombstone version written by a delete; `body` is then `None`.
+    pub deleted: bool,
+    /// The resource JSON exactly as stored (with `id` and `meta` set by the engine).
+    pub body: Option<String>,
+    /// The interaction that produced this version (for history bundles' `request.method`).
+    pub method: WriteMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    Create,
+    Update,
+    Delete,
+}
+
+impl WriteMethod {
+    pub fn code(self) -> &'static str {
+        match self {
+            WriteMethod::Create => "create",
+            WriteMethod::Update => "update",
+            WriteMethod::Delete => "delete",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        Some(match code {
+            "create" => WriteMethod::Create,
+            "update" => WriteMethod::Update,
+            "delete" => WriteMethod::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// One version to write. The engine assigns `version`: the store commits it only if the
+/// current version is exactly `version - 1` (0 meaning the resource does not exist yet),
+/// otherwise the whole commit fails with [`StoreError::VersionConflict`]. This one rule gives
+/// If-Match, optimistic concurrency and create-once semantics on every backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOp {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub method: WriteMethod,
+    /// The JSON to store; `None` for a delete.
+    pub body: Option<String>,
+    /// Search-index entries of this version (empty for a delete).
+    pub index: Vec<IndexEntry>,
+    /// Ids of the Patients whose compartment holds this resource. The first is the
+    /// partitioning key (DESIGN.md §3); a Patient is in its own compartment.
+    pub compartments: Vec<String>,
+}
+
+/// An outbox event: one per committed version, written in the same database transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Strictly increasing position in the outbox.
+    pub seq: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub method: WriteMethod,
+    pub last_updated: i64,
+}
+
+/// What a history call covers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryQuery {
+    /// `None` for system history.
+    pub resource_type: Option<String>,
+    /// `Some` for instance history (requires `resource_type`).
+    pub id: Option<String>,
+    /// Only versions with `last_updated >= since` (epoch ms).
+    pub since: Option<i64>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+/// A page of results, newest first for history, in query order for search.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    pub resources: Vec<StoredResource>,
+    /// The number of matches on all pages, when the query asked for it.
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{resource_type}/{id}: expected the current version to be {expected}, but it is {actual}")]
+    VersionConflict { resource_type: String, id: String, expected: i64, actual: i64 },
+    #[error("the search is not supported by this store: {0}")]
+    Unsupported(String),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait ResourceStore: Send + Sync {
+    /// Short backend name for logs and the capability statement (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Writes all `ops` atomically and durably (committed means it survives `kill -9`), with
+    /// their index entries and one outbox event each. All or nothing.
+    async fn commit(&self, ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()>;
+
+    /// Current version number and deleted flag of each key, `None` if never written.
+    async fn current_versions(&self, ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>>;
+
+    /// The current version (a tombstone if deleted), `None` if never written.
+    async fn read(&self, ctx: &Ctx, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>>;
+
+    /// The current, non-deleted versions of the keys that exist, in no particular order.
+    async fn read_many(&self, ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<StoredResource>>;
+
+    async fn vread(&self, ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>>;
+
+    /// Versions newest first; `total` is always filled.
+    async fn history(&self, ctx: &Ctx, query: &HistoryQuery) -> StoreResult<Page>;
+
+    /// Executes a parsed search over current, non-deleted resources. Honors criteria, sort,
+    /// count, offset and total; ignores includes, summary and elements (the engine does those).
+    async fn search(&self, ctx: &Ctx, query: &SearchQuery) -> StoreResult<Page>;
+
+    /// Current, non-deleted resources in the compartment of Patient `patient_id` (the Patient
+    /// itself included), optionally only those updated since `since` and of `types`.
+    async fn patient_compartment(
+        &self,
+        ctx: &Ctx,
+        patient_id: &str,
+        since: Option<i64>,
+        types: &[String],
+    ) -> StoreResult<Vec<StoredResource>>;
+
+    /// Events after position `after`, oldest first, at most `limit`.
+    async fn outbox_read(&self, after: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
+
+    /// The durable cursor of a named consumer (0 if it has none yet).
+    async fn cursor_get(&self, consumer: &str) -> StoreResult<i64>;
+
+    /// Moves a consumer's cursor (never backwards).
+    async fn cursor_set(&self, consumer: &str, position: i64) -> StoreResult<()>;
+}
