@@ -8,6 +8,7 @@
 pub mod definitions;
 pub mod fhirpath;
 pub mod index;
+pub mod normalize;
 pub mod outcome;
 pub mod search;
 pub mod validate;
