@@ -68,22 +68,375 @@ pub enum IndexValue {
     },
 }
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
-use crate::definitions::Definitions;
+use crate::definitions::{Definitions, ParamType, SearchParamDef};
+use crate::fhirpath::{self, Expression, Node, Path};
+use crate::normalize::{date_range, decimal_range, normalize_string};
+
+/// Parameters stored as columns or answered without index rows.
+const NOT_INDEXED: &[&str] = &["_id", "_lastUpdated", "_text", "_content", "_list", "_has", "_query", "_filter"];
+
+/// A parameter compiled for one resource type.
+struct CompiledParam {
+    code: String,
+    kind: ParamType,
+    paths: Vec<Path>,
+    /// For composites: each component's type and relative path.
+    components: Vec<(ParamType, Expression)>,
+}
+
+type Compiled = HashMap<String, Vec<CompiledParam>>;
+
+static COMPILED: OnceLock<(Compiled, Vec<(String, String, String)>)> = OnceLock::new();
+
+fn compiled(defs: &Definitions) -> &'static (Compiled, Vec<(String, String, String)>) {
+    COMPILED.get_or_init(|| compile_all(defs))
+}
+
+fn compile_all(defs: &Definitions) -> (Compiled, Vec<(String, String, String)>) {
+    let mut by_type: Compiled = HashMap::new();
+    let mut unsupported = Vec::new();
+    for resource_type in defs.resource_types() {
+        let mut params = Vec::new();
+        for p in defs.search_params_for(resource_type) {
+            if NOT_INDEXED.contains(&p.code.as_str()) {
+                continue;
+            }
+            match compile_param(defs, resource_type, p) {
+                Ok(Some(c)) => params.push(c),
+                Ok(None) => {}
+                Err(reason) => unsupported.push((resource_type.clone(), p.code.clone(), reason)),
+            }
+        }
+        by_type.insert(resource_type.clone(), params);
+    }
+    (by_type, unsupported)
+}
+
+fn compile_param(defs: &Definitions, resource_type: &str, p: &SearchParamDef) -> Result<Option<CompiledParam>, String> {
+    if p.kind == ParamType::Special {
+        return Err("special search parameters are not supported".into());
+    }
+    let Some(expression) = &p.expression else {
+        return Err("the official definition has no FHIRPath expression".into());
+    };
+    let compiled = fhirpath::compile(expression)?;
+    let paths: Vec<Path> = compiled.paths_for(resource_type).cloned().collect();
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut components = Vec::new();
+    if p.kind == ParamType::Composite {
+        for c in &p.components {
+            let Some(def) = defs.search_param_by_url(&c.definition) else {
+                return Err(format!("component {} is not an official parameter", c.definition));
+            };
+            if matches!(def.kind, ParamType::Composite | ParamType::Special) {
+                return Err("nested composite components are not supported".into());
+            }
+            components.push((def.kind, fhirpath::compile(&c.expression)?));
+        }
+        if components.len() != 2 {
+            return Err(format!("composites of {} components are not supported (only 2)", components.len()));
+        }
+    }
+    Ok(Some(CompiledParam { code: p.code.clone(), kind: p.kind, paths, components }))
+}
+
+/// The official parameters this server does not index, as (resource type, code, reason).
+pub fn unsupported_params() -> Vec<(String, String, String)> {
+    compiled(Definitions::r4()).1.clone()
+}
 
 /// Every index entry of `resource` for every official search parameter of its type
 /// (the `Resource`-level `_id`/`_lastUpdated` are columns, not entries; `_tag`, `_profile`,
 /// `_security`, `_source` are entries).
 pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexEntry> {
-    let _ = (defs, resource);
-    Vec::new()
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let Some(params) = compiled(defs).0.get(resource_type) else {
+        return Vec::new();
+    };
+    let mut entries = Vec::new();
+    let mut nodes = Vec::new();
+    for param in params {
+        nodes.clear();
+        for path in &param.paths {
+            path.evaluate_into(resource, &mut nodes);
+        }
+        let before = entries.len();
+        for node in &nodes {
+            if param.kind == ParamType::Composite {
+                composite_values(param, node, &mut |value| entries.push(IndexEntry { param: param.code.clone(), value }));
+            } else {
+                convert(param.kind, node, &mut |value| entries.push(IndexEntry { param: param.code.clone(), value }));
+            }
+        }
+        dedup_tail(&mut entries, before);
+    }
+    entries
+}
+
+fn dedup_tail(entries: &mut Vec<IndexEntry>, from: usize) {
+    let mut i = from;
+    while i < entries.len() {
+        if entries[from..i].contains(&entries[i]) {
+            entries.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn composite_values(param: &CompiledParam, item: &Node<'_>, emit: &mut dyn FnMut(IndexValue)) {
+    let mut per_component: Vec<Vec<IndexValue>> = Vec::with_capacity(param.components.len());
+    for (kind, expression) in &param.components {
+        let mut nodes = Vec::new();
+        for path in &expression.paths {
+            path.evaluate_into(item.value, &mut nodes);
+        }
+        let mut values = Vec::new();
+        for n in &nodes {
+            convert(*kind, n, &mut |v| values.push(v));
+        }
+        if values.is_empty() {
+            return;
+        }
+        per_component.push(values);
+    }
+    if let [first, second] = per_component.as_slice() {
+        for a in first {
+            for b in second {
+                emit(IndexValue::Composite { components: vec![a.clone(), b.clone()] });
+            }
+        }
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn owned(v: &Value, key: &str) -> Option<String> {
+    str_field(v, key).map(str::to_string)
+}
+
+fn string_value(s: &str, emit: &mut dyn FnMut(IndexValue)) {
+    if !s.is_empty() {
+        emit(IndexValue::String { normalized: normalize_string(s), exact: s.to_string() });
+    }
+}
+
+/// Turns one selected node into index values of the parameter's type.
+fn convert(kind: ParamType, node: &Node<'_>, emit: &mut dyn FnMut(IndexValue)) {
+    let v = node.value;
+    match kind {
+        ParamType::String => match v {
+            Value::String(s) => string_value(s, emit),
+            Value::Object(_) => {
+                for key in ["family", "text", "city", "district", "state", "postalCode", "country"] {
+                    if let Some(s) = str_field(v, key) {
+                        string_value(s, emit);
+                    }
+                }
+                for key in ["given", "prefix", "suffix", "line"] {
+                    for s in v.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                        string_value(s, emit);
+                    }
+                }
+            }
+            _ => {}
+        },
+        ParamType::Token => token_values(v, emit),
+        ParamType::Reference => match v {
+            Value::String(s) => emit(reference_value(s, None)),
+            Value::Object(_) => {
+                let identifier = v.get("identifier");
+                if let Some(reference) = str_field(v, "reference") {
+                    let mut value = reference_value(reference, identifier);
+                    if let IndexValue::Reference { target_type, .. } = &mut value {
+                        if target_type.is_none() {
+                            *target_type = owned(v, "type");
+                        }
+                    }
+                    emit(value);
+                } else if let Some(identifier) = identifier {
+                    emit(IndexValue::Reference {
+                        target_type: owned(v, "type"),
+                        target_id: None,
+                        version: None,
+                        url: None,
+                        identifier_system: owned(identifier, "system"),
+                        identifier_value: owned(identifier, "value"),
+                    });
+                }
+            }
+            _ => {}
+        },
+        ParamType::Date => match v {
+            Value::String(s) => {
+                if let Some((low, high)) = date_range(s) {
+                    emit(IndexValue::Date { low, high });
+                }
+            }
+            Value::Object(_) if v.get("start").is_some() || v.get("end").is_some() => {
+                let low = str_field(v, "start").and_then(date_range).map_or(i64::MIN, |r| r.0);
+                let high = str_field(v, "end").and_then(date_range).map_or(i64::MAX, |r| r.1);
+                emit(IndexValue::Date { low, high });
+            }
+            Value::Object(_) => {
+                for s in v.get("event").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                    if let Some((low, high)) = date_range(s) {
+                        emit(IndexValue::Date { low, high });
+                    }
+                }
+            }
+            _ => {}
+        },
+        ParamType::Number => {
+            if let Value::Number(n) = v {
+                if let Some((value, low, high)) = decimal_range(&n.to_string()) {
+                    emit(IndexValue::Number { value, low, high });
+                }
+            }
+        }
+        ParamType::Quantity => {
+            if let Some(Value::Number(n)) = v.get("value") {
+                if let Some((value, low, high)) = decimal_range(&n.to_string()) {
+                    let code = owned(v, "code").or_else(|| owned(v, "currency"));
+                    emit(IndexValue::Quantity { value, low, high, system: owned(v, "system"), code, unit: owned(v, "unit") });
+                }
+            }
+        }
+        ParamType::Uri => {
+            if let Value::String(s) = v {
+                emit(IndexValue::Uri { uri: s.clone() });
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+fn token_values(v: &Value, emit: &mut dyn FnMut(IndexValue)) {
+    match v {
+        Value::String(s) => emit(IndexValue::Token { system: None, code: Some(s.clone()), text: None }),
+        Value::Bool(b) => emit(IndexValue::Token { system: None, code: Some(b.to_string()), text: None }),
+        Value::Object(_) => {
+            if let Some(codings) = v.get("coding").and_then(Value::as_array) {
+                let text = owned(v, "text");
+                for coding in codings {
+                    emit(IndexValue::Token {
+                        system: owned(coding, "system"),
+                        code: owned(coding, "code"),
+                        text: owned(coding, "display").or_else(|| text.clone()),
+                    });
+                }
+                if codings.is_empty() {
+                    if let Some(text) = text {
+                        emit(IndexValue::Token { system: None, code: None, text: Some(text) });
+                    }
+                }
+            } else if v.get("code").is_some() {
+                emit(IndexValue::Token { system: owned(v, "system"), code: owned(v, "code"), text: owned(v, "display") });
+            } else if v.get("value").is_some() {
+                // Identifier or ContactPoint.
+                let text = v.get("type").and_then(|t| owned(t, "text"));
+                let system = owned(v, "system");
+                let system = if matches!(system.as_deref(), Some("phone" | "email" | "fax" | "sms" | "url" | "pager" | "other")) {
+                    None
+                } else {
+                    system
+                };
+                emit(IndexValue::Token { system, code: owned(v, "value"), text });
+            } else if let Some(text) = owned(v, "text") {
+                emit(IndexValue::Token { system: None, code: None, text: Some(text) });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parses a reference string (`Patient/1`, `Patient/1/_history/2`, an absolute URL ending in
+/// `Type/id`, `#contained`, `urn:uuid:...`, a canonical `url|version`).
+pub fn reference_value(reference: &str, identifier: Option<&Value>) -> IndexValue {
+    let (mut target_type, mut target_id, mut version, mut url) = (None, None, None, None);
+    let (base, history) = match reference.split_once("/_history/") {
+        Some((b, v)) => (b, Some(v.to_string())),
+        None => (reference, None),
+    };
+    let mut parts = base.rsplitn(3, '/');
+    let id = parts.next();
+    let ty = parts.next();
+    let rest = parts.next();
+    match (ty, id) {
+        (Some(ty), Some(id))
+            if ty.starts_with(|c: char| c.is_ascii_uppercase())
+                && ty.chars().all(|c| c.is_ascii_alphanumeric())
+                && !id.is_empty() =>
+        {
+            target_type = Some(ty.to_string());
+            target_id = Some(id.to_string());
+            version = history;
+            if rest.is_some() {
+                url = Some(reference.to_string());
+            }
+        }
+        _ => url = Some(reference.to_string()),
+    }
+    IndexValue::Reference {
+        target_type,
+        target_id,
+        version,
+        url,
+        identifier_system: identifier.and_then(|i| owned(i, "system")),
+        identifier_value: identifier.and_then(|i| owned(i, "value")),
+    }
 }
 
 /// Ids of the Patients in whose compartment `resource` is (per CompartmentDefinition-patient:
 /// the Patient references found through the compartment's parameters; a Patient's own id).
 /// Sorted, without duplicates; the first one is the resource's partitioning key.
 pub fn patient_compartments(defs: &Definitions, resource: &Value) -> Vec<String> {
-    let _ = (defs, resource);
-    Vec::new()
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    if resource_type == "Patient" {
+        if let Some(id) = str_field(resource, "id") {
+            ids.push(id.to_string());
+        }
+        return ids;
+    }
+    let params = defs.patient_compartment_params(resource_type);
+    if params.is_empty() {
+        return ids;
+    }
+    let Some(compiled) = compiled(defs).0.get(resource_type) else { return ids };
+    let mut nodes = Vec::new();
+    for param in compiled.iter().filter(|c| c.kind == ParamType::Reference && params.contains(&c.code)) {
+        nodes.clear();
+        for path in &param.paths {
+            path.evaluate_into(resource, &mut nodes);
+        }
+        for node in &nodes {
+            if let Some(reference) = str_field(node.value, "reference") {
+                if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } = reference_value(reference, None) {
+                    if t == "Patient" {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
+
+#[cfg(test)]
+mod tests;
