@@ -251,6 +251,9 @@ fn build(files: Vec<(String, serde_json::Value)>) -> Definitions {
                 }
                 structure_docs.push(doc);
             }
+            // The package ships three example SearchParameters (`SearchParameter-example*.json`)
+            // that are illustrations, not part of the R4 search API.
+            Some("SearchParameter") if name.starts_with("SearchParameter-example") => {}
             Some("SearchParameter") => {
                 let Some(kind) = doc["type"].as_str().and_then(ParamType::parse) else { continue };
                 search_params.push(SearchParamDef {
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!(defs.resource_types().len(), 146, "R4 4.0.1 has 146 concrete resource types");
         assert!(defs.is_resource_type("Patient"));
         assert!(!defs.is_resource_type("DomainResource"));
-        assert_eq!(defs.all_search_params().len(), 1400);
+        assert_eq!(defs.all_search_params().len(), 1397, "1,400 files less the 3 examples");
         let p = defs.search_param("Observation", "code").expect("Observation.code");
         assert_eq!(p.kind, ParamType::Token);
         assert!(defs.search_param("Patient", "_id").is_some());
