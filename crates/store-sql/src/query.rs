@@ -1,0 +1,449 @@
+//! Translation of a parsed FHIR search into SQL over the schema in [`crate::schema`].
+//!
+//! Each ANDed criterion becomes one condition on the outer `resource` row `r`; the ORed values
+//! of a criterion share one `rid IN (SELECT rid FROM idx_… WHERE …)` subquery, so the database
+//! can drive the search from the selective index and then fetch resources by `rid`.
+//! Semantics follow FHIR R4 search: strings match by prefix on the folded form, dates compare
+//! the stored range `[low, high]` with the searched range per prefix, numbers and quantities
+//! compare the stored value with the searched value's precision range.
+//!
+//! `ap` (approximately) on dates accepts stored ranges that overlap the searched range widened
+//! by 10% of its distance from now (at least one day); on numbers and quantities, values
+//! within ±10% of the searched value.
+
+use fhir::ParamType;
+use fhir::search::{Criterion, Modifier, ParamRef, ParamValue, Prefix, SearchQuery};
+
+use crate::{Dialect, Sql};
+
+/// The page query (selecting `rid, type, id, version, last_updated, method, body`) and, when
+/// the query asks for a total, the count query.
+pub struct SearchSql {
+    pub page: Sql,
+    pub count: Option<Sql>,
+}
+
+/// Column list the page query selects, in order.
+pub const SELECT_COLUMNS: &str = "r.rid, r.type, r.id, r.version, r.last_updated, r.method, r.body";
+
+/// Builds the SQL for `query`. `now_ms` anchors `ap` on dates.
+pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> SearchSql {
+    let types: Vec<String> = match &query.resource_type {
+        Some(t) => vec![t.clone()],
+        None => query.types.clone(),
+    };
+    let where_clause = |sql: &mut Sql| {
+        let mut parts = vec!["r.deleted = 0".to_string()];
+        if !types.is_empty() {
+            parts.push(format!("r.type IN ({})", in_list(sql, &types)));
+        }
+        for criterion in &query.criteria {
+            parts.push(criterion_sql(sql, criterion, "r", &types, now_ms));
+        }
+        parts.join(" AND ")
+    };
+    let mut page = Sql::new(dialect);
+    let filter = where_clause(&mut page);
+    let mut order = Vec::new();
+    for key in &query.sort {
+        let expr = sort_expr(&mut page, &key.param, key.descending);
+        order.push(format!("{expr} {}", if key.descending { "DESC" } else { "ASC" }));
+    }
+    order.push("r.rid ASC".to_string());
+    let limit = page.int(query.count as i64);
+    let offset = page.int(query.offset as i64);
+    page.text = format!(
+        "SELECT {SELECT_COLUMNS} FROM resource r WHERE {filter} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        order.join(", ")
+    );
+    let count = (query.total != fhir::search::TotalMode::None).then(|| {
+        let mut count = Sql::new(dialect);
+        let filter = where_clause(&mut count);
+        count.text = format!("SELECT COUNT(*) FROM resource r WHERE {filter}");
+        count
+    });
+    SearchSql { page, count }
+}
+
+fn in_list(sql: &mut Sql, values: &[String]) -> String {
+    values.iter().map(|v| sql.text(v.clone())).collect::<Vec<_>>().join(", ")
+}
+
+/// The index table holding a parameter type's rows.
+pub fn table_for(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "idx_string",
+        ParamType::Token => "idx_token",
+        ParamType::Reference => "idx_reference",
+        ParamType::Date => "idx_date",
+        ParamType::Number => "idx_number",
+        ParamType::Quantity => "idx_quantity",
+        ParamType::Uri => "idx_uri",
+        ParamType::Composite | ParamType::Special => "idx_composite",
+    }
+}
+
+fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
+    match param.code.as_str() {
+        "_id" => return "r.id".into(),
+        "_lastUpdated" => return "r.last_updated".into(),
+        _ => {}
+    }
+    let (column, agg) = match param.kind {
+        ParamType::Date => (if descending { "high" } else { "low" }, if descending { "MAX" } else { "MIN" }),
+        ParamType::String => ("norm", if descending { "MAX" } else { "MIN" }),
+        ParamType::Token => ("code", if descending { "MAX" } else { "MIN" }),
+        ParamType::Reference => ("target_id", "MIN"),
+        ParamType::Number | ParamType::Quantity => ("value", if descending { "MAX" } else { "MIN" }),
+        ParamType::Uri => ("uri", "MIN"),
+        ParamType::Composite | ParamType::Special => ("c1_code", "MIN"),
+    };
+    let p = sql.text(param.code.clone());
+    let table = table_for(param.kind);
+    // Resources without a value sort last in both directions.
+    let null_sentinel = match (param.kind, descending) {
+        (ParamType::Date, false) => i64::MAX.to_string(),
+        (ParamType::Date, true) => i64::MIN.to_string(),
+        (ParamType::Number | ParamType::Quantity, false) => "1e308".into(),
+        (ParamType::Number | ParamType::Quantity, true) => "-1e308".into(),
+        (_, false) => "'\u{10FFFF}'".into(),
+        (_, true) => "''".into(),
+    };
+    format!("COALESCE((SELECT {agg}(i.{column}) FROM {table} i WHERE i.rid = r.rid AND i.param = {p}), {null_sentinel})")
+}
+
+/// The SQL condition for one criterion on the resource row aliased `alias`, whose type is one
+/// of `types` (empty = any).
+fn criterion_sql(sql: &mut Sql, criterion: &Criterion, alias: &str, types: &[String], now_ms: i64) -> String {
+    match criterion {
+        Criterion::Param { param, modifier, values } => {
+            if param.code == "_id" {
+                let ids: Vec<String> = values
+                    .iter()
+                    .filter_map(|v| match v {
+                        ParamValue::Token { code: Some(c), .. } => Some(c.clone()),
+                        ParamValue::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if ids.is_empty() {
+                    return "1 = 0".into();
+                }
+                let not = if matches!(modifier, Some(Modifier::Not)) { "NOT " } else { "" };
+                return format!("{alias}.id {not}IN ({})", in_list(sql, &ids));
+            }
+            if param.code == "_lastUpdated" {
+                let conds: Vec<String> = values
+                    .iter()
+                    .filter_map(|v| match v {
+                        ParamValue::Date { prefix, low, high } => Some(date_condition(
+                            sql,
+                            *prefix,
+                            *low,
+                            *high,
+                            &format!("{alias}.last_updated"),
+                            &format!("{alias}.last_updated"),
+                            now_ms,
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                return or_join(conds);
+            }
+            let negate = matches!(modifier, Some(Modifier::Not));
+            let table = table_for(param.kind);
+            let mut conds = Vec::new();
+            for value in values {
+                if let Some(c) = value_condition(sql, param, modifier.as_ref(), value, now_ms) {
+                    conds.push(c);
+                }
+            }
+            if conds.is_empty() {
+                return if negate { "1 = 1".into() } else { "1 = 0".into() };
+            }
+            let scope = index_scope(sql, table, &param.code, types);
+            let op = if negate { "NOT IN" } else { "IN" };
+            format!("{alias}.rid {op} (SELECT i.rid FROM {table} i WHERE {scope} AND ({}))", conds.join(" OR "))
+        }
+        Criterion::Missing { param, missing } => {
+            if matches!(param.code.as_str(), "_id" | "_lastUpdated") {
+                return if *missing { "1 = 0".into() } else { "1 = 1".into() };
+            }
+            let table = table_for(param.kind);
+            let scope = index_scope(sql, table, &param.code, types);
+            let op = if *missing { "NOT IN" } else { "IN" };
+            format!("{alias}.rid {op} (SELECT i.rid FROM {table} i WHERE {scope})")
+        }
+        Criterion::Chain { param, target_types, criterion } => {
+            let scope = index_scope(sql, "idx_reference", &param.code, types);
+            let targets = in_list(sql, target_types);
+            let inner = criterion_sql(sql, criterion, "t", target_types, now_ms);
+            format!(
+                "{alias}.rid IN (SELECT i.rid FROM idx_reference i JOIN resource t ON t.type = i.target_type \
+                 AND t.id = i.target_id WHERE {scope} AND t.deleted = 0 AND t.type IN ({targets}) AND {inner})"
+            )
+        }
+        Criterion::Has { source_type, reference_param, criterion } => {
+            let source = vec![source_type.clone()];
+            let scope = index_scope(sql, "idx_reference", &reference_param.code, &source);
+            let inner = criterion_sql(sql, criterion, "s", &source, now_ms);
+            format!(
+                "EXISTS (SELECT 1 FROM idx_reference i JOIN resource s ON s.rid = i.rid WHERE {scope} \
+                 AND i.target_type = {alias}.type AND i.target_id = {alias}.id AND s.deleted = 0 AND {inner})"
+            )
+        }
+    }
+}
+
+fn or_join(conds: Vec<String>) -> String {
+    if conds.is_empty() { "1 = 0".into() } else { format!("({})", conds.join(" OR ")) }
+}
+
+/// `i.type IN (…) AND i.param = …`.
+fn index_scope(sql: &mut Sql, _table: &str, code: &str, types: &[String]) -> String {
+    let p = sql.text(code.to_string());
+    if types.is_empty() {
+        format!("i.param = {p}")
+    } else {
+        format!("i.type IN ({}) AND i.param = {p}", in_list(sql, types))
+    }
+}
+
+/// The upper bound for a prefix range scan: every string starting with `prefix` sorts below it.
+fn prefix_upper(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// One value's condition on the index row `i`.
+fn value_condition(sql: &mut Sql, param: &ParamRef, modifier: Option<&Modifier>, value: &ParamValue, now_ms: i64) -> Option<String> {
+    Some(match (param.kind, value) {
+        (ParamType::String, ParamValue::String(s)) => match modifier {
+            Some(Modifier::Exact) => format!("i.exact = {}", sql.text(s.clone())),
+            Some(Modifier::Contains) => {
+                let pattern = format!("%{}%", like_escape(&fhir::normalize::normalize_string(s)));
+                format!("i.norm LIKE {} ESCAPE '\\'", sql.text(pattern))
+            }
+            _ => {
+                let norm = fhir::normalize::normalize_string(s);
+                let upper = prefix_upper(&norm);
+                format!("(i.norm >= {} AND i.norm < {})", sql.text(norm), sql.text(upper))
+            }
+        },
+        (ParamType::Token, ParamValue::String(text)) => {
+            // `:text`: the display text starts with (or, failing that, contains) the words.
+            let pattern = format!("%{}%", like_escape(&fhir::normalize::normalize_string(text)));
+            format!("LOWER(i.text) LIKE {} ESCAPE '\\'", sql.text(pattern))
+        }
+        (ParamType::Token, ParamValue::Token { system, code }) => token_condition(sql, "i.system", "i.code", system, code),
+        (ParamType::Token, ParamValue::Composite(parts)) => {
+            // `:of-type`: identifier type coding + value. The type coding is not indexed
+            // separately, so the value alone decides; the type narrows nothing.
+            let ParamValue::Token { code, .. } = parts.get(1)? else { return None };
+            token_condition(sql, "i.system", "i.code", &None, code)
+        }
+        (ParamType::Reference, ParamValue::Token { system, code }) => {
+            token_condition(sql, "i.ident_system", "i.ident_value", system, code)
+        }
+        (ParamType::Reference, ParamValue::Reference { resource_type, id, version, url }) => {
+            let mut parts = Vec::new();
+            if let Some(id) = id {
+                parts.push(format!("i.target_id = {}", sql.text(id.clone())));
+                match resource_type {
+                    Some(t) => parts.push(format!("i.target_type = {}", sql.text(t.clone()))),
+                    None if !param.targets.is_empty() && !param.targets.iter().any(|t| t == "Resource") => {
+                        let list = in_list(sql, &param.targets);
+                        parts.push(format!("i.target_type IN ({list})"));
+                    }
+                    None => {}
+                }
+                if let Some(v) = version {
+                    parts.push(format!("i.version = {}", sql.text(v.clone())));
+                }
+                if let Some(u) = url {
+                    // An absolute URL also matches when stored as written.
+                    let u = sql.text(u.clone());
+                    return Some(format!("(({}) OR i.url = {u})", parts.join(" AND ")));
+                }
+            } else if let Some(u) = url {
+                parts.push(format!("i.url = {}", sql.text(u.clone())));
+            } else {
+                return None;
+            }
+            format!("({})", parts.join(" AND "))
+        }
+        (ParamType::Reference, ParamValue::String(text)) => {
+            let pattern = format!("%{}%", like_escape(text));
+            format!("i.url LIKE {} ESCAPE '\\'", sql.text(pattern))
+        }
+        (ParamType::Date, ParamValue::Date { prefix, low, high }) => {
+            date_condition(sql, *prefix, *low, *high, "i.low", "i.high", now_ms)
+        }
+        (ParamType::Number, ParamValue::Number { prefix, value, low, high }) => {
+            number_condition(sql, *prefix, *value, *low, *high, "i.value")
+        }
+        (ParamType::Quantity, ParamValue::Quantity { prefix, value, low, high, system, code }) => {
+            let mut c = number_condition(sql, *prefix, *value, *low, *high, "i.value");
+            match (system, code) {
+                (Some(s), Some(cd)) => {
+                    c = format!("{c} AND i.system = {} AND i.code = {}", sql.text(s.clone()), sql.text(cd.clone()))
+                }
+                (None, Some(cd)) => {
+                    let p = sql.text(cd.clone());
+                    c = format!("{c} AND (i.code = {p} OR i.unit = {p})")
+                }
+                (Some(s), None) => c = format!("{c} AND i.system = {}", sql.text(s.clone())),
+                (None, None) => {}
+            }
+            format!("({c})")
+        }
+        (ParamType::Uri, ParamValue::Uri(u)) => match modifier {
+            Some(Modifier::Below) => {
+                let upper = prefix_upper(u);
+                format!("(i.uri >= {} AND i.uri < {})", sql.text(u.clone()), sql.text(upper))
+            }
+            Some(Modifier::Above) => {
+                let p = sql.text(u.clone());
+                format!("SUBSTR({p}, 1, LENGTH(i.uri)) = i.uri")
+            }
+            Some(Modifier::Contains) => {
+                let pattern = format!("%{}%", like_escape(u));
+                format!("i.uri LIKE {} ESCAPE '\\'", sql.text(pattern))
+            }
+            _ => format!("i.uri = {}", sql.text(u.clone())),
+        },
+        (ParamType::Composite, ParamValue::Composite(parts)) => {
+            let [first, second] = parts.as_slice() else { return None };
+            let c1 = component_key_condition(sql, "i.c1_system", "i.c1_code", first)?;
+            let c2 = match second {
+                ParamValue::Quantity { prefix, value, low, high, system, code } => {
+                    let mut c = number_condition(sql, *prefix, *value, *low, *high, "i.c2_value");
+                    if let Some(s) = system {
+                        c = format!("{c} AND i.c2_system = {}", sql.text(s.clone()));
+                    }
+                    if let Some(cd) = code {
+                        c = format!("{c} AND i.c2_code = {}", sql.text(cd.clone()));
+                    }
+                    c
+                }
+                ParamValue::Number { prefix, value, low, high } => {
+                    number_condition(sql, *prefix, *value, *low, *high, "i.c2_value")
+                }
+                ParamValue::Date { prefix, low, high } => {
+                    date_condition(sql, *prefix, *low, *high, "i.c2_low", "i.c2_high", now_ms)
+                }
+                other => component_key_condition(sql, "i.c2_system", "i.c2_code", other)?,
+            };
+            format!("({c1} AND {c2})")
+        }
+        _ => return None,
+    })
+}
+
+fn component_key_condition(sql: &mut Sql, system_col: &str, code_col: &str, value: &ParamValue) -> Option<String> {
+    Some(match value {
+        ParamValue::Token { system, code } => token_condition(sql, system_col, code_col, system, code),
+        ParamValue::Reference { resource_type, id: Some(id), .. } => {
+            let mut c = format!("{code_col} = {}", sql.text(id.clone()));
+            if let Some(t) = resource_type {
+                c = format!("{c} AND {system_col} = {}", sql.text(t.clone()));
+            }
+            c
+        }
+        ParamValue::String(s) => {
+            let norm = fhir::normalize::normalize_string(s);
+            let upper = prefix_upper(&norm);
+            format!("({code_col} >= {} AND {code_col} < {})", sql.text(norm), sql.text(upper))
+        }
+        ParamValue::Uri(u) => format!("{code_col} = {}", sql.text(u.clone())),
+        _ => return None,
+    })
+}
+
+fn token_condition(
+    sql: &mut Sql,
+    system_col: &str,
+    code_col: &str,
+    system: &Option<Option<String>>,
+    code: &Option<String>,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = code {
+        parts.push(format!("{code_col} = {}", sql.text(c.clone())));
+    }
+    match system {
+        None => {}
+        Some(None) => parts.push(format!("{system_col} IS NULL")),
+        Some(Some(s)) => parts.push(format!("{system_col} = {}", sql.text(s.clone()))),
+    }
+    if parts.is_empty() { "1 = 1".into() } else { format!("({})", parts.join(" AND ")) }
+}
+
+/// A stored range `[lo_col, hi_col]` against the searched range `[low, high]`.
+fn date_condition(sql: &mut Sql, prefix: Prefix, low: i64, high: i64, lo_col: &str, hi_col: &str, now_ms: i64) -> String {
+    let mut b = |v: i64| sql.int(v);
+    match prefix {
+        Prefix::Eq => format!("({lo_col} >= {} AND {hi_col} <= {})", b(low), b(high)),
+        Prefix::Ne => format!("NOT ({lo_col} >= {} AND {hi_col} <= {})", b(low), b(high)),
+        Prefix::Gt => format!("{hi_col} > {}", b(high)),
+        Prefix::Lt => format!("{lo_col} < {}", b(low)),
+        Prefix::Ge => format!("({hi_col} > {} OR ({lo_col} >= {} AND {hi_col} <= {}))", b(high), b(low), b(high)),
+        Prefix::Le => format!("({lo_col} < {} OR ({lo_col} >= {} AND {hi_col} <= {}))", b(low), b(low), b(high)),
+        Prefix::Sa => format!("{lo_col} > {}", b(high)),
+        Prefix::Eb => format!("{hi_col} < {}", b(low)),
+        Prefix::Ap => {
+            let delta = ((now_ms - low).abs() / 10).max(86_400_000);
+            format!("({lo_col} <= {} AND {hi_col} >= {})", b(high.saturating_add(delta)), b(low.saturating_sub(delta)))
+        }
+    }
+}
+
+/// A stored value column against a searched value with its precision range `[low, high)`.
+fn number_condition(sql: &mut Sql, prefix: Prefix, value: f64, low: f64, high: f64, col: &str) -> String {
+    let mut b = |v: f64| sql.real(v);
+    match prefix {
+        Prefix::Eq => format!("({col} >= {} AND {col} < {})", b(low), b(high)),
+        Prefix::Ne => format!("NOT ({col} >= {} AND {col} < {})", b(low), b(high)),
+        Prefix::Gt | Prefix::Sa => format!("{col} > {}", b(value)),
+        Prefix::Lt | Prefix::Eb => format!("{col} < {}", b(value)),
+        Prefix::Ge => format!("{col} >= {}", b(value)),
+        Prefix::Le => format!("{col} <= {}", b(value)),
+        Prefix::Ap => {
+            let delta = (value * 0.1).abs();
+            format!("({col} >= {} AND {col} <= {})", b(value - delta), b(value + delta))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir::search::{ParseOptions, parse};
+
+    fn build(ty: &str, pairs: &[(&str, &str)], dialect: Dialect) -> SearchSql {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let parsed = parse(fhir::Definitions::r4(), Some(ty), &pairs, &ParseOptions::default()).unwrap();
+        build_search(&parsed.query, dialect, 0)
+    }
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let s = build("Patient", &[("gender", "male")], Dialect::Sqlite);
+        assert!(s.page.text.contains("?1") && !s.page.text.contains("$1"));
+        let p = build("Patient", &[("gender", "male")], Dialect::Postgres);
+        assert!(p.page.text.contains("$1") && !p.page.text.contains("?1"));
+        assert_eq!(s.page.binds, p.page.binds);
+        // Every placeholder has a bind value.
+        let n = p.page.binds.len();
+        assert!(p.page.text.contains(&format!("${n}")) && !p.page.text.contains(&format!("${}", n + 1)));
+    }
+
+    #[test]
+    fn total_none_skips_the_count() {
+        assert!(build("Patient", &[("_total", "none")], Dialect::Sqlite).count.is_none());
+        assert!(build("Patient", &[], Dialect::Sqlite).count.is_some());
+    }
+}

@@ -1,0 +1,114 @@
+//! The one schema of the SQL backends.
+//!
+//! - `resource`: the current version of every resource (one row per type+id, tombstones kept
+//!   with `deleted = 1`), with an integer surrogate key `rid` that every other table uses.
+//! - `resource_history`: every version ever written, the current one included.
+//! - `compartment`: which Patient compartments hold a resource (for `$everything`).
+//! - `idx_*`: one narrow table per search-parameter type, rows of the current version only.
+//! - `outbox` / `consumer_cursor`: the transactional outbox and its consumers' cursors.
+//!
+//! Every table that holds patient data carries `patient_key` (the first Patient-compartment id,
+//! empty for shared data such as Organization): on PostgreSQL it is the partitioning and Citus
+//! distribution column (ARCHITECTURE.md, "Scaling path"). Strings compared by range
+//! (`idx_string.norm`, `idx_uri.uri`) use binary ordering (`COLLATE "C"` on PostgreSQL).
+
+use crate::Dialect;
+
+/// The schema version this code writes; stored in `schema_meta`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// DDL statements, idempotent (`IF NOT EXISTS`), in order.
+pub fn ddl(dialect: Dialect) -> Vec<String> {
+    let (pk, real, bin) = match dialect {
+        Dialect::Sqlite => ("INTEGER PRIMARY KEY", "REAL", ""),
+        Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", " COLLATE \"C\""),
+    };
+    let int = "BIGINT";
+    let mut statements = vec![
+        "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS resource (rid {pk}, type TEXT NOT NULL, id TEXT NOT NULL, version {int} NOT NULL, \
+             last_updated {int} NOT NULL, deleted SMALLINT NOT NULL, method TEXT NOT NULL, patient_key TEXT NOT NULL, body TEXT, \
+             UNIQUE (type, id))"
+        ),
+        "CREATE INDEX IF NOT EXISTS resource_type_updated ON resource (type, last_updated)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS resource_history (rid {int} NOT NULL, version {int} NOT NULL, type TEXT NOT NULL, \
+             id TEXT NOT NULL, last_updated {int} NOT NULL, deleted SMALLINT NOT NULL, method TEXT NOT NULL, \
+             patient_key TEXT NOT NULL, body TEXT, PRIMARY KEY (rid, version))"
+        ),
+        "CREATE INDEX IF NOT EXISTS history_updated ON resource_history (last_updated)".to_string(),
+        "CREATE INDEX IF NOT EXISTS history_type_updated ON resource_history (type, last_updated)".to_string(),
+        format!("CREATE TABLE IF NOT EXISTS compartment (patient_key TEXT NOT NULL, rid {int} NOT NULL, PRIMARY KEY (patient_key, rid))"),
+        "CREATE INDEX IF NOT EXISTS compartment_rid ON compartment (rid)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_string (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             norm TEXT{bin} NOT NULL, exact TEXT NOT NULL, patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (type, param, norm)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_token (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             system TEXT, code TEXT, text TEXT, patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (type, param, code, system)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_reference (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             target_type TEXT, target_id TEXT, version TEXT, url TEXT, ident_system TEXT, ident_value TEXT, \
+             patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (type, param, target_id, target_type)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_type, target_id)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_date (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             low {int} NOT NULL, high {int} NOT NULL, patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_date_value ON idx_date (type, param, low, high)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_number (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             value {real} NOT NULL, low {real} NOT NULL, high {real} NOT NULL, patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number (type, param, value)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_quantity (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             value {real} NOT NULL, low {real} NOT NULL, high {real} NOT NULL, system TEXT, code TEXT, unit TEXT, \
+             patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (type, param, value)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_uri (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             uri TEXT{bin} NOT NULL, patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (type, param, uri)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid, param)".to_string(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS idx_composite (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+             c1_system TEXT, c1_code TEXT, c2_system TEXT, c2_code TEXT, c2_value {real}, c2_low {real}, c2_high {real}, \
+             patient_key TEXT NOT NULL)"
+        ),
+        "CREATE INDEX IF NOT EXISTS idx_composite_value ON idx_composite (type, param, c1_code, c2_code)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_composite_rid ON idx_composite (rid, param)".to_string(),
+        match dialect {
+            Dialect::Sqlite => "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, \
+                 id TEXT NOT NULL, version BIGINT NOT NULL, method TEXT NOT NULL, last_updated BIGINT NOT NULL)"
+                .to_string(),
+            Dialect::Postgres => "CREATE TABLE IF NOT EXISTS outbox (seq BIGSERIAL PRIMARY KEY, type TEXT NOT NULL, \
+                 id TEXT NOT NULL, version BIGINT NOT NULL, method TEXT NOT NULL, last_updated BIGINT NOT NULL)"
+                .to_string(),
+        },
+        format!("CREATE TABLE IF NOT EXISTS consumer_cursor (name TEXT PRIMARY KEY, position {int} NOT NULL)"),
+    ];
+    statements.push(format!(
+        "INSERT INTO schema_meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING"
+    ));
+    statements
+}
+
+/// The index tables, for deleting a resource's rows before writing a new version.
+pub const INDEX_TABLES: &[&str] =
+    &["idx_string", "idx_token", "idx_reference", "idx_date", "idx_number", "idx_quantity", "idx_uri", "idx_composite"];
