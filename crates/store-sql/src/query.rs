@@ -16,7 +16,7 @@ use fhir::search::{Criterion, Modifier, ParamRef, ParamValue, Prefix, SearchQuer
 
 use crate::{Dialect, Sql};
 
-/// The page query (selecting `rid, type, id, version, last_updated, method, body`) and, when
+/// The page query (selecting `rid, type, id, version, last_updated, deleted, method, body`) and, when
 /// the query asks for a total, the count query.
 pub struct SearchSql {
     pub page: Sql,
@@ -24,7 +24,7 @@ pub struct SearchSql {
 }
 
 /// Column list the page query selects, in order.
-pub const SELECT_COLUMNS: &str = "r.rid, r.type, r.id, r.version, r.last_updated, r.method, r.body";
+pub const SELECT_COLUMNS: &str = "r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body";
 
 /// Builds the SQL for `query`. `now_ms` anchors `ap` on dates.
 pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> SearchSql {

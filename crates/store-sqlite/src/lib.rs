@@ -1,1 +1,494 @@
-//! store-sqlite
+//! The embedded SQLite backend of the storage contract, the zero-configuration default
+//! (`./hutong-data/hutong.db`).
+//!
+//! Durability: WAL journal with `synchronous=NORMAL`. In WAL mode a committed transaction is in
+//! the WAL file before `COMMIT` returns, so it survives the process being killed (`kill -9`);
+//! only an operating-system crash or power loss can lose the most recent commits (use
+//! PostgreSQL, or set `HUTONG_SQLITE_SYNCHRONOUS=FULL`, where that matters).
+//!
+//! Concurrency: one writer connection behind a mutex (SQLite has a single writer anyway) and a
+//! pool of reader connections, which WAL lets run alongside the writer. rusqlite is blocking,
+//! so every call runs on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use store::{
+    Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+};
+use store_sql::rows::{self, Cell};
+use store_sql::{Dialect, SqlValue, schema};
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {e}"))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()))
+    })?;
+    let synchronous = match std::env::var("HUTONG_SQLITE_SYNCHRONOUS").as_deref() {
+        Ok("FULL") | Ok("full") => "FULL",
+        _ => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=10000; \
+         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=268435456;"
+    ))
+    .map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/hutong.db` and brings its schema up to date.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("hutong.db");
+        let writer = open_connection(&path)?;
+        for statement in schema::ddl(Dialect::Sqlite) {
+            writer.execute_batch(&statement).map_err(backend)?;
+        }
+        Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn read_with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().map_err(|_| poisoned())?.pop() {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+    }
+
+    async fn write_with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Backend("sqlite connection lock poisoned by an earlier panic".into())
+}
+
+const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
+
+fn stored_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<StoredResource> {
+    let method: String = row.get(offset + 5)?;
+    Ok(StoredResource {
+        resource_type: row.get(offset)?,
+        id: row.get(offset + 1)?,
+        version: row.get(offset + 2)?,
+        last_updated: row.get(offset + 3)?,
+        deleted: row.get::<_, i64>(offset + 4)? != 0,
+        method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
+        body: row.get(offset + 6)?,
+    })
+}
+
+fn to_sql(values: &[SqlValue]) -> Vec<rusqlite::types::Value> {
+    values
+        .iter()
+        .map(|v| match v {
+            SqlValue::Int(i) => rusqlite::types::Value::Integer(*i),
+            SqlValue::Real(r) => rusqlite::types::Value::Real(*r),
+            SqlValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        })
+        .collect()
+}
+
+fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
+    let tx = conn.transaction().map_err(backend)?;
+    for op in ops {
+        let current: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")
+            .map_err(backend)?
+            .query_row(params![op.resource_type, op.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)?;
+        let actual = current.map_or(0, |c| c.1);
+        if actual != op.version - 1 {
+            return Err(StoreError::VersionConflict {
+                resource_type: op.resource_type.clone(),
+                id: op.id.clone(),
+                expected: op.version - 1,
+                actual,
+            });
+        }
+        let deleted = i64::from(op.method == WriteMethod::Delete);
+        let patient_key = op.compartments.first().map(String::as_str).unwrap_or("");
+        let rid = match current {
+            Some((rid, _)) => {
+                tx.prepare_cached(
+                    "UPDATE resource SET version = ?1, last_updated = ?2, deleted = ?3, method = ?4, patient_key = ?5, \
+                     body = ?6 WHERE rid = ?7",
+                )
+                .map_err(backend)?
+                .execute(params![op.version, op.last_updated, deleted, op.method.code(), patient_key, op.body, rid])
+                .map_err(backend)?;
+                for table in schema::INDEX_TABLES {
+                    tx.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                        .map_err(backend)?
+                        .execute([rid])
+                        .map_err(backend)?;
+                }
+                tx.prepare_cached("DELETE FROM compartment WHERE rid = ?1").map_err(backend)?.execute([rid]).map_err(backend)?;
+                rid
+            }
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO resource (type, id, version, last_updated, deleted, method, patient_key, body) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(backend)?
+                .execute(params![
+                    op.resource_type,
+                    op.id,
+                    op.version,
+                    op.last_updated,
+                    deleted,
+                    op.method.code(),
+                    patient_key,
+                    op.body
+                ])
+                .map_err(backend)?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.prepare_cached(
+            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            rid,
+            op.version,
+            op.resource_type,
+            op.id,
+            op.last_updated,
+            deleted,
+            op.method.code(),
+            patient_key,
+            op.body
+        ])
+        .map_err(backend)?;
+        if deleted == 0 {
+            for entry in &op.index {
+                let Some(row) = rows::row(entry) else { continue };
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(row.values.len() + 4);
+                values.push(rid.into());
+                values.push(op.resource_type.clone().into());
+                values.push(row.param.to_string().into());
+                for cell in &row.values {
+                    values.push(match cell {
+                        Cell::Text(t) => t.map(str::to_string).into(),
+                        Cell::Int(i) => (*i).into(),
+                        Cell::Real(r) => (*r).into(),
+                    });
+                }
+                values.push(patient_key.to_string().into());
+                tx.prepare_cached(&rows::insert_sql(row.table, Dialect::Sqlite))
+                    .map_err(backend)?
+                    .execute(params_from_iter(values))
+                    .map_err(backend)?;
+            }
+            for patient in &op.compartments {
+                tx.prepare_cached("INSERT OR IGNORE INTO compartment (patient_key, rid) VALUES (?1, ?2)")
+                    .map_err(backend)?
+                    .execute(params![patient, rid])
+                    .map_err(backend)?;
+            }
+        }
+        tx.prepare_cached("INSERT INTO outbox (type, id, version, method, last_updated) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(backend)?
+            .execute(params![op.resource_type, op.id, op.version, op.method.code(), op.last_updated])
+            .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[async_trait]
+impl ResourceStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn commit(&self, _ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write_with(move |conn| commit_ops(conn, &ops)).await
+    }
+
+    async fn current_versions(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>> {
+        let keys = keys.to_vec();
+        self.read_with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT version, deleted FROM resource WHERE type = ?1 AND id = ?2").map_err(backend)?;
+            keys.iter()
+                .map(|(t, i)| {
+                    stmt.query_row(params![t, i], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)))
+                        .optional()
+                        .map_err(backend)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn read(&self, _ctx: &Ctx, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        self.read_with(move |conn| {
+            conn.prepare_cached(&format!("SELECT {RESOURCE_COLUMNS} FROM resource WHERE type = ?1 AND id = ?2"))
+                .map_err(backend)?
+                .query_row(params![t, i], |r| stored_from_row(r, 0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn read_many(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<StoredResource>> {
+        let keys = keys.to_vec();
+        self.read_with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resource WHERE type = ?1 AND id = ?2 AND deleted = 0"
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (t, i) in &keys {
+                if let Some(r) = stmt.query_row(params![t, i], |r| stored_from_row(r, 0)).optional().map_err(backend)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn vread(&self, _ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>> {
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        self.read_with(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE rid = (SELECT rid FROM resource WHERE type = ?1 \
+                 AND id = ?2) AND version = ?3"
+            ))
+            .map_err(backend)?
+            .query_row(params![t, i, version], |r| stored_from_row(r, 0))
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn history(&self, _ctx: &Ctx, query: &HistoryQuery) -> StoreResult<Page> {
+        let query = query.clone();
+        self.read_with(move |conn| {
+            let mut filter = vec!["1 = 1".to_string()];
+            let mut binds: Vec<rusqlite::types::Value> = Vec::new();
+            match (&query.resource_type, &query.id) {
+                (Some(t), Some(i)) => {
+                    binds.push(t.clone().into());
+                    binds.push(i.clone().into());
+                    filter.push("rid = (SELECT rid FROM resource WHERE type = ?1 AND id = ?2)".into());
+                }
+                (Some(t), None) => {
+                    binds.push(t.clone().into());
+                    filter.push("type = ?1".into());
+                }
+                _ => {}
+            }
+            if let Some(since) = query.since {
+                binds.push(since.into());
+                filter.push(format!("last_updated >= ?{}", binds.len()));
+            }
+            let filter = filter.join(" AND ");
+            let total: i64 = conn
+                .prepare_cached(&format!("SELECT COUNT(*) FROM resource_history WHERE {filter}"))
+                .map_err(backend)?
+                .query_row(params_from_iter(binds.iter()), |r| r.get(0))
+                .map_err(backend)?;
+            let n = binds.len();
+            binds.push((query.count as i64).into());
+            binds.push((query.offset as i64).into());
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {filter} \
+                     ORDER BY last_updated DESC, rid DESC, version DESC LIMIT ?{} OFFSET ?{}",
+                    n + 1,
+                    n + 2
+                ))
+                .map_err(backend)?;
+            let resources = stmt
+                .query_map(params_from_iter(binds.iter()), |r| stored_from_row(r, 0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(Page { resources, total: Some(total as u64) })
+        })
+        .await
+    }
+
+    async fn search(&self, _ctx: &Ctx, query: &fhir::search::SearchQuery) -> StoreResult<Page> {
+        let built = store_sql::query::build_search(query, Dialect::Sqlite, now_ms());
+        self.read_with(move |conn| {
+            let total = match &built.count {
+                Some(count) => Some(
+                    conn.prepare_cached(&count.text)
+                        .map_err(backend)?
+                        .query_row(params_from_iter(to_sql(&count.binds)), |r| r.get::<_, i64>(0))
+                        .map_err(backend)? as u64,
+                ),
+                None => None,
+            };
+            let mut stmt = conn.prepare_cached(&built.page.text).map_err(backend)?;
+            let resources = stmt
+                .query_map(params_from_iter(to_sql(&built.page.binds)), |r| stored_from_row(r, 1))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            Ok(Page { resources, total })
+        })
+        .await
+    }
+
+    async fn patient_compartment(
+        &self,
+        _ctx: &Ctx,
+        patient_id: &str,
+        since: Option<i64>,
+        types: &[String],
+    ) -> StoreResult<Vec<StoredResource>> {
+        let patient = patient_id.to_string();
+        let types = types.to_vec();
+        self.read_with(move |conn| {
+            let mut binds: Vec<rusqlite::types::Value> = vec![patient.into()];
+            let mut filter = String::from("c.patient_key = ?1 AND r.deleted = 0");
+            if let Some(s) = since {
+                binds.push(s.into());
+                filter.push_str(&format!(" AND r.last_updated >= ?{}", binds.len()));
+            }
+            if !types.is_empty() {
+                let mut list = Vec::new();
+                for t in &types {
+                    binds.push(t.clone().into());
+                    list.push(format!("?{}", binds.len()));
+                }
+                filter.push_str(&format!(" AND r.type IN ({})", list.join(", ")));
+            }
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM compartment c \
+                     JOIN resource r ON r.rid = c.rid WHERE {filter} ORDER BY r.type, r.rid"
+                ))
+                .map_err(backend)?;
+            stmt.query_map(params_from_iter(binds.iter()), |r| stored_from_row(r, 0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn outbox_read(&self, after: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        self.read_with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, type, id, version, method, last_updated FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(backend)?;
+            stmt.query_map(params![after, limit as i64], |r| {
+                let method: String = r.get(4)?;
+                Ok(OutboxEvent {
+                    seq: r.get(0)?,
+                    resource_type: r.get(1)?,
+                    id: r.get(2)?,
+                    version: r.get(3)?,
+                    method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
+                    last_updated: r.get(5)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn cursor_get(&self, consumer: &str) -> StoreResult<i64> {
+        let consumer = consumer.to_string();
+        self.read_with(move |conn| {
+            conn.prepare_cached("SELECT position FROM consumer_cursor WHERE name = ?1")
+                .map_err(backend)?
+                .query_row([consumer], |r| r.get(0))
+                .optional()
+                .map(|p| p.unwrap_or(0))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn cursor_set(&self, consumer: &str, position: i64) -> StoreResult<()> {
+        let consumer = consumer.to_string();
+        self.write_with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO consumer_cursor (name, position) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position)",
+            )
+            .map_err(backend)?
+            .execute(params![consumer, position])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}

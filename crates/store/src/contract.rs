@@ -1,1 +1,472 @@
-//! The contract test suite every ResourceStore backend must pass.
+//! The contract test suite every [`ResourceStore`] backend must pass.
+//!
+//! A backend's integration tests invoke [`contract_suite!`](crate::contract_suite) with an async
+//! expression that yields a fresh, empty store; the macro expands to one `#[tokio::test]` per
+//! case, so a failure names the behaviour that broke. Index entries are built by hand here (not
+//! by the extractor) so that the suite tests storage and search semantics alone; queries are
+//! parsed with `fhir::search::parse`, whose own tests pin the parsed form.
+
+use std::sync::Arc;
+
+use fhir::{IndexEntry, IndexValue};
+
+use crate::{Ctx, HistoryQuery, ResourceStore, StoreError, WriteMethod, WriteOp};
+
+/// Expands to one `#[tokio::test]` per contract case. `$make` is an async expression giving a
+/// fresh, empty `Arc<dyn ResourceStore>`.
+#[macro_export]
+macro_rules! contract_suite {
+    ($make:expr) => {
+        $crate::contract_suite!(@cases $make;
+            create_read_vread, update_replaces_index, delete_leaves_tombstone, conflict_rolls_back_everything,
+            history_scopes_and_paging, read_many_and_current_versions, compartments, outbox_and_cursors,
+            search_strings, search_tokens, search_references_chains_has, search_dates, search_numbers_quantities,
+            search_uri_composite_missing, search_sort_paging_total, search_system_level
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: std::sync::Arc<dyn $crate::ResourceStore> = $make.await;
+                $crate::contract::$case(store).await;
+            }
+        )*
+    };
+}
+
+fn ctx() -> Ctx {
+    Ctx::system()
+}
+
+/// A write op for `type/id` at `version` with a minimal body.
+pub fn op(resource_type: &str, id: &str, version: i64, index: Vec<IndexEntry>, compartments: &[&str]) -> WriteOp {
+    WriteOp {
+        resource_type: resource_type.into(),
+        id: id.into(),
+        version,
+        last_updated: 1_700_000_000_000 + version * 1000,
+        method: if version == 1 { WriteMethod::Create } else { WriteMethod::Update },
+        body: Some(format!(r#"{{"resourceType":"{resource_type}","id":"{id}","meta":{{"versionId":"{version}"}}}}"#)),
+        index,
+        compartments: compartments.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn delete_op(resource_type: &str, id: &str, version: i64) -> WriteOp {
+    WriteOp {
+        method: WriteMethod::Delete,
+        body: None,
+        index: vec![],
+        compartments: vec![],
+        ..op(resource_type, id, version, vec![], &[])
+    }
+}
+
+pub fn string(param: &str, s: &str) -> IndexEntry {
+    IndexEntry {
+        param: param.into(),
+        value: IndexValue::String { normalized: fhir::normalize::normalize_string(s), exact: s.into() },
+    }
+}
+
+pub fn token(param: &str, system: Option<&str>, code: &str) -> IndexEntry {
+    IndexEntry {
+        param: param.into(),
+        value: IndexValue::Token { system: system.map(Into::into), code: Some(code.into()), text: Some(format!("text {code}")) },
+    }
+}
+
+pub fn reference(param: &str, target_type: &str, target_id: &str) -> IndexEntry {
+    IndexEntry {
+        param: param.into(),
+        value: IndexValue::Reference {
+            target_type: Some(target_type.into()),
+            target_id: Some(target_id.into()),
+            version: None,
+            url: None,
+            identifier_system: None,
+            identifier_value: None,
+        },
+    }
+}
+
+pub fn date(param: &str, text: &str) -> IndexEntry {
+    let (low, high) = fhir::normalize::date_range(text).expect("valid test date");
+    IndexEntry { param: param.into(), value: IndexValue::Date { low, high } }
+}
+
+pub fn quantity(param: &str, text: &str, code: &str) -> IndexEntry {
+    let (value, low, high) = fhir::normalize::decimal_range(text).expect("valid test number");
+    IndexEntry {
+        param: param.into(),
+        value: IndexValue::Quantity {
+            value,
+            low,
+            high,
+            system: Some("http://unitsofmeasure.org".into()),
+            code: Some(code.into()),
+            unit: Some(code.into()),
+        },
+    }
+}
+
+async fn ids(store: &Arc<dyn ResourceStore>, resource_type: Option<&str>, query: &[(&str, &str)]) -> Vec<String> {
+    let pairs: Vec<(String, String)> = query.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let parsed = fhir::search::parse(fhir::Definitions::r4(), resource_type, &pairs, &Default::default())
+        .unwrap_or_else(|e| panic!("test query {query:?} must parse: {e:?}"));
+    let page = store.search(&ctx(), &parsed.query).await.expect("search");
+    page.resources.into_iter().map(|r| r.id).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+pub async fn create_read_vread(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])]).await.unwrap();
+    store.commit(&ctx(), vec![op("Patient", "p1", 2, vec![], &["p1"])]).await.unwrap();
+    let current = store.read(&ctx(), "Patient", "p1").await.unwrap().expect("exists");
+    assert_eq!((current.version, current.deleted, current.method), (2, false, WriteMethod::Update));
+    assert!(current.body.as_deref().unwrap().contains(r#""versionId":"2""#));
+    let v1 = store.vread(&ctx(), "Patient", "p1", 1).await.unwrap().expect("version 1");
+    assert_eq!((v1.version, v1.method, v1.last_updated), (1, WriteMethod::Create, 1_700_000_001_000));
+    assert!(store.vread(&ctx(), "Patient", "p1", 3).await.unwrap().is_none());
+    assert!(store.read(&ctx(), "Patient", "nope").await.unwrap().is_none());
+    assert!(store.read(&ctx(), "Observation", "p1").await.unwrap().is_none(), "ids are per type");
+}
+
+pub async fn update_replaces_index(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "p1", 1, vec![string("name", "Wang")], &["p1"])]).await.unwrap();
+    assert_eq!(ids(&store, Some("Patient"), &[("name", "wang")]).await, ["p1"]);
+    store.commit(&ctx(), vec![op("Patient", "p1", 2, vec![string("name", "Li")], &["p1"])]).await.unwrap();
+    assert!(ids(&store, Some("Patient"), &[("name", "wang")]).await.is_empty(), "old version's index is gone");
+    assert_eq!(ids(&store, Some("Patient"), &[("name", "li")]).await, ["p1"]);
+}
+
+pub async fn delete_leaves_tombstone(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "p1", 1, vec![string("name", "Wang")], &["p1"])]).await.unwrap();
+    store.commit(&ctx(), vec![delete_op("Patient", "p1", 2)]).await.unwrap();
+    let tomb = store.read(&ctx(), "Patient", "p1").await.unwrap().expect("tombstone");
+    assert!(tomb.deleted && tomb.body.is_none());
+    assert_eq!(tomb.method, WriteMethod::Delete);
+    assert!(ids(&store, Some("Patient"), &[("name", "wang")]).await.is_empty());
+    assert!(store.read_many(&ctx(), &[("Patient".into(), "p1".into())]).await.unwrap().is_empty());
+    // Re-creating after a delete continues the version sequence.
+    store.commit(&ctx(), vec![op("Patient", "p1", 3, vec![], &["p1"])]).await.unwrap();
+    assert_eq!(store.read(&ctx(), "Patient", "p1").await.unwrap().unwrap().version, 3);
+}
+
+pub async fn conflict_rolls_back_everything(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])]).await.unwrap();
+    let before = store.outbox_read(0, 100).await.unwrap().len();
+    let err = store
+        .commit(
+            &ctx(),
+            vec![
+                op("Patient", "p2", 1, vec![string("name", "Zhao")], &["p2"]),
+                op("Patient", "p1", 1, vec![], &["p1"]), // p1 is at version 1 already
+            ],
+        )
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, StoreError::VersionConflict { expected: 0, actual: 1, .. }), "{err:?}");
+    assert!(store.read(&ctx(), "Patient", "p2").await.unwrap().is_none(), "p2 was rolled back");
+    assert!(ids(&store, Some("Patient"), &[("name", "zhao")]).await.is_empty(), "no index rows left");
+    assert_eq!(store.outbox_read(0, 100).await.unwrap().len(), before, "no outbox events left");
+    let skip = store.commit(&ctx(), vec![op("Patient", "p3", 2, vec![], &[])]).await;
+    assert!(matches!(skip, Err(StoreError::VersionConflict { .. })), "cannot skip versions");
+}
+
+pub async fn history_scopes_and_paging(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])]).await.unwrap();
+    store.commit(&ctx(), vec![op("Patient", "p1", 2, vec![], &["p1"])]).await.unwrap();
+    store.commit(&ctx(), vec![op("Observation", "o1", 1, vec![], &["p1"])]).await.unwrap();
+    store.commit(&ctx(), vec![delete_op("Observation", "o1", 2)]).await.unwrap();
+    let instance = HistoryQuery { resource_type: Some("Patient".into()), id: Some("p1".into()), count: 10, ..Default::default() };
+    let page = store.history(&ctx(), &instance).await.unwrap();
+    assert_eq!(page.total, Some(2));
+    assert_eq!(page.resources.iter().map(|r| r.version).collect::<Vec<_>>(), [2, 1], "newest first");
+    let typed = HistoryQuery { resource_type: Some("Observation".into()), count: 10, ..Default::default() };
+    let page = store.history(&ctx(), &typed).await.unwrap();
+    assert_eq!(page.total, Some(2));
+    assert!(page.resources[0].deleted);
+    let system = HistoryQuery { count: 2, offset: 2, ..Default::default() };
+    let page = store.history(&ctx(), &system).await.unwrap();
+    assert_eq!(page.total, Some(4));
+    assert_eq!(page.resources.len(), 2);
+    let since = HistoryQuery { since: Some(1_700_000_002_000), count: 10, ..Default::default() };
+    assert_eq!(store.history(&ctx(), &since).await.unwrap().total, Some(2), "only version-2 writes are that recent");
+}
+
+pub async fn read_many_and_current_versions(store: Arc<dyn ResourceStore>) {
+    store
+        .commit(&ctx(), vec![op("Patient", "a", 1, vec![], &["a"]), op("Patient", "b", 1, vec![], &["b"])])
+        .await
+        .unwrap();
+    store.commit(&ctx(), vec![delete_op("Patient", "b", 2)]).await.unwrap();
+    let keys = vec![("Patient".to_string(), "a".to_string()), ("Patient".into(), "b".into()), ("Patient".into(), "c".into())];
+    assert_eq!(store.current_versions(&ctx(), &keys).await.unwrap(), [Some((1, false)), Some((2, true)), None]);
+    let many = store.read_many(&ctx(), &keys).await.unwrap();
+    assert_eq!(many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
+}
+
+pub async fn compartments(store: Arc<dyn ResourceStore>) {
+    store
+        .commit(
+            &ctx(),
+            vec![
+                op("Patient", "p1", 1, vec![], &["p1"]),
+                op("Observation", "o1", 1, vec![], &["p1"]),
+                op("Encounter", "e1", 1, vec![], &["p1", "p2"]),
+                op("Observation", "o2", 1, vec![], &["p2"]),
+                op("Organization", "h1", 1, vec![], &[]),
+            ],
+        )
+        .await
+        .unwrap();
+    let all = store.patient_compartment(&ctx(), "p1", None, &[]).await.unwrap();
+    let mut got: Vec<String> = all.iter().map(|r| format!("{}/{}", r.resource_type, r.id)).collect();
+    got.sort();
+    assert_eq!(got, ["Encounter/e1", "Observation/o1", "Patient/p1"]);
+    let obs = store.patient_compartment(&ctx(), "p1", None, &["Observation".into()]).await.unwrap();
+    assert_eq!(obs.len(), 1);
+    store.commit(&ctx(), vec![delete_op("Observation", "o1", 2)]).await.unwrap();
+    assert_eq!(store.patient_compartment(&ctx(), "p1", None, &[]).await.unwrap().len(), 2, "deleted ones leave");
+    let recent = store.patient_compartment(&ctx(), "p2", Some(1_700_000_001_500), &[]).await.unwrap();
+    assert!(recent.is_empty());
+}
+
+pub async fn outbox_and_cursors(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Patient", "a", 1, vec![], &["a"]), op("Patient", "b", 1, vec![], &["b"])]).await.unwrap();
+    store.commit(&ctx(), vec![delete_op("Patient", "a", 2)]).await.unwrap();
+    let events = store.outbox_read(0, 10).await.unwrap();
+    assert_eq!(events.len(), 3);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!((events[2].id.as_str(), events[2].method, events[2].version), ("a", WriteMethod::Delete, 2));
+    assert_eq!(store.outbox_read(events[0].seq, 10).await.unwrap().len(), 2);
+    assert_eq!(store.outbox_read(0, 1).await.unwrap().len(), 1);
+    assert_eq!(store.cursor_get("subscriptions").await.unwrap(), 0);
+    store.cursor_set("subscriptions", events[1].seq).await.unwrap();
+    store.cursor_set("subscriptions", events[0].seq).await.unwrap();
+    assert_eq!(store.cursor_get("subscriptions").await.unwrap(), events[1].seq, "cursors never move back");
+    assert_eq!(store.cursor_get("federation").await.unwrap(), 0, "cursors are per consumer");
+}
+
+async fn seed_people(store: &Arc<dyn ResourceStore>) {
+    store
+        .commit(
+            &ctx(),
+            vec![
+                op(
+                    "Patient",
+                    "p1",
+                    1,
+                    vec![
+                        string("name", "张三"),
+                        string("family", "Zhāng"),
+                        token("gender", None, "male"),
+                        token("identifier", Some("urn:oid:2.16.156.10011.1.3"), "110105194912310021"),
+                        date("birthdate", "1949-12-31"),
+                        reference("organization", "Organization", "h1"),
+                    ],
+                    &["p1"],
+                ),
+                op(
+                    "Patient",
+                    "p2",
+                    1,
+                    vec![
+                        string("name", "李四"),
+                        string("family", "Li"),
+                        token("gender", None, "female"),
+                        token("identifier", Some("urn:oid:other"), "110105194912310021"),
+                        date("birthdate", "1990-05"),
+                        reference("organization", "Organization", "h2"),
+                    ],
+                    &["p2"],
+                ),
+                op("Patient", "p3", 1, vec![string("family", "Zhangsun"), token("gender", None, "other")], &["p3"]),
+                op("Organization", "h1", 1, vec![string("name", "福州市第一医院")], &[]),
+                op("Organization", "h2", 1, vec![string("name", "厦门大学附属医院")], &[]),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn search_strings(store: Arc<dyn ResourceStore>) {
+    seed_people(&store).await;
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("family", "zhang")]).await), ["p1", "p3"], "prefix, accents folded");
+    assert_eq!(ids(&store, Some("Patient"), &[("family:exact", "Zhāng")]).await, ["p1"]);
+    assert!(ids(&store, Some("Patient"), &[("family:exact", "zhāng")]).await.is_empty(), ":exact is case-sensitive");
+    assert_eq!(ids(&store, Some("Patient"), &[("family:contains", "angs")]).await, ["p3"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("name", "张")]).await, ["p1"]);
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("family", "li,zhangs")]).await), ["p2", "p3"], "comma is OR");
+    assert!(ids(&store, Some("Patient"), &[("family", "li"), ("gender", "male")]).await.is_empty(), "& is AND");
+    assert!(ids(&store, Some("Patient"), &[("family", "100%")]).await.is_empty(), "LIKE wildcards are literal");
+}
+
+pub async fn search_tokens(store: Arc<dyn ResourceStore>) {
+    seed_people(&store).await;
+    assert_eq!(ids(&store, Some("Patient"), &[("gender", "male")]).await, ["p1"]);
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("identifier", "110105194912310021")]).await), ["p1", "p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("identifier", "urn:oid:2.16.156.10011.1.3|110105194912310021")]).await, ["p1"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("identifier", "urn:oid:other|")]).await, ["p2"]);
+    assert!(ids(&store, Some("Patient"), &[("gender", "|male")]).await.contains(&"p1".to_string()), "no system");
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("gender:not", "male")]).await), ["p2", "p3"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("gender:text", "text fem")]).await, ["p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("_id", "p2")]).await, ["p2"]);
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("_id", "p2,p3")]).await), ["p2", "p3"]);
+}
+
+pub async fn search_references_chains_has(store: Arc<dyn ResourceStore>) {
+    seed_people(&store).await;
+    store
+        .commit(
+            &ctx(),
+            vec![
+                op("Observation", "o1", 1, vec![reference("subject", "Patient", "p1"), token("code", Some("http://loinc.org"), "8480-6")], &["p1"]),
+                op("Observation", "o2", 1, vec![reference("subject", "Patient", "p2"), token("code", Some("http://loinc.org"), "2339-0")], &["p2"]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, Some("Observation"), &[("subject", "Patient/p1")]).await, ["o1"]);
+    assert_eq!(ids(&store, Some("Observation"), &[("subject", "p2")]).await, ["o2"], "id alone");
+    assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient", "p2")]).await, ["o2"]);
+    assert!(ids(&store, Some("Observation"), &[("subject", "Group/p2")]).await.is_empty());
+    assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient.name", "李")]).await, ["o2"], "chain");
+    assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient.organization.name", "福州")]).await, ["o1"], "two-level chain");
+    assert_eq!(ids(&store, Some("Patient"), &[("_has:Observation:subject:code", "8480-6")]).await, ["p1"], "reverse chain");
+    assert!(ids(&store, Some("Patient"), &[("_has:Observation:subject:code", "0000")]).await.is_empty());
+    store.commit(&ctx(), vec![delete_op("Patient", "p1", 2)]).await.unwrap();
+    assert!(ids(&store, Some("Observation"), &[("subject:Patient.name", "张")]).await.is_empty(), "deleted targets do not match");
+}
+
+pub async fn search_dates(store: Arc<dyn ResourceStore>) {
+    seed_people(&store).await;
+    let q = |v: &'static str| [("birthdate", v)];
+    assert_eq!(ids(&store, Some("Patient"), &q("1949-12-31")).await, ["p1"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("1949")).await, ["p1"], "eq: the year contains the day");
+    assert!(ids(&store, Some("Patient"), &q("1990-05-10")).await.is_empty(), "eq: a day does not contain a month");
+    assert_eq!(ids(&store, Some("Patient"), &q("gt1950")).await, ["p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("lt1950")).await, ["p1"]);
+    assert_eq!(sorted(ids(&store, Some("Patient"), &q("ge1949-12-31")).await), ["p1", "p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("le1949-12-31")).await, ["p1"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("sa1960")).await, ["p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("eb1960")).await, ["p1"]);
+    assert_eq!(ids(&store, Some("Patient"), &q("ne1949")).await, ["p2"]);
+    assert_eq!(ids(&store, Some("Patient"), &[("birthdate", "ge1990-01-01"), ("birthdate", "le1990-12-31")]).await, ["p2"], "range");
+    assert_eq!(sorted(ids(&store, Some("Patient"), &[("_lastUpdated", "gt2000")]).await), ["p1", "p2", "p3"]);
+}
+
+pub async fn search_numbers_quantities(store: Arc<dyn ResourceStore>) {
+    store
+        .commit(
+            &ctx(),
+            vec![
+                op("Observation", "a", 1, vec![quantity("value-quantity", "5.4", "mg")], &[]),
+                op("Observation", "b", 1, vec![quantity("value-quantity", "120", "mm[Hg]")], &[]),
+                op(
+                    "RiskAssessment",
+                    "r1",
+                    1,
+                    vec![IndexEntry { param: "probability".into(), value: IndexValue::Number { value: 0.8, low: 0.75, high: 0.85 } }],
+                    &[],
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let obs = |v: &'static str| [("value-quantity", v)];
+    assert_eq!(ids(&store, Some("Observation"), &obs("5.4")).await, ["a"]);
+    assert_eq!(ids(&store, Some("Observation"), &obs("5")).await, ["a"], "5 means [4.5, 5.5)");
+    assert!(ids(&store, Some("Observation"), &obs("5.0")).await.is_empty(), "5.0 means [4.95, 5.05)");
+    assert_eq!(ids(&store, Some("Observation"), &obs("gt100")).await, ["b"]);
+    assert_eq!(ids(&store, Some("Observation"), &obs("lt100||mg")).await, ["a"]);
+    assert_eq!(ids(&store, Some("Observation"), &obs("120|http://unitsofmeasure.org|mm[Hg]")).await, ["b"]);
+    assert!(ids(&store, Some("Observation"), &obs("120||mg")).await.is_empty(), "unit must match");
+    assert_eq!(ids(&store, Some("Observation"), &obs("ap110")).await, ["b"], "within 10%");
+    assert_eq!(ids(&store, Some("RiskAssessment"), &[("probability", "ge0.8")]).await, ["r1"]);
+    assert!(ids(&store, Some("RiskAssessment"), &[("probability", "gt0.8")]).await.is_empty());
+}
+
+pub async fn search_uri_composite_missing(store: Arc<dyn ResourceStore>) {
+    let composite = |code: &str, value: &str| {
+        let IndexValue::Token { system, code, text } = token("x", Some("http://loinc.org"), code).value else { unreachable!() };
+        IndexEntry {
+            param: "code-value-quantity".into(),
+            value: IndexValue::Composite {
+                components: vec![IndexValue::Token { system, code, text }, quantity("x", value, "mm[Hg]").value],
+            },
+        }
+    };
+    store
+        .commit(
+            &ctx(),
+            vec![
+                op("ValueSet", "v1", 1, vec![IndexEntry { param: "url".into(), value: IndexValue::Uri { uri: "http://example.org/fhir/ValueSet/a".into() } }], &[]),
+                op("Observation", "bp1", 1, vec![composite("8480-6", "150"), token("code", None, "8480-6")], &[]),
+                op("Observation", "bp2", 1, vec![composite("8480-6", "110")], &[]),
+                op("Observation", "bp3", 1, vec![composite("8462-4", "150")], &[]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, Some("ValueSet"), &[("url", "http://example.org/fhir/ValueSet/a")]).await, ["v1"]);
+    assert!(ids(&store, Some("ValueSet"), &[("url", "http://example.org/fhir")]).await.is_empty(), "uri is exact");
+    assert_eq!(ids(&store, Some("ValueSet"), &[("url:below", "http://example.org/fhir")]).await, ["v1"]);
+    assert_eq!(ids(&store, Some("ValueSet"), &[("url:above", "http://example.org/fhir/ValueSet/a/extra")]).await, ["v1"]);
+    assert_eq!(ids(&store, Some("Observation"), &[("code-value-quantity", "http://loinc.org|8480-6$gt140")]).await, ["bp1"]);
+    assert_eq!(ids(&store, Some("Observation"), &[("code-value-quantity", "8480-6$lt140")]).await, ["bp2"]);
+    assert_eq!(sorted(ids(&store, Some("Observation"), &[("code:missing", "true")]).await), ["bp2", "bp3"]);
+    assert_eq!(ids(&store, Some("Observation"), &[("code:missing", "false")]).await, ["bp1"]);
+}
+
+pub async fn search_sort_paging_total(store: Arc<dyn ResourceStore>) {
+    let mut ops = Vec::new();
+    for i in 0..25 {
+        let family = ["Wang", "Li", "Zhang"][i % 3];
+        let day = format!("19{:02}-01-01", 50 + i);
+        ops.push(op("Patient", &format!("p{i:02}"), 1, vec![string("family", family), date("birthdate", &day)], &[]));
+    }
+    store.commit(&ctx(), ops).await.unwrap();
+    let pairs = |extra: &[(&str, &str)]| -> fhir::search::SearchQuery {
+        let mut p: Vec<(String, String)> = vec![("_sort".into(), "family,-birthdate".into()), ("_count".into(), "10".into())];
+        p.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+        fhir::search::parse(fhir::Definitions::r4(), Some("Patient"), &p, &Default::default()).unwrap().query
+    };
+    let first = store.search(&ctx(), &pairs(&[])).await.unwrap();
+    assert_eq!(first.total, Some(25));
+    assert_eq!(first.resources.len(), 10);
+    // Li (i % 3 == 1) first, youngest first within.
+    assert_eq!(first.resources[0].id, "p22");
+    assert_eq!(first.resources[1].id, "p19");
+    let mut all: Vec<String> = Vec::new();
+    for offset in ["0", "10", "20"] {
+        let page = store.search(&ctx(), &pairs(&[("_offset", offset)])).await.unwrap();
+        all.extend(page.resources.into_iter().map(|r| r.id));
+    }
+    assert_eq!(all.len(), 25);
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 25, "pages neither overlap nor skip");
+    let no_total = store.search(&ctx(), &pairs(&[("_total", "none")])).await.unwrap();
+    assert_eq!(no_total.total, None);
+    let zero = store.search(&ctx(), &pairs(&[("_count", "0")])).await.unwrap();
+    assert!(zero.resources.is_empty());
+    assert_eq!(zero.total, Some(25));
+}
+
+pub async fn search_system_level(store: Arc<dyn ResourceStore>) {
+    seed_people(&store).await;
+    let mut tagged = op("Observation", "o9", 1, vec![token("_tag", Some("http://example.org/tags"), "demo")], &[]);
+    tagged.last_updated = 1_800_000_000_000;
+    store.commit(&ctx(), vec![tagged]).await.unwrap();
+    assert_eq!(ids(&store, None, &[("_tag", "demo")]).await, ["o9"]);
+    assert_eq!(sorted(ids(&store, None, &[("_type", "Organization")]).await), ["h1", "h2"]);
+    assert_eq!(ids(&store, None, &[("_lastUpdated", "gt2025-01-01")]).await, ["o9"]);
+}

@@ -1,0 +1,33 @@
+//! The storage contract suite on the embedded SQLite backend, plus SQLite-specific checks.
+
+use std::sync::Arc;
+
+use store::ResourceStore;
+use store_sqlite::SqliteStore;
+
+async fn fresh() -> Arc<dyn ResourceStore> {
+    // The folder must outlive the store: leak it for the duration of the test process.
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    Arc::new(SqliteStore::open(&dir).expect("open store"))
+}
+
+store::contract_suite!(fresh());
+
+#[tokio::test]
+async fn reopening_keeps_committed_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.commit(&store::Ctx::system(), vec![store::contract::op("Patient", "p1", 1, vec![], &["p1"])]).await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let read = store.read(&store::Ctx::system(), "Patient", "p1").await.unwrap();
+    assert_eq!(read.map(|r| r.version), Some(1));
+}
+
+#[tokio::test]
+async fn unwritable_folder_is_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let err = SqliteStore::open(&file.path().join("sub")).err().expect("cannot create a folder inside a file");
+    assert!(err.to_string().contains("cannot create the data folder"), "{err}");
+}
