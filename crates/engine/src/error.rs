@@ -36,3 +36,66 @@ pub enum EngineError {
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
+
+impl EngineError {
+    /// The HTTP status of this error. This is the one table of error statuses: the `api` crate
+    /// answers with it, and batch/transaction responses report it per entry
+    /// (`Bundle.entry.response.status`).
+    ///
+    /// | variant | status |
+    /// |---|---|
+    /// | BadRequest | 400 |
+    /// | Unprocessable | 422 |
+    /// | NotFound | 404 |
+    /// | Gone | 410 |
+    /// | Conflict (race) | 409 |
+    /// | Conflict (If-Match failed) | 412 |
+    /// | MultipleMatches | 412 |
+    /// | NotSupported | 501 |
+    /// | TooCostly | 400 (`too-costly`) |
+    /// | Store: VersionConflict | 409 |
+    /// | Store: Unavailable | 503 |
+    /// | Store: other | 500 |
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::BadRequest(_) | EngineError::TooCostly(_) => 400,
+            EngineError::Unprocessable(_) => 422,
+            EngineError::NotFound(_) => 404,
+            EngineError::Gone(_) => 410,
+            EngineError::Conflict { precondition: true, .. } | EngineError::MultipleMatches(_) => 412,
+            EngineError::Conflict { precondition: false, .. } => 409,
+            EngineError::NotSupported(_) => 501,
+            EngineError::Store(StoreError::VersionConflict { .. }) => 409,
+            EngineError::Store(StoreError::Unavailable(_)) => 503,
+            EngineError::Store(_) => 500,
+        }
+    }
+
+    /// The issues to report. Internal failures get a generic message; the caller logs the
+    /// detail with the error id it also returns.
+    pub fn issues(&self) -> Vec<Issue> {
+        use fhir::IssueType as T;
+        match self {
+            EngineError::BadRequest(issues) | EngineError::Unprocessable(issues) => issues.clone(),
+            EngineError::NotFound(what) => vec![Issue::error(T::NotFound, format!("{what} is not known"))],
+            EngineError::Gone(what) => vec![Issue::error(T::Deleted, format!("{what} has been deleted"))],
+            EngineError::Conflict { message, .. } => vec![Issue::error(T::Conflict, message.clone())],
+            EngineError::MultipleMatches(message) => vec![Issue::error(T::Multiple, message.clone())],
+            EngineError::NotSupported(what) => vec![Issue::error(T::NotSupported, format!("{what} is not supported"))],
+            EngineError::TooCostly(message) => vec![Issue::error(T::TooCostly, message.clone())],
+            EngineError::Store(StoreError::VersionConflict { resource_type, id, .. }) => vec![Issue::error(
+                T::Conflict,
+                format!("{resource_type}/{id} was changed by another request at the same time; retry"),
+            )],
+            EngineError::Store(StoreError::Unavailable(_)) => {
+                vec![Issue::error(T::Exception, "the database is unavailable; try again shortly")]
+            }
+            EngineError::Store(_) => vec![Issue::error(T::Exception, "internal storage error")],
+        }
+    }
+
+    /// Shorthand for a 400 with one issue.
+    pub fn bad_request(code: fhir::IssueType, message: impl Into<String>) -> Self {
+        EngineError::BadRequest(vec![Issue::error(code, message)])
+    }
+}

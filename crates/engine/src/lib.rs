@@ -4,8 +4,14 @@
 //! history, `Patient/$everything`, Bulk Data `$export`, `$validate` and the capability
 //! statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
 
+mod bundle;
+mod capability;
+mod crud;
 mod error;
+mod export;
+mod searchset;
 
+pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
 
 use std::sync::Arc;
@@ -99,6 +105,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Arc<dyn ResourceStore>, config: EngineConfig) -> Self {
+        export::mark_interrupted(&config.export_dir);
         Engine { store, defs: Definitions::r4(), config }
     }
 
@@ -116,97 +123,139 @@ impl Engine {
 }
 
 // The interaction methods below are the engine's public contract, used by the `api` crate
-// and the `hutong` binary. Signatures are fixed; bodies live in the modules of this crate.
-#[expect(unused_variables, reason = "contract stubs, filled in by the engine modules")]
+// and the `hutong` binary. Bodies live in the modules of this crate.
 impl Engine {
     /// `POST [type]` (honours `If-None-Exist`).
     pub async fn create(&self, ctx: &Ctx, resource_type: &str, body: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
-        Err(EngineError::NotSupported("create".into()))
+        self.create_impl(ctx, resource_type, body, opts).await
     }
 
     /// `GET [type]/[id]`: `NotFound` if never written, `Gone` if deleted.
     pub async fn read(&self, ctx: &Ctx, resource_type: &str, id: &str) -> EngineResult<StoredResource> {
-        Err(EngineError::NotSupported("read".into()))
+        self.read_impl(ctx, resource_type, id).await
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
     pub async fn vread(&self, ctx: &Ctx, resource_type: &str, id: &str, version: &str) -> EngineResult<StoredResource> {
-        Err(EngineError::NotSupported("vread".into()))
+        self.vread_impl(ctx, resource_type, id, version).await
     }
 
-    /// `PUT [type]/[id]` (update or update-as-create; honours If-Match).
+    /// `PUT [type]/[id]` (update or update-as-create; honours If-Match). An update whose
+    /// content equals the current version (ignoring `meta.versionId`/`lastUpdated`) writes
+    /// nothing and returns the current version.
     pub async fn update(&self, ctx: &Ctx, resource_type: &str, id: &str, body: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
-        Err(EngineError::NotSupported("update".into()))
+        self.update_impl(ctx, resource_type, id, body, opts).await
     }
 
     /// `PUT [type]?[criteria]`.
-    pub async fn conditional_update(&self, ctx: &Ctx, resource_type: &str, criteria: &[(String, String)], body: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
-        Err(EngineError::NotSupported("conditional update".into()))
+    pub async fn conditional_update(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        criteria: &[(String, String)],
+        body: Value,
+        opts: &RequestOptions,
+    ) -> EngineResult<WriteOutcome> {
+        self.conditional_update_impl(ctx, resource_type, criteria, body, opts).await
     }
 
     /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902).
     pub async fn patch(&self, ctx: &Ctx, resource_type: &str, id: &str, patch: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
-        Err(EngineError::NotSupported("patch".into()))
+        self.patch_impl(ctx, resource_type, id, patch, opts).await
     }
 
     /// `DELETE [type]/[id]`; deleting a missing or deleted resource succeeds with `None`.
     pub async fn delete(&self, ctx: &Ctx, resource_type: &str, id: &str, opts: &RequestOptions) -> EngineResult<Option<WriteOutcome>> {
-        Err(EngineError::NotSupported("delete".into()))
+        self.delete_impl(ctx, resource_type, id, opts).await
     }
 
-    /// `DELETE [type]?[criteria]`: deletes every match (returns how many).
-    pub async fn conditional_delete(&self, ctx: &Ctx, resource_type: &str, criteria: &[(String, String)], opts: &RequestOptions) -> EngineResult<usize> {
-        Err(EngineError::NotSupported("conditional delete".into()))
+    /// `DELETE [type]?[criteria]`: deletes every match, atomically (returns how many).
+    pub async fn conditional_delete(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        criteria: &[(String, String)],
+        _opts: &RequestOptions,
+    ) -> EngineResult<usize> {
+        self.conditional_delete_impl(ctx, resource_type, criteria).await
     }
 
     /// `GET [type]?...`, `GET /?...` (resource_type `None`), `POST [type]/_search`: a searchset Bundle.
     pub async fn search(&self, ctx: &Ctx, resource_type: Option<&str>, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<Value> {
-        Err(EngineError::NotSupported("search".into()))
+        self.search_impl(ctx, resource_type, params, opts).await
     }
 
     /// `GET [type]/[id]/_history`, `GET [type]/_history`, `GET /_history` with `_since`, `_count`, `_offset`.
-    pub async fn history(&self, ctx: &Ctx, resource_type: Option<&str>, id: Option<&str>, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<Value> {
-        Err(EngineError::NotSupported("history".into()))
+    pub async fn history(
+        &self,
+        ctx: &Ctx,
+        resource_type: Option<&str>,
+        id: Option<&str>,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
+        self.history_impl(ctx, resource_type, id, params, opts).await
     }
 
     /// `POST /` with a batch or transaction Bundle: the response Bundle.
     pub async fn bundle(&self, ctx: &Ctx, bundle: Value, opts: &RequestOptions) -> EngineResult<Value> {
-        Err(EngineError::NotSupported("batch/transaction".into()))
+        self.bundle_impl(ctx, bundle, opts).await
     }
 
-    /// `GET Patient/[id]/$everything` with `_since`, `_type`, `_count`.
+    /// `GET Patient/[id]/$everything` with `_since`, `_type`.
     pub async fn everything(&self, ctx: &Ctx, patient_id: &str, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<Value> {
-        Err(EngineError::NotSupported("$everything".into()))
+        self.everything_impl(ctx, patient_id, params, opts).await
     }
 
     /// `POST [type]/$validate` (or `[type]/[id]/$validate`): an OperationOutcome; never writes.
-    pub async fn validate(&self, ctx: &Ctx, resource_type: Option<&str>, body: Value) -> EngineResult<Value> {
-        Err(EngineError::NotSupported("$validate".into()))
+    /// A `Parameters` body with a `resource` parameter is unwrapped.
+    pub async fn validate(&self, _ctx: &Ctx, resource_type: Option<&str>, body: Value) -> EngineResult<Value> {
+        let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && resource_type != Some("Parameters") {
+            body["parameter"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == "resource"))
+                .map(|p| p["resource"].clone())
+                .unwrap_or(body)
+        } else {
+            body
+        };
+        let ty = resource_type.map(str::to_string).or_else(|| resource.get("resourceType").and_then(Value::as_str).map(str::to_string));
+        let ty = ty.ok_or_else(|| EngineError::bad_request(fhir::IssueType::Required, "the resource to validate has no resourceType"))?;
+        self.check_type(&ty)?;
+        match self.check_body(&ty, &resource, &ty) {
+            Ok(()) => {
+                let mut ok = fhir::Issue::error(fhir::IssueType::Informational, format!("the {ty} is valid against the base R4 definitions"));
+                ok.severity = fhir::IssueSeverity::Information;
+                Ok(fhir::outcome::operation_outcome(&[ok]))
+            }
+            Err(EngineError::Unprocessable(issues)) | Err(EngineError::BadRequest(issues)) => Ok(fhir::outcome::operation_outcome(&issues)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Bulk Data kick-off (`$export` with `_type`, `_since`, `_outputFormat`): the job id.
     pub async fn export_start(&self, ctx: &Ctx, scope: ExportScope, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<String> {
-        Err(EngineError::NotSupported("$export".into()))
+        self.export_start_impl(ctx, scope, params, opts).await
     }
 
     /// Bulk Data status polling; `NotFound` for an unknown job.
-    pub async fn export_status(&self, ctx: &Ctx, job_id: &str) -> EngineResult<ExportStatus> {
-        Err(EngineError::NotSupported("$export".into()))
+    pub async fn export_status(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<ExportStatus> {
+        self.export_status_impl(job_id).await
     }
 
     /// Path of one NDJSON output file of a finished job.
-    pub async fn export_file(&self, ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<std::path::PathBuf> {
-        Err(EngineError::NotSupported("$export".into()))
+    pub async fn export_file(&self, _ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<std::path::PathBuf> {
+        self.export_file_impl(job_id, file_name).await
     }
 
     /// Cancels a job and deletes its files (`DELETE` on the status URL).
-    pub async fn export_cancel(&self, ctx: &Ctx, job_id: &str) -> EngineResult<()> {
-        Err(EngineError::NotSupported("$export".into()))
+    pub async fn export_cancel(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<()> {
+        self.export_cancel_impl(job_id).await
     }
 
     /// The CapabilityStatement, true to what is implemented (supported and unsupported search
     /// parameters per type, interactions, operations).
     pub fn capability_statement(&self, base_url: &str) -> Value {
-        serde_json::json!({"resourceType": "CapabilityStatement"})
+        self.capability_impl(base_url)
     }
 }

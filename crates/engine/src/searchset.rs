@@ -1,0 +1,411 @@
+//! Search, history and `$everything` Bundles: paging links, totals, `_include` /
+//! `_revinclude` (with `:iterate`), `_summary` and `_elements`.
+//!
+//! `_summary=true` keeps the elements the R4 definitions mark as summary (`isSummary`) when the
+//! definitions carry that flag, and otherwise `id`, `meta`, `identifier`, `status`, `code`,
+//! `subject`, `name` and the other short elements listed in [`SUMMARY_FALLBACK`].
+
+use std::collections::HashSet;
+
+use fhir::search::{Criterion, Include, ParamRef, ParamValue, SearchQuery, SummaryMode, TotalMode};
+use fhir::{IndexValue, IssueType, ParamType};
+use serde_json::{Map, Value, json};
+use store::{Ctx, HistoryQuery, StoredResource, WriteMethod};
+
+use crate::crud::{body_json, new_id};
+use crate::{Engine, EngineError, EngineResult, RequestOptions};
+
+/// Most resources added by includes to one page.
+const MAX_INCLUDED: usize = 1000;
+
+/// Top-level elements kept by `_summary=true`.
+const SUMMARY_FALLBACK: &[&str] = &[
+    "resourceType", "id", "meta", "implicitRules", "identifier", "active", "status", "intent", "category", "code",
+    "subject", "patient", "name", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "type", "class",
+    "period", "effectiveDateTime", "effectivePeriod", "issued", "authoredOn", "onsetDateTime", "recordedDate",
+    "date", "title", "url", "version", "telecom", "address", "managingOrganization", "partOf", "encounter",
+    "valueQuantity", "valueCodeableConcept", "valueString", "clinicalStatus", "verificationStatus",
+    "medicationCodeableConcept", "medicationReference", "requester", "performer", "author",
+];
+
+pub(crate) fn encode_params(params: &[(String, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+fn with_offset(params: &[(String, String)], offset: usize) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_offset").cloned().collect();
+    out.push(("_offset".into(), offset.to_string()));
+    out
+}
+
+fn link(relation: &str, url: String) -> Value {
+    json!({"relation": relation, "url": url})
+}
+
+/// Applies `_summary` / `_elements` to a resource, marking it SUBSETTED.
+fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[String]>) -> Value {
+    let keep: Option<Box<dyn Fn(&str) -> bool>> = match (summary, elements) {
+        (_, Some(list)) => {
+            let list: Vec<String> = list.to_vec();
+            Some(Box::new(move |k: &str| matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k)))
+        }
+        (Some(SummaryMode::True), None) => Some(Box::new(|k: &str| SUMMARY_FALLBACK.contains(&k))),
+        (Some(SummaryMode::Text), None) => Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text"))),
+        (Some(SummaryMode::Data), None) => Some(Box::new(|k: &str| k != "text")),
+        _ => None,
+    };
+    if let (Some(keep), Some(object)) = (keep, resource.as_object_mut()) {
+        object.retain(|k, _| keep(k));
+        let meta = object.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+        if let Some(meta) = meta.as_object_mut() {
+            let tags = meta.entry("tag").or_insert_with(|| Value::Array(Vec::new()));
+            if let Some(tags) = tags.as_array_mut() {
+                tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
+            }
+        }
+    }
+    resource
+}
+
+fn entry(base: &str, r: &StoredResource, resource: Value, mode: &str) -> Value {
+    json!({
+        "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+        "resource": resource,
+        "search": {"mode": mode},
+    })
+}
+
+impl Engine {
+    pub(crate) async fn search_impl(
+        &self,
+        ctx: &Ctx,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
+        if let Some(t) = resource_type {
+            self.check_type(t)?;
+        }
+        let parsed =
+            fhir::search::parse(self.defs, resource_type, params, &self.parse_options(opts.lenient)).map_err(EngineError::BadRequest)?;
+        let mut query = parsed.query;
+        let count_only = query.summary == Some(SummaryMode::Count);
+        if count_only {
+            query.count = 0;
+            query.total = TotalMode::Accurate;
+        }
+        let page = self.store.search(ctx, &query).await?;
+        let base = &opts.base_url;
+        let path = match resource_type {
+            Some(t) => format!("{base}/{t}"),
+            None => base.clone(),
+        };
+        let mut entries: Vec<Value> = page
+            .resources
+            .iter()
+            .map(|r| entry(base, r, subset(body_json(r), query.summary, query.elements.as_deref()), "match"))
+            .collect();
+        let included = self.includes(ctx, &query, &page.resources).await?;
+        entries.extend(included.iter().map(|r| entry(base, r, body_json(r), "include")));
+        if !parsed.warnings.is_empty() {
+            entries.push(json!({
+                "fullUrl": format!("urn:uuid:{}", new_id()),
+                "resource": fhir::outcome::operation_outcome(&parsed.warnings),
+                "search": {"mode": "outcome"},
+            }));
+        }
+        let mut links = vec![link("self", format!("{path}?{}", encode_params(&with_offset(params, query.offset))))];
+        if !count_only {
+            links.push(link("first", format!("{path}?{}", encode_params(&with_offset(params, 0)))));
+            let more = match page.total {
+                Some(total) => (query.offset + query.count) < total as usize,
+                None => query.count > 0 && page.resources.len() == query.count,
+            };
+            if more && query.count > 0 {
+                links.push(link("next", format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count)))));
+            }
+            if query.offset > 0 && query.count > 0 {
+                let previous = query.offset.saturating_sub(query.count);
+                links.push(link("previous", format!("{path}?{}", encode_params(&with_offset(params, previous)))));
+            }
+        }
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "meta": {"lastUpdated": fhir::normalize::format_instant(crate::crud::now_ms())},
+            "type": "searchset",
+            "link": links,
+            "entry": entries,
+        });
+        if let Some(total) = page.total {
+            bundle["total"] = json!(total);
+        }
+        Ok(bundle)
+    }
+
+    /// Resolves `_include` and `_revinclude` (iterating while `:iterate` finds new ones).
+    async fn includes(&self, ctx: &Ctx, query: &SearchQuery, matches: &[StoredResource]) -> EngineResult<Vec<StoredResource>> {
+        if query.includes.is_empty() && query.revincludes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seen: HashSet<(String, String)> = matches.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let mut out: Vec<StoredResource> = Vec::new();
+        let mut frontier: Vec<StoredResource> = matches.to_vec();
+        let mut first_round = true;
+        while !frontier.is_empty() && out.len() < MAX_INCLUDED {
+            let mut found: Vec<StoredResource> = Vec::new();
+            for include in query.includes.iter().filter(|i| first_round || i.iterate) {
+                let mut keys: Vec<(String, String)> = Vec::new();
+                for r in frontier.iter().filter(|r| include.source_type == "*" || include.source_type == r.resource_type) {
+                    let body = body_json(r);
+                    for e in fhir::index::extract(self.defs, &body) {
+                        if include.param.as_ref().is_some_and(|p| *p != e.param) {
+                            continue;
+                        }
+                        if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), url: None, .. } = e.value {
+                            if include.target_type.as_ref().is_none_or(|want| *want == t) && !seen.contains(&(t.clone(), id.clone())) {
+                                keys.push((t, id));
+                            }
+                        }
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                found.extend(self.store.read_many(ctx, &keys).await?);
+            }
+            for include in query.revincludes.iter().filter(|i| first_round || i.iterate) {
+                found.extend(self.revinclude(ctx, include, &frontier).await?);
+            }
+            first_round = false;
+            frontier = found
+                .into_iter()
+                .filter(|r| seen.insert((r.resource_type.clone(), r.id.clone())))
+                .collect();
+            out.extend(frontier.iter().cloned());
+        }
+        out.truncate(MAX_INCLUDED);
+        Ok(out)
+    }
+
+    async fn revinclude(&self, ctx: &Ctx, include: &Include, targets: &[StoredResource]) -> EngineResult<Vec<StoredResource>> {
+        if targets.is_empty() || include.source_type == "*" {
+            return Ok(Vec::new());
+        }
+        let params: Vec<&fhir::SearchParamDef> = self
+            .defs
+            .search_params_for(&include.source_type)
+            .into_iter()
+            .filter(|p| p.kind == ParamType::Reference && include.param.as_ref().is_none_or(|want| *want == p.code))
+            .collect();
+        let mut out = Vec::new();
+        for p in params {
+            let values: Vec<ParamValue> = targets
+                .iter()
+                .map(|t| ParamValue::Reference {
+                    resource_type: Some(t.resource_type.clone()),
+                    id: Some(t.id.clone()),
+                    version: None,
+                    url: None,
+                })
+                .collect();
+            let query = SearchQuery {
+                resource_type: Some(include.source_type.clone()),
+                criteria: vec![Criterion::Param {
+                    param: ParamRef { code: p.code.clone(), kind: ParamType::Reference, targets: p.targets.clone() },
+                    modifier: None,
+                    values,
+                }],
+                count: MAX_INCLUDED,
+                total: TotalMode::None,
+                ..SearchQuery::default()
+            };
+            out.extend(self.store.search(ctx, &query).await?.resources);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn history_impl(
+        &self,
+        ctx: &Ctx,
+        resource_type: Option<&str>,
+        id: Option<&str>,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
+        if let Some(t) = resource_type {
+            self.check_type(t)?;
+        }
+        let mut query = HistoryQuery {
+            resource_type: resource_type.map(str::to_string),
+            id: id.map(str::to_string),
+            count: self.config.default_count,
+            ..HistoryQuery::default()
+        };
+        for (k, v) in params {
+            match k.as_str() {
+                "_since" => {
+                    let (low, _) = fhir::normalize::date_range(v).ok_or_else(|| {
+                        EngineError::bad_request(IssueType::Invalid, format!("_since '{v}' is not a valid instant (e.g. 2024-05-01T00:00:00Z)"))
+                    })?;
+                    query.since = Some(low);
+                }
+                "_count" => {
+                    let n: usize = v.parse().map_err(|_| {
+                        EngineError::bad_request(IssueType::Invalid, format!("_count must be a non-negative whole number, not '{v}'"))
+                    })?;
+                    query.count = n.min(self.config.max_count);
+                }
+                "_offset" => {
+                    query.offset = v.parse().map_err(|_| {
+                        EngineError::bad_request(IssueType::Invalid, format!("_offset must be a non-negative whole number, not '{v}'"))
+                    })?
+                }
+                "_format" | "_pretty" => {}
+                other if !opts.lenient => {
+                    return Err(EngineError::bad_request(
+                        IssueType::NotSupported,
+                        format!("the history parameter '{other}' is not supported (use _since, _count, _offset)"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(t), Some(i)) = (resource_type, id) {
+            if self.store.read(ctx, t, i).await?.is_none() {
+                return Err(EngineError::NotFound(format!("{t}/{i}")));
+            }
+        }
+        let page = self.store.history(ctx, &query).await?;
+        let base = &opts.base_url;
+        let entries: Vec<Value> = page
+            .resources
+            .iter()
+            .map(|r| {
+                let (method, url, status) = match r.method {
+                    WriteMethod::Create => ("POST", r.resource_type.clone(), "201 Created"),
+                    WriteMethod::Update => ("PUT", format!("{}/{}", r.resource_type, r.id), "200 OK"),
+                    WriteMethod::Delete => ("DELETE", format!("{}/{}", r.resource_type, r.id), "204 No Content"),
+                };
+                let mut e = json!({
+                    "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
+                    "request": {"method": method, "url": url},
+                    "response": {
+                        "status": status,
+                        "etag": format!("W/\"{}\"", r.version),
+                        "lastModified": fhir::normalize::format_instant(r.last_updated),
+                    },
+                });
+                if !r.deleted {
+                    e["resource"] = body_json(r);
+                }
+                e
+            })
+            .collect();
+        let path = match (resource_type, id) {
+            (Some(t), Some(i)) => format!("{base}/{t}/{i}/_history"),
+            (Some(t), None) => format!("{base}/{t}/_history"),
+            _ => format!("{base}/_history"),
+        };
+        let mut links = vec![link("self", format!("{path}?{}", encode_params(&with_offset(params, query.offset))))];
+        let total = page.total.unwrap_or(0) as usize;
+        if query.count > 0 && query.offset + query.count < total {
+            links.push(link("next", format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count)))));
+        }
+        Ok(json!({
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "type": "history",
+            "total": total,
+            "link": links,
+            "entry": entries,
+        }))
+    }
+
+    /// `$everything`: the Patient, every resource in its compartment, and the shared resources
+    /// (organizations, practitioners, locations, medications, …) they reference. Honors
+    /// `_since` and `_type`; returns all entries in one Bundle (no paging).
+    pub(crate) async fn everything_impl(
+        &self,
+        ctx: &Ctx,
+        patient_id: &str,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
+        self.read_impl(ctx, "Patient", patient_id).await?;
+        let mut since = None;
+        let mut types: Vec<String> = Vec::new();
+        for (k, v) in params {
+            match k.as_str() {
+                "_since" => {
+                    since = Some(fhir::normalize::date_range(v).map(|r| r.0).ok_or_else(|| {
+                        EngineError::bad_request(IssueType::Invalid, format!("_since '{v}' is not a valid instant"))
+                    })?)
+                }
+                "_type" => {
+                    for t in v.split(',') {
+                        if !self.defs.is_resource_type(t) {
+                            return Err(EngineError::bad_request(IssueType::Invalid, format!("'{t}' in _type is not a resource type")));
+                        }
+                        types.push(t.to_string());
+                    }
+                }
+                "_count" | "_format" | "_pretty" | "start" | "end" => {}
+                other if !opts.lenient => {
+                    return Err(EngineError::bad_request(
+                        IssueType::NotSupported,
+                        format!("the $everything parameter '{other}' is not supported (use _since, _type)"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let members = self.store.patient_compartment(ctx, patient_id, since, &types).await?;
+        let mut seen: HashSet<(String, String)> = members.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for r in &members {
+            let body = body_json(r);
+            let mut collect = |reference: &str| {
+                if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), url: None, .. } =
+                    fhir::index::reference_value(reference, None)
+                {
+                    let shared = self.defs.patient_compartment_params(&t).is_empty() && t != "Patient";
+                    if shared && (types.is_empty() || types.contains(&t)) && seen.insert((t.clone(), id.clone())) {
+                        wanted.push((t, id));
+                    }
+                }
+            };
+            walk_references(&body, &mut collect);
+        }
+        let shared = self.store.read_many(ctx, &wanted).await?;
+        let base = &opts.base_url;
+        let entries: Vec<Value> =
+            members.iter().chain(shared.iter()).map(|r| entry(base, r, body_json(r), "match")).collect();
+        Ok(json!({
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "type": "searchset",
+            "total": entries.len(),
+            "link": [link("self", format!("{base}/Patient/{patient_id}/$everything"))],
+            "entry": entries,
+        }))
+    }
+}
+
+pub(crate) fn walk_references(value: &Value, f: &mut dyn FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(s)) => f(s),
+                    _ => walk_references(v, f),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| walk_references(v, f)),
+        _ => {}
+    }
+}
