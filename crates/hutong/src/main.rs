@@ -1,2 +1,164 @@
-//! The `hutong` binary.
-fn main() {}
+//! The `hutong` binary: `serve`, `import` and `bench`.
+
+mod bench;
+mod demo;
+mod import;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engine::{Engine, EngineConfig, RequestOptions};
+use store::{Ctx, ResourceStore};
+
+#[derive(Parser)]
+#[command(name = "hutong", version, about = "Hutong (互通) regional health information platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the data lives.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// Data folder of the embedded store (and of import journals and export files).
+    #[arg(long, env = "HUTONG_DATA", default_value = "./hutong-data")]
+    pub data: PathBuf,
+    /// PostgreSQL URL (postgres://user@host:port/db); without it the embedded SQLite store is used.
+    #[arg(long, env = "HUTONG_DATABASE_URL")]
+    pub database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FHIR server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "HUTONG_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Load the synthetic demo data set when the store is empty.
+        #[arg(long, env = "HUTONG_DEMO")]
+        demo: bool,
+        /// Largest request body accepted, in bytes.
+        #[arg(long, env = "HUTONG_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Public FHIR base URL, when the server runs behind a proxy.
+        #[arg(long, env = "HUTONG_BASE_URL")]
+        base_url: Option<String>,
+    },
+    /// Import FHIR Bundles, resources and NDJSON files or folders (idempotent, resumable).
+    Import {
+        /// Files or folders to import.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Benchmarks (results go to docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: bench::BenchCommand,
+    },
+}
+
+/// Opens the configured store.
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn ResourceStore>> {
+    Ok(match &args.database {
+        Some(url) => Arc::new(
+            store_postgres::PgStore::connect(url).await.map_err(|e| anyhow::anyhow!("{e}")).context("opening PostgreSQL")?,
+        ),
+        None => Arc::new(store_sqlite::SqliteStore::open(&args.data).map_err(|e| anyhow::anyhow!("{e}"))?),
+    })
+}
+
+pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
+    Engine::new(store, EngineConfig { export_dir: args.data.join("export"), ..EngineConfig::default() })
+}
+
+/// Loads the demo data set if the store holds no Patient yet; returns how many resources.
+async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
+    let ctx = Ctx::system();
+    let opts = RequestOptions { base_url: "urn:hutong:demo".into(), ..RequestOptions::default() };
+    let probe = engine.search(&ctx, Some("Patient"), &[("_count".into(), "1".into())], &opts).await?;
+    if probe["total"].as_u64().unwrap_or(0) > 0 {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for bundle in demo::demo_bundles(300) {
+        let bundle = import::idempotent_transaction(bundle);
+        n += bundle["entry"].as_array().map_or(0, Vec::len);
+        engine.bundle(&ctx, bundle, &opts).await.context("loading the demo data")?;
+    }
+    Ok(n)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen, store, demo, max_body_bytes, base_url } => {
+            let addr: SocketAddr = listen
+                .parse()
+                .with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
+            let backend = open_store(&store).await?;
+            let engine = Arc::new(engine_for(backend, &store));
+            if demo {
+                let n = load_demo(&engine).await?;
+                if n > 0 {
+                    println!("Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents)");
+                }
+            }
+            let app = api::router(api::AppState { engine, config: api::ApiConfig { max_body_bytes, base_url } });
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
+            let local = listener.local_addr()?;
+            println!("Hutong FHIR server listening on http://{local}/fhir");
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Import { paths, store } => {
+            let backend = open_store(&store).await?;
+            let engine = engine_for(backend, &store);
+            let summary = import::run(&engine, &store.data, &paths, true).await?;
+            println!(
+                "Imported {} resources from {} files in {:.1} s ({:.0} resources/s)",
+                summary.resources,
+                summary.files,
+                summary.seconds,
+                summary.resources as f64 / summary.seconds.max(1e-3)
+            );
+            if summary.failures.is_empty() {
+                Ok(())
+            } else {
+                for f in &summary.failures {
+                    eprintln!("failed: {f}");
+                }
+                anyhow::bail!("{} unit(s) failed to import; fix them and run the same command again", summary.failures.len())
+            }
+        }
+        Command::Bench { which } => bench::run(which).await,
+    }
+}

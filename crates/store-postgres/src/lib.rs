@@ -1,1 +1,547 @@
-//! store-postgres
+//! The PostgreSQL 15+ backend of the storage contract (production).
+//!
+//! Same schema and search SQL as the embedded backend (crate `store-sql`). A commit is one
+//! database transaction whose statement count does not grow with its size: the current
+//! versions are locked with one `SELECT … FOR UPDATE`, and every table is written with one
+//! `INSERT … SELECT FROM UNNEST(arrays)`, so a 500-resource Bundle costs about twenty round
+//! trips. Durability is PostgreSQL's (`synchronous_commit = on`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use store::{
+    Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+};
+use store_sql::rows::{self, Cell};
+use store_sql::{Dialect, SqlValue, schema};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("postgres: {e}"))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}"))
+}
+
+impl PgStore {
+    /// Connects (a pool of up to 16 connections) and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            StoreError::Unavailable(format!("the database URL is not valid ({e}); expected postgres://user@host:port/database"))
+        })?;
+        let target = format!(
+            "{}:{}/{}",
+            config.get_hosts().first().map_or("localhost".to_string(), |h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            }),
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_dbname().unwrap_or("postgres"),
+        );
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot create the connection pool: {e}")))?;
+        let client = pool.get().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {target}: {e}. Check that the server runs, accepts TCP connections \
+                 there, and that the user and database exist"
+            ))
+        })?;
+        for statement in schema::ddl(Dialect::Postgres) {
+            client.batch_execute(&statement).await.map_err(backend)?;
+        }
+        Ok(PgStore { pool })
+    }
+}
+
+const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
+
+fn stored(row: &tokio_postgres::Row, offset: usize) -> StoredResource {
+    let method: String = row.get(offset + 5);
+    StoredResource {
+        resource_type: row.get(offset),
+        id: row.get(offset + 1),
+        version: row.get(offset + 2),
+        last_updated: row.get(offset + 3),
+        deleted: row.get::<_, i16>(offset + 4) != 0,
+        method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
+        body: row.get(offset + 6),
+    }
+}
+
+fn params(values: &[SqlValue]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    values
+        .iter()
+        .map(|v| -> Box<dyn ToSql + Sync + Send> {
+            match v {
+                SqlValue::Int(i) => Box::new(*i),
+                SqlValue::Real(r) => Box::new(*r),
+                SqlValue::Text(t) => Box::new(t.clone()),
+            }
+        })
+        .collect()
+}
+
+fn refs(boxed: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    boxed.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+/// Column arrays of one index table, filled row by row.
+#[derive(Default)]
+struct Columns {
+    rid: Vec<i64>,
+    ty: Vec<String>,
+    param: Vec<String>,
+    texts: Vec<Vec<Option<String>>>,
+    ints: Vec<Vec<i64>>,
+    reals: Vec<Vec<Option<f64>>>,
+    patient_key: Vec<String>,
+    /// Per value column: 't' text, 'i' int, 'r' real, and its index in the typed vectors.
+    layout: Vec<(char, usize)>,
+}
+
+impl Columns {
+    fn push(&mut self, rid: i64, ty: &str, row: &rows::Row<'_>, patient_key: &str) {
+        if self.layout.is_empty() {
+            let (mut t, mut i, mut r) = (0, 0, 0);
+            for cell in &row.values {
+                match cell {
+                    Cell::Text(_) => {
+                        self.layout.push(('t', t));
+                        t += 1;
+                    }
+                    Cell::Int(_) => {
+                        self.layout.push(('i', i));
+                        i += 1;
+                    }
+                    Cell::Real(_) => {
+                        self.layout.push(('r', r));
+                        r += 1;
+                    }
+                }
+            }
+            self.texts = vec![Vec::new(); t];
+            self.ints = vec![Vec::new(); i];
+            self.reals = vec![Vec::new(); r];
+        }
+        self.rid.push(rid);
+        self.ty.push(ty.to_string());
+        self.param.push(row.param.to_string());
+        self.patient_key.push(patient_key.to_string());
+        for (cell, (_, slot)) in row.values.iter().zip(self.layout.clone()) {
+            match cell {
+                Cell::Text(v) => self.texts[slot].push(v.map(str::to_string)),
+                Cell::Int(v) => self.ints[slot].push(*v),
+                Cell::Real(v) => self.reals[slot].push(*v),
+            }
+        }
+    }
+
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>, table: &str) -> StoreResult<()> {
+        if self.rid.is_empty() {
+            return Ok(());
+        }
+        let cols = rows::columns(table);
+        let mut binds: Vec<&(dyn ToSql + Sync)> = vec![&self.rid, &self.ty, &self.param];
+        let mut casts = vec!["$1::bigint[]".to_string(), "$2::text[]".into(), "$3::text[]".into()];
+        for (kind, slot) in &self.layout {
+            let n = binds.len() + 1;
+            match kind {
+                't' => {
+                    binds.push(&self.texts[*slot]);
+                    casts.push(format!("${n}::text[]"));
+                }
+                'i' => {
+                    binds.push(&self.ints[*slot]);
+                    casts.push(format!("${n}::bigint[]"));
+                }
+                _ => {
+                    binds.push(&self.reals[*slot]);
+                    casts.push(format!("${n}::float8[]"));
+                }
+            }
+        }
+        binds.push(&self.patient_key);
+        casts.push(format!("${}::text[]", binds.len()));
+        let sql = format!(
+            "INSERT INTO {table} (rid, type, param, {}, patient_key) SELECT * FROM UNNEST({})",
+            cols.join(", "),
+            casts.join(", ")
+        );
+        tx.execute(&sql, &binds).await.map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+#[async_trait]
+impl ResourceStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn commit(&self, _ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let types: Vec<&str> = ops.iter().map(|o| o.resource_type.as_str()).collect();
+        let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+        let current: HashMap<(String, String), (i64, i64)> = tx
+            .query(
+                "SELECT r.type, r.id, r.rid, r.version FROM resource r JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) \
+                 ON r.type = k.type AND r.id = k.id FOR UPDATE OF r",
+                &[&types, &ids],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+            .collect();
+        for op in &ops {
+            let actual = current.get(&(op.resource_type.clone(), op.id.clone())).map_or(0, |c| c.1);
+            if actual != op.version - 1 {
+                return Err(StoreError::VersionConflict {
+                    resource_type: op.resource_type.clone(),
+                    id: op.id.clone(),
+                    expected: op.version - 1,
+                    actual,
+                });
+            }
+        }
+        // New resources: one INSERT … RETURNING rid.
+        let new_ops: Vec<&WriteOp> =
+            ops.iter().filter(|o| !current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
+        let mut rids: HashMap<(String, String), i64> = current.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        let column = |f: &dyn Fn(&WriteOp) -> String, set: &[&WriteOp]| -> Vec<String> { set.iter().map(|o| f(o)).collect() };
+        let patient_key = |o: &WriteOp| o.compartments.first().cloned().unwrap_or_default();
+        if !new_ops.is_empty() {
+            let (t, i) = (column(&|o| o.resource_type.clone(), &new_ops), column(&|o| o.id.clone(), &new_ops));
+            let version: Vec<i64> = new_ops.iter().map(|o| o.version).collect();
+            let updated: Vec<i64> = new_ops.iter().map(|o| o.last_updated).collect();
+            let deleted: Vec<i16> = new_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+            let method = column(&|o| o.method.code().to_string(), &new_ops);
+            let keys = column(&patient_key, &new_ops);
+            let bodies: Vec<Option<String>> = new_ops.iter().map(|o| o.body.clone()).collect();
+            let inserted = tx
+                .query(
+                    "INSERT INTO resource (type, id, version, last_updated, deleted, method, patient_key, body) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::smallint[], $6::text[], \
+                     $7::text[], $8::text[]) RETURNING type, id, rid",
+                    &[&t, &i, &version, &updated, &deleted, &method, &keys, &bodies],
+                )
+                .await;
+            match inserted {
+                Ok(rows) => {
+                    for row in rows {
+                        rids.insert((row.get(0), row.get(1)), row.get(2));
+                    }
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    let op = new_ops[0];
+                    return Err(StoreError::VersionConflict {
+                        resource_type: op.resource_type.clone(),
+                        id: op.id.clone(),
+                        expected: 0,
+                        actual: 1,
+                    });
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        // Existing resources: one UPDATE … FROM UNNEST, then clear their index rows.
+        let old_ops: Vec<&WriteOp> = ops.iter().filter(|o| current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
+        if !old_ops.is_empty() {
+            let rid: Vec<i64> = old_ops.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
+            let version: Vec<i64> = old_ops.iter().map(|o| o.version).collect();
+            let updated: Vec<i64> = old_ops.iter().map(|o| o.last_updated).collect();
+            let deleted: Vec<i16> = old_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+            let method = column(&|o| o.method.code().to_string(), &old_ops);
+            let keys = column(&patient_key, &old_ops);
+            let bodies: Vec<Option<String>> = old_ops.iter().map(|o| o.body.clone()).collect();
+            tx.execute(
+                "UPDATE resource r SET version = u.version, last_updated = u.last_updated, deleted = u.deleted, \
+                 method = u.method, patient_key = u.patient_key, body = u.body FROM UNNEST($1::bigint[], $2::bigint[], \
+                 $3::bigint[], $4::smallint[], $5::text[], $6::text[], $7::text[]) AS u(rid, version, last_updated, deleted, \
+                 method, patient_key, body) WHERE r.rid = u.rid",
+                &[&rid, &version, &updated, &deleted, &method, &keys, &bodies],
+            )
+            .await
+            .map_err(backend)?;
+            for table in schema::INDEX_TABLES.iter().chain(["compartment"].iter()) {
+                tx.execute(&format!("DELETE FROM {table} WHERE rid = ANY($1)"), &[&rid]).await.map_err(backend)?;
+            }
+        }
+        // History, index rows, compartments, outbox.
+        let all: Vec<&WriteOp> = ops.iter().collect();
+        let rid: Vec<i64> = all.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
+        let version: Vec<i64> = all.iter().map(|o| o.version).collect();
+        let t = column(&|o| o.resource_type.clone(), &all);
+        let i = column(&|o| o.id.clone(), &all);
+        let updated: Vec<i64> = all.iter().map(|o| o.last_updated).collect();
+        let deleted: Vec<i16> = all.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+        let method = column(&|o| o.method.code().to_string(), &all);
+        let keys = column(&patient_key, &all);
+        let bodies: Vec<Option<String>> = all.iter().map(|o| o.body.clone()).collect();
+        tx.execute(
+            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, body) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::smallint[], \
+             $7::text[], $8::text[], $9::text[])",
+            &[&rid, &version, &t, &i, &updated, &deleted, &method, &keys, &bodies],
+        )
+        .await
+        .map_err(backend)?;
+        let mut tables: HashMap<&'static str, Columns> = HashMap::new();
+        let (mut comp_key, mut comp_rid) = (Vec::new(), Vec::new());
+        for (op, rid) in ops.iter().zip(&rid) {
+            if op.method == WriteMethod::Delete {
+                continue;
+            }
+            let key = patient_key(op);
+            for entry in &op.index {
+                if let Some(row) = rows::row(entry) {
+                    tables.entry(row.table).or_default().push(*rid, &op.resource_type, &row, &key);
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for p in &op.compartments {
+                if seen.insert(p) {
+                    comp_key.push(p.clone());
+                    comp_rid.push(*rid);
+                }
+            }
+        }
+        for (table, columns) in &tables {
+            columns.insert(&tx, table).await?;
+        }
+        if !comp_rid.is_empty() {
+            tx.execute(
+                "INSERT INTO compartment (patient_key, rid) SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+                &[&comp_key, &comp_rid],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.execute(
+            "INSERT INTO outbox (type, id, version, method, last_updated) \
+             SELECT t, i, v, m, u FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
+             WITH ORDINALITY AS x(t, i, v, m, u, n) ORDER BY n",
+            &[&t, &i, &version, &method, &updated],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn current_versions(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let found: HashMap<(String, String), (i64, bool)> = client
+            .query(
+                "SELECT r.type, r.id, r.version, r.deleted FROM resource r JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) \
+                 ON r.type = k.type AND r.id = k.id",
+                &[&types, &ids],
+            )
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get::<_, i16>(3) != 0)))
+            .collect();
+        Ok(keys.iter().map(|k| found.get(k).copied()).collect())
+    }
+
+    async fn read(&self, _ctx: &Ctx, resource_type: &str, id: &str) -> StoreResult<Option<StoredResource>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {RESOURCE_COLUMNS} FROM resource WHERE type = $1 AND id = $2"))
+            .await
+            .map_err(backend)?;
+        Ok(client.query_opt(&statement, &[&resource_type, &id]).await.map_err(backend)?.map(|r| stored(&r, 0)))
+    }
+
+    async fn read_many(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<StoredResource>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let types: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        Ok(client
+            .query(
+                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM resource r \
+                 JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) ON r.type = k.type AND r.id = k.id WHERE r.deleted = 0",
+                &[&types, &ids],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| stored(r, 0))
+            .collect())
+    }
+
+    async fn vread(&self, _ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(client
+            .query_opt(
+                &format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE rid = (SELECT rid FROM resource WHERE type = $1 \
+                     AND id = $2) AND version = $3"
+                ),
+                &[&resource_type, &id, &version],
+            )
+            .await
+            .map_err(backend)?
+            .map(|r| stored(&r, 0)))
+    }
+
+    async fn history(&self, _ctx: &Ctx, query: &HistoryQuery) -> StoreResult<Page> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut filter = vec!["TRUE".to_string()];
+        let mut binds: Vec<SqlValue> = Vec::new();
+        match (&query.resource_type, &query.id) {
+            (Some(t), Some(i)) => {
+                binds.push(SqlValue::Text(t.clone()));
+                binds.push(SqlValue::Text(i.clone()));
+                filter.push("rid = (SELECT rid FROM resource WHERE type = $1 AND id = $2)".into());
+            }
+            (Some(t), None) => {
+                binds.push(SqlValue::Text(t.clone()));
+                filter.push("type = $1".into());
+            }
+            _ => {}
+        }
+        if let Some(since) = query.since {
+            binds.push(SqlValue::Int(since));
+            filter.push(format!("last_updated >= ${}", binds.len()));
+        }
+        let filter = filter.join(" AND ");
+        let boxed = params(&binds);
+        let total: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM resource_history WHERE {filter}"), &refs(&boxed))
+            .await
+            .map_err(backend)?
+            .get(0);
+        let n = binds.len();
+        binds.push(SqlValue::Int(query.count as i64));
+        binds.push(SqlValue::Int(query.offset as i64));
+        let boxed = params(&binds);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {filter} \
+                     ORDER BY last_updated DESC, rid DESC, version DESC LIMIT ${} OFFSET ${}",
+                    n + 1,
+                    n + 2
+                ),
+                &refs(&boxed),
+            )
+            .await
+            .map_err(backend)?;
+        Ok(Page { resources: rows.iter().map(|r| stored(r, 0)).collect(), total: Some(total as u64) })
+    }
+
+    async fn search(&self, _ctx: &Ctx, query: &fhir::search::SearchQuery) -> StoreResult<Page> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let built = store_sql::query::build_search(query, Dialect::Postgres, now);
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let total = match &built.count {
+            Some(count) => {
+                let boxed = params(&count.binds);
+                let statement = client.prepare_cached(&count.text).await.map_err(backend)?;
+                Some(client.query_one(&statement, &refs(&boxed)).await.map_err(backend)?.get::<_, i64>(0) as u64)
+            }
+            None => None,
+        };
+        let boxed = params(&built.page.binds);
+        let statement = client.prepare_cached(&built.page.text).await.map_err(backend)?;
+        let rows = client.query(&statement, &refs(&boxed)).await.map_err(backend)?;
+        Ok(Page { resources: rows.iter().map(|r| stored(r, 1)).collect(), total })
+    }
+
+    async fn patient_compartment(
+        &self,
+        _ctx: &Ctx,
+        patient_id: &str,
+        since: Option<i64>,
+        types: &[String],
+    ) -> StoreResult<Vec<StoredResource>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let since = since.unwrap_or(i64::MIN);
+        let types: Vec<&str> = types.iter().map(String::as_str).collect();
+        let rows = client
+            .query(
+                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM compartment c \
+                 JOIN resource r ON r.rid = c.rid WHERE c.patient_key = $1 AND r.deleted = 0 AND r.last_updated >= $2 \
+                 AND (cardinality($3::text[]) = 0 OR r.type = ANY($3)) ORDER BY r.type, r.rid",
+                &[&patient_id, &since, &types],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| stored(r, 0)).collect())
+    }
+
+    async fn outbox_read(&self, after: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT seq, type, id, version, method, last_updated FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let method: String = r.get(4);
+                OutboxEvent {
+                    seq: r.get(0),
+                    resource_type: r.get(1),
+                    id: r.get(2),
+                    version: r.get(3),
+                    method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
+                    last_updated: r.get(5),
+                }
+            })
+            .collect())
+    }
+
+    async fn cursor_get(&self, consumer: &str) -> StoreResult<i64> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(client
+            .query_opt("SELECT position FROM consumer_cursor WHERE name = $1", &[&consumer])
+            .await
+            .map_err(backend)?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    async fn cursor_set(&self, consumer: &str, position: i64) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO consumer_cursor (name, position) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET position = GREATEST(consumer_cursor.position, EXCLUDED.position)",
+                &[&consumer, &position],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}

@@ -332,9 +332,15 @@ fn value_condition(sql: &mut Sql, param: &ParamRef, modifier: Option<&Modifier>,
                 ParamValue::Number { prefix, value, low, high } => {
                     number_condition(sql, *prefix, *value, *low, *high, "i.c2_value")
                 }
-                ParamValue::Date { prefix, low, high } => {
-                    date_condition(sql, *prefix, *low, *high, "i.c2_low", "i.c2_high", now_ms)
-                }
+                ParamValue::Date { prefix, low, high } => date_condition(
+                    sql,
+                    *prefix,
+                    *low,
+                    *high,
+                    "CAST(i.c2_low AS BIGINT)",
+                    "CAST(i.c2_high AS BIGINT)",
+                    now_ms,
+                ),
                 other => component_key_condition(sql, "i.c2_system", "i.c2_code", other)?,
             };
             format!("({c1} AND {c2})")

@@ -1,0 +1,262 @@
+//! `hutong bench ingest` and `hutong bench search`: the benchmarks behind docs/BENCHMARKS.md.
+//!
+//! `ingest` generates synthetic resident transaction Bundles in memory and measures, on the same
+//! Bundles, the stages separately (JSON parsing; validation + index extraction; commits of the
+//! prepared rows alone) and end to end through the engine, so the result shows how close
+//! ingest comes to its physical limits. `search` serves a loaded store on a loopback port and
+//! drives it over HTTP with concurrent clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Subcommand;
+use http_body_util::{BodyExt, Empty};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::Value;
+use store::{Ctx, WriteMethod, WriteOp};
+
+use crate::{StoreArgs, demo, engine_for, import, open_store};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Transaction-bundle ingest of synthetic residents.
+    Ingest {
+        /// Residents to generate (each ~8 resources; see the printed count).
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        /// Extra glucose readings per resident (bigger patients).
+        #[arg(long, default_value_t = 0)]
+        extra_observations: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Concurrent HTTP reads and searches against a loaded store.
+    Search {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
+    match which {
+        BenchCommand::Ingest { patients, extra_observations, store } => ingest(patients, extra_observations, store).await,
+        BenchCommand::Search { clients, seconds, store } => search(clients, seconds, store).await,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn ingest(patients: usize, extra: usize, args: StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let engine = engine_for(store.clone(), &args);
+    let ctx = Ctx::system();
+    let opts = engine::RequestOptions { base_url: "urn:bench".into(), ..Default::default() };
+    engine.bundle(&ctx, demo::reference_bundle(), &opts).await?;
+    let mut rng = StdRng::seed_from_u64(42 + patients as u64);
+    let bundles: Vec<String> =
+        (0..patients).map(|_| import::idempotent_transaction(demo::resident_bundle(&mut rng, extra)).to_string()).collect();
+    let resources: usize = bundles.iter().map(|b| b.matches("\"request\"").count()).sum();
+    let bytes: usize = bundles.iter().map(String::len).sum();
+    println!("generated {patients} resident bundles: {resources} resources, {:.1} MB of JSON", bytes as f64 / 1e6);
+
+    // Stage 1: JSON parsing alone.
+    let t = Instant::now();
+    let parsed: Vec<Value> = bundles.iter().map(|b| serde_json::from_str(b)).collect::<Result<_, _>>()?;
+    let parse_s = t.elapsed().as_secs_f64();
+    println!("  JSON parse:                {:>10.0} resources/s", resources as f64 / parse_s);
+
+    // Stage 2: validation + index extraction (CPU work per resource), no storage.
+    let defs = fhir::Definitions::r4();
+    let t = Instant::now();
+    let mut index_rows = 0usize;
+    for b in &parsed {
+        for e in b["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            let issues = fhir::validate::validate(defs, r);
+            anyhow::ensure!(issues.is_empty(), "generated data must be valid: {issues:?}");
+            index_rows += fhir::index::extract(defs, r).len();
+        }
+    }
+    let cpu_s = t.elapsed().as_secs_f64();
+    println!(
+        "  validate + extract:        {:>10.0} resources/s ({:.1} index rows per resource)",
+        resources as f64 / cpu_s,
+        index_rows as f64 / resources as f64
+    );
+
+    // Stage 3: the storage limit: committing prepared rows of the same shape, one transaction
+    // per bundle, into a scratch namespace (resource ids suffixed so nothing collides).
+    let prepared: Vec<Vec<WriteOp>> = parsed
+        .iter()
+        .enumerate()
+        .map(|(n, b)| {
+            b["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    let r = &e["resource"];
+                    WriteOp {
+                        resource_type: r["resourceType"].as_str().unwrap_or_default().to_string(),
+                        id: format!("raw-{n}-{}", r["id"].as_str().unwrap_or_default()),
+                        version: 1,
+                        last_updated: 0,
+                        method: WriteMethod::Create,
+                        body: Some(r.to_string()),
+                        index: fhir::index::extract(defs, r),
+                        compartments: fhir::index::patient_compartments(defs, r),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let t = Instant::now();
+    for ops in prepared {
+        store.commit(&ctx, ops).await?;
+    }
+    let raw_s = t.elapsed().as_secs_f64();
+    println!("  store commit (rows only):  {:>10.0} resources/s", resources as f64 / raw_s);
+
+    // End to end through the engine.
+    let mut latencies = Vec::with_capacity(parsed.len());
+    let t = Instant::now();
+    for b in parsed {
+        let started = Instant::now();
+        engine.bundle(&ctx, b, &opts).await?;
+        latencies.push(started.elapsed());
+    }
+    let total_s = t.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "  engine transactions:       {:>10.0} resources/s, per bundle p50 {:.2} ms p99 {:.2} ms ({} backend)",
+        resources as f64 / total_s,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        store.backend()
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Read,
+    PatientByIdentifier,
+    ObservationByPatientCodeDate,
+    EncounterByPatientSorted,
+    Everything,
+}
+
+async fn search(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let engine = Arc::new(engine_for(store, &args));
+    let ctx = Ctx::system();
+    let opts = engine::RequestOptions { base_url: "urn:bench".into(), ..Default::default() };
+    let sample = engine.search(&ctx, Some("Patient"), &[("_count".into(), "500".into())], &opts).await?;
+    let patients: Vec<(String, String)> = sample["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = &e["resource"];
+            Some((r["id"].as_str()?.to_string(), r["identifier"][0]["value"].as_str()?.to_string()))
+        })
+        .collect();
+    anyhow::ensure!(!patients.is_empty(), "the store has no Patients: load data first (hutong bench ingest or hutong import)");
+    let total = sample["total"].as_u64().unwrap_or(0);
+    println!("store: {} backend, {total} Patients; {clients} clients for {seconds} s", engine.store().backend());
+
+    let app = api::router(api::AppState { engine, config: api::ApiConfig::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(clients)
+            .build_http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let patients = Arc::new(patients);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, stop, patients) = (client.clone(), stop.clone(), patients.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut results: Vec<(Kind, Duration, bool)> = Vec::new();
+            let mut n = c;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (id, identifier) = &patients[n % patients.len()];
+                let kind = match n % 10 {
+                    0..=4 => Kind::Read,
+                    5 => Kind::PatientByIdentifier,
+                    6 | 7 => Kind::ObservationByPatientCodeDate,
+                    8 => Kind::EncounterByPatientSorted,
+                    _ => Kind::Everything,
+                };
+                let path = match kind {
+                    Kind::Read => format!("/fhir/Patient/{id}"),
+                    Kind::PatientByIdentifier => format!("/fhir/Patient?identifier={}|{identifier}", demo::ID_NUMBER_SYSTEM),
+                    Kind::ObservationByPatientCodeDate => {
+                        format!("/fhir/Observation?subject=Patient/{id}&code=http://loinc.org|2339-0&date=ge2023-01-01&date=le2024-12-31")
+                    }
+                    Kind::EncounterByPatientSorted => format!("/fhir/Encounter?subject=Patient/{id}&_sort=-date"),
+                    Kind::Everything => format!("/fhir/Patient/{id}/$everything"),
+                };
+                let uri: hyper::Uri = match format!("http://{addr}{path}").parse() {
+                    Ok(u) => u,
+                    Err(_) => continue,
+                };
+                let started = Instant::now();
+                let ok = match client.get(uri).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        resp.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                results.push((kind, started.elapsed(), ok));
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<(Kind, Duration, bool)> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("bench client")?);
+    }
+    let errors = all.iter().filter(|r| !r.2).count();
+    println!("total {} requests, {:.0} req/s, {errors} errors", all.len(), all.len() as f64 / seconds as f64);
+    for kind in [Kind::Read, Kind::PatientByIdentifier, Kind::ObservationByPatientCodeDate, Kind::EncounterByPatientSorted, Kind::Everything] {
+        let mut lat: Vec<Duration> = all.iter().filter(|r| r.0 == kind).map(|r| r.1).collect();
+        lat.sort();
+        println!(
+            "  {:<32} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            format!("{kind:?}"),
+            lat.len() as f64 / seconds as f64,
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    println!("resident memory: {:.0} MB", rss_mb());
+    Ok(())
+}
