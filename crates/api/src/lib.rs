@@ -51,7 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))
-        .fallback(|| async { ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, "no such endpoint; the FHIR API is under /fhir") })
+        .fallback(|| async {
+            ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, "no such endpoint; the FHIR API is under /fhir")
+        })
         .with_state(state)
 }
 
@@ -99,10 +101,18 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 fn http_date(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        .unwrap_or_default()
 }
 
-fn resource_response(status: StatusCode, resource: &StoredResource, base: &str, location: bool, ret: ReturnPreference) -> Response {
+fn resource_response(
+    status: StatusCode,
+    resource: &StoredResource,
+    base: &str,
+    location: bool,
+    ret: ReturnPreference,
+) -> Response {
     let body = match ret {
         ReturnPreference::Representation => resource.body.clone().unwrap_or_default(),
         ReturnPreference::Minimal => String::new(),
@@ -142,16 +152,29 @@ fn write_response(outcome: WriteOutcome, base: &str, ret: ReturnPreference) -> R
 fn check_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), ApiError> {
     let json_like = |f: &str| {
         let f = f.trim();
-        f.is_empty() || f == "json" || f.contains("json") || f.starts_with("*/*") || f == "application/*" || f.contains("text/html")
+        f.is_empty()
+            || f == "json"
+            || f.contains("json")
+            || f.starts_with("*/*")
+            || f == "application/*"
+            || f.contains("text/html")
     };
     if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format") {
         if !json_like(f) {
-            return Err(ApiError::http(StatusCode::NOT_ACCEPTABLE, IssueType::NotSupported, format!("_format={f} is not supported: this server speaks FHIR JSON only (use _format=json)")));
+            return Err(ApiError::http(
+                StatusCode::NOT_ACCEPTABLE,
+                IssueType::NotSupported,
+                format!("_format={f} is not supported: this server speaks FHIR JSON only (use _format=json)"),
+            ));
         }
     }
     if let Some(accept) = header_str(headers, "accept") {
         if !accept.split(',').any(|a| json_like(a.split(';').next().unwrap_or(""))) {
-            return Err(ApiError::http(StatusCode::NOT_ACCEPTABLE, IssueType::NotSupported, format!("Accept: {accept} cannot be served: this server produces application/fhir+json only")));
+            return Err(ApiError::http(
+                StatusCode::NOT_ACCEPTABLE,
+                IssueType::NotSupported,
+                format!("Accept: {accept} cannot be served: this server produces application/fhir+json only"),
+            ));
         }
     }
     Ok(())
@@ -195,7 +218,11 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
-    ApiError::http(StatusCode::METHOD_NOT_ALLOWED, IssueType::NotSupported, format!("{method} is not allowed on {path} (allowed: {allowed})"))
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueType::NotSupported,
+        format!("{method} is not allowed on {path} (allowed: {allowed})"),
+    )
 }
 
 /// The single FHIR dispatcher.
@@ -218,7 +245,11 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
     let (return_preference, lenient) = prefer(&headers);
     let if_match = match header_str(&headers, "if-match") {
         Some(v) => Some(parse_etag(v).ok_or_else(|| {
-            ApiError::http(StatusCode::BAD_REQUEST, IssueType::Invalid, format!("If-Match '{v}' is not an ETag like W/\"3\""))
+            ApiError::http(
+                StatusCode::BAD_REQUEST,
+                IssueType::Invalid,
+                format!("If-Match '{v}' is not an ETag like W/\"3\""),
+            )
         })?),
         None => None,
     };
@@ -231,12 +262,8 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
     };
     let ctx = Ctx { request_id: uuid::Uuid::new_v4().to_string() };
     let engine = &state.engine;
-    let segments: Vec<String> = path
-        .trim_start_matches("/fhir")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s))
-        .collect();
+    let segments: Vec<String> =
+        path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let body_bytes = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
         read_body(body, state.config.max_body_bytes).await?
@@ -245,11 +272,17 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
     };
     let is_type = |t: &str| engine.definitions().is_resource_type(t);
     let unknown_type = |t: &str| {
-        ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, format!("'{t}' is not a FHIR R4 resource type (check the spelling and case, e.g. Patient)"))
+        ApiError::http(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("'{t}' is not a FHIR R4 resource type (check the spelling and case, e.g. Patient)"),
+        )
     };
     match segs.as_slice() {
         [] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.search(&ctx, None, &params, &opts).await?.to_string())),
+            Method::GET => {
+                Ok(json_response(StatusCode::OK, engine.search(&ctx, None, &params, &opts).await?.to_string()))
+            }
             Method::POST => {
                 let bundle = json_body(&headers, &body_bytes, false)?;
                 Ok(json_response(StatusCode::OK, engine.bundle(&ctx, bundle, &opts).await?.to_string()))
@@ -261,10 +294,14 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         ["_history"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.history(&ctx, None, None, &params, &opts).await?.to_string())),
+            Method::GET => {
+                Ok(json_response(StatusCode::OK, engine.history(&ctx, None, None, &params, &opts).await?.to_string()))
+            }
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
-        ["$export"] => export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::System, &params, &opts).await,
+        ["$export"] => {
+            export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::System, &params, &opts).await
+        }
         ["$export-status", job] => match method {
             Method::GET => export_status(engine, &ctx, job).await,
             Method::DELETE => {
@@ -277,11 +314,15 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             Method::GET => {
                 let path = engine.export_file(&ctx, job, file).await?;
                 let file = tokio::fs::File::open(&path).await.map_err(|e| {
-                    ApiError::Engine(engine::EngineError::Store(store::StoreError::Backend(format!("export file: {e}"))))
+                    ApiError::Engine(engine::EngineError::Store(store::StoreError::Backend(format!(
+                        "export file: {e}"
+                    ))))
                 })?;
                 let stream = Body::from_stream(tokio_util_stream(file));
                 let mut response = (StatusCode::OK, stream).into_response();
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
                 Ok(response)
             }
             _ => Err(method_not_allowed(&method, &path, "GET")),
@@ -290,11 +331,14 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::AllPatients, &params, &opts).await
         }
         ["Group", id, "$export"] => {
-            export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::Group(id.to_string()), &params, &opts).await
+            export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::Group(id.to_string()), &params, &opts)
+                .await
         }
         [t, ..] if !is_type(t) => Err(unknown_type(t)),
         [t] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.search(&ctx, Some(t), &params, &opts).await?.to_string())),
+            Method::GET => {
+                Ok(json_response(StatusCode::OK, engine.search(&ctx, Some(t), &params, &opts).await?.to_string()))
+            }
             Method::POST => {
                 let body = json_body(&headers, &body_bytes, false)?;
                 let outcome = engine.create(&ctx, t, body, &opts).await?;
@@ -319,7 +363,11 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                 let content_type = header_str(&headers, "content-type").unwrap_or("");
                 if !body_bytes.is_empty() {
                     if !content_type.starts_with("application/x-www-form-urlencoded") {
-                        return Err(ApiError::http(StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueType::NotSupported, "POST _search takes application/x-www-form-urlencoded parameters"));
+                        return Err(ApiError::http(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            IssueType::NotSupported,
+                            "POST _search takes application/x-www-form-urlencoded parameters",
+                        ));
                     }
                     all.extend(form_urlencoded::parse(&body_bytes).into_owned());
                 }
@@ -328,7 +376,10 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             _ => Err(method_not_allowed(&method, &path, "POST")),
         },
         [t, "_history"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.history(&ctx, Some(t), None, &params, &opts).await?.to_string())),
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                engine.history(&ctx, Some(t), None, &params, &opts).await?.to_string(),
+            )),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         [t, "$validate"] | [t, _, "$validate"] => match method {
@@ -365,11 +416,16 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             _ => Err(method_not_allowed(&method, &path, "GET, PUT, PATCH, DELETE")),
         },
         ["Patient", id, "$everything"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.everything(&ctx, id, &params, &opts).await?.to_string())),
+            Method::GET => {
+                Ok(json_response(StatusCode::OK, engine.everything(&ctx, id, &params, &opts).await?.to_string()))
+            }
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         [t, id, "_history"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.history(&ctx, Some(t), Some(id), &params, &opts).await?.to_string())),
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                engine.history(&ctx, Some(t), Some(id), &params, &opts).await?.to_string(),
+            )),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         [t, id, "_history", version] => match method {
@@ -379,7 +435,11 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             }
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
-        _ => Err(ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, format!("{path} is not a FHIR endpoint of this server"))),
+        _ => Err(ApiError::http(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("{path} is not a FHIR endpoint of this server"),
+        )),
     }
 }
 
@@ -397,9 +457,14 @@ async fn export_kickoff(
     if *method != Method::GET && *method != Method::POST {
         return Err(method_not_allowed(method, path, "GET, POST"));
     }
-    let respond_async = headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("respond-async"));
+    let respond_async =
+        headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("respond-async"));
     if !respond_async {
-        return Err(ApiError::http(StatusCode::BAD_REQUEST, IssueType::Invalid, "$export runs asynchronously: send the header Prefer: respond-async"));
+        return Err(ApiError::http(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            "$export runs asynchronously: send the header Prefer: respond-async",
+        ));
     }
     let job = engine.export_start(ctx, scope, params, opts).await?;
     let mut response = StatusCode::ACCEPTED.into_response();

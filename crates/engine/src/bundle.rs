@@ -39,7 +39,9 @@ fn at(index: usize) -> String {
 }
 
 fn bad(index: usize, message: impl Into<String>) -> EngineError {
-    EngineError::BadRequest(vec![fhir::Issue::error(IssueType::Invalid, format!("{}: {}", at(index), message.into())).at(at(index))])
+    EngineError::BadRequest(vec![
+        fhir::Issue::error(IssueType::Invalid, format!("{}: {}", at(index), message.into())).at(at(index)),
+    ])
 }
 
 /// Prefixes an error's messages with the entry it came from.
@@ -89,7 +91,9 @@ fn parse_entries(bundle: &Value) -> EngineResult<Vec<Entry>> {
             Some("PUT") => Method::Put,
             Some("PATCH") => Method::Patch,
             Some("DELETE") => Method::Delete,
-            other => return Err(bad(index, format!("request.method {other:?} is not one of GET, POST, PUT, PATCH, DELETE"))),
+            other => {
+                return Err(bad(index, format!("request.method {other:?} is not one of GET, POST, PUT, PATCH, DELETE")));
+            }
         };
         let url = request
             .get("url")
@@ -102,7 +106,9 @@ fn parse_entries(bundle: &Value) -> EngineResult<Vec<Entry>> {
             return Err(bad(index, "a POST or PUT entry needs a resource"));
         }
         let if_match = match request.get("ifMatch").and_then(Value::as_str) {
-            Some(t) => Some(parse_etag(t).ok_or_else(|| bad(index, format!("ifMatch '{t}' is not an ETag like W/\"3\"")))?),
+            Some(t) => {
+                Some(parse_etag(t).ok_or_else(|| bad(index, format!("ifMatch '{t}' is not an ETag like W/\"3\"")))?)
+            }
             None => None,
         };
         out.push(Entry {
@@ -131,7 +137,10 @@ fn split_url(url: &str) -> (String, Option<String>, Option<String>) {
 }
 
 /// Rewrites every `reference` string found anywhere in `value`.
-fn rewrite_references(value: &mut Value, f: &mut dyn FnMut(&str) -> Result<Option<String>, String>) -> Result<(), String> {
+fn rewrite_references(
+    value: &mut Value,
+    f: &mut dyn FnMut(&str) -> Result<Option<String>, String>,
+) -> Result<(), String> {
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
@@ -205,7 +214,10 @@ fn error_response(error: &EngineError) -> Value {
 impl Engine {
     pub(crate) async fn bundle_impl(&self, ctx: &Ctx, bundle: Value, opts: &RequestOptions) -> EngineResult<Value> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-            return Err(EngineError::bad_request(IssueType::Invalid, "POST to the base URL takes a Bundle of type batch or transaction"));
+            return Err(EngineError::bad_request(
+                IssueType::Invalid,
+                "POST to the base URL takes a Bundle of type batch or transaction",
+            ));
         }
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         if kind != "batch" && kind != "transaction" {
@@ -246,17 +258,16 @@ impl Engine {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let (ty, id, query) = split_url(&entry.url);
-            let entry_opts = RequestOptions {
-                if_match: entry.if_match,
-                if_none_exist: entry.if_none_exist.clone(),
-                ..opts.clone()
-            };
+            let entry_opts =
+                RequestOptions { if_match: entry.if_match, if_none_exist: entry.if_none_exist.clone(), ..opts.clone() };
             let with_resource = opts.return_preference == ReturnPreference::Representation;
             let result: EngineResult<Value> = match (entry.method, id, query) {
                 (Method::Get, None, q) if ty.is_empty() || self.defs.is_resource_type(&ty) => {
                     let params = q.as_deref().map(parse_query_string).unwrap_or_default();
                     let t = (!ty.is_empty()).then_some(ty.as_str());
-                    self.search_impl(ctx, t, &params, opts).await.map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
+                    self.search_impl(ctx, t, &params, opts)
+                        .await
+                        .map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
                 }
                 (Method::Get, Some(id), _) => match id.split_once("/_history/") {
                     Some((id, v)) => self.vread_impl(ctx, &ty, id, v).await.map(|r| write_response(&r, 200, true)),
@@ -282,11 +293,14 @@ impl Engine {
                 }
                 (Method::Patch, Some(id), _) => {
                     let patch = entry.resource.clone().and_then(binary_patch).unwrap_or(Value::Null);
-                    self.patch_impl(ctx, &ty, &id, patch, &entry_opts).await.map(|o| write_response(&o.resource, 200, with_resource))
+                    self.patch_impl(ctx, &ty, &id, patch, &entry_opts)
+                        .await
+                        .map(|o| write_response(&o.resource, 200, with_resource))
                 }
-                (Method::Delete, Some(id), _) => {
-                    self.delete_impl(ctx, &ty, &id, &entry_opts).await.map(|_| json!({"response": {"status": "204 No Content"}}))
-                }
+                (Method::Delete, Some(id), _) => self
+                    .delete_impl(ctx, &ty, &id, &entry_opts)
+                    .await
+                    .map(|_| json!({"response": {"status": "204 No Content"}})),
                 (Method::Delete, None, Some(q)) => self
                     .conditional_delete_impl(ctx, &ty, &parse_query_string(&q))
                     .await
@@ -323,11 +337,19 @@ impl Engine {
             match entry.method {
                 Method::Post => {
                     if let Some(cond) = &entry.if_none_exist {
-                        let found = self.matches(ctx, &ty, &parse_query_string(cond), 2).await.map_err(|e| in_entry(i, e))?;
+                        let found =
+                            self.matches(ctx, &ty, &parse_query_string(cond), 2).await.map_err(|e| in_entry(i, e))?;
                         match found.len() {
                             0 => {}
                             1 => target.existing = found.into_iter().next(),
-                            _ => return Err(in_entry(i, EngineError::MultipleMatches(format!("ifNoneExist '{cond}' matches more than one {ty}")))),
+                            _ => {
+                                return Err(in_entry(
+                                    i,
+                                    EngineError::MultipleMatches(format!(
+                                        "ifNoneExist '{cond}' matches more than one {ty}"
+                                    )),
+                                ));
+                            }
                         }
                     }
                     target.id = Some(target.existing.as_ref().map_or_else(new_id, |e| e.id.clone()));
@@ -340,11 +362,24 @@ impl Engine {
                         target.id = Some(id);
                     }
                     (None, Some(q)) => {
-                        let found = self.matches(ctx, &ty, &parse_query_string(&q), 2).await.map_err(|e| in_entry(i, e))?;
+                        let found =
+                            self.matches(ctx, &ty, &parse_query_string(&q), 2).await.map_err(|e| in_entry(i, e))?;
                         target.id = Some(match found.as_slice() {
-                            [] => entry.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map_or_else(new_id, str::to_string),
+                            [] => entry
+                                .resource
+                                .as_ref()
+                                .and_then(|r| r.get("id"))
+                                .and_then(Value::as_str)
+                                .map_or_else(new_id, str::to_string),
                             [one] => one.id.clone(),
-                            _ => return Err(in_entry(i, EngineError::MultipleMatches(format!("the conditional update '{q}' matches more than one {ty}")))),
+                            _ => {
+                                return Err(in_entry(
+                                    i,
+                                    EngineError::MultipleMatches(format!(
+                                        "the conditional update '{q}' matches more than one {ty}"
+                                    )),
+                                ));
+                            }
                         });
                     }
                     (None, None) => return Err(bad(i, "PUT needs Type/id or Type?criteria")),
@@ -352,8 +387,10 @@ impl Engine {
                 Method::Delete => match (id, query) {
                     (Some(id), _) => target.id = Some(id),
                     (None, Some(q)) => {
-                        target.delete_matches =
-                            self.matches(ctx, &ty, &parse_query_string(&q), self.config.max_count).await.map_err(|e| in_entry(i, e))?
+                        target.delete_matches = self
+                            .matches(ctx, &ty, &parse_query_string(&q), self.config.max_count)
+                            .await
+                            .map_err(|e| in_entry(i, e))?
                     }
                     (None, None) => return Err(bad(i, "DELETE needs Type/id or Type?criteria")),
                 },
@@ -386,7 +423,9 @@ impl Engine {
                     return Ok(Some(local.clone()));
                 }
                 if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
-                    return Err(format!("the reference '{reference}' does not match the fullUrl of any entry in this transaction"));
+                    return Err(format!(
+                        "the reference '{reference}' does not match the fullUrl of any entry in this transaction"
+                    ));
                 }
                 if reference.contains('?') {
                     conditional.push(reference.to_string());
@@ -398,7 +437,10 @@ impl Engine {
             for reference in conditional {
                 let (ty, _, query) = split_url(&reference);
                 if !self.defs.is_resource_type(&ty) {
-                    return Err(bad(entry.index, format!("the conditional reference '{reference}' names no resource type")));
+                    return Err(bad(
+                        entry.index,
+                        format!("the conditional reference '{reference}' names no resource type"),
+                    ));
                 }
                 let found = self
                     .matches(ctx, &ty, &parse_query_string(query.as_deref().unwrap_or_default()), 2)
@@ -408,17 +450,25 @@ impl Engine {
                     [one] => {
                         resolved.insert(reference, format!("{ty}/{}", one.id));
                     }
-                    [] => return Err(bad(entry.index, format!("the conditional reference '{reference}' matches no resource"))),
+                    [] => {
+                        return Err(bad(
+                            entry.index,
+                            format!("the conditional reference '{reference}' matches no resource"),
+                        ));
+                    }
                     _ => {
                         return Err(in_entry(
                             entry.index,
-                            EngineError::MultipleMatches(format!("the conditional reference '{reference}' matches more than one resource")),
+                            EngineError::MultipleMatches(format!(
+                                "the conditional reference '{reference}' matches more than one resource"
+                            )),
                         ));
                     }
                 }
             }
             if !resolved.is_empty() {
-                rewrite_references(&mut resource, &mut |r| Ok(resolved.get(r).cloned())).map_err(|m| bad(entry.index, m))?;
+                rewrite_references(&mut resource, &mut |r| Ok(resolved.get(r).cloned()))
+                    .map_err(|m| bad(entry.index, m))?;
             }
             resources.push(Some(resource));
         }
@@ -454,7 +504,16 @@ impl Engine {
                     for (id, version) in victims {
                         if let Some(expected) = entry.if_match {
                             if expected != version {
-                                return Err(in_entry(i, EngineError::Conflict { message: format!("ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {version}", target.ty), precondition: true }));
+                                return Err(in_entry(
+                                    i,
+                                    EngineError::Conflict {
+                                        message: format!(
+                                            "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {version}",
+                                            target.ty
+                                        ),
+                                        precondition: true,
+                                    },
+                                ));
                             }
                         }
                         claim(&target.ty, &id, i)?;
@@ -480,7 +539,16 @@ impl Engine {
                     let current_version = current.as_ref().map_or(0, |c| c.version);
                     if let Some(expected) = entry.if_match {
                         if expected != current_version {
-                            return Err(in_entry(i, EngineError::Conflict { message: format!("ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {current_version}", target.ty), precondition: true }));
+                            return Err(in_entry(
+                                i,
+                                EngineError::Conflict {
+                                    message: format!(
+                                        "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {current_version}",
+                                        target.ty
+                                    ),
+                                    precondition: true,
+                                },
+                            ));
                         }
                     }
                     let mut body = if entry.method == Method::Patch {
@@ -489,15 +557,20 @@ impl Engine {
                         };
                         let mut doc: Value = crate::crud::body_json(c);
                         let patch = resources[n].clone().and_then(binary_patch).unwrap_or(Value::Null);
-                        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| bad(i, format!("not a JSON Patch: {e}")))?;
-                        json_patch::patch(&mut doc, &patch).map_err(|e| bad(i, format!("the patch cannot be applied: {e}")))?;
+                        let patch: json_patch::Patch =
+                            serde_json::from_value(patch).map_err(|e| bad(i, format!("not a JSON Patch: {e}")))?;
+                        json_patch::patch(&mut doc, &patch)
+                            .map_err(|e| bad(i, format!("the patch cannot be applied: {e}")))?;
                         doc
                     } else {
                         resources[n].clone().unwrap_or(Value::Null)
                     };
                     if let Some(body_id) = body.get("id").and_then(Value::as_str) {
                         if body_id != id {
-                            return Err(bad(i, format!("the resource id '{body_id}' does not match '{id}' in request.url")));
+                            return Err(bad(
+                                i,
+                                format!("the resource id '{body_id}' does not match '{id}' in request.url"),
+                            ));
                         }
                     }
                     body["id"] = Value::String(id.clone());
@@ -534,7 +607,9 @@ impl Engine {
                         Some(id) => self.read_impl(ctx, &ty, &id).await.map(|r| write_response(&r, 200, true)),
                         None => {
                             let params = query.as_deref().map(parse_query_string).unwrap_or_default();
-                            self.search_impl(ctx, Some(&ty), &params, opts).await.map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
+                            self.search_impl(ctx, Some(&ty), &params, opts)
+                                .await
+                                .map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
                         }
                     };
                     result.unwrap_or_else(|e| error_response(&in_entry(entry.index, e)))
@@ -542,7 +617,8 @@ impl Engine {
                 _ => match &results[n] {
                     Some((resource, status)) => {
                         let mut v = write_response(resource, *status, with_resource);
-                        v["fullUrl"] = Value::String(format!("{}/{}/{}", opts.base_url, resource.resource_type, resource.id));
+                        v["fullUrl"] =
+                            Value::String(format!("{}/{}/{}", opts.base_url, resource.resource_type, resource.id));
                         v
                     }
                     None => json!({"response": {"status": "200 OK"}}),

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use crate::Engine;
 
 /// Extension URL listing an unsupported official search parameter on a resource.
-pub const UNSUPPORTED_PARAM_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/unsupported-search-parameter";
+pub const UNSUPPORTED_PARAM_EXTENSION: &str =
+    "https://hutong.dev/fhir/StructureDefinition/unsupported-search-parameter";
 
 /// Parameters handled by the engine itself rather than the index.
 const ENGINE_PARAMS: &[&str] = &["_id", "_lastUpdated"];
@@ -27,11 +28,10 @@ impl Engine {
             let mut params = Vec::new();
             let mut missing = Vec::new();
             for p in self.defs.search_params_for(t) {
-                let reason = UNSUPPORTED_COMMON
-                    .iter()
-                    .find(|(c, _)| *c == p.code)
-                    .map(|(_, r)| r.to_string())
-                    .or_else(|| unsupported.iter().find(|(ut, uc, _)| ut == t && *uc == p.code).map(|(_, _, r)| r.clone()));
+                let reason =
+                    UNSUPPORTED_COMMON.iter().find(|(c, _)| *c == p.code).map(|(_, r)| r.to_string()).or_else(|| {
+                        unsupported.iter().find(|(ut, uc, _)| ut == t && *uc == p.code).map(|(_, _, r)| r.clone())
+                    });
                 match reason {
                     Some(reason) if !ENGINE_PARAMS.contains(&p.code.as_str()) => missing.push(json!({
                         "url": UNSUPPORTED_PARAM_EXTENSION,
@@ -44,11 +44,20 @@ impl Engine {
                     _ => params.push(json!({"name": p.code, "definition": p.url, "type": p.kind.code()})),
                 }
             }
-            let interactions: Vec<Value> =
-                ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
-                    .iter()
-                    .map(|c| json!({"code": c}))
-                    .collect();
+            let interactions: Vec<Value> = [
+                "read",
+                "vread",
+                "update",
+                "patch",
+                "delete",
+                "history-instance",
+                "history-type",
+                "create",
+                "search-type",
+            ]
+            .iter()
+            .map(|c| json!({"code": c}))
+            .collect();
             let mut resource = json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),

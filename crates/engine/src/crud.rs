@@ -50,7 +50,10 @@ impl Engine {
     /// Checks the body's shape and `resourceType`, then validates it against the R4 definitions.
     pub(crate) fn check_body(&self, resource_type: &str, body: &Value, location: &str) -> EngineResult<()> {
         let Some(object) = body.as_object() else {
-            return Err(EngineError::bad_request(IssueType::Structure, format!("{location}: the body must be a JSON object (a FHIR resource)")));
+            return Err(EngineError::bad_request(
+                IssueType::Structure,
+                format!("{location}: the body must be a JSON object (a FHIR resource)"),
+            ));
         };
         match object.get("resourceType").and_then(Value::as_str) {
             Some(t) if t == resource_type => {}
@@ -61,7 +64,10 @@ impl Engine {
                 ));
             }
             None => {
-                return Err(EngineError::bad_request(IssueType::Required, format!("{location}: the resource has no resourceType")));
+                return Err(EngineError::bad_request(
+                    IssueType::Required,
+                    format!("{location}: the resource has no resourceType"),
+                ));
             }
         }
         let issues: Vec<fhir::Issue> = fhir::validate::validate(self.defs, body)
@@ -87,7 +93,9 @@ impl Engine {
         method: WriteMethod,
         mut body: Value,
     ) -> EngineResult<WriteOp> {
-        let object = body.as_object_mut().ok_or_else(|| EngineError::bad_request(IssueType::Structure, "resource is not an object"))?;
+        let object = body
+            .as_object_mut()
+            .ok_or_else(|| EngineError::bad_request(IssueType::Structure, "resource is not an object"))?;
         object.insert("id".into(), Value::String(id.to_string()));
         let meta = object.entry("meta").or_insert_with(|| Value::Object(Map::new()));
         if !meta.is_object() {
@@ -106,7 +114,8 @@ impl Engine {
         let body = Value::Object(ordered);
         let index = fhir::index::extract(self.defs, &body);
         let compartments = fhir::index::patient_compartments(self.defs, &body);
-        let text = serde_json::to_string(&body).map_err(|e| EngineError::bad_request(IssueType::Structure, e.to_string()))?;
+        let text =
+            serde_json::to_string(&body).map_err(|e| EngineError::bad_request(IssueType::Structure, e.to_string()))?;
         Ok(WriteOp {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
@@ -144,7 +153,10 @@ impl Engine {
         criteria: &[(String, String)],
         limit: usize,
     ) -> EngineResult<Vec<StoredResource>> {
-        if criteria.iter().all(|(k, _)| k.starts_with('_') && k != "_id" && k != "_lastUpdated" && !k.starts_with("_has")) {
+        if criteria
+            .iter()
+            .all(|(k, _)| k.starts_with('_') && k != "_id" && k != "_lastUpdated" && !k.starts_with("_has"))
+        {
             return Err(EngineError::bad_request(
                 IssueType::Invalid,
                 format!("a conditional operation on {resource_type} needs at least one search criterion"),
@@ -194,10 +206,18 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn vread_impl(&self, ctx: &Ctx, resource_type: &str, id: &str, version: &str) -> EngineResult<StoredResource> {
+    pub(crate) async fn vread_impl(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> EngineResult<StoredResource> {
         self.check_type(resource_type)?;
         let Ok(v) = version.parse::<i64>() else {
-            return Err(EngineError::NotFound(format!("{resource_type}/{id}/_history/{version} (version ids are whole numbers)")));
+            return Err(EngineError::NotFound(format!(
+                "{resource_type}/{id}/_history/{version} (version ids are whole numbers)"
+            )));
         };
         match self.store.vread(ctx, resource_type, id, v).await? {
             Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}/_history/{version}"))),
@@ -271,7 +291,9 @@ impl Engine {
                 Err(StoreError::VersionConflict { .. }) if opts.if_match.is_none() && attempt < RETRIES => continue,
                 Err(StoreError::VersionConflict { .. }) => {
                     return Err(EngineError::Conflict {
-                        message: format!("{resource_type}/{id} was changed by another request; read it again and retry"),
+                        message: format!(
+                            "{resource_type}/{id} was changed by another request; read it again and retry"
+                        ),
                         precondition: opts.if_match.is_some(),
                     });
                 }
@@ -296,7 +318,10 @@ impl Engine {
                     let id = id.to_string();
                     self.update_impl(ctx, resource_type, &id, body, opts).await
                 }
-                None => self.create_impl(ctx, resource_type, body, &RequestOptions { if_none_exist: None, ..opts.clone() }).await,
+                None => {
+                    self.create_impl(ctx, resource_type, body, &RequestOptions { if_none_exist: None, ..opts.clone() })
+                        .await
+                }
             },
             [one] => {
                 if let Some(body_id) = body.get("id").and_then(Value::as_str) {
@@ -330,20 +355,32 @@ impl Engine {
         if let Some(expected) = opts.if_match {
             if expected != current.version {
                 return Err(EngineError::Conflict {
-                    message: format!("If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}", current.version),
+                    message: format!(
+                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
+                        current.version
+                    ),
                     precondition: true,
                 });
             }
         }
         let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
-            EngineError::bad_request(IssueType::Structure, format!("the body is not a JSON Patch document (RFC 6902): {e}"))
+            EngineError::bad_request(
+                IssueType::Structure,
+                format!("the body is not a JSON Patch document (RFC 6902): {e}"),
+            )
         })?;
         let mut doc: Value = serde_json::from_str(current.body.as_deref().unwrap_or("{}"))
             .map_err(|e| EngineError::Store(StoreError::Backend(format!("stored JSON unreadable: {e}"))))?;
-        json_patch::patch(&mut doc, &patch)
-            .map_err(|e| EngineError::bad_request(IssueType::Processing, format!("the patch cannot be applied: {e}")))?;
-        if doc.get("id").and_then(Value::as_str) != Some(id) || doc.get("resourceType").and_then(Value::as_str) != Some(resource_type) {
-            return Err(EngineError::bad_request(IssueType::Invalid, "a patch must not change the resource's id or resourceType"));
+        json_patch::patch(&mut doc, &patch).map_err(|e| {
+            EngineError::bad_request(IssueType::Processing, format!("the patch cannot be applied: {e}"))
+        })?;
+        if doc.get("id").and_then(Value::as_str) != Some(id)
+            || doc.get("resourceType").and_then(Value::as_str) != Some(resource_type)
+        {
+            return Err(EngineError::bad_request(
+                IssueType::Invalid,
+                "a patch must not change the resource's id or resourceType",
+            ));
         }
         let opts = RequestOptions { if_match: Some(current.version), ..opts.clone() };
         self.update_impl(ctx, resource_type, id, doc, &opts).await
@@ -365,7 +402,10 @@ impl Engine {
             if let Some(expected) = opts.if_match {
                 if expected != current.version {
                     return Err(EngineError::Conflict {
-                        message: format!("If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}", current.version),
+                        message: format!(
+                            "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
+                            current.version
+                        ),
                         precondition: true,
                     });
                 }
@@ -378,7 +418,10 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(EngineError::Conflict { message: format!("{resource_type}/{id} kept changing during the delete; retry"), precondition: false })
+        Err(EngineError::Conflict {
+            message: format!("{resource_type}/{id} kept changing during the delete; retry"),
+            precondition: false,
+        })
     }
 
     /// Deletes every match (at most `max_count`), atomically.
@@ -397,7 +440,8 @@ impl Engine {
             )));
         }
         let now = now_ms();
-        let ops: Vec<WriteOp> = found.iter().map(|r| Self::tombstone(resource_type, &r.id, r.version + 1, now)).collect();
+        let ops: Vec<WriteOp> =
+            found.iter().map(|r| Self::tombstone(resource_type, &r.id, r.version + 1, now)).collect();
         let n = ops.len();
         self.store.commit(ctx, ops).await?;
         Ok(n)

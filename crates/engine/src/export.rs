@@ -99,7 +99,8 @@ impl Job {
             let file = match files.entry(r.resource_type.clone()) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    let f = std::fs::File::create(dir.join(format!("{}.ndjson", r.resource_type))).map_err(|e| e.to_string())?;
+                    let f = std::fs::File::create(dir.join(format!("{}.ndjson", r.resource_type)))
+                        .map_err(|e| e.to_string())?;
                     v.insert(std::io::BufWriter::new(f))
                 }
             };
@@ -135,7 +136,11 @@ impl Job {
                 let patients = self.patients(&ctx).await?;
                 let since = self.since.map(|s| s.0);
                 for p in patients {
-                    let members = self.store.patient_compartment(&ctx, &p, since, &self.types).await.map_err(|e| e.to_string())?;
+                    let members = self
+                        .store
+                        .patient_compartment(&ctx, &p, since, &self.types)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     for r in &members {
                         emit(r, &mut counts)?;
                     }
@@ -205,7 +210,10 @@ impl Engine {
                 "_type" => {
                     for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                         if !self.defs.is_resource_type(t) {
-                            return Err(EngineError::bad_request(IssueType::Invalid, format!("'{t}' in _type is not a resource type")));
+                            return Err(EngineError::bad_request(
+                                IssueType::Invalid,
+                                format!("'{t}' in _type is not a resource type"),
+                            ));
                         }
                         types.push(t.to_string());
                     }
@@ -264,8 +272,10 @@ impl Engine {
 
     pub(crate) async fn export_status_impl(&self, job_id: &str) -> EngineResult<ExportStatus> {
         let dir = job_dir(&self.config.export_dir, job_id)?;
-        let text = std::fs::read(dir.join("job.json")).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
-        let state: Value = serde_json::from_slice(&text).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
+        let text =
+            std::fs::read(dir.join("job.json")).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
+        let state: Value =
+            serde_json::from_slice(&text).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
         Ok(match state["status"].as_str() {
             Some("complete") => {
                 let mut manifest = state.clone();

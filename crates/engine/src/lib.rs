@@ -83,10 +83,16 @@ pub struct WriteOutcome {
 /// A Bulk Data export job's state, as the status endpoint reports it.
 #[derive(Debug, Clone)]
 pub enum ExportStatus {
-    InProgress { progress: String },
+    InProgress {
+        progress: String,
+    },
     /// The completion manifest (JSON per the Bulk Data spec).
-    Complete { manifest: Value },
-    Failed { issues: Vec<fhir::Issue> },
+    Complete {
+        manifest: Value,
+    },
+    Failed {
+        issues: Vec<fhir::Issue>,
+    },
 }
 
 /// Which data an export covers.
@@ -126,7 +132,13 @@ impl Engine {
 // and the `hutong` binary. Bodies live in the modules of this crate.
 impl Engine {
     /// `POST [type]` (honours `If-None-Exist`).
-    pub async fn create(&self, ctx: &Ctx, resource_type: &str, body: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
+    pub async fn create(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        body: Value,
+        opts: &RequestOptions,
+    ) -> EngineResult<WriteOutcome> {
         self.create_impl(ctx, resource_type, body, opts).await
     }
 
@@ -143,7 +155,14 @@ impl Engine {
     /// `PUT [type]/[id]` (update or update-as-create; honours If-Match). An update whose
     /// content equals the current version (ignoring `meta.versionId`/`lastUpdated`) writes
     /// nothing and returns the current version.
-    pub async fn update(&self, ctx: &Ctx, resource_type: &str, id: &str, body: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
+    pub async fn update(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        opts: &RequestOptions,
+    ) -> EngineResult<WriteOutcome> {
         self.update_impl(ctx, resource_type, id, body, opts).await
     }
 
@@ -160,12 +179,25 @@ impl Engine {
     }
 
     /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902).
-    pub async fn patch(&self, ctx: &Ctx, resource_type: &str, id: &str, patch: Value, opts: &RequestOptions) -> EngineResult<WriteOutcome> {
+    pub async fn patch(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        patch: Value,
+        opts: &RequestOptions,
+    ) -> EngineResult<WriteOutcome> {
         self.patch_impl(ctx, resource_type, id, patch, opts).await
     }
 
     /// `DELETE [type]/[id]`; deleting a missing or deleted resource succeeds with `None`.
-    pub async fn delete(&self, ctx: &Ctx, resource_type: &str, id: &str, opts: &RequestOptions) -> EngineResult<Option<WriteOutcome>> {
+    pub async fn delete(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        opts: &RequestOptions,
+    ) -> EngineResult<Option<WriteOutcome>> {
         self.delete_impl(ctx, resource_type, id, opts).await
     }
 
@@ -181,7 +213,13 @@ impl Engine {
     }
 
     /// `GET [type]?...`, `GET /?...` (resource_type `None`), `POST [type]/_search`: a searchset Bundle.
-    pub async fn search(&self, ctx: &Ctx, resource_type: Option<&str>, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<Value> {
+    pub async fn search(
+        &self,
+        ctx: &Ctx,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
         self.search_impl(ctx, resource_type, params, opts).await
     }
 
@@ -203,14 +241,22 @@ impl Engine {
     }
 
     /// `GET Patient/[id]/$everything` with `_since`, `_type`.
-    pub async fn everything(&self, ctx: &Ctx, patient_id: &str, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<Value> {
+    pub async fn everything(
+        &self,
+        ctx: &Ctx,
+        patient_id: &str,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<Value> {
         self.everything_impl(ctx, patient_id, params, opts).await
     }
 
     /// `POST [type]/$validate` (or `[type]/[id]/$validate`): an OperationOutcome; never writes.
     /// A `Parameters` body with a `resource` parameter is unwrapped.
     pub async fn validate(&self, _ctx: &Ctx, resource_type: Option<&str>, body: Value) -> EngineResult<Value> {
-        let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && resource_type != Some("Parameters") {
+        let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+            && resource_type != Some("Parameters")
+        {
             body["parameter"]
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["name"] == "resource"))
@@ -219,22 +265,37 @@ impl Engine {
         } else {
             body
         };
-        let ty = resource_type.map(str::to_string).or_else(|| resource.get("resourceType").and_then(Value::as_str).map(str::to_string));
-        let ty = ty.ok_or_else(|| EngineError::bad_request(fhir::IssueType::Required, "the resource to validate has no resourceType"))?;
+        let ty = resource_type
+            .map(str::to_string)
+            .or_else(|| resource.get("resourceType").and_then(Value::as_str).map(str::to_string));
+        let ty = ty.ok_or_else(|| {
+            EngineError::bad_request(fhir::IssueType::Required, "the resource to validate has no resourceType")
+        })?;
         self.check_type(&ty)?;
         match self.check_body(&ty, &resource, &ty) {
             Ok(()) => {
-                let mut ok = fhir::Issue::error(fhir::IssueType::Informational, format!("the {ty} is valid against the base R4 definitions"));
+                let mut ok = fhir::Issue::error(
+                    fhir::IssueType::Informational,
+                    format!("the {ty} is valid against the base R4 definitions"),
+                );
                 ok.severity = fhir::IssueSeverity::Information;
                 Ok(fhir::outcome::operation_outcome(&[ok]))
             }
-            Err(EngineError::Unprocessable(issues)) | Err(EngineError::BadRequest(issues)) => Ok(fhir::outcome::operation_outcome(&issues)),
+            Err(EngineError::Unprocessable(issues)) | Err(EngineError::BadRequest(issues)) => {
+                Ok(fhir::outcome::operation_outcome(&issues))
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Bulk Data kick-off (`$export` with `_type`, `_since`, `_outputFormat`): the job id.
-    pub async fn export_start(&self, ctx: &Ctx, scope: ExportScope, params: &[(String, String)], opts: &RequestOptions) -> EngineResult<String> {
+    pub async fn export_start(
+        &self,
+        ctx: &Ctx,
+        scope: ExportScope,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<String> {
         self.export_start_impl(ctx, scope, params, opts).await
     }
 

@@ -20,12 +20,51 @@ const MAX_INCLUDED: usize = 1000;
 
 /// Top-level elements kept by `_summary=true`.
 const SUMMARY_FALLBACK: &[&str] = &[
-    "resourceType", "id", "meta", "implicitRules", "identifier", "active", "status", "intent", "category", "code",
-    "subject", "patient", "name", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime", "type", "class",
-    "period", "effectiveDateTime", "effectivePeriod", "issued", "authoredOn", "onsetDateTime", "recordedDate",
-    "date", "title", "url", "version", "telecom", "address", "managingOrganization", "partOf", "encounter",
-    "valueQuantity", "valueCodeableConcept", "valueString", "clinicalStatus", "verificationStatus",
-    "medicationCodeableConcept", "medicationReference", "requester", "performer", "author",
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "identifier",
+    "active",
+    "status",
+    "intent",
+    "category",
+    "code",
+    "subject",
+    "patient",
+    "name",
+    "gender",
+    "birthDate",
+    "deceasedBoolean",
+    "deceasedDateTime",
+    "type",
+    "class",
+    "period",
+    "effectiveDateTime",
+    "effectivePeriod",
+    "issued",
+    "authoredOn",
+    "onsetDateTime",
+    "recordedDate",
+    "date",
+    "title",
+    "url",
+    "version",
+    "telecom",
+    "address",
+    "managingOrganization",
+    "partOf",
+    "encounter",
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "clinicalStatus",
+    "verificationStatus",
+    "medicationCodeableConcept",
+    "medicationReference",
+    "requester",
+    "performer",
+    "author",
 ];
 
 pub(crate) fn encode_params(params: &[(String, String)]) -> String {
@@ -54,7 +93,9 @@ fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[
             Some(Box::new(move |k: &str| matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k)))
         }
         (Some(SummaryMode::True), None) => Some(Box::new(|k: &str| SUMMARY_FALLBACK.contains(&k))),
-        (Some(SummaryMode::Text), None) => Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text"))),
+        (Some(SummaryMode::Text), None) => {
+            Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text")))
+        }
         (Some(SummaryMode::Data), None) => Some(Box::new(|k: &str| k != "text")),
         _ => None,
     };
@@ -64,7 +105,9 @@ fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[
         if let Some(meta) = meta.as_object_mut() {
             let tags = meta.entry("tag").or_insert_with(|| Value::Array(Vec::new()));
             if let Some(tags) = tags.as_array_mut() {
-                tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
+                tags.push(
+                    json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}),
+                );
             }
         }
     }
@@ -90,8 +133,8 @@ impl Engine {
         if let Some(t) = resource_type {
             self.check_type(t)?;
         }
-        let parsed =
-            fhir::search::parse(self.defs, resource_type, params, &self.parse_options(opts.lenient)).map_err(EngineError::BadRequest)?;
+        let parsed = fhir::search::parse(self.defs, resource_type, params, &self.parse_options(opts.lenient))
+            .map_err(EngineError::BadRequest)?;
         let mut query = parsed.query;
         let count_only = query.summary == Some(SummaryMode::Count);
         if count_only {
@@ -126,7 +169,10 @@ impl Engine {
                 None => query.count > 0 && page.resources.len() == query.count,
             };
             if more && query.count > 0 {
-                links.push(link("next", format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count)))));
+                links.push(link(
+                    "next",
+                    format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count))),
+                ));
             }
             if query.offset > 0 && query.count > 0 {
                 let previous = query.offset.saturating_sub(query.count);
@@ -148,11 +194,17 @@ impl Engine {
     }
 
     /// Resolves `_include` and `_revinclude` (iterating while `:iterate` finds new ones).
-    async fn includes(&self, ctx: &Ctx, query: &SearchQuery, matches: &[StoredResource]) -> EngineResult<Vec<StoredResource>> {
+    async fn includes(
+        &self,
+        ctx: &Ctx,
+        query: &SearchQuery,
+        matches: &[StoredResource],
+    ) -> EngineResult<Vec<StoredResource>> {
         if query.includes.is_empty() && query.revincludes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seen: HashSet<(String, String)> = matches.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let mut seen: HashSet<(String, String)> =
+            matches.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
         let mut out: Vec<StoredResource> = Vec::new();
         let mut frontier: Vec<StoredResource> = matches.to_vec();
         let mut first_round = true;
@@ -160,14 +212,20 @@ impl Engine {
             let mut found: Vec<StoredResource> = Vec::new();
             for include in query.includes.iter().filter(|i| first_round || i.iterate) {
                 let mut keys: Vec<(String, String)> = Vec::new();
-                for r in frontier.iter().filter(|r| include.source_type == "*" || include.source_type == r.resource_type) {
+                for r in
+                    frontier.iter().filter(|r| include.source_type == "*" || include.source_type == r.resource_type)
+                {
                     let body = body_json(r);
                     for e in fhir::index::extract(self.defs, &body) {
                         if include.param.as_ref().is_some_and(|p| *p != e.param) {
                             continue;
                         }
-                        if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), url: None, .. } = e.value {
-                            if include.target_type.as_ref().is_none_or(|want| *want == t) && !seen.contains(&(t.clone(), id.clone())) {
+                        if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), url: None, .. } =
+                            e.value
+                        {
+                            if include.target_type.as_ref().is_none_or(|want| *want == t)
+                                && !seen.contains(&(t.clone(), id.clone()))
+                            {
                                 keys.push((t, id));
                             }
                         }
@@ -181,17 +239,19 @@ impl Engine {
                 found.extend(self.revinclude(ctx, include, &frontier).await?);
             }
             first_round = false;
-            frontier = found
-                .into_iter()
-                .filter(|r| seen.insert((r.resource_type.clone(), r.id.clone())))
-                .collect();
+            frontier = found.into_iter().filter(|r| seen.insert((r.resource_type.clone(), r.id.clone()))).collect();
             out.extend(frontier.iter().cloned());
         }
         out.truncate(MAX_INCLUDED);
         Ok(out)
     }
 
-    async fn revinclude(&self, ctx: &Ctx, include: &Include, targets: &[StoredResource]) -> EngineResult<Vec<StoredResource>> {
+    async fn revinclude(
+        &self,
+        ctx: &Ctx,
+        include: &Include,
+        targets: &[StoredResource],
+    ) -> EngineResult<Vec<StoredResource>> {
         if targets.is_empty() || include.source_type == "*" {
             return Ok(Vec::new());
         }
@@ -249,19 +309,28 @@ impl Engine {
             match k.as_str() {
                 "_since" => {
                     let (low, _) = fhir::normalize::date_range(v).ok_or_else(|| {
-                        EngineError::bad_request(IssueType::Invalid, format!("_since '{v}' is not a valid instant (e.g. 2024-05-01T00:00:00Z)"))
+                        EngineError::bad_request(
+                            IssueType::Invalid,
+                            format!("_since '{v}' is not a valid instant (e.g. 2024-05-01T00:00:00Z)"),
+                        )
                     })?;
                     query.since = Some(low);
                 }
                 "_count" => {
                     let n: usize = v.parse().map_err(|_| {
-                        EngineError::bad_request(IssueType::Invalid, format!("_count must be a non-negative whole number, not '{v}'"))
+                        EngineError::bad_request(
+                            IssueType::Invalid,
+                            format!("_count must be a non-negative whole number, not '{v}'"),
+                        )
                     })?;
                     query.count = n.min(self.config.max_count);
                 }
                 "_offset" => {
                     query.offset = v.parse().map_err(|_| {
-                        EngineError::bad_request(IssueType::Invalid, format!("_offset must be a non-negative whole number, not '{v}'"))
+                        EngineError::bad_request(
+                            IssueType::Invalid,
+                            format!("_offset must be a non-negative whole number, not '{v}'"),
+                        )
                     })?
                 }
                 "_format" | "_pretty" => {}
@@ -313,7 +382,10 @@ impl Engine {
         let mut links = vec![link("self", format!("{path}?{}", encode_params(&with_offset(params, query.offset))))];
         let total = page.total.unwrap_or(0) as usize;
         if query.count > 0 && query.offset + query.count < total {
-            links.push(link("next", format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count)))));
+            links.push(link(
+                "next",
+                format!("{path}?{}", encode_params(&with_offset(params, query.offset + query.count))),
+            ));
         }
         Ok(json!({
             "resourceType": "Bundle",
@@ -348,7 +420,10 @@ impl Engine {
                 "_type" => {
                     for t in v.split(',') {
                         if !self.defs.is_resource_type(t) {
-                            return Err(EngineError::bad_request(IssueType::Invalid, format!("'{t}' in _type is not a resource type")));
+                            return Err(EngineError::bad_request(
+                                IssueType::Invalid,
+                                format!("'{t}' in _type is not a resource type"),
+                            ));
                         }
                         types.push(t.to_string());
                     }
@@ -364,7 +439,8 @@ impl Engine {
             }
         }
         let members = self.store.patient_compartment(ctx, patient_id, since, &types).await?;
-        let mut seen: HashSet<(String, String)> = members.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let mut seen: HashSet<(String, String)> =
+            members.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
         let mut wanted: Vec<(String, String)> = Vec::new();
         for r in &members {
             let body = body_json(r);

@@ -159,7 +159,8 @@ impl Definitions {
             if name.contains('/') || !name.ends_with(".json") {
                 continue;
             }
-            let wanted = ["StructureDefinition-", "SearchParameter-", "ValueSet-", "CodeSystem-", "CompartmentDefinition-"];
+            let wanted =
+                ["StructureDefinition-", "SearchParameter-", "ValueSet-", "CodeSystem-", "CompartmentDefinition-"];
             if !wanted.iter().any(|p| name.starts_with(p)) {
                 continue;
             }
@@ -190,17 +191,12 @@ impl Definitions {
     /// `Resource` and `DomainResource` (`_id`, `_lastUpdated`, `_tag`, `_profile`, `_security`,
     /// `_source`, `_text`, `_content`, ...).
     pub fn search_param(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
-        self.search_params
-            .iter()
-            .find(|p| p.code == code && p.base.iter().any(|b| applies_to(b, resource_type)))
+        self.search_params.iter().find(|p| p.code == code && p.base.iter().any(|b| applies_to(b, resource_type)))
     }
 
     /// All parameters that apply to `resource_type`.
     pub fn search_params_for(&self, resource_type: &str) -> Vec<&SearchParamDef> {
-        self.search_params
-            .iter()
-            .filter(|p| p.base.iter().any(|b| applies_to(b, resource_type)))
-            .collect()
+        self.search_params.iter().filter(|p| p.base.iter().any(|b| applies_to(b, resource_type))).collect()
     }
 
     pub fn search_param_by_url(&self, url: &str) -> Option<&SearchParamDef> {
@@ -225,14 +221,16 @@ impl Definitions {
 }
 
 fn applies_to(base: &str, resource_type: &str) -> bool {
-    base == resource_type || base == "Resource" || base == "DomainResource" && resource_type != "Bundle" && resource_type != "Binary" && resource_type != "Parameters"
+    base == resource_type
+        || base == "Resource"
+        || base == "DomainResource"
+            && resource_type != "Bundle"
+            && resource_type != "Binary"
+            && resource_type != "Parameters"
 }
 
 fn strings(value: &serde_json::Value, key: &str) -> Vec<String> {
-    value[key]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+    value[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 fn build(files: Vec<(String, serde_json::Value)>) -> Definitions {

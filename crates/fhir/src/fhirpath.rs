@@ -281,16 +281,17 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
             for node in nodes {
                 if let Some(Value::Array(exts)) = node.value.get("extension") {
                     out.extend(
-                        exts.iter().filter(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str())).map(|e| Node {
-                            value: e,
-                            type_hint: Some("Extension"),
-                        }),
+                        exts.iter()
+                            .filter(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                            .map(|e| Node { value: e, type_hint: Some("Extension") }),
                     );
                 }
             }
         }
         Step::First => out.extend(nodes.into_iter().take(1)),
-        Step::Exists => out.push(Node { value: if nodes.is_empty() { &FALSE } else { &TRUE }, type_hint: Some("boolean") }),
+        Step::Exists => {
+            out.push(Node { value: if nodes.is_empty() { &FALSE } else { &TRUE }, type_hint: Some("boolean") })
+        }
     }
     out
 }
@@ -298,7 +299,9 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
 /// Without a type hint, decides whether a value can be of FHIR type `ty` from its JSON shape.
 fn shape_matches(value: &Value, ty: &str) -> bool {
     match ty {
-        "Reference" => value.get("reference").is_some() || value.get("identifier").is_some() || value.get("display").is_some(),
+        "Reference" => {
+            value.get("reference").is_some() || value.get("identifier").is_some() || value.get("display").is_some()
+        }
         "Identifier" => value.get("value").is_some() || value.get("system").is_some(),
         "CodeableConcept" => value.get("coding").is_some() || value.get("text").is_some(),
         "Quantity" => value.get("value").is_some() && value.get("low").is_none(),

@@ -172,7 +172,9 @@ pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexEntry> {
         let before = entries.len();
         for node in &nodes {
             if param.kind == ParamType::Composite {
-                composite_values(param, node, &mut |value| entries.push(IndexEntry { param: param.code.clone(), value }));
+                composite_values(param, node, &mut |value| {
+                    entries.push(IndexEntry { param: param.code.clone(), value })
+                });
             } else {
                 convert(param.kind, node, &mut |value| entries.push(IndexEntry { param: param.code.clone(), value }));
             }
@@ -309,7 +311,14 @@ fn convert(kind: ParamType, node: &Node<'_>, emit: &mut dyn FnMut(IndexValue)) {
             if let Some(Value::Number(n)) = v.get("value") {
                 if let Some((value, low, high)) = decimal_range(&n.to_string()) {
                     let code = owned(v, "code").or_else(|| owned(v, "currency"));
-                    emit(IndexValue::Quantity { value, low, high, system: owned(v, "system"), code, unit: owned(v, "unit") });
+                    emit(IndexValue::Quantity {
+                        value,
+                        low,
+                        high,
+                        system: owned(v, "system"),
+                        code,
+                        unit: owned(v, "unit"),
+                    });
                 }
             }
         }
@@ -342,16 +351,22 @@ fn token_values(v: &Value, emit: &mut dyn FnMut(IndexValue)) {
                     }
                 }
             } else if v.get("code").is_some() {
-                emit(IndexValue::Token { system: owned(v, "system"), code: owned(v, "code"), text: owned(v, "display") });
+                emit(IndexValue::Token {
+                    system: owned(v, "system"),
+                    code: owned(v, "code"),
+                    text: owned(v, "display"),
+                });
             } else if v.get("value").is_some() {
                 // Identifier or ContactPoint.
                 let text = v.get("type").and_then(|t| owned(t, "text"));
                 let system = owned(v, "system");
-                let system = if matches!(system.as_deref(), Some("phone" | "email" | "fax" | "sms" | "url" | "pager" | "other")) {
-                    None
-                } else {
-                    system
-                };
+                let system =
+                    if matches!(system.as_deref(), Some("phone" | "email" | "fax" | "sms" | "url" | "pager" | "other"))
+                    {
+                        None
+                    } else {
+                        system
+                    };
                 emit(IndexValue::Token { system, code: owned(v, "value"), text });
             } else if let Some(text) = owned(v, "text") {
                 emit(IndexValue::Token { system: None, code: None, text: Some(text) });
@@ -425,7 +440,9 @@ pub fn patient_compartments(defs: &Definitions, resource: &Value) -> Vec<String>
         }
         for node in &nodes {
             if let Some(reference) = str_field(node.value, "reference") {
-                if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } = reference_value(reference, None) {
+                if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } =
+                    reference_value(reference, None)
+                {
                     if t == "Patient" {
                         ids.push(id);
                     }

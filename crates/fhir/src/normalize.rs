@@ -62,7 +62,8 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
             let y: i32 = s[0..4].parse().ok()?;
             let m: u32 = s[5..7].parse().ok()?;
             let start = NaiveDate::from_ymd_opt(y, m, 1)?;
-            let end = if m == 12 { NaiveDate::from_ymd_opt(y + 1, 1, 1)? } else { NaiveDate::from_ymd_opt(y, m + 1, 1)? };
+            let end =
+                if m == 12 { NaiveDate::from_ymd_opt(y + 1, 1, 1)? } else { NaiveDate::from_ymd_opt(y, m + 1, 1)? };
             Some((day_start(start), day_start(end) - 1))
         }
         10 => {

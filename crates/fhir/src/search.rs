@@ -120,12 +120,36 @@ pub enum Prefix {
 pub enum ParamValue {
     String(String),
     /// `[system]|[code]`: `system: None` = any system; `Some(None)` = no system (`|code`).
-    Token { system: Option<Option<String>>, code: Option<String> },
+    Token {
+        system: Option<Option<String>>,
+        code: Option<String>,
+    },
     /// `Type/id`, `id` (type from targets), `Type/id/_history/v` or an absolute URL.
-    Reference { resource_type: Option<String>, id: Option<String>, version: Option<String>, url: Option<String> },
-    Date { prefix: Prefix, low: i64, high: i64 },
-    Number { prefix: Prefix, value: f64, low: f64, high: f64 },
-    Quantity { prefix: Prefix, value: f64, low: f64, high: f64, system: Option<String>, code: Option<String> },
+    Reference {
+        resource_type: Option<String>,
+        id: Option<String>,
+        version: Option<String>,
+        url: Option<String>,
+    },
+    Date {
+        prefix: Prefix,
+        low: i64,
+        high: i64,
+    },
+    Number {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
+    Quantity {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
     Uri(String),
     /// One value per component, in definition order.
     Composite(Vec<ParamValue>),
@@ -189,11 +213,7 @@ pub fn parse(
     for (name, value) in params {
         parser.parameter(&mut query, &context, name, value);
     }
-    if parser.errors.is_empty() {
-        Ok(Parsed { query, warnings: parser.warnings })
-    } else {
-        Err(parser.errors)
-    }
+    if parser.errors.is_empty() { Ok(Parsed { query, warnings: parser.warnings }) } else { Err(parser.errors) }
 }
 
 struct Parser<'d> {
@@ -254,7 +274,8 @@ impl Parser<'_> {
     /// An unknown or unsupported parameter: an error, or a warning in lenient mode.
     fn reject(&mut self, code: IssueType, param: &str, message: String) {
         if self.options.lenient {
-            let mut issue = Issue::error(code, format!("{message} (ignored: Prefer handling=lenient)")).at(param.to_string());
+            let mut issue =
+                Issue::error(code, format!("{message} (ignored: Prefer handling=lenient)")).at(param.to_string());
             issue.severity = crate::outcome::IssueSeverity::Warning;
             self.warnings.push(issue);
         } else {
@@ -272,24 +293,39 @@ impl Parser<'_> {
                     query.count = self.options.max_count;
                     let mut w = Issue::error(
                         IssueType::TooCostly,
-                        format!("_count={n} is larger than the server maximum {}; using {}", self.options.max_count, self.options.max_count),
+                        format!(
+                            "_count={n} is larger than the server maximum {}; using {}",
+                            self.options.max_count, self.options.max_count
+                        ),
                     )
                     .at("_count");
                     w.severity = crate::outcome::IssueSeverity::Warning;
                     self.warnings.push(w);
                 }
                 Ok(n) => query.count = n,
-                Err(_) => self.error(IssueType::Invalid, name, format!("_count must be a non-negative whole number, not '{value}'")),
+                Err(_) => self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("_count must be a non-negative whole number, not '{value}'"),
+                ),
             },
             "_offset" => match value.parse::<usize>() {
                 Ok(n) => query.offset = n,
-                Err(_) => self.error(IssueType::Invalid, name, format!("_offset must be a non-negative whole number, not '{value}'")),
+                Err(_) => self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("_offset must be a non-negative whole number, not '{value}'"),
+                ),
             },
             "_total" => match value {
                 "none" => query.total = TotalMode::None,
                 "estimate" => query.total = TotalMode::Estimate,
                 "accurate" => query.total = TotalMode::Accurate,
-                _ => self.error(IssueType::Invalid, name, format!("_total must be none, estimate or accurate, not '{value}'")),
+                _ => self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("_total must be none, estimate or accurate, not '{value}'"),
+                ),
             },
             "_summary" => {
                 query.summary = Some(match value {
@@ -308,7 +344,8 @@ impl Parser<'_> {
                 })
             }
             "_elements" => {
-                query.elements = Some(value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                query.elements =
+                    Some(value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             }
             "_sort" => {
                 for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
@@ -323,14 +360,19 @@ impl Parser<'_> {
                         _ => self.error(
                             IssueType::Invalid,
                             name,
-                            format!("cannot sort by '{code}': it is not a sortable search parameter of {}", context.join(", ")),
+                            format!(
+                                "cannot sort by '{code}': it is not a sortable search parameter of {}",
+                                context.join(", ")
+                            ),
                         ),
                     }
                 }
             }
-            "_contained" | "_containedType" | "_query" | "_filter" | "_list" | "_text" | "_content" => {
-                self.reject(IssueType::NotSupported, name, format!("the search parameter {name} is not supported by this server"))
-            }
+            "_contained" | "_containedType" | "_query" | "_filter" | "_list" | "_text" | "_content" => self.reject(
+                IssueType::NotSupported,
+                name,
+                format!("the search parameter {name} is not supported by this server"),
+            ),
             _ if name.starts_with("_include") || name.starts_with("_revinclude") => self.include(query, name, value),
             _ => {
                 if let Some(criterion) = self.criterion(context, name, value) {
@@ -345,7 +387,13 @@ impl Parser<'_> {
         let iterate = match modifier {
             "" => false,
             "iterate" | "recurse" => true,
-            other => return self.error(IssueType::Invalid, name, format!("unknown modifier ':{other}' on {base} (use :iterate)")),
+            other => {
+                return self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("unknown modifier ':{other}' on {base} (use :iterate)"),
+                );
+            }
         };
         let parts: Vec<&str> = value.split(':').collect();
         let include = match parts.as_slice() {
@@ -353,7 +401,11 @@ impl Parser<'_> {
             [source, param] | [source, param, _] => {
                 let target = parts.get(2).map(|t| t.to_string());
                 if !self.defs.is_resource_type(source) {
-                    return self.error(IssueType::Invalid, name, format!("'{source}' in {name}={value} is not a resource type"));
+                    return self.error(
+                        IssueType::Invalid,
+                        name,
+                        format!("'{source}' in {name}={value} is not a resource type"),
+                    );
                 }
                 if *param != "*" {
                     match self.defs.search_param(source, param) {
@@ -369,7 +421,11 @@ impl Parser<'_> {
                 }
                 if let Some(t) = &target {
                     if !self.defs.is_resource_type(t) {
-                        return self.error(IssueType::Invalid, name, format!("'{t}' in {name}={value} is not a resource type"));
+                        return self.error(
+                            IssueType::Invalid,
+                            name,
+                            format!("'{t}' in {name}={value} is not a resource type"),
+                        );
                     }
                 }
                 Include {
@@ -398,7 +454,9 @@ impl Parser<'_> {
     fn resolve(&self, context: &[String], code: &str) -> Option<ParamRef> {
         match code {
             "_id" => return Some(ParamRef { code: "_id".into(), kind: ParamType::Token, targets: vec![] }),
-            "_lastUpdated" => return Some(ParamRef { code: "_lastUpdated".into(), kind: ParamType::Date, targets: vec![] }),
+            "_lastUpdated" => {
+                return Some(ParamRef { code: "_lastUpdated".into(), kind: ParamType::Date, targets: vec![] });
+            }
             _ => {}
         }
         let mut found: Option<ParamRef> = None;
@@ -463,13 +521,21 @@ impl Parser<'_> {
         };
         if let Some(rest) = chain_rest {
             if param.kind != ParamType::Reference {
-                self.error(IssueType::Invalid, name, format!("'{code}' is a {} parameter and cannot be chained", param.kind.code()));
+                self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("'{code}' is a {} parameter and cannot be chained", param.kind.code()),
+                );
                 return None;
             }
             let mut targets = param.targets.clone();
             if let Some(t) = modifier_text {
                 if !param.targets.iter().any(|x| x == t) {
-                    self.error(IssueType::Invalid, name, format!("'{code}' cannot refer to a {t} (allowed: {})", param.targets.join(", ")));
+                    self.error(
+                        IssueType::Invalid,
+                        name,
+                        format!("'{code}' cannot refer to a {t} (allowed: {})", param.targets.join(", ")),
+                    );
                     return None;
                 }
                 targets = vec![t.to_string()];
@@ -480,7 +546,9 @@ impl Parser<'_> {
                 self.error(
                     IssueType::Invalid,
                     name,
-                    format!("'{chained_code}' is not a search parameter of any resource type that '{code}' can refer to"),
+                    format!(
+                        "'{chained_code}' is not a search parameter of any resource type that '{code}' can refer to"
+                    ),
                 );
                 return None;
             }
@@ -525,7 +593,11 @@ impl Parser<'_> {
         // rest = `Source:refParam:criterion` where criterion may itself be `_has:...`.
         let mut parts = rest.splitn(3, ':');
         let (Some(source), Some(reference), Some(inner_name)) = (parts.next(), parts.next(), parts.next()) else {
-            self.error(IssueType::Invalid, name, "_has must have the form _has:SourceType:referenceParam:searchParam=value".into());
+            self.error(
+                IssueType::Invalid,
+                name,
+                "_has must have the form _has:SourceType:referenceParam:searchParam=value".into(),
+            );
             return None;
         };
         if !self.defs.is_resource_type(source) {
@@ -535,7 +607,11 @@ impl Parser<'_> {
         let reference_param = match self.resolve(&[source.to_string()], reference) {
             Some(p) if p.kind == ParamType::Reference => p,
             _ => {
-                self.error(IssueType::Invalid, name, format!("'{reference}' is not a reference search parameter of {source}"));
+                self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!("'{reference}' is not a reference search parameter of {source}"),
+                );
                 return None;
             }
         };
@@ -570,13 +646,25 @@ impl Parser<'_> {
             }
             (t, T::Reference) if self.defs.is_resource_type(t) => {
                 if !param.targets.iter().any(|x| x == t) {
-                    self.error(IssueType::Invalid, name, format!("'{}' cannot refer to a {t} (allowed: {})", param.code, param.targets.join(", ")));
+                    self.error(
+                        IssueType::Invalid,
+                        name,
+                        format!("'{}' cannot refer to a {t} (allowed: {})", param.code, param.targets.join(", ")),
+                    );
                     return None;
                 }
                 Modifier::Type(t.to_string())
             }
             _ => {
-                self.error(IssueType::Invalid, name, format!("the modifier ':{text}' cannot be used on the {} parameter '{}'", param.kind.code(), param.code));
+                self.error(
+                    IssueType::Invalid,
+                    name,
+                    format!(
+                        "the modifier ':{text}' cannot be used on the {} parameter '{}'",
+                        param.kind.code(),
+                        param.code
+                    ),
+                );
                 return None;
             }
         };
@@ -654,7 +742,12 @@ fn parse_value(
             if value.contains("://") || value.starts_with("urn:") {
                 let parsed = crate::index::reference_value(&value, None);
                 if let crate::index::IndexValue::Reference { target_type, target_id, version, .. } = parsed {
-                    return Ok(ParamValue::Reference { resource_type: target_type, id: target_id, version, url: Some(value) });
+                    return Ok(ParamValue::Reference {
+                        resource_type: target_type,
+                        id: target_id,
+                        version,
+                        url: Some(value),
+                    });
                 }
             }
             let (path, version) = match value.split_once("/_history/") {
@@ -667,7 +760,9 @@ fn parse_value(
             };
             if let Some(t) = &ty {
                 if !defs.is_resource_type(t) {
-                    return Err(format!("'{value}' for {code} must be [Type/]id with a FHIR resource type, and '{t}' is not one"));
+                    return Err(format!(
+                        "'{value}' for {code} must be [Type/]id with a FHIR resource type, and '{t}' is not one"
+                    ));
                 }
                 if !targets.is_empty() && !targets.iter().any(|x| x == t || x == "Resource") {
                     return Err(format!("{code} cannot refer to a {t} (allowed: {})", targets.join(", ")));
@@ -709,7 +804,8 @@ fn parse_value(
             Ok(ParamValue::Quantity { prefix, value, low, high, system, code: unit_code })
         }
         ParamType::Composite => {
-            let Some(def) = defs.all_search_params().iter().find(|p| p.code == code && p.kind == ParamType::Composite) else {
+            let Some(def) = defs.all_search_params().iter().find(|p| p.code == code && p.kind == ParamType::Composite)
+            else {
                 return Err(format!("{code} has no composite definition"));
             };
             let parts = split_escaped(raw, '$');

@@ -47,7 +47,9 @@ pub enum BenchCommand {
 
 pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
-        BenchCommand::Ingest { patients, extra_observations, store } => ingest(patients, extra_observations, store).await,
+        BenchCommand::Ingest { patients, extra_observations, store } => {
+            ingest(patients, extra_observations, store).await
+        }
         BenchCommand::Search { clients, seconds, store } => search(clients, seconds, store).await,
     }
 }
@@ -62,7 +64,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -73,8 +77,9 @@ async fn ingest(patients: usize, extra: usize, args: StoreArgs) -> anyhow::Resul
     let opts = engine::RequestOptions { base_url: "urn:bench".into(), ..Default::default() };
     engine.bundle(&ctx, demo::reference_bundle(), &opts).await?;
     let mut rng = StdRng::seed_from_u64(42 + patients as u64);
-    let bundles: Vec<String> =
-        (0..patients).map(|_| import::idempotent_transaction(demo::resident_bundle(&mut rng, extra)).to_string()).collect();
+    let bundles: Vec<String> = (0..patients)
+        .map(|_| import::idempotent_transaction(demo::resident_bundle(&mut rng, extra)).to_string())
+        .collect();
     let resources: usize = bundles.iter().map(|b| b.matches("\"request\"").count()).sum();
     let bytes: usize = bundles.iter().map(String::len).sum();
     println!("generated {patients} resident bundles: {resources} resources, {:.1} MB of JSON", bytes as f64 / 1e6);
@@ -181,7 +186,10 @@ async fn search(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
             Some((r["id"].as_str()?.to_string(), r["identifier"][0]["value"].as_str()?.to_string()))
         })
         .collect();
-    anyhow::ensure!(!patients.is_empty(), "the store has no Patients: load data first (hutong bench ingest or hutong import)");
+    anyhow::ensure!(
+        !patients.is_empty(),
+        "the store has no Patients: load data first (hutong bench ingest or hutong import)"
+    );
     let total = sample["total"].as_u64().unwrap_or(0);
     println!("store: {} backend, {total} Patients; {clients} clients for {seconds} s", engine.store().backend());
 
@@ -246,7 +254,13 @@ async fn search(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
     }
     let errors = all.iter().filter(|r| !r.2).count();
     println!("total {} requests, {:.0} req/s, {errors} errors", all.len(), all.len() as f64 / seconds as f64);
-    for kind in [Kind::Read, Kind::PatientByIdentifier, Kind::ObservationByPatientCodeDate, Kind::EncounterByPatientSorted, Kind::Everything] {
+    for kind in [
+        Kind::Read,
+        Kind::PatientByIdentifier,
+        Kind::ObservationByPatientCodeDate,
+        Kind::EncounterByPatientSorted,
+        Kind::Everything,
+    ] {
         let mut lat: Vec<Duration> = all.iter().filter(|r| r.0 == kind).map(|r| r.1).collect();
         lat.sort();
         println!(

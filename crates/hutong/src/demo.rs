@@ -9,8 +9,12 @@ use serde_json::{Value, json};
 /// GB 11643 identity-number system (`2.16.156.10011.1.3`).
 pub const ID_NUMBER_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
 
-const FAMILY: &[&str] = &["王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "林", "郑", "何", "高", "罗", "郭"];
-const GIVEN: &[&str] = &["伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "桂英", "建华", "志强", "丽华"];
+const FAMILY: &[&str] =
+    &["王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "林", "郑", "何", "高", "罗", "郭"];
+const GIVEN: &[&str] = &[
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英",
+    "桂英", "建华", "志强", "丽华",
+];
 /// (division code, city, district).
 const DIVISIONS: &[(&str, &str, &str)] = &[
     ("350102", "福州市", "鼓楼区"),
@@ -78,7 +82,11 @@ pub fn reference_bundle() -> Value {
 }
 
 fn put(resource: Value) -> Value {
-    let url = format!("{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+    let url = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default()
+    );
     json!({"resource": resource, "request": {"method": "PUT", "url": url}})
 }
 
@@ -157,13 +165,13 @@ pub fn resident_bundle(rng: &mut StdRng, extra_observations: usize) -> Value {
             }),
         ));
         let glucose = f64::from(rng.random_range(40..120)) / 10.0;
-        entries.push(post(
-            &format!("urn:uuid:{}", uuid(rng)),
-            glucose_observation(&patient_url, &start, glucose),
-        ));
+        entries.push(post(&format!("urn:uuid:{}", uuid(rng)), glucose_observation(&patient_url, &start, glucose)));
         if v == 0 && (hypertension || diabetes) {
-            let (icd, name, drug) =
-                if hypertension { ("I10", "特发性(原发性)高血压", "硝苯地平控释片") } else { ("E11.9", "2型糖尿病,不伴有并发症", "盐酸二甲双胍片") };
+            let (icd, name, drug) = if hypertension {
+                ("I10", "特发性(原发性)高血压", "硝苯地平控释片")
+            } else {
+                ("E11.9", "2型糖尿病,不伴有并发症", "盐酸二甲双胍片")
+            };
             entries.push(post(
                 &format!("urn:uuid:{}", uuid(rng)),
                 json!({

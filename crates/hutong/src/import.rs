@@ -31,7 +31,9 @@ pub fn idempotent_transaction(mut bundle: Value) -> Value {
             let uuid = full_url.as_deref().and_then(|u| u.strip_prefix("urn:uuid:")).map(str::to_string);
             let method = entry["request"]["method"].as_str().map(str::to_string);
             match (kind.as_str(), method.as_deref(), ty, uuid) {
-                ("transaction" | "batch", Some("POST"), Some(ty), Some(id)) if entry["request"].get("ifNoneExist").is_none() => {
+                ("transaction" | "batch", Some("POST"), Some(ty), Some(id))
+                    if entry["request"].get("ifNoneExist").is_none() =>
+                {
                     entry["request"] = json!({"method": "PUT", "url": format!("{ty}/{id}")});
                     entry["resource"]["id"] = Value::String(id);
                 }
@@ -126,13 +128,18 @@ fn units(path: &Path) -> anyhow::Result<Vec<Value>> {
     if path.extension().and_then(|e| e.to_str()) == Some("ndjson") {
         let mut resources = Vec::new();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let r: Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not valid JSON", path.display(), n + 1))?;
+            let r: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not valid JSON", path.display(), n + 1))?;
             resources.push(r);
         }
         return Ok(resources.chunks(NDJSON_CHUNK).map(|c| single_resource_transaction(c.to_vec())).collect());
     }
     let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    Ok(vec![if value["resourceType"] == "Bundle" { idempotent_transaction(value) } else { single_resource_transaction(vec![value]) }])
+    Ok(vec![if value["resourceType"] == "Bundle" {
+        idempotent_transaction(value)
+    } else {
+        single_resource_transaction(vec![value])
+    }])
 }
 
 pub struct Summary {

@@ -69,7 +69,10 @@ enum Command {
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn ResourceStore>> {
     Ok(match &args.database {
         Some(url) => Arc::new(
-            store_postgres::PgStore::connect(url).await.map_err(|e| anyhow::anyhow!("{e}")).context("opening PostgreSQL")?,
+            store_postgres::PgStore::connect(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("opening PostgreSQL")?,
         ),
         None => Arc::new(store_sqlite::SqliteStore::open(&args.data).map_err(|e| anyhow::anyhow!("{e}"))?),
     })
@@ -120,20 +123,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { listen, store, demo, max_body_bytes, base_url } => {
-            let addr: SocketAddr = listen
-                .parse()
-                .with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
+            let addr: SocketAddr =
+                listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
             let backend = open_store(&store).await?;
             let engine = Arc::new(engine_for(backend, &store));
             if demo {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
-                    println!("Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents)");
+                    println!(
+                        "Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents)"
+                    );
                 }
             }
             let app = api::router(api::AppState { engine, config: api::ApiConfig { max_body_bytes, base_url } });
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
             let local = listener.local_addr()?;
             println!("Hutong FHIR server listening on http://{local}/fhir");
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
@@ -156,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
                 for f in &summary.failures {
                     eprintln!("failed: {f}");
                 }
-                anyhow::bail!("{} unit(s) failed to import; fix them and run the same command again", summary.failures.len())
+                anyhow::bail!(
+                    "{} unit(s) failed to import; fix them and run the same command again",
+                    summary.failures.len()
+                )
             }
         }
         Command::Bench { which } => bench::run(which).await,

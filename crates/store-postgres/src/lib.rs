@@ -37,7 +37,9 @@ impl PgStore {
     /// Connects (a pool of up to 16 connections) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            StoreError::Unavailable(format!("the database URL is not valid ({e}); expected postgres://user@host:port/database"))
+            StoreError::Unavailable(format!(
+                "the database URL is not valid ({e}); expected postgres://user@host:port/database"
+            ))
         })?;
         let target = format!(
             "{}:{}/{}",
@@ -230,7 +232,8 @@ impl ResourceStore for PgStore {
         let new_ops: Vec<&WriteOp> =
             ops.iter().filter(|o| !current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
         let mut rids: HashMap<(String, String), i64> = current.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-        let column = |f: &dyn Fn(&WriteOp) -> String, set: &[&WriteOp]| -> Vec<String> { set.iter().map(|o| f(o)).collect() };
+        let column =
+            |f: &dyn Fn(&WriteOp) -> String, set: &[&WriteOp]| -> Vec<String> { set.iter().map(|o| f(o)).collect() };
         let patient_key = |o: &WriteOp| o.compartments.first().cloned().unwrap_or_default();
         if !new_ops.is_empty() {
             let (t, i) = (column(&|o| o.resource_type.clone(), &new_ops), column(&|o| o.id.clone(), &new_ops));
@@ -267,7 +270,8 @@ impl ResourceStore for PgStore {
             }
         }
         // Existing resources: one UPDATE … FROM UNNEST, then clear their index rows.
-        let old_ops: Vec<&WriteOp> = ops.iter().filter(|o| current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
+        let old_ops: Vec<&WriteOp> =
+            ops.iter().filter(|o| current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
         if !old_ops.is_empty() {
             let rid: Vec<i64> = old_ops.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
             let version: Vec<i64> = old_ops.iter().map(|o| o.version).collect();
@@ -397,7 +401,13 @@ impl ResourceStore for PgStore {
             .collect())
     }
 
-    async fn vread(&self, _ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>> {
+    async fn vread(
+        &self,
+        _ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<Option<StoredResource>> {
         let client = self.pool.get().await.map_err(pool_error)?;
         Ok(client
             .query_opt(
@@ -459,7 +469,8 @@ impl ResourceStore for PgStore {
     }
 
     async fn search(&self, _ctx: &Ctx, query: &fhir::search::SearchQuery) -> StoreResult<Page> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let built = store_sql::query::build_search(query, Dialect::Postgres, now);
         let client = self.pool.get().await.map_err(pool_error)?;
         let total = match &built.count {

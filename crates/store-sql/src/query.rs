@@ -109,7 +109,9 @@ fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
         (_, false) => "'\u{10FFFF}'".into(),
         (_, true) => "''".into(),
     };
-    format!("COALESCE((SELECT {agg}(i.{column}) FROM {table} i WHERE i.rid = r.rid AND i.param = {p}), {null_sentinel})")
+    format!(
+        "COALESCE((SELECT {agg}(i.{column}) FROM {table} i WHERE i.rid = r.rid AND i.param = {p}), {null_sentinel})"
+    )
 }
 
 /// The SQL condition for one criterion on the resource row aliased `alias`, whose type is one
@@ -219,7 +221,13 @@ fn like_escape(s: &str) -> String {
 }
 
 /// One value's condition on the index row `i`.
-fn value_condition(sql: &mut Sql, param: &ParamRef, modifier: Option<&Modifier>, value: &ParamValue, now_ms: i64) -> Option<String> {
+fn value_condition(
+    sql: &mut Sql,
+    param: &ParamRef,
+    modifier: Option<&Modifier>,
+    value: &ParamValue,
+    now_ms: i64,
+) -> Option<String> {
     Some(match (param.kind, value) {
         (ParamType::String, ParamValue::String(s)) => match modifier {
             Some(Modifier::Exact) => format!("i.exact = {}", sql.text(s.clone())),
@@ -238,7 +246,9 @@ fn value_condition(sql: &mut Sql, param: &ParamRef, modifier: Option<&Modifier>,
             let pattern = format!("%{}%", like_escape(&fhir::normalize::normalize_string(text)));
             format!("LOWER(i.text) LIKE {} ESCAPE '\\'", sql.text(pattern))
         }
-        (ParamType::Token, ParamValue::Token { system, code }) => token_condition(sql, "i.system", "i.code", system, code),
+        (ParamType::Token, ParamValue::Token { system, code }) => {
+            token_condition(sql, "i.system", "i.code", system, code)
+        }
         (ParamType::Token, ParamValue::Composite(parts)) => {
             // `:of-type`: identifier type coding + value. The type coding is not indexed
             // separately, so the value alone decides; the type narrows nothing.
@@ -389,7 +399,15 @@ fn token_condition(
 }
 
 /// A stored range `[lo_col, hi_col]` against the searched range `[low, high]`.
-fn date_condition(sql: &mut Sql, prefix: Prefix, low: i64, high: i64, lo_col: &str, hi_col: &str, now_ms: i64) -> String {
+fn date_condition(
+    sql: &mut Sql,
+    prefix: Prefix,
+    low: i64,
+    high: i64,
+    lo_col: &str,
+    hi_col: &str,
+    now_ms: i64,
+) -> String {
     let mut b = |v: i64| sql.int(v);
     match prefix {
         Prefix::Eq => format!("({lo_col} >= {} AND {hi_col} <= {})", b(low), b(high)),

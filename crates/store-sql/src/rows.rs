@@ -44,7 +44,11 @@ pub fn insert_sql(table: &str, dialect: crate::Dialect) -> String {
             crate::Dialect::Postgres => format!("${i}"),
         })
         .collect();
-    format!("INSERT INTO {table} (rid, type, param, {}, patient_key) VALUES ({})", cols.join(", "), placeholders.join(", "))
+    format!(
+        "INSERT INTO {table} (rid, type, param, {}, patient_key) VALUES ({})",
+        cols.join(", "),
+        placeholders.join(", ")
+    )
 }
 
 fn t(s: &Option<String>) -> Cell<'_> {
@@ -69,7 +73,14 @@ pub fn row(entry: &IndexEntry) -> Option<Row<'_>> {
         }
         IndexValue::Quantity { value, low, high, system, code, unit } => (
             "idx_quantity",
-            vec![Cell::Real(Some(*value)), Cell::Real(Some(*low)), Cell::Real(Some(*high)), t(system), t(code), t(unit)],
+            vec![
+                Cell::Real(Some(*value)),
+                Cell::Real(Some(*low)),
+                Cell::Real(Some(*high)),
+                t(system),
+                t(code),
+                t(unit),
+            ],
         ),
         IndexValue::Uri { uri } => ("idx_uri", vec![Cell::Text(Some(uri))]),
         IndexValue::Composite { components } => {

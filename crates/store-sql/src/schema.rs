@@ -39,7 +39,9 @@ pub fn ddl(dialect: Dialect) -> Vec<String> {
         ),
         "CREATE INDEX IF NOT EXISTS history_updated ON resource_history (last_updated)".to_string(),
         "CREATE INDEX IF NOT EXISTS history_type_updated ON resource_history (type, last_updated)".to_string(),
-        format!("CREATE TABLE IF NOT EXISTS compartment (patient_key TEXT NOT NULL, rid {int} NOT NULL, PRIMARY KEY (patient_key, rid))"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS compartment (patient_key TEXT NOT NULL, rid {int} NOT NULL, PRIMARY KEY (patient_key, rid))"
+        ),
         "CREATE INDEX IF NOT EXISTS compartment_rid ON compartment (rid)".to_string(),
         format!(
             "CREATE TABLE IF NOT EXISTS idx_string (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
@@ -58,7 +60,8 @@ pub fn ddl(dialect: Dialect) -> Vec<String> {
              target_type TEXT, target_id TEXT, version TEXT, url TEXT, ident_system TEXT, ident_value TEXT, \
              patient_key TEXT NOT NULL)"
         ),
-        "CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (type, param, target_id, target_type)".to_string(),
+        "CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (type, param, target_id, target_type)"
+            .to_string(),
         "CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_type, target_id)".to_string(),
         "CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid, param)".to_string(),
         format!(
@@ -94,9 +97,11 @@ pub fn ddl(dialect: Dialect) -> Vec<String> {
         "CREATE INDEX IF NOT EXISTS idx_composite_value ON idx_composite (type, param, c1_code, c2_code)".to_string(),
         "CREATE INDEX IF NOT EXISTS idx_composite_rid ON idx_composite (rid, param)".to_string(),
         match dialect {
-            Dialect::Sqlite => "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, \
+            Dialect::Sqlite => {
+                "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, \
                  id TEXT NOT NULL, version BIGINT NOT NULL, method TEXT NOT NULL, last_updated BIGINT NOT NULL)"
-                .to_string(),
+                    .to_string()
+            }
             Dialect::Postgres => "CREATE TABLE IF NOT EXISTS outbox (seq BIGSERIAL PRIMARY KEY, type TEXT NOT NULL, \
                  id TEXT NOT NULL, version BIGINT NOT NULL, method TEXT NOT NULL, last_updated BIGINT NOT NULL)"
                 .to_string(),

@@ -38,9 +38,8 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the SQLite database {}: {e}", path.display())))?;
     let synchronous = match std::env::var("HUTONG_SQLITE_SYNCHRONOUS").as_deref() {
         Ok("FULL") | Ok("full") => "FULL",
         _ => "NORMAL",
@@ -57,9 +56,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) `dir/hutong.db` and brings its schema up to date.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display())))?;
         let path = dir.join("hutong.db");
         let writer = open_connection(&path)?;
         for statement in schema::ddl(Dialect::Sqlite) {
@@ -176,7 +174,10 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
                         .execute([rid])
                         .map_err(backend)?;
                 }
-                tx.prepare_cached("DELETE FROM compartment WHERE rid = ?1").map_err(backend)?.execute([rid]).map_err(backend)?;
+                tx.prepare_cached("DELETE FROM compartment WHERE rid = ?1")
+                    .map_err(backend)?
+                    .execute([rid])
+                    .map_err(backend)?;
                 rid
             }
             None => {
@@ -271,8 +272,9 @@ impl ResourceStore for SqliteStore {
     async fn current_versions(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>> {
         let keys = keys.to_vec();
         self.read_with(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT version, deleted FROM resource WHERE type = ?1 AND id = ?2").map_err(backend)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT version, deleted FROM resource WHERE type = ?1 AND id = ?2")
+                .map_err(backend)?;
             keys.iter()
                 .map(|(t, i)| {
                     stmt.query_row(params![t, i], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)))
@@ -315,7 +317,13 @@ impl ResourceStore for SqliteStore {
         .await
     }
 
-    async fn vread(&self, _ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>> {
+    async fn vread(
+        &self,
+        _ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<Option<StoredResource>> {
         let (t, i) = (resource_type.to_string(), id.to_string());
         self.read_with(move |conn| {
             conn.prepare_cached(&format!(

@@ -94,7 +94,11 @@ pub fn string(param: &str, s: &str) -> IndexEntry {
 pub fn token(param: &str, system: Option<&str>, code: &str) -> IndexEntry {
     IndexEntry {
         param: param.into(),
-        value: IndexValue::Token { system: system.map(Into::into), code: Some(code.into()), text: Some(format!("text {code}")) },
+        value: IndexValue::Token {
+            system: system.map(Into::into),
+            code: Some(code.into()),
+            text: Some(format!("text {code}")),
+        },
     }
 }
 
@@ -205,7 +209,8 @@ pub async fn history_scopes_and_paging(store: Arc<dyn ResourceStore>) {
     store.commit(&ctx(), vec![op("Patient", "p1", 2, vec![], &["p1"])]).await.unwrap();
     store.commit(&ctx(), vec![op("Observation", "o1", 1, vec![], &["p1"])]).await.unwrap();
     store.commit(&ctx(), vec![delete_op("Observation", "o1", 2)]).await.unwrap();
-    let instance = HistoryQuery { resource_type: Some("Patient".into()), id: Some("p1".into()), count: 10, ..Default::default() };
+    let instance =
+        HistoryQuery { resource_type: Some("Patient".into()), id: Some("p1".into()), count: 10, ..Default::default() };
     let page = store.history(&ctx(), &instance).await.unwrap();
     assert_eq!(page.total, Some(2));
     assert_eq!(page.resources.iter().map(|r| r.version).collect::<Vec<_>>(), [2, 1], "newest first");
@@ -227,7 +232,8 @@ pub async fn read_many_and_current_versions(store: Arc<dyn ResourceStore>) {
         .await
         .unwrap();
     store.commit(&ctx(), vec![delete_op("Patient", "b", 2)]).await.unwrap();
-    let keys = vec![("Patient".to_string(), "a".to_string()), ("Patient".into(), "b".into()), ("Patient".into(), "c".into())];
+    let keys =
+        vec![("Patient".to_string(), "a".to_string()), ("Patient".into(), "b".into()), ("Patient".into(), "c".into())];
     assert_eq!(store.current_versions(&ctx(), &keys).await.unwrap(), [Some((1, false)), Some((2, true)), None]);
     let many = store.read_many(&ctx(), &keys).await.unwrap();
     assert_eq!(many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
@@ -260,7 +266,10 @@ pub async fn compartments(store: Arc<dyn ResourceStore>) {
 }
 
 pub async fn outbox_and_cursors(store: Arc<dyn ResourceStore>) {
-    store.commit(&ctx(), vec![op("Patient", "a", 1, vec![], &["a"]), op("Patient", "b", 1, vec![], &["b"])]).await.unwrap();
+    store
+        .commit(&ctx(), vec![op("Patient", "a", 1, vec![], &["a"]), op("Patient", "b", 1, vec![], &["b"])])
+        .await
+        .unwrap();
     store.commit(&ctx(), vec![delete_op("Patient", "a", 2)]).await.unwrap();
     let events = store.outbox_read(0, 10).await.unwrap();
     assert_eq!(events.len(), 3);
@@ -319,7 +328,11 @@ async fn seed_people(store: &Arc<dyn ResourceStore>) {
 
 pub async fn search_strings(store: Arc<dyn ResourceStore>) {
     seed_people(&store).await;
-    assert_eq!(sorted(ids(&store, Some("Patient"), &[("family", "zhang")]).await), ["p1", "p3"], "prefix, accents folded");
+    assert_eq!(
+        sorted(ids(&store, Some("Patient"), &[("family", "zhang")]).await),
+        ["p1", "p3"],
+        "prefix, accents folded"
+    );
     assert_eq!(ids(&store, Some("Patient"), &[("family:exact", "Zhāng")]).await, ["p1"]);
     assert!(ids(&store, Some("Patient"), &[("family:exact", "zhāng")]).await.is_empty(), ":exact is case-sensitive");
     assert_eq!(ids(&store, Some("Patient"), &[("family:contains", "angs")]).await, ["p3"]);
@@ -333,7 +346,10 @@ pub async fn search_tokens(store: Arc<dyn ResourceStore>) {
     seed_people(&store).await;
     assert_eq!(ids(&store, Some("Patient"), &[("gender", "male")]).await, ["p1"]);
     assert_eq!(sorted(ids(&store, Some("Patient"), &[("identifier", "110105194912310021")]).await), ["p1", "p2"]);
-    assert_eq!(ids(&store, Some("Patient"), &[("identifier", "urn:oid:2.16.156.10011.1.3|110105194912310021")]).await, ["p1"]);
+    assert_eq!(
+        ids(&store, Some("Patient"), &[("identifier", "urn:oid:2.16.156.10011.1.3|110105194912310021")]).await,
+        ["p1"]
+    );
     assert_eq!(ids(&store, Some("Patient"), &[("identifier", "urn:oid:other|")]).await, ["p2"]);
     assert!(ids(&store, Some("Patient"), &[("gender", "|male")]).await.contains(&"p1".to_string()), "no system");
     assert_eq!(sorted(ids(&store, Some("Patient"), &[("gender:not", "male")]).await), ["p2", "p3"]);
@@ -348,8 +364,20 @@ pub async fn search_references_chains_has(store: Arc<dyn ResourceStore>) {
         .commit(
             &ctx(),
             vec![
-                op("Observation", "o1", 1, vec![reference("subject", "Patient", "p1"), token("code", Some("http://loinc.org"), "8480-6")], &["p1"]),
-                op("Observation", "o2", 1, vec![reference("subject", "Patient", "p2"), token("code", Some("http://loinc.org"), "2339-0")], &["p2"]),
+                op(
+                    "Observation",
+                    "o1",
+                    1,
+                    vec![reference("subject", "Patient", "p1"), token("code", Some("http://loinc.org"), "8480-6")],
+                    &["p1"],
+                ),
+                op(
+                    "Observation",
+                    "o2",
+                    1,
+                    vec![reference("subject", "Patient", "p2"), token("code", Some("http://loinc.org"), "2339-0")],
+                    &["p2"],
+                ),
             ],
         )
         .await
@@ -359,11 +387,22 @@ pub async fn search_references_chains_has(store: Arc<dyn ResourceStore>) {
     assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient", "p2")]).await, ["o2"]);
     assert!(ids(&store, Some("Observation"), &[("subject", "Group/p2")]).await.is_empty());
     assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient.name", "李")]).await, ["o2"], "chain");
-    assert_eq!(ids(&store, Some("Observation"), &[("subject:Patient.organization.name", "福州")]).await, ["o1"], "two-level chain");
-    assert_eq!(ids(&store, Some("Patient"), &[("_has:Observation:subject:code", "8480-6")]).await, ["p1"], "reverse chain");
+    assert_eq!(
+        ids(&store, Some("Observation"), &[("subject:Patient.organization.name", "福州")]).await,
+        ["o1"],
+        "two-level chain"
+    );
+    assert_eq!(
+        ids(&store, Some("Patient"), &[("_has:Observation:subject:code", "8480-6")]).await,
+        ["p1"],
+        "reverse chain"
+    );
     assert!(ids(&store, Some("Patient"), &[("_has:Observation:subject:code", "0000")]).await.is_empty());
     store.commit(&ctx(), vec![delete_op("Patient", "p1", 2)]).await.unwrap();
-    assert!(ids(&store, Some("Observation"), &[("subject:Patient.name", "张")]).await.is_empty(), "deleted targets do not match");
+    assert!(
+        ids(&store, Some("Observation"), &[("subject:Patient.name", "张")]).await.is_empty(),
+        "deleted targets do not match"
+    );
 }
 
 pub async fn search_dates(store: Arc<dyn ResourceStore>) {
@@ -379,7 +418,11 @@ pub async fn search_dates(store: Arc<dyn ResourceStore>) {
     assert_eq!(ids(&store, Some("Patient"), &q("sa1960")).await, ["p2"]);
     assert_eq!(ids(&store, Some("Patient"), &q("eb1960")).await, ["p1"]);
     assert_eq!(ids(&store, Some("Patient"), &q("ne1949")).await, ["p2"]);
-    assert_eq!(ids(&store, Some("Patient"), &[("birthdate", "ge1990-01-01"), ("birthdate", "le1990-12-31")]).await, ["p2"], "range");
+    assert_eq!(
+        ids(&store, Some("Patient"), &[("birthdate", "ge1990-01-01"), ("birthdate", "le1990-12-31")]).await,
+        ["p2"],
+        "range"
+    );
     assert_eq!(sorted(ids(&store, Some("Patient"), &[("_lastUpdated", "gt2000")]).await), ["p1", "p2", "p3"]);
 }
 
@@ -394,7 +437,10 @@ pub async fn search_numbers_quantities(store: Arc<dyn ResourceStore>) {
                     "RiskAssessment",
                     "r1",
                     1,
-                    vec![IndexEntry { param: "probability".into(), value: IndexValue::Number { value: 0.8, low: 0.75, high: 0.85 } }],
+                    vec![IndexEntry {
+                        param: "probability".into(),
+                        value: IndexValue::Number { value: 0.8, low: 0.75, high: 0.85 },
+                    }],
                     &[],
                 ),
             ],
@@ -416,7 +462,9 @@ pub async fn search_numbers_quantities(store: Arc<dyn ResourceStore>) {
 
 pub async fn search_uri_composite_missing(store: Arc<dyn ResourceStore>) {
     let composite = |code: &str, value: &str| {
-        let IndexValue::Token { system, code, text } = token("x", Some("http://loinc.org"), code).value else { unreachable!() };
+        let IndexValue::Token { system, code, text } = token("x", Some("http://loinc.org"), code).value else {
+            unreachable!()
+        };
         IndexEntry {
             param: "code-value-quantity".into(),
             value: IndexValue::Composite {
@@ -428,7 +476,16 @@ pub async fn search_uri_composite_missing(store: Arc<dyn ResourceStore>) {
         .commit(
             &ctx(),
             vec![
-                op("ValueSet", "v1", 1, vec![IndexEntry { param: "url".into(), value: IndexValue::Uri { uri: "http://example.org/fhir/ValueSet/a".into() } }], &[]),
+                op(
+                    "ValueSet",
+                    "v1",
+                    1,
+                    vec![IndexEntry {
+                        param: "url".into(),
+                        value: IndexValue::Uri { uri: "http://example.org/fhir/ValueSet/a".into() },
+                    }],
+                    &[],
+                ),
                 op("Observation", "bp1", 1, vec![composite("8480-6", "150"), token("code", None, "8480-6")], &[]),
                 op("Observation", "bp2", 1, vec![composite("8480-6", "110")], &[]),
                 op("Observation", "bp3", 1, vec![composite("8462-4", "150")], &[]),
@@ -439,8 +496,14 @@ pub async fn search_uri_composite_missing(store: Arc<dyn ResourceStore>) {
     assert_eq!(ids(&store, Some("ValueSet"), &[("url", "http://example.org/fhir/ValueSet/a")]).await, ["v1"]);
     assert!(ids(&store, Some("ValueSet"), &[("url", "http://example.org/fhir")]).await.is_empty(), "uri is exact");
     assert_eq!(ids(&store, Some("ValueSet"), &[("url:below", "http://example.org/fhir")]).await, ["v1"]);
-    assert_eq!(ids(&store, Some("ValueSet"), &[("url:above", "http://example.org/fhir/ValueSet/a/extra")]).await, ["v1"]);
-    assert_eq!(ids(&store, Some("Observation"), &[("code-value-quantity", "http://loinc.org|8480-6$gt140")]).await, ["bp1"]);
+    assert_eq!(
+        ids(&store, Some("ValueSet"), &[("url:above", "http://example.org/fhir/ValueSet/a/extra")]).await,
+        ["v1"]
+    );
+    assert_eq!(
+        ids(&store, Some("Observation"), &[("code-value-quantity", "http://loinc.org|8480-6$gt140")]).await,
+        ["bp1"]
+    );
     assert_eq!(ids(&store, Some("Observation"), &[("code-value-quantity", "8480-6$lt140")]).await, ["bp2"]);
     assert_eq!(sorted(ids(&store, Some("Observation"), &[("code:missing", "true")]).await), ["bp2", "bp3"]);
     assert_eq!(ids(&store, Some("Observation"), &[("code:missing", "false")]).await, ["bp1"]);
@@ -455,7 +518,8 @@ pub async fn search_sort_paging_total(store: Arc<dyn ResourceStore>) {
     }
     store.commit(&ctx(), ops).await.unwrap();
     let pairs = |extra: &[(&str, &str)]| -> fhir::search::SearchQuery {
-        let mut p: Vec<(String, String)> = vec![("_sort".into(), "family,-birthdate".into()), ("_count".into(), "10".into())];
+        let mut p: Vec<(String, String)> =
+            vec![("_sort".into(), "family,-birthdate".into()), ("_count".into(), "10".into())];
         p.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
         fhir::search::parse(fhir::Definitions::r4(), Some("Patient"), &p, &Default::default()).unwrap().query
     };

@@ -154,7 +154,13 @@ pub trait ResourceStore: Send + Sync {
     /// The current, non-deleted versions of the keys that exist, in no particular order.
     async fn read_many(&self, ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<StoredResource>>;
 
-    async fn vread(&self, ctx: &Ctx, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<StoredResource>>;
+    async fn vread(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<Option<StoredResource>>;
 
     /// Versions newest first; `total` is always filled.
     async fn history(&self, ctx: &Ctx, query: &HistoryQuery) -> StoreResult<Page>;

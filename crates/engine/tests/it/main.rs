@@ -46,7 +46,9 @@ fn ids(bundle: &Value, mode: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|e| e["search"]["mode"] == mode)
-        .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap()))
+        .map(|e| {
+            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
+        })
         .collect()
 }
 
@@ -91,9 +93,13 @@ async fn bad_bodies_are_rejected() {
     let err = e.create(&ctx(), "Patient", json!({"resourceType": "Observation"}), &opts()).await.unwrap_err();
     assert_eq!(err.http_status(), 400);
     assert!(err.issues()[0].diagnostics.contains("resourceType is 'Observation'"));
-    let err = e.update(&ctx(), "Patient", "a", json!({"resourceType": "Patient", "id": "b"}), &opts()).await.unwrap_err();
+    let err =
+        e.update(&ctx(), "Patient", "a", json!({"resourceType": "Patient", "id": "b"}), &opts()).await.unwrap_err();
     assert!(err.issues()[0].diagnostics.contains("does not match"));
-    let err = e.update(&ctx(), "Patient", "bad id!", json!({"resourceType": "Patient", "id": "bad id!"}), &opts()).await.unwrap_err();
+    let err = e
+        .update(&ctx(), "Patient", "bad id!", json!({"resourceType": "Patient", "id": "bad id!"}), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 400);
     let err = e.create(&ctx(), "Nope", json!({"resourceType": "Nope"}), &opts()).await.unwrap_err();
     assert_eq!(err.http_status(), 404);
@@ -110,19 +116,30 @@ async fn conditional_create_update_delete_and_patch() {
     assert_eq!(first.resource.id, again.resource.id);
     let mut changed = patient("李");
     changed["gender"] = json!("female");
-    let cu = e.conditional_update(&ctx(), "Patient", &pairs(&[("identifier", "ID-李")]), changed, &opts()).await.unwrap();
+    let cu =
+        e.conditional_update(&ctx(), "Patient", &pairs(&[("identifier", "ID-李")]), changed, &opts()).await.unwrap();
     assert_eq!((cu.resource.id.as_str(), cu.resource.version), (first.resource.id.as_str(), 2));
     let patched = e
-        .patch(&ctx(), "Patient", &first.resource.id, json!([{"op": "replace", "path": "/gender", "value": "male"}]), &opts())
+        .patch(
+            &ctx(),
+            "Patient",
+            &first.resource.id,
+            json!([{"op": "replace", "path": "/gender", "value": "male"}]),
+            &opts(),
+        )
         .await
         .unwrap();
     assert_eq!(body(&patched.resource)["gender"], "male");
-    let err = e.patch(&ctx(), "Patient", &first.resource.id, json!([{"op": "replace", "path": "/id", "value": "x"}]), &opts()).await.unwrap_err();
+    let err = e
+        .patch(&ctx(), "Patient", &first.resource.id, json!([{"op": "replace", "path": "/id", "value": "x"}]), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 400);
     e.create(&ctx(), "Patient", patient("赵"), &opts()).await.unwrap();
     let n = e.conditional_delete(&ctx(), "Patient", &pairs(&[("gender", "male")]), &opts()).await.unwrap();
     assert_eq!(n, 2);
-    let err = e.conditional_update(&ctx(), "Patient", &pairs(&[("_count", "1")]), patient("x"), &opts()).await.unwrap_err();
+    let err =
+        e.conditional_update(&ctx(), "Patient", &pairs(&[("_count", "1")]), patient("x"), &opts()).await.unwrap_err();
     assert_eq!(err.http_status(), 400, "criteria are required");
 }
 
@@ -144,7 +161,8 @@ async fn transaction_resolves_references_and_is_atomic() {
     ]);
     let response = e.bundle(&ctx(), bundle, &opts()).await.unwrap();
     assert_eq!(response["type"], "transaction-response");
-    let locations: Vec<&str> = response["entry"].as_array().unwrap().iter().map(|x| x["response"]["location"].as_str().unwrap()).collect();
+    let locations: Vec<&str> =
+        response["entry"].as_array().unwrap().iter().map(|x| x["response"]["location"].as_str().unwrap()).collect();
     assert!(locations[0].starts_with("Patient/") && locations[1].starts_with("Observation/"));
     let patient_ref = locations[0].split("/_history").next().unwrap();
     let obs_id = locations[1].split('/').nth(1).unwrap();
@@ -188,7 +206,8 @@ async fn batch_reports_each_entry() {
         {"request": {"method": "GET", "url": "Patient?family=甲"}},
     ]});
     let response = e.bundle(&ctx(), bundle, &opts()).await.unwrap();
-    let statuses: Vec<&str> = response["entry"].as_array().unwrap().iter().map(|x| x["response"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        response["entry"].as_array().unwrap().iter().map(|x| x["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201 Created", "404 Not Found", "200 OK"]);
     assert_eq!(response["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
     assert_eq!(response["entry"][2]["resource"]["total"], 1);
@@ -198,14 +217,22 @@ async fn batch_reports_each_entry() {
 async fn search_paging_includes_and_history() {
     let t = engine();
     let e = &t.engine;
-    let org = e.create(&ctx(), "Organization", json!({"resourceType": "Organization", "name": "福州市第一医院"}), &opts()).await.unwrap();
+    let org = e
+        .create(&ctx(), "Organization", json!({"resourceType": "Organization", "name": "福州市第一医院"}), &opts())
+        .await
+        .unwrap();
     for i in 0..7 {
         let mut p = patient(&format!("周{i}"));
         p["managingOrganization"] = json!({"reference": format!("Organization/{}", org.resource.id)});
         e.create(&ctx(), "Patient", p, &opts()).await.unwrap();
     }
     let page = e
-        .search(&ctx(), Some("Patient"), &pairs(&[("family", "周"), ("_count", "3"), ("_include", "Patient:organization"), ("_sort", "family")]), &opts())
+        .search(
+            &ctx(),
+            Some("Patient"),
+            &pairs(&[("family", "周"), ("_count", "3"), ("_include", "Patient:organization"), ("_sort", "family")]),
+            &opts(),
+        )
         .await
         .unwrap();
     assert_eq!(page["total"], 7);
@@ -215,14 +242,20 @@ async fn search_paging_includes_and_history() {
     let next = links.iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap();
     assert!(next.contains("_offset=3") && next.starts_with("http://test/fhir/Patient?"), "{next}");
     let rev = e
-        .search(&ctx(), Some("Organization"), &pairs(&[("_id", &org.resource.id), ("_revinclude", "Patient:organization")]), &opts())
+        .search(
+            &ctx(),
+            Some("Organization"),
+            &pairs(&[("_id", &org.resource.id), ("_revinclude", "Patient:organization")]),
+            &opts(),
+        )
         .await
         .unwrap();
     assert_eq!(ids(&rev, "include").len(), 7);
     let summary = e.search(&ctx(), Some("Patient"), &pairs(&[("_summary", "count")]), &opts()).await.unwrap();
     assert_eq!(summary["total"], 7);
     assert!(summary["entry"].as_array().unwrap().is_empty());
-    let elements = e.search(&ctx(), Some("Patient"), &pairs(&[("_elements", "gender"), ("_count", "1")]), &opts()).await.unwrap();
+    let elements =
+        e.search(&ctx(), Some("Patient"), &pairs(&[("_elements", "gender"), ("_count", "1")]), &opts()).await.unwrap();
     let r = &elements["entry"][0]["resource"];
     assert!(r.get("name").is_none() && r.get("gender").is_some());
     let err = e.search(&ctx(), Some("Patient"), &pairs(&[("nmae", "x")]), &opts()).await.unwrap_err();
@@ -242,15 +275,25 @@ async fn search_paging_includes_and_history() {
 async fn everything_and_export() {
     let t = engine();
     let e = &t.engine;
-    let org = e.create(&ctx(), "Organization", json!({"resourceType": "Organization", "name": "医院"}), &opts()).await.unwrap();
+    let org = e
+        .create(&ctx(), "Organization", json!({"resourceType": "Organization", "name": "医院"}), &opts())
+        .await
+        .unwrap();
     let p = e.create(&ctx(), "Patient", patient("吴"), &opts()).await.unwrap();
     let other = e.create(&ctx(), "Patient", patient("郑"), &opts()).await.unwrap();
     for (pid, code) in [(&p.resource.id, "a"), (&p.resource.id, "b"), (&other.resource.id, "c")] {
-        e.create(&ctx(), "Encounter", json!({"resourceType": "Encounter", "status": "finished",
+        e.create(
+            &ctx(),
+            "Encounter",
+            json!({"resourceType": "Encounter", "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
             "type": [{"text": code}],
             "subject": {"reference": format!("Patient/{pid}")},
-            "serviceProvider": {"reference": format!("Organization/{}", org.resource.id)}}), &opts()).await.unwrap();
+            "serviceProvider": {"reference": format!("Organization/{}", org.resource.id)}}),
+            &opts(),
+        )
+        .await
+        .unwrap();
     }
     let all = e.everything(&ctx(), &p.resource.id, &[], &opts()).await.unwrap();
     let mut got = ids(&all, "match");
@@ -261,7 +304,8 @@ async fn everything_and_export() {
     assert_eq!(ids(&only, "match").len(), 2);
     assert_eq!(e.everything(&ctx(), "missing", &[], &opts()).await.unwrap_err().http_status(), 404);
 
-    let job = e.export_start(&ctx(), ExportScope::System, &pairs(&[("_type", "Patient,Encounter")]), &opts()).await.unwrap();
+    let job =
+        e.export_start(&ctx(), ExportScope::System, &pairs(&[("_type", "Patient,Encounter")]), &opts()).await.unwrap();
     let manifest = loop {
         match e.export_status(&ctx(), &job).await.unwrap() {
             ExportStatus::Complete { manifest } => break manifest,
@@ -285,10 +329,16 @@ async fn everything_and_export() {
             ExportStatus::Failed { issues } => panic!("{issues:?}"),
         }
     };
-    assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Organization"), "patient export is compartment data");
+    assert!(
+        manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Organization"),
+        "patient export is compartment data"
+    );
     e.export_cancel(&ctx(), &job).await.unwrap();
     assert_eq!(e.export_status(&ctx(), &job).await.unwrap_err().http_status(), 404);
-    let err = e.export_start(&ctx(), ExportScope::System, &pairs(&[("_outputFormat", "text/csv")]), &opts()).await.unwrap_err();
+    let err = e
+        .export_start(&ctx(), ExportScope::System, &pairs(&[("_outputFormat", "text/csv")]), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status(), 400);
 }
 
@@ -301,7 +351,8 @@ async fn capability_statement_accounts_for_every_official_parameter() {
     assert_eq!(resources.len(), defs.resource_types().len());
     for r in resources {
         let ty = r["type"].as_str().unwrap();
-        let supported: Vec<&str> = r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let supported: Vec<&str> =
+            r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         let unsupported: Vec<&str> = r["extension"]
             .as_array()
             .map(|a| a.iter().map(|x| x["extension"][0]["valueCode"].as_str().unwrap()).collect())

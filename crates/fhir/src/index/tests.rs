@@ -33,7 +33,10 @@ fn patient_parameters() {
     assert_eq!(values(&e, "family"), [&IndexValue::String { normalized: "张".into(), exact: "张".into() }]);
     assert_eq!(values(&e, "name").len(), 3, "family, text and given");
     assert_eq!(values(&e, "phone"), [&token(None, "13800000000")]);
-    assert_eq!(values(&e, "address-city"), [&IndexValue::String { normalized: "福州市".into(), exact: "福州市".into() }]);
+    assert_eq!(
+        values(&e, "address-city"),
+        [&IndexValue::String { normalized: "福州市".into(), exact: "福州市".into() }]
+    );
     let (lo, hi) = date_range("1949-12-31").unwrap();
     assert_eq!(values(&e, "birthdate"), [&IndexValue::Date { low: lo, high: hi }]);
     assert_eq!(values(&e, "_tag"), [&token(Some("http://example.org/tags"), "demo")]);
@@ -56,12 +59,19 @@ fn observation_parameters_and_composites() {
         ]
     });
     let e = entries(obs.clone());
-    assert_eq!(values(&e, "code"), [&IndexValue::Token {
-        system: Some("http://loinc.org".into()), code: Some("85354-9".into()), text: Some("Blood pressure".into())
-    }]);
+    assert_eq!(
+        values(&e, "code"),
+        [&IndexValue::Token {
+            system: Some("http://loinc.org".into()),
+            code: Some("85354-9".into()),
+            text: Some("Blood pressure".into())
+        }]
+    );
     let subject = values(&e, "subject");
     assert_eq!(subject.len(), 1);
-    assert!(matches!(subject[0], IndexValue::Reference { target_type: Some(t), target_id: Some(i), .. } if t == "Patient" && i == "p1"));
+    assert!(
+        matches!(subject[0], IndexValue::Reference { target_type: Some(t), target_id: Some(i), .. } if t == "Patient" && i == "p1")
+    );
     assert_eq!(values(&e, "patient").len(), 1);
     let date = values(&e, "date");
     assert!(matches!(date[0], IndexValue::Date { high: i64::MAX, .. }), "open period ends at +infinity");
@@ -69,7 +79,9 @@ fn observation_parameters_and_composites() {
     let cvq = values(&e, "component-code-value-quantity");
     assert_eq!(cvq.len(), 2, "one composite per component");
     let IndexValue::Composite { components } = cvq[1] else { panic!("composite") };
-    assert!(matches!(&components[1], IndexValue::Quantity { value, code: Some(c), .. } if *value == 80.5 && c == "mm[Hg]"));
+    assert!(
+        matches!(&components[1], IndexValue::Quantity { value, code: Some(c), .. } if *value == 80.5 && c == "mm[Hg]")
+    );
     assert!(values(&e, "value-quantity").is_empty());
     assert_eq!(patient_compartments(Definitions::r4(), &obs), ["p1"]);
 }
@@ -86,9 +98,11 @@ fn decimal_precision_is_kept() {
 
 #[test]
 fn encounter_condition_medication() {
-    let enc = entries(json!({"resourceType": "Encounter", "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+    let enc = entries(
+        json!({"resourceType": "Encounter", "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": {"reference": "Patient/p1"}, "period": {"start": "2024-01-01", "end": "2024-01-02"},
-        "serviceProvider": {"reference": "Organization/h1"}}));
+        "serviceProvider": {"reference": "Organization/h1"}}),
+    );
     assert_eq!(values(&enc, "class"), [&token(Some("http://terminology.hl7.org/CodeSystem/v3-ActCode"), "AMB")]);
     let IndexValue::Date { low, high } = values(&enc, "date")[0] else { panic!() };
     assert_eq!((*low, *high), (date_range("2024-01-01").unwrap().0, date_range("2024-01-02").unwrap().1));
@@ -108,7 +122,10 @@ fn references_parse() {
         IndexValue::Reference { target_type: Some(t), target_id: Some(i), version: Some(v), url: None, .. } if t == "Patient" && i == "1" && v == "2"));
     assert!(matches!(reference_value("http://other.org/fhir/Patient/9", None),
         IndexValue::Reference { target_type: Some(t), url: Some(_), .. } if t == "Patient"));
-    assert!(matches!(reference_value("#contained1", None), IndexValue::Reference { target_type: None, url: Some(_), .. }));
+    assert!(matches!(
+        reference_value("#contained1", None),
+        IndexValue::Reference { target_type: None, url: Some(_), .. }
+    ));
 }
 
 #[test]

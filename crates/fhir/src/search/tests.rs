@@ -22,12 +22,17 @@ fn err(resource_type: &str, name: &str, value: &str) -> String {
 
 #[test]
 fn tokens() {
-    let Criterion::Param { param, modifier, values } = one("Patient", "identifier", "urn:oid:2.16.156.10011.1.3|110105") else {
+    let Criterion::Param { param, modifier, values } =
+        one("Patient", "identifier", "urn:oid:2.16.156.10011.1.3|110105")
+    else {
         panic!()
     };
     assert_eq!(param.kind, ParamType::Token);
     assert_eq!(modifier, None);
-    assert_eq!(values, [ParamValue::Token { system: Some(Some("urn:oid:2.16.156.10011.1.3".into())), code: Some("110105".into()) }]);
+    assert_eq!(
+        values,
+        [ParamValue::Token { system: Some(Some("urn:oid:2.16.156.10011.1.3".into())), code: Some("110105".into()) }]
+    );
     let Criterion::Param { values, .. } = one("Patient", "gender", "male,female") else { panic!() };
     assert_eq!(values.len(), 2);
     let Criterion::Param { values, .. } = one("Observation", "code", "|abc") else { panic!() };
@@ -67,9 +72,14 @@ fn dates_and_prefixes() {
 fn numbers_and_quantities() {
     let Criterion::Param { values, .. } = one("RiskAssessment", "probability", "gt0.8") else { panic!() };
     assert!(matches!(values[0], ParamValue::Number { prefix: Prefix::Gt, value, .. } if value == 0.8));
-    let Criterion::Param { values, .. } = one("Observation", "value-quantity", "le5.4|http://unitsofmeasure.org|mg") else { panic!() };
-    assert!(matches!(&values[0], ParamValue::Quantity { prefix: Prefix::Le, value, system: Some(s), code: Some(c), .. }
-        if *value == 5.4 && s == "http://unitsofmeasure.org" && c == "mg"));
+    let Criterion::Param { values, .. } = one("Observation", "value-quantity", "le5.4|http://unitsofmeasure.org|mg")
+    else {
+        panic!()
+    };
+    assert!(
+        matches!(&values[0], ParamValue::Quantity { prefix: Prefix::Le, value, system: Some(s), code: Some(c), .. }
+        if *value == 5.4 && s == "http://unitsofmeasure.org" && c == "mg")
+    );
     let Criterion::Param { values, .. } = one("Observation", "value-quantity", "5.4||mg") else { panic!() };
     assert!(matches!(&values[0], ParamValue::Quantity { system: None, code: Some(c), .. } if c == "mg"));
     assert!(err("Observation", "value-quantity", "abc").contains("not a quantity"));
@@ -78,10 +88,26 @@ fn numbers_and_quantities() {
 #[test]
 fn references() {
     let Criterion::Param { values, .. } = one("Observation", "subject", "Patient/123") else { panic!() };
-    assert_eq!(values, [ParamValue::Reference { resource_type: Some("Patient".into()), id: Some("123".into()), version: None, url: None }]);
+    assert_eq!(
+        values,
+        [ParamValue::Reference {
+            resource_type: Some("Patient".into()),
+            id: Some("123".into()),
+            version: None,
+            url: None
+        }]
+    );
     let Criterion::Param { values, modifier, .. } = one("Observation", "subject:Patient", "123") else { panic!() };
     assert_eq!(modifier, Some(Modifier::Type("Patient".into())));
-    assert_eq!(values, [ParamValue::Reference { resource_type: Some("Patient".into()), id: Some("123".into()), version: None, url: None }]);
+    assert_eq!(
+        values,
+        [ParamValue::Reference {
+            resource_type: Some("Patient".into()),
+            id: Some("123".into()),
+            version: None,
+            url: None
+        }]
+    );
     let Criterion::Param { values, .. } = one("Observation", "subject:identifier", "urn:oid:1|42") else { panic!() };
     assert!(matches!(values[0], ParamValue::Token { .. }));
     assert!(err("Observation", "subject", "Banana/1").contains("not one"));
@@ -94,10 +120,13 @@ fn modifiers_and_missing() {
     assert_eq!(modifier, Some(Modifier::Exact));
     let Criterion::Param { modifier, .. } = one("Patient", "family:contains", "an") else { panic!() };
     assert_eq!(modifier, Some(Modifier::Contains));
-    assert_eq!(one("Patient", "birthdate:missing", "true"), Criterion::Missing {
-        param: ParamRef { code: "birthdate".into(), kind: ParamType::Date, targets: vec![] },
-        missing: true
-    });
+    assert_eq!(
+        one("Patient", "birthdate:missing", "true"),
+        Criterion::Missing {
+            param: ParamRef { code: "birthdate".into(), kind: ParamType::Date, targets: vec![] },
+            missing: true
+        }
+    );
     assert!(err("Patient", "birthdate:missing", "maybe").contains("true or false"));
     assert!(err("Patient", "birthdate:exact", "2020").contains("cannot be used"));
     assert!(err("Observation", "code:in", "http://x/vs").contains("not support"));
@@ -105,7 +134,9 @@ fn modifiers_and_missing() {
 
 #[test]
 fn chains_and_has() {
-    let Criterion::Chain { param, target_types, criterion } = one("Observation", "subject:Patient.name", "张") else { panic!() };
+    let Criterion::Chain { param, target_types, criterion } = one("Observation", "subject:Patient.name", "张") else {
+        panic!()
+    };
     assert_eq!(param.code, "subject");
     assert_eq!(target_types, ["Patient"]);
     assert!(matches!(*criterion, Criterion::Param { ref param, .. } if param.code == "name"));
@@ -114,7 +145,9 @@ fn chains_and_has() {
     assert!(!target_types.contains(&"Device".to_string()), "Device has no birthdate");
     let Criterion::Chain { criterion, .. } = one("Encounter", "subject.organization.name", "医院") else { panic!() };
     assert!(matches!(*criterion, Criterion::Chain { .. }));
-    let Criterion::Has { source_type, reference_param, criterion } = one("Patient", "_has:Observation:patient:code", "1234-5") else {
+    let Criterion::Has { source_type, reference_param, criterion } =
+        one("Patient", "_has:Observation:patient:code", "1234-5")
+    else {
         panic!()
     };
     assert_eq!((source_type.as_str(), reference_param.code.as_str()), ("Observation", "patient"));
@@ -125,7 +158,10 @@ fn chains_and_has() {
 
 #[test]
 fn composites() {
-    let Criterion::Param { values, .. } = one("Observation", "code-value-quantity", "http://loinc.org|8480-6$gt100") else { panic!() };
+    let Criterion::Param { values, .. } = one("Observation", "code-value-quantity", "http://loinc.org|8480-6$gt100")
+    else {
+        panic!()
+    };
     let ParamValue::Composite(parts) = &values[0] else { panic!() };
     assert!(matches!(parts[0], ParamValue::Token { .. }));
     assert!(matches!(parts[1], ParamValue::Quantity { prefix: Prefix::Gt, value, .. } if value == 100.0));
@@ -177,7 +213,10 @@ fn unknown_parameters_strict_and_lenient() {
 
 #[test]
 fn system_search() {
-    let pairs = vec![("_type".to_string(), "Patient,Observation".to_string()), ("_lastUpdated".to_string(), "gt2020".to_string())];
+    let pairs = vec![
+        ("_type".to_string(), "Patient,Observation".to_string()),
+        ("_lastUpdated".to_string(), "gt2020".to_string()),
+    ];
     let parsed = parse(Definitions::r4(), None, &pairs, &ParseOptions::default()).unwrap();
     assert_eq!(parsed.query.types, ["Patient", "Observation"]);
     let pairs = vec![("_type".to_string(), "Nope".to_string())];

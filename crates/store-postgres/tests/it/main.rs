@@ -19,7 +19,8 @@ async fn fresh_database() -> Option<Arc<dyn ResourceStore>> {
         return None;
     };
     let name = format!("hutong_test_{}", uuid::Uuid::new_v4().simple());
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test server");
+    let (client, connection) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test server");
     tokio::spawn(connection);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
     let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);

@@ -18,7 +18,10 @@ async fn reopening_keeps_committed_data() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.commit(&store::Ctx::system(), vec![store::contract::op("Patient", "p1", 1, vec![], &["p1"])]).await.unwrap();
+        store
+            .commit(&store::Ctx::system(), vec![store::contract::op("Patient", "p1", 1, vec![], &["p1"])])
+            .await
+            .unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     let read = store.read(&store::Ctx::system(), "Patient", "p1").await.unwrap();
