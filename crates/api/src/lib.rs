@@ -159,23 +159,23 @@ fn check_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), 
             || f == "application/*"
             || f.contains("text/html")
     };
-    if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format") {
-        if !json_like(f) {
-            return Err(ApiError::http(
-                StatusCode::NOT_ACCEPTABLE,
-                IssueType::NotSupported,
-                format!("_format={f} is not supported: this server speaks FHIR JSON only (use _format=json)"),
-            ));
-        }
+    if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format")
+        && !json_like(f)
+    {
+        return Err(ApiError::http(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueType::NotSupported,
+            format!("_format={f} is not supported: this server speaks FHIR JSON only (use _format=json)"),
+        ));
     }
-    if let Some(accept) = header_str(headers, "accept") {
-        if !accept.split(',').any(|a| json_like(a.split(';').next().unwrap_or(""))) {
-            return Err(ApiError::http(
-                StatusCode::NOT_ACCEPTABLE,
-                IssueType::NotSupported,
-                format!("Accept: {accept} cannot be served: this server produces application/fhir+json only"),
-            ));
-        }
+    if let Some(accept) = header_str(headers, "accept")
+        && !accept.split(',').any(|a| json_like(a.split(';').next().unwrap_or("")))
+    {
+        return Err(ApiError::http(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueType::NotSupported,
+            format!("Accept: {accept} cannot be served: this server produces application/fhir+json only"),
+        ));
     }
     Ok(())
 }
@@ -263,7 +263,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
     let ctx = Ctx { request_id: uuid::Uuid::new_v4().to_string() };
     let engine = &state.engine;
     let segments: Vec<String> =
-        path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).map(|s| percent_decode(s)).collect();
+        path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let body_bytes = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
         read_body(body, state.config.max_body_bytes).await?
@@ -392,10 +392,10 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         [t, id] => match method {
             Method::GET => {
                 let resource = engine.read(&ctx, t, id).await?;
-                if let Some(v) = header_str(&headers, "if-none-match").and_then(parse_etag) {
-                    if v == resource.version {
-                        return Ok(StatusCode::NOT_MODIFIED.into_response());
-                    }
+                if let Some(v) = header_str(&headers, "if-none-match").and_then(parse_etag)
+                    && v == resource.version
+                {
+                    return Ok(StatusCode::NOT_MODIFIED.into_response());
                 }
                 Ok(resource_response(StatusCode::OK, &resource, &base, false, ReturnPreference::Representation))
             }

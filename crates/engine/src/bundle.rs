@@ -92,7 +92,10 @@ fn parse_entries(bundle: &Value) -> EngineResult<Vec<Entry>> {
             Some("PATCH") => Method::Patch,
             Some("DELETE") => Method::Delete,
             other => {
-                return Err(bad(index, format!("request.method {other:?} is not one of GET, POST, PUT, PATCH, DELETE")));
+                return Err(bad(
+                    index,
+                    format!("request.method {other:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+                ));
             }
         };
         let url = request
@@ -144,13 +147,13 @@ fn rewrite_references(
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                if key == "reference" {
-                    if let Value::String(s) = v {
-                        if let Some(new) = f(s)? {
-                            *s = new;
-                        }
-                        continue;
+                if key == "reference"
+                    && let Value::String(s) = v
+                {
+                    if let Some(new) = f(s)? {
+                        *s = new;
                     }
+                    continue;
                 }
                 rewrite_references(v, f)?;
             }
@@ -194,10 +197,8 @@ fn write_response(resource: &StoredResource, status: u16, with_resource: bool) -
             "lastModified": fhir::normalize::format_instant(resource.last_updated),
         }
     });
-    if with_resource {
-        if let Some(body) = resource.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
-            entry["resource"] = body;
-        }
+    if with_resource && let Some(body) = resource.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+        entry["resource"] = body;
     }
     entry
 }
@@ -396,12 +397,11 @@ impl Engine {
                 },
                 Method::Get => {}
             }
-            if let (Some(full_url), Some(id)) = (&entry.full_url, &target.id) {
-                if matches!(entry.method, Method::Post | Method::Put) {
-                    if full_urls.insert(full_url.clone(), format!("{ty}/{id}")).is_some() {
-                        return Err(bad(i, format!("fullUrl '{full_url}' appears in more than one entry")));
-                    }
-                }
+            if let (Some(full_url), Some(id)) = (&entry.full_url, &target.id)
+                && matches!(entry.method, Method::Post | Method::Put)
+                && full_urls.insert(full_url.clone(), format!("{ty}/{id}")).is_some()
+            {
+                return Err(bad(i, format!("fullUrl '{full_url}' appears in more than one entry")));
             }
             targets.push(target);
         }
@@ -502,19 +502,19 @@ impl Engine {
                         None => target.delete_matches.iter().map(|r| (r.id.clone(), r.version)).collect(),
                     };
                     for (id, version) in victims {
-                        if let Some(expected) = entry.if_match {
-                            if expected != version {
-                                return Err(in_entry(
-                                    i,
-                                    EngineError::Conflict {
-                                        message: format!(
-                                            "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {version}",
-                                            target.ty
-                                        ),
-                                        precondition: true,
-                                    },
-                                ));
-                            }
+                        if let Some(expected) = entry.if_match
+                            && expected != version
+                        {
+                            return Err(in_entry(
+                                i,
+                                EngineError::Conflict {
+                                    message: format!(
+                                        "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {version}",
+                                        target.ty
+                                    ),
+                                    precondition: true,
+                                },
+                            ));
                         }
                         claim(&target.ty, &id, i)?;
                         ops.push(Self::tombstone(&target.ty, &id, version + 1, now));
@@ -537,19 +537,19 @@ impl Engine {
                     let id = target.id.clone().expect("PUT targets have ids");
                     let current = self.store.read(ctx, &target.ty, &id).await?;
                     let current_version = current.as_ref().map_or(0, |c| c.version);
-                    if let Some(expected) = entry.if_match {
-                        if expected != current_version {
-                            return Err(in_entry(
-                                i,
-                                EngineError::Conflict {
-                                    message: format!(
-                                        "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {current_version}",
-                                        target.ty
-                                    ),
-                                    precondition: true,
-                                },
-                            ));
-                        }
+                    if let Some(expected) = entry.if_match
+                        && expected != current_version
+                    {
+                        return Err(in_entry(
+                            i,
+                            EngineError::Conflict {
+                                message: format!(
+                                    "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {current_version}",
+                                    target.ty
+                                ),
+                                precondition: true,
+                            },
+                        ));
                     }
                     let mut body = if entry.method == Method::Patch {
                         let Some(c) = current.as_ref().filter(|c| !c.deleted) else {
@@ -565,13 +565,13 @@ impl Engine {
                     } else {
                         resources[n].clone().unwrap_or(Value::Null)
                     };
-                    if let Some(body_id) = body.get("id").and_then(Value::as_str) {
-                        if body_id != id {
-                            return Err(bad(
-                                i,
-                                format!("the resource id '{body_id}' does not match '{id}' in request.url"),
-                            ));
-                        }
+                    if let Some(body_id) = body.get("id").and_then(Value::as_str)
+                        && body_id != id
+                    {
+                        return Err(bad(
+                            i,
+                            format!("the resource id '{body_id}' does not match '{id}' in request.url"),
+                        ));
                     }
                     body["id"] = Value::String(id.clone());
                     self.check_body(&target.ty, &body, &at(i)).map_err(|e| in_entry(i, e))?;

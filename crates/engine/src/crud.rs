@@ -262,24 +262,24 @@ impl Engine {
             attempt += 1;
             let current = self.store.read(ctx, resource_type, id).await?;
             let current_version = current.as_ref().map_or(0, |c| c.version);
-            if let Some(expected) = opts.if_match {
-                if expected != current_version || current.as_ref().is_some_and(|c| c.deleted) {
-                    return Err(EngineError::Conflict {
-                        message: format!(
-                            "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {current_version}"
-                        ),
-                        precondition: true,
-                    });
-                }
+            if let Some(expected) = opts.if_match
+                && (expected != current_version || current.as_ref().is_some_and(|c| c.deleted))
+            {
+                return Err(EngineError::Conflict {
+                    message: format!(
+                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {current_version}"
+                    ),
+                    precondition: true,
+                });
             }
-            if let Some(c) = current.as_ref().filter(|c| !c.deleted) {
-                if let Some(text) = &c.body {
-                    let stored: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                    let mut candidate = body.clone();
-                    candidate["id"] = Value::String(id.to_string());
-                    if content_without_version(&stored) == content_without_version(&candidate) {
-                        return Ok(WriteOutcome { resource: c.clone(), created: false });
-                    }
+            if let Some(c) = current.as_ref().filter(|c| !c.deleted)
+                && let Some(text) = &c.body
+            {
+                let stored: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                let mut candidate = body.clone();
+                candidate["id"] = Value::String(id.to_string());
+                if content_without_version(&stored) == content_without_version(&candidate) {
+                    return Ok(WriteOutcome { resource: c.clone(), created: false });
                 }
             }
             let created = current.as_ref().is_none_or(|c| c.deleted);
@@ -324,13 +324,13 @@ impl Engine {
                 }
             },
             [one] => {
-                if let Some(body_id) = body.get("id").and_then(Value::as_str) {
-                    if body_id != one.id {
-                        return Err(EngineError::bad_request(
-                            IssueType::Invalid,
-                            format!("the body's id '{body_id}' differs from the matching {resource_type}/{}", one.id),
-                        ));
-                    }
+                if let Some(body_id) = body.get("id").and_then(Value::as_str)
+                    && body_id != one.id
+                {
+                    return Err(EngineError::bad_request(
+                        IssueType::Invalid,
+                        format!("the body's id '{body_id}' differs from the matching {resource_type}/{}", one.id),
+                    ));
                 }
                 let mut body = body;
                 body["id"] = Value::String(one.id.clone());
@@ -352,16 +352,16 @@ impl Engine {
         opts: &RequestOptions,
     ) -> EngineResult<WriteOutcome> {
         let current = self.read_impl(ctx, resource_type, id).await?;
-        if let Some(expected) = opts.if_match {
-            if expected != current.version {
-                return Err(EngineError::Conflict {
-                    message: format!(
-                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
-                        current.version
-                    ),
-                    precondition: true,
-                });
-            }
+        if let Some(expected) = opts.if_match
+            && expected != current.version
+        {
+            return Err(EngineError::Conflict {
+                message: format!(
+                    "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
+                    current.version
+                ),
+                precondition: true,
+            });
         }
         let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
             EngineError::bad_request(
@@ -399,16 +399,16 @@ impl Engine {
             if current.deleted {
                 return Ok(None);
             }
-            if let Some(expected) = opts.if_match {
-                if expected != current.version {
-                    return Err(EngineError::Conflict {
-                        message: format!(
-                            "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
-                            current.version
-                        ),
-                        precondition: true,
-                    });
-                }
+            if let Some(expected) = opts.if_match
+                && expected != current.version
+            {
+                return Err(EngineError::Conflict {
+                    message: format!(
+                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
+                        current.version
+                    ),
+                    precondition: true,
+                });
             }
             let op = Self::tombstone(resource_type, id, current.version + 1, now_ms());
             let resource = stored_from_op(&op);

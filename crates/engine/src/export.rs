@@ -68,10 +68,10 @@ impl Job {
                 self.state["error_message"] = json!(message);
             }
         }
-        if self.dir.exists() {
-            if let Err(e) = write_state(&self.dir, &self.state) {
-                tracing::error!(job = %self.job_id, error = %e, "cannot record export job state");
-            }
+        if self.dir.exists()
+            && let Err(e) = write_state(&self.dir, &self.state)
+        {
+            tracing::error!(job = %self.job_id, error = %e, "cannot record export job state");
         }
     }
 

@@ -87,7 +87,8 @@ fn link(relation: &str, url: String) -> Value {
 
 /// Applies `_summary` / `_elements` to a resource, marking it SUBSETTED.
 fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[String]>) -> Value {
-    let keep: Option<Box<dyn Fn(&str) -> bool>> = match (summary, elements) {
+    type Keep = Box<dyn Fn(&str) -> bool>;
+    let keep: Option<Keep> = match (summary, elements) {
         (_, Some(list)) => {
             let list: Vec<String> = list.to_vec();
             Some(Box::new(move |k: &str| matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k)))
@@ -222,12 +223,10 @@ impl Engine {
                         }
                         if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), url: None, .. } =
                             e.value
+                            && include.target_type.as_ref().is_none_or(|want| *want == t)
+                            && !seen.contains(&(t.clone(), id.clone()))
                         {
-                            if include.target_type.as_ref().is_none_or(|want| *want == t)
-                                && !seen.contains(&(t.clone(), id.clone()))
-                            {
-                                keys.push((t, id));
-                            }
+                            keys.push((t, id));
                         }
                     }
                 }
@@ -343,10 +342,10 @@ impl Engine {
                 _ => {}
             }
         }
-        if let (Some(t), Some(i)) = (resource_type, id) {
-            if self.store.read(ctx, t, i).await?.is_none() {
-                return Err(EngineError::NotFound(format!("{t}/{i}")));
-            }
+        if let (Some(t), Some(i)) = (resource_type, id)
+            && self.store.read(ctx, t, i).await?.is_none()
+        {
+            return Err(EngineError::NotFound(format!("{t}/{i}")));
         }
         let page = self.store.history(ctx, &query).await?;
         let base = &opts.base_url;

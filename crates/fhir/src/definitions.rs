@@ -242,10 +242,12 @@ fn build(files: Vec<(String, serde_json::Value)>) -> Definitions {
     for (name, doc) in files {
         match doc["resourceType"].as_str() {
             Some("StructureDefinition") => {
-                if doc["kind"] == "resource" && doc["derivation"] == "specialization" && doc["abstract"] != true {
-                    if let Some(t) = doc["type"].as_str() {
-                        resource_types.push(t.to_string());
-                    }
+                if doc["kind"] == "resource"
+                    && doc["derivation"] == "specialization"
+                    && doc["abstract"] != true
+                    && let Some(t) = doc["type"].as_str()
+                {
+                    resource_types.push(t.to_string());
                 }
                 structure_docs.push(doc);
             }

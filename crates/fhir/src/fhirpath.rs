@@ -197,10 +197,10 @@ fn compile_condition(text: &str) -> Result<Condition, String> {
     }
     if let Some((field, literal)) = text.split_once('=') {
         let field = field.trim();
-        if is_identifier(field) {
-            if let Some(lit) = string_literal(literal) {
-                return Ok(Condition::FieldEquals(field.to_string(), lit));
-            }
+        if is_identifier(field)
+            && let Some(lit) = string_literal(literal)
+        {
+            return Ok(Condition::FieldEquals(field.to_string(), lit));
         }
     }
     Err(format!("unsupported condition '{text}'"))
@@ -262,10 +262,10 @@ fn apply<'a>(step: &Step, nodes: Vec<Node<'a>>) -> Vec<Node<'a>> {
                 }
                 // A choice element: `value` matches `valueQuantity`, `valueString`, ...
                 for (key, v) in map {
-                    if let Some(suffix) = key.strip_prefix(name.as_str()) {
-                        if suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
-                            push_flat(v, Some(suffix), &mut out);
-                        }
+                    if let Some(suffix) = key.strip_prefix(name.as_str())
+                        && suffix.starts_with(|c: char| c.is_ascii_uppercase())
+                    {
+                        push_flat(v, Some(suffix), &mut out);
                     }
                 }
             }
@@ -331,10 +331,10 @@ pub fn reference_type(value: &Value) -> Option<&str> {
         let without_history = reference.split("/_history/").next().unwrap_or(reference);
         let mut parts = without_history.rsplit('/');
         let _id = parts.next()?;
-        if let Some(ty) = parts.next() {
-            if ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                return Some(ty);
-            }
+        if let Some(ty) = parts.next()
+            && ty.starts_with(|c: char| c.is_ascii_uppercase())
+        {
+            return Some(ty);
         }
     }
     value.get("type").and_then(Value::as_str)
@@ -350,10 +350,10 @@ mod tests {
         let defs = crate::Definitions::r4();
         let mut failures = Vec::new();
         for p in defs.all_search_params() {
-            if let Some(e) = &p.expression {
-                if let Err(reason) = compile(e) {
-                    failures.push((p.code.clone(), reason));
-                }
+            if let Some(e) = &p.expression
+                && let Err(reason) = compile(e)
+            {
+                failures.push((p.code.clone(), reason));
             }
         }
         // The whole official set is within the subset, bar a handful listed as unsupported.

@@ -91,13 +91,16 @@ struct CompiledParam {
 
 type Compiled = HashMap<String, Vec<CompiledParam>>;
 
-static COMPILED: OnceLock<(Compiled, Vec<(String, String, String)>)> = OnceLock::new();
+/// (resource type, code, reason) of the official parameters that are not indexed.
+type Unsupported = Vec<(String, String, String)>;
 
-fn compiled(defs: &Definitions) -> &'static (Compiled, Vec<(String, String, String)>) {
+static COMPILED: OnceLock<(Compiled, Unsupported)> = OnceLock::new();
+
+fn compiled(defs: &Definitions) -> &'static (Compiled, Unsupported) {
     COMPILED.get_or_init(|| compile_all(defs))
 }
 
-fn compile_all(defs: &Definitions) -> (Compiled, Vec<(String, String, String)>) {
+fn compile_all(defs: &Definitions) -> (Compiled, Unsupported) {
     let mut by_type: Compiled = HashMap::new();
     let mut unsupported = Vec::new();
     for resource_type in defs.resource_types() {
@@ -261,10 +264,10 @@ fn convert(kind: ParamType, node: &Node<'_>, emit: &mut dyn FnMut(IndexValue)) {
                 let identifier = v.get("identifier");
                 if let Some(reference) = str_field(v, "reference") {
                     let mut value = reference_value(reference, identifier);
-                    if let IndexValue::Reference { target_type, .. } = &mut value {
-                        if target_type.is_none() {
-                            *target_type = owned(v, "type");
-                        }
+                    if let IndexValue::Reference { target_type, .. } = &mut value
+                        && target_type.is_none()
+                    {
+                        *target_type = owned(v, "type");
                     }
                     emit(value);
                 } else if let Some(identifier) = identifier {
@@ -301,25 +304,25 @@ fn convert(kind: ParamType, node: &Node<'_>, emit: &mut dyn FnMut(IndexValue)) {
             _ => {}
         },
         ParamType::Number => {
-            if let Value::Number(n) = v {
-                if let Some((value, low, high)) = decimal_range(&n.to_string()) {
-                    emit(IndexValue::Number { value, low, high });
-                }
+            if let Value::Number(n) = v
+                && let Some((value, low, high)) = decimal_range(&n.to_string())
+            {
+                emit(IndexValue::Number { value, low, high });
             }
         }
         ParamType::Quantity => {
-            if let Some(Value::Number(n)) = v.get("value") {
-                if let Some((value, low, high)) = decimal_range(&n.to_string()) {
-                    let code = owned(v, "code").or_else(|| owned(v, "currency"));
-                    emit(IndexValue::Quantity {
-                        value,
-                        low,
-                        high,
-                        system: owned(v, "system"),
-                        code,
-                        unit: owned(v, "unit"),
-                    });
-                }
+            if let Some(Value::Number(n)) = v.get("value")
+                && let Some((value, low, high)) = decimal_range(&n.to_string())
+            {
+                let code = owned(v, "code").or_else(|| owned(v, "currency"));
+                emit(IndexValue::Quantity {
+                    value,
+                    low,
+                    high,
+                    system: owned(v, "system"),
+                    code,
+                    unit: owned(v, "unit"),
+                });
             }
         }
         ParamType::Uri => {
@@ -345,10 +348,10 @@ fn token_values(v: &Value, emit: &mut dyn FnMut(IndexValue)) {
                         text: owned(coding, "display").or_else(|| text.clone()),
                     });
                 }
-                if codings.is_empty() {
-                    if let Some(text) = text {
-                        emit(IndexValue::Token { system: None, code: None, text: Some(text) });
-                    }
+                if codings.is_empty()
+                    && let Some(text) = text
+                {
+                    emit(IndexValue::Token { system: None, code: None, text: Some(text) });
                 }
             } else if v.get("code").is_some() {
                 emit(IndexValue::Token {
@@ -439,14 +442,12 @@ pub fn patient_compartments(defs: &Definitions, resource: &Value) -> Vec<String>
             path.evaluate_into(resource, &mut nodes);
         }
         for node in &nodes {
-            if let Some(reference) = str_field(node.value, "reference") {
-                if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } =
+            if let Some(reference) = str_field(node.value, "reference")
+                && let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } =
                     reference_value(reference, None)
-                {
-                    if t == "Patient" {
-                        ids.push(id);
-                    }
-                }
+                && t == "Patient"
+            {
+                ids.push(id);
             }
         }
     }

@@ -419,14 +419,14 @@ impl Parser<'_> {
                         }
                     }
                 }
-                if let Some(t) = &target {
-                    if !self.defs.is_resource_type(t) {
-                        return self.error(
-                            IssueType::Invalid,
-                            name,
-                            format!("'{t}' in {name}={value} is not a resource type"),
-                        );
-                    }
+                if let Some(t) = &target
+                    && !self.defs.is_resource_type(t)
+                {
+                    return self.error(
+                        IssueType::Invalid,
+                        name,
+                        format!("'{t}' in {name}={value} is not a resource type"),
+                    );
                 }
                 Include {
                     source_type: source.to_string(),
@@ -541,7 +541,7 @@ impl Parser<'_> {
                 targets = vec![t.to_string()];
             }
             let chained_code = rest.split(['.', ':']).next().unwrap_or(rest);
-            targets.retain(|t| self.resolve(&[t.clone()], chained_code).is_some());
+            targets.retain(|t| self.resolve(std::slice::from_ref(t), chained_code).is_some());
             if targets.is_empty() {
                 self.error(
                     IssueType::Invalid,
@@ -615,11 +615,12 @@ impl Parser<'_> {
                 return None;
             }
         };
-        if let Some(target) = context.first() {
-            if target != "Resource" && !reference_param.targets.iter().any(|t| t == target || t == "Resource") {
-                self.error(IssueType::Invalid, name, format!("{source}.{reference} cannot refer to a {target}"));
-                return None;
-            }
+        if let Some(target) = context.first()
+            && target != "Resource"
+            && !reference_param.targets.iter().any(|t| t == target || t == "Resource")
+        {
+            self.error(IssueType::Invalid, name, format!("{source}.{reference} cannot refer to a {target}"));
+            return None;
         }
         let inner = self.criterion(&[source.to_string()], inner_name, value)?;
         Some(Criterion::Has { source_type: source.to_string(), reference_param, criterion: Box::new(inner) })
@@ -689,10 +690,10 @@ fn split_prefix(raw: &str) -> (Prefix, &str) {
         ("ap", Prefix::Ap),
     ];
     for (text, prefix) in prefixes {
-        if let Some(rest) = raw.strip_prefix(text) {
-            if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
-                return (prefix, rest);
-            }
+        if let Some(rest) = raw.strip_prefix(text)
+            && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return (prefix, rest);
         }
     }
     (Prefix::Eq, raw)

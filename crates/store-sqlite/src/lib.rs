@@ -83,10 +83,10 @@ impl SqliteStore {
                 None => open_connection(&inner.path)?,
             };
             let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock() {
-                if pool.len() < 16 {
-                    pool.push(conn);
-                }
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < 16
+            {
+                pool.push(conn);
             }
             result
         })
