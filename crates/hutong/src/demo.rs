@@ -239,6 +239,16 @@ mod tests {
     }
 
     #[test]
+    fn demo_data_is_valid_fhir() {
+        for bundle in demo_bundles(40) {
+            for entry in bundle["entry"].as_array().unwrap() {
+                let issues = fhir::validate::validate(fhir::Definitions::r4(), &entry["resource"]);
+                assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);
+            }
+        }
+    }
+
+    #[test]
     fn demo_data_is_deterministic() {
         assert_eq!(demo_bundles(3), demo_bundles(3));
     }
