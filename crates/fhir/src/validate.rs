@@ -6,6 +6,7 @@
 //! Not enforced: FHIRPath invariants (`constraint`s such as `ele-1` beyond "no empty values",
 //! `dom-2`, `obs-6`), profiles in `meta.profile`, required bindings on Coding/CodeableConcept,
 //! and value sets the package cannot expand (external systems such as BCP-47 or MIME types).
+//! A reference to a resource type outside the element's target profiles is a warning.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -478,11 +479,19 @@ impl Walker<'_> {
             );
         }
         if !targets.is_empty() && !targets.iter().any(|t| t == ty || t == "Resource") {
+            // A warning, not an error: real feeds (Synthea's ExplanationOfBenefit.insurer, for
+            // one) point at other types, and the reference is still well-formed and resolvable.
             self.issue(
                 IssueType::Value,
                 location,
-                format!("{location}.reference '{reference}' may not point to a {ty} (allowed: {})", targets.join(", ")),
+                format!(
+                    "{location}.reference '{reference}' should not point to a {ty} (allowed: {})",
+                    targets.join(", ")
+                ),
             );
+            if let Some(last) = self.issues.last_mut() {
+                last.severity = crate::outcome::IssueSeverity::Warning;
+            }
         }
     }
 

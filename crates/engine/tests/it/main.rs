@@ -1,5 +1,7 @@
 //! Engine behaviour over a real SQLite store.
 
+mod ground_truth;
+
 use std::sync::Arc;
 
 use engine::{Engine, EngineConfig, EngineError, ExportScope, ExportStatus, RequestOptions};
