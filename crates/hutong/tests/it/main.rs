@@ -1,0 +1,4 @@
+//! End-to-end tests of the real `hutong` binary.
+
+mod crash;
+mod serve;

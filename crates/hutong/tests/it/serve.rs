@@ -1,0 +1,132 @@
+//! `hutong serve` as an operator runs it: demo data, the FHIR base URL, the capability
+//! statement, liveness, and clear failures at start-up.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &std::path::Path, demo: bool) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).stdout(Stdio::piped()).stderr(Stdio::null());
+    if demo {
+        cmd.arg("--demo");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its URL").unwrap();
+        if let Some(url) = line.strip_prefix("Hutong FHIR server listening on http://") {
+            break url.trim_end_matches("/fhir").to_string();
+        }
+    };
+    Server { child, addr }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+#[test]
+fn serve_demo_answers_fhir_requests() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), true);
+    assert_eq!(get(&server.addr, "/healthz").0, 200);
+    let (status, body) = get(&server.addr, "/fhir/Patient?_summary=count");
+    assert_eq!(status, 200);
+    let bundle: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bundle["total"], 300, "the demo data set has 300 residents");
+    let (_, body) = get(&server.addr, "/fhir/Organization?name=福州");
+    let orgs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(orgs["total"], 1);
+    let (status, body) = get(&server.addr, "/fhir/metadata");
+    assert_eq!(status, 200);
+    let cs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let (status, body) = get(&server.addr, "/fhir/Patient?birthdate=1990-13-01");
+    assert_eq!(status, 400);
+    assert!(body.contains("not a valid date"), "{body}");
+    drop(server);
+    // Restarting on the same data does not load the demo twice.
+    let server = start(data.path(), true);
+    let (_, body) = get(&server.addr, "/fhir/Patient?_summary=count");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
+}
+
+#[test]
+fn every_official_search_parameter_is_declared_supported_or_unsupported() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), false);
+    let (_, body) = get(&server.addr, "/fhir/metadata");
+    let cs: Value = serde_json::from_str(&body).unwrap();
+    let defs = fhir::Definitions::r4();
+    let mut declared = 0;
+    for r in cs["rest"][0]["resource"].as_array().unwrap() {
+        let ty = r["type"].as_str().unwrap();
+        let mut names: Vec<String> =
+            r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+        names.extend(
+            r["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| x["extension"][0]["valueCode"].as_str().unwrap().to_string()),
+        );
+        for p in defs.search_params_for(ty) {
+            assert!(names.contains(&p.code), "{ty}.{} is neither supported nor listed as unsupported", p.code);
+            declared += 1;
+        }
+    }
+    assert!(declared > 3000, "every type × parameter pair was checked ({declared})");
+}
+
+#[test]
+fn bad_listen_address_fails_fast() {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_hutong")).args(["serve", "--listen", "not-an-address"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not an address like 127.0.0.1:8080"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_hutong"))
+        .args(["serve", "--database", "postgres://nobody@127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to PostgreSQL at 127.0.0.1:1/none"));
+}
