@@ -172,11 +172,20 @@ struct Child {
     children_path: String,
 }
 
+/// (structure name, parent element path).
+type ParentKey = (String, String);
+
+/// A child element with minimum cardinality 1: its JSON name (for a choice, the prefix).
+struct Required {
+    name: String,
+    is_choice: bool,
+}
+
 struct TypeIndex {
     /// (type, parent path) → JSON key → child.
     children: HashMap<(String, String), HashMap<String, Child>>,
     /// (type, parent path) → required children (element index, base name, is_choice).
-    required: HashMap<(String, String), Vec<(usize, String, bool)>>,
+    required: HashMap<ParentKey, Vec<Required>>,
 }
 
 static INDEX: OnceLock<TypeIndex> = OnceLock::new();
@@ -191,7 +200,7 @@ fn capitalize(s: &str) -> String {
 
 fn build_index(defs: &Definitions) -> TypeIndex {
     let mut children: HashMap<(String, String), HashMap<String, Child>> = HashMap::new();
-    let mut required: HashMap<(String, String), Vec<(usize, String, bool)>> = HashMap::new();
+    let mut required: HashMap<ParentKey, Vec<Required>> = HashMap::new();
     for (name, sd) in &defs.structures {
         for (i, e) in sd.elements.iter().enumerate() {
             let Some((parent, last)) = e.path.rsplit_once('.') else { continue };
@@ -206,7 +215,7 @@ fn build_index(defs: &Definitions) -> TypeIndex {
                     );
                 }
                 if e.min > 0 {
-                    required.entry(key).or_default().push((i, base.to_string(), true));
+                    required.entry(key).or_default().push(Required { name: base.to_string(), is_choice: true });
                 }
             } else {
                 let ty = if e.content_reference.is_some() {
@@ -218,7 +227,7 @@ fn build_index(defs: &Definitions) -> TypeIndex {
                 };
                 map.insert(last.to_string(), Child { element: i, ty, children_path });
                 if e.min > 0 {
-                    required.entry(key).or_default().push((i, last.to_string(), false));
+                    required.entry(key).or_default().push(Required { name: last.to_string(), is_choice: false });
                 }
             }
         }
@@ -336,14 +345,14 @@ impl Walker<'_> {
                     if items.is_empty() {
                         self.issue(IssueType::Structure, &here, format!("{here} is an empty array; omit it instead"));
                     }
-                    if let Some(max) = element.max {
-                        if items.len() > max as usize {
-                            self.issue(
-                                IssueType::Structure,
-                                &here,
-                                format!("{here} has {} items; at most {max} allowed", items.len()),
-                            );
-                        }
+                    if let Some(max) = element.max
+                        && items.len() > max as usize
+                    {
+                        self.issue(
+                            IssueType::Structure,
+                            &here,
+                            format!("{here} has {} items; at most {max} allowed", items.len()),
+                        );
                     }
                     for (n, item) in items.iter().enumerate() {
                         self.item(item, structure, child, element, &format!("{here}[{n}]"));
@@ -353,7 +362,7 @@ impl Walker<'_> {
             }
         }
         if let Some(required) = index.required.get(&key) {
-            for (_, base, is_choice) in required {
+            for Required { name: base, is_choice } in required {
                 let present = if *is_choice {
                     object.keys().any(|k| {
                         k.starts_with(base.as_str()) && k[base.len()..].starts_with(|c: char| c.is_ascii_uppercase())
@@ -390,10 +399,10 @@ impl Walker<'_> {
         let ty = child.ty.as_str();
         if is_primitive(ty) {
             self.primitive(value, ty, location);
-            if let (Some(vs), Some(code)) = (&element.required_binding, value.as_str()) {
-                if ty == "code" {
-                    self.binding(vs, code, location);
-                }
+            if let (Some(vs), Some(code)) = (&element.required_binding, value.as_str())
+                && ty == "code"
+            {
+                self.binding(vs, code, location);
             }
             return;
         }
@@ -403,10 +412,10 @@ impl Walker<'_> {
             _ => {
                 if self.defs.structures.contains_key(ty) {
                     self.object(value, ty, ty, location, false);
-                    if ty == "Reference" {
-                        if let Some(reference) = value.get("reference").and_then(Value::as_str) {
-                            self.reference(reference, &element.target_profiles, location);
-                        }
+                    if ty == "Reference"
+                        && let Some(reference) = value.get("reference").and_then(Value::as_str)
+                    {
+                        self.reference(reference, &element.target_profiles, location);
                     }
                 }
             }

@@ -57,10 +57,10 @@ fn rewrite(v: &mut Value, map: &HashMap<String, String>) {
         Value::Object(o) => {
             for (k, x) in o.iter_mut() {
                 if k == "reference" {
-                    if let Value::String(s) = x {
-                        if let Some(n) = map.get(s.as_str()) {
-                            *s = n.clone();
-                        }
+                    if let Value::String(s) = x
+                        && let Some(n) = map.get(s.as_str())
+                    {
+                        *s = n.clone();
                     }
                 } else {
                     rewrite(x, map);
