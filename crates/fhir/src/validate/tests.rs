@@ -85,7 +85,7 @@ fn invalid_resources_name_path_and_rule() {
             json!({"resourceType": "Patient", "managingOrganization": {"reference": "Patient/1"}}),
             "Patient.managingOrganization",
             IssueType::Value,
-            "may not point to a Patient",
+            "should not point to a Patient",
         ),
         (
             json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization/a b"}}),
