@@ -18,6 +18,9 @@ HUTONG_TEST_POSTGRES_URL=$(scripts/pg.sh start "$pgdir") || fail "could not star
 export HUTONG_TEST_POSTGRES_URL HUTONG_REQUIRE_POSTGRES=1
 echo "PostgreSQL at $HUTONG_TEST_POSTGRES_URL"
 
+step "fetching external test data (Synthea, Inferno, FHIR JSON schema) and Python test packages"
+scripts/fetch-test-data.sh || fail "fetching test data"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check || fail "formatting (run cargo fmt --all)"
 
@@ -26,7 +29,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings || fail "clippy"
 
 step "cargo test (SQLite and PostgreSQL)"
 cargo test --workspace 2>&1 | tee /tmp/hutong-cargo-test.log || fail "cargo test"
-grep -E '^test result:' /tmp/hutong-cargo-test.log | awk '{p+=$4; f+=$6} END {print "rust tests: " p " passed, " f " failed"}'
+grep -E '^test result:' /tmp/hutong-cargo-test.log | awk '{p+=$4; f+=$6} END {print "rust: " p " passed, " f " failed"}'
 
 if [ -x scripts/e2e.sh ]; then
   step "end-to-end tests against the real binary"
