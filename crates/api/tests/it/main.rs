@@ -1,0 +1,247 @@
+//! The HTTP layer driven in-process (`tower::ServiceExt::oneshot`) over a real SQLite store:
+//! headers, statuses and the OperationOutcome of every bad input.
+
+use std::sync::Arc;
+
+use api::{ApiConfig, AppState, router};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use engine::{Engine, EngineConfig};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct TestApp {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn app(max_body_bytes: usize) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
+    let engine =
+        Arc::new(Engine::new(store, EngineConfig { export_dir: dir.path().join("export"), ..EngineConfig::default() }));
+    let app = router(AppState { engine, config: ApiConfig { max_body_bytes, base_url: None } });
+    TestApp { app, _dir: dir }
+}
+
+async fn send(app: &TestApp, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    (status, headers, body)
+}
+
+fn req(method: &str, uri: &str, content_type: Option<&str>, body: &str) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri).header(header::HOST, "test.local");
+    if let Some(ct) = content_type {
+        b = b.header(header::CONTENT_TYPE, ct);
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+const FHIR: Option<&str> = Some("application/fhir+json");
+
+fn assert_outcome(body: &Value, words: &str) {
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(text.contains(words), "'{text}' should mention '{words}'");
+}
+
+#[tokio::test]
+async fn create_read_update_with_http_semantics() {
+    let app = app(1 << 20);
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "黄"}]}).to_string();
+    let (status, headers, body) = send(&app, req("POST", "/fhir/Patient", FHIR, &patient)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(headers[header::ETAG], "W/\"1\"");
+    assert_eq!(headers[header::LOCATION], format!("http://test.local/fhir/Patient/{id}/_history/1").as_str());
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/fhir+json"));
+    assert!(headers.contains_key(header::LAST_MODIFIED));
+
+    let (status, headers, _) = send(&app, req("GET", &format!("/fhir/Patient/{id}"), None, "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::ETAG], "W/\"1\"");
+    let conditional = Request::builder()
+        .uri(format!("/fhir/Patient/{id}"))
+        .header("If-None-Match", "W/\"1\"")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, conditional).await.0, StatusCode::NOT_MODIFIED);
+
+    let mut updated = body.clone();
+    updated["gender"] = json!("female");
+    let put = Request::builder()
+        .method("PUT")
+        .uri(format!("/fhir/Patient/{id}"))
+        .header(header::CONTENT_TYPE, "application/fhir+json")
+        .header("If-Match", "W/\"1\"")
+        .header("Prefer", "return=minimal")
+        .body(Body::from(updated.to_string()))
+        .unwrap();
+    let (status, headers, body) = send(&app, put).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::ETAG], "W/\"2\"");
+    assert!(body.is_null(), "return=minimal sends no body");
+    let stale = Request::builder()
+        .method("PUT")
+        .uri(format!("/fhir/Patient/{id}"))
+        .header(header::CONTENT_TYPE, "application/fhir+json")
+        .header("If-Match", "W/\"1\"")
+        .body(Body::from(updated.to_string()))
+        .unwrap();
+    let (status, _, body) = send(&app, stale).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_outcome(&body, "If-Match");
+
+    let patch = req(
+        "PATCH",
+        &format!("/fhir/Patient/{id}"),
+        Some("application/json-patch+json"),
+        r#"[{"op":"add","path":"/active","value":true}]"#,
+    );
+    let (status, headers, body) = send(&app, patch).await;
+    assert_eq!((status, body["active"].clone()), (StatusCode::OK, json!(true)));
+    assert_eq!(headers[header::ETAG], "W/\"3\"");
+
+    let (status, _, _) = send(&app, req("DELETE", &format!("/fhir/Patient/{id}"), None, "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = send(&app, req("GET", &format!("/fhir/Patient/{id}"), None, "")).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_outcome(&body, "deleted");
+    let (status, _, body) = send(&app, req("GET", &format!("/fhir/Patient/{id}/_history/2"), None, "")).await;
+    assert_eq!((status, body["gender"].clone()), (StatusCode::OK, json!("female")));
+}
+
+#[tokio::test]
+async fn bad_input_is_an_operation_outcome_with_the_right_status() {
+    let app = app(256);
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (req("POST", "/fhir/Patient", FHIR, "{oops"), StatusCode::BAD_REQUEST, "not valid JSON"),
+        (
+            req("POST", "/fhir/Patient", Some("text/plain"), "{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type text/plain",
+        ),
+        (req("POST", "/fhir/Patient", None, "{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "(none)"),
+        (
+            req(
+                "POST",
+                "/fhir/Patient",
+                FHIR,
+                &format!("{{\"resourceType\":\"Patient\",\"x\":\"{}\"}}", "a".repeat(400)),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than the limit of 256 bytes",
+        ),
+        (
+            req("POST", "/fhir/Patient", FHIR, r#"{"resourceType":"Observation"}"#),
+            StatusCode::BAD_REQUEST,
+            "resourceType is 'Observation'",
+        ),
+        (
+            req("POST", "/fhir/Patient", FHIR, r#"{"resourceType":"Patient","birthDate":"1990-13-01"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a valid date",
+        ),
+        (
+            req("PUT", "/fhir/Patient/a", FHIR, r#"{"resourceType":"Patient","id":"b"}"#),
+            StatusCode::BAD_REQUEST,
+            "does not match",
+        ),
+        (req("GET", "/fhir/Patient?nmae=x", None, ""), StatusCode::BAD_REQUEST, "Unknown search parameter 'nmae'"),
+        (req("GET", "/fhir/Patient?_count=abc", None, ""), StatusCode::BAD_REQUEST, "_count"),
+        (req("GET", "/fhir/Patient?_format=xml", None, ""), StatusCode::NOT_ACCEPTABLE, "JSON only"),
+        (req("GET", "/fhir/Banana", None, ""), StatusCode::NOT_FOUND, "'Banana' is not a FHIR R4 resource type"),
+        (req("GET", "/fhir/Patient/missing", None, ""), StatusCode::NOT_FOUND, "Patient/missing"),
+        (req("PATCH", "/fhir/Patient", FHIR, "[]"), StatusCode::METHOD_NOT_ALLOWED, "PATCH is not allowed"),
+        (req("GET", "/nowhere", None, ""), StatusCode::NOT_FOUND, "/fhir"),
+        (req("GET", "/fhir/$export", None, ""), StatusCode::BAD_REQUEST, "Prefer: respond-async"),
+        (
+            Request::builder()
+                .uri("/fhir/Patient")
+                .header("Accept", "application/fhir+xml")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_ACCEPTABLE,
+            "application/fhir+json only",
+        ),
+        (
+            Request::builder()
+                .method("PUT")
+                .uri("/fhir/Patient/a")
+                .header(header::CONTENT_TYPE, "application/fhir+json")
+                .header("If-Match", "three")
+                .body(Body::from("{}"))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "If-Match 'three'",
+        ),
+        (
+            req("POST", "/fhir", FHIR, r#"{"resourceType":"Bundle","type":"collection"}"#),
+            StatusCode::BAD_REQUEST,
+            "batch or transaction",
+        ),
+    ];
+    for (request, status, words) in cases {
+        let uri = request.uri().to_string();
+        let (got, headers, body) = send(&app, request).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/fhir+json"), "{uri}");
+        assert_outcome(&body, words);
+    }
+}
+
+#[tokio::test]
+async fn search_post_search_history_lenient_and_export() {
+    let app = app(1 << 20);
+    for family in ["林", "林", "郭"] {
+        let body = json!({"resourceType": "Patient", "name": [{"family": family}]}).to_string();
+        assert_eq!(send(&app, req("POST", "/fhir/Patient", FHIR, &body)).await.0, StatusCode::CREATED);
+    }
+    let (_, _, bundle) = send(&app, req("GET", "/fhir/Patient?family=%E6%9E%97", None, "")).await;
+    assert_eq!(bundle["total"], 2);
+    let (_, _, bundle) =
+        send(&app, req("POST", "/fhir/Patient/_search", Some("application/x-www-form-urlencoded"), "family=%E9%83%AD"))
+            .await;
+    assert_eq!(bundle["total"], 1);
+    let lenient = Request::builder()
+        .uri("/fhir/Patient?nmae=x")
+        .header("Prefer", "handling=lenient")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, bundle) = send(&app, lenient).await;
+    assert_eq!((status, bundle["total"].clone()), (StatusCode::OK, json!(3)));
+    let (_, _, history) = send(&app, req("GET", "/fhir/_history", None, "")).await;
+    assert_eq!(history["total"], 3);
+    let (_, _, cs) = send(&app, req("GET", "/fhir/metadata", None, "")).await;
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+
+    let kickoff =
+        Request::builder().uri("/fhir/Patient/$export").header("Prefer", "respond-async").body(Body::empty()).unwrap();
+    let (status, headers, _) = send(&app, kickoff).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let status_url = headers[header::CONTENT_LOCATION].to_str().unwrap().to_string();
+    let path = status_url
+        .strip_prefix("http://localhost")
+        .or_else(|| status_url.strip_prefix("http://test.local"))
+        .unwrap_or(&status_url);
+    let path = path.to_string();
+    let manifest = loop {
+        let (status, _, body) = send(&app, req("GET", &path, None, "")).await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+    let file_path = &url[url.find("/fhir/").unwrap()..];
+    let response = app.app.clone().oneshot(req("GET", file_path, None, "")).await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/fhir+ndjson");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&bytes).lines().count(), 3);
+}
