@@ -473,7 +473,37 @@ impl Engine {
             resources.push(Some(resource));
         }
 
-        // 3. Build the writes, in the spec's order (DELETE, POST, PUT/PATCH), checking versions.
+        // 3. Read every targeted resource's current state in two batched store calls.
+        let keys: Vec<(String, String)> = entries
+            .iter()
+            .zip(&targets)
+            .filter(|(e, t)| matches!(e.method, Method::Put | Method::Patch | Method::Delete) && t.id.is_some())
+            .map(|(_, t)| (t.ty.clone(), t.id.clone().unwrap_or_default()))
+            .collect();
+        let versions = self.store.current_versions(ctx, &keys).await?;
+        let bodies = self.store.read_many(ctx, &keys).await?;
+        let mut current_state: HashMap<(String, String), StoredResource> = HashMap::new();
+        for (key, version) in keys.iter().zip(versions) {
+            if let Some((version, deleted)) = version {
+                current_state.insert(
+                    key.clone(),
+                    StoredResource {
+                        resource_type: key.0.clone(),
+                        id: key.1.clone(),
+                        version,
+                        last_updated: 0,
+                        deleted,
+                        body: None,
+                        method: if deleted { WriteMethod::Delete } else { WriteMethod::Update },
+                    },
+                );
+            }
+        }
+        for body in bodies {
+            current_state.insert((body.resource_type.clone(), body.id.clone()), body);
+        }
+
+        // 4. Build the writes, in the spec's order (DELETE, POST, PUT/PATCH), checking versions.
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|&i| (entries[i].method, i));
         let now = now_ms();
@@ -495,7 +525,7 @@ impl Engine {
                 Method::Get => {}
                 Method::Delete => {
                     let victims: Vec<(String, i64)> = match &target.id {
-                        Some(id) => match self.store.read(ctx, &target.ty, id).await? {
+                        Some(id) => match current_state.get(&(target.ty.clone(), id.clone())).cloned() {
                             Some(c) if !c.deleted => vec![(id.clone(), c.version)],
                             _ => vec![],
                         },
@@ -535,7 +565,7 @@ impl Engine {
                 }
                 Method::Put | Method::Patch => {
                     let id = target.id.clone().expect("PUT targets have ids");
-                    let current = self.store.read(ctx, &target.ty, &id).await?;
+                    let current = current_state.get(&(target.ty.clone(), id.clone())).cloned();
                     let current_version = current.as_ref().map_or(0, |c| c.version);
                     if let Some(expected) = entry.if_match
                         && expected != current_version
@@ -592,10 +622,10 @@ impl Engine {
             }
         }
 
-        // 4. One atomic commit.
+        // 5. One atomic commit.
         self.store.commit(ctx, ops).await?;
 
-        // 5. Answer every entry (GETs see the committed state).
+        // 6. Answer every entry (GETs see the committed state).
         let with_resource = opts.return_preference == ReturnPreference::Representation;
         let mut out = Vec::with_capacity(entries.len());
         for (n, entry) in entries.iter().enumerate() {

@@ -106,7 +106,7 @@ impl Engine {
         // Keep `resourceType` and `id` first for readability of stored JSON.
         let mut ordered = Map::new();
         for key in ["resourceType", "id", "meta"] {
-            if let Some(v) = object.remove(key) {
+            if let Some(v) = object.shift_remove(key) {
                 ordered.insert(key.to_string(), v);
             }
         }

@@ -164,7 +164,12 @@ pub async fn run(engine: &Engine, data: &Path, paths: &[PathBuf], show_progress:
     let mut resources = 0usize;
     let mut failures = Vec::new();
     let ctx = Ctx::system();
-    let opts = RequestOptions { base_url: "urn:hutong:import".into(), ..RequestOptions::default() };
+    // Minimal responses: the import needs the outcome, not the resources echoed back.
+    let opts = RequestOptions {
+        base_url: "urn:hutong:import".into(),
+        return_preference: engine::ReturnPreference::Minimal,
+        ..RequestOptions::default()
+    };
     for file in &files {
         let key = file_key(file);
         let size = std::fs::metadata(file).map_or(0, |m| m.len());

@@ -85,7 +85,11 @@ pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
 /// Loads the demo data set if the store holds no Patient yet; returns how many resources.
 async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
     let ctx = Ctx::system();
-    let opts = RequestOptions { base_url: "urn:hutong:demo".into(), ..RequestOptions::default() };
+    let opts = RequestOptions {
+        base_url: "urn:hutong:demo".into(),
+        return_preference: engine::ReturnPreference::Minimal,
+        ..RequestOptions::default()
+    };
     let probe = engine.search(&ctx, Some("Patient"), &[("_count".into(), "1".into())], &opts).await?;
     if probe["total"].as_u64().unwrap_or(0) > 0 {
         return Ok(0);

@@ -34,6 +34,15 @@ pub fn columns(table: &str) -> &'static [&'static str] {
     }
 }
 
+/// The cached [`insert_sql`] text for SQLite (built once per table).
+pub fn sqlite_insert_sql(table: &str) -> &'static str {
+    static CACHE: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        crate::schema::INDEX_TABLES.iter().map(|t| (*t, insert_sql(t, crate::Dialect::Sqlite))).collect()
+    });
+    cache.iter().find(|(t, _)| *t == table).map_or("", |(_, sql)| sql.as_str())
+}
+
 /// `INSERT INTO table (rid, type, param, cols…, patient_key) VALUES (…)` with placeholders.
 pub fn insert_sql(table: &str, dialect: crate::Dialect) -> String {
     let cols = columns(table);

@@ -46,7 +46,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=10000; \
-         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=268435456;"
+         PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=268435456; \
+         PRAGMA wal_autocheckpoint=10000;"
     ))
     .map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(256);
@@ -232,7 +233,7 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
                     });
                 }
                 values.push(patient_key.to_string().into());
-                tx.prepare_cached(&rows::insert_sql(row.table, Dialect::Sqlite))
+                tx.prepare_cached(rows::sqlite_insert_sql(row.table))
                     .map_err(backend)?
                     .execute(params_from_iter(values))
                     .map_err(backend)?;
