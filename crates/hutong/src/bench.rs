@@ -38,6 +38,9 @@ pub enum BenchCommand {
         /// large data sets in batches).
         #[arg(long)]
         engine_only: bool,
+        /// Transactions submitted at once (as several hospitals sending at the same time).
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -54,8 +57,8 @@ pub enum BenchCommand {
 
 pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
-        BenchCommand::Ingest { patients, extra_observations, seed, engine_only, store } => {
-            ingest(patients, extra_observations, seed, engine_only, store).await
+        BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, store } => {
+            ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), store).await
         }
         BenchCommand::Search { clients, seconds, store } => search(clients, seconds, store).await,
     }
@@ -77,7 +80,14 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn ingest(patients: usize, extra: usize, seed: u64, engine_only: bool, args: StoreArgs) -> anyhow::Result<()> {
+async fn ingest(
+    patients: usize,
+    extra: usize,
+    seed: u64,
+    engine_only: bool,
+    concurrency: usize,
+    args: StoreArgs,
+) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     let engine = engine_for(store.clone(), &args);
     let ctx = Ctx::system();
@@ -106,17 +116,25 @@ async fn ingest(patients: usize, extra: usize, seed: u64, engine_only: bool, arg
     }
 
     // End to end through the engine.
-    let mut latencies = Vec::with_capacity(parsed.len());
+    use futures::StreamExt;
     let t = Instant::now();
-    for b in parsed {
-        let started = Instant::now();
-        engine.bundle(&ctx, b, &opts).await?;
-        latencies.push(started.elapsed());
-    }
+    let mut latencies: Vec<Duration> = futures::stream::iter(parsed)
+        .map(|b| {
+            let (engine, ctx, opts) = (&engine, &ctx, &opts);
+            async move {
+                let started = Instant::now();
+                engine.bundle(ctx, b, opts).await.map(|_| started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     let total_s = t.elapsed().as_secs_f64();
     latencies.sort();
     println!(
-        "  engine transactions:       {:>10.0} resources/s, per bundle p50 {:.2} ms p99 {:.2} ms ({} backend)",
+        "  engine transactions:       {:>10.0} resources/s, per bundle p50 {:.2} ms p99 {:.2} ms ({} backend, {concurrency} at once)",
         resources as f64 / total_s,
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
