@@ -1,9 +1,8 @@
 //! Search, history and `$everything` Bundles: paging links, totals, `_include` /
 //! `_revinclude` (with `:iterate`), `_summary` and `_elements`.
 //!
-//! `_summary=true` keeps the elements the R4 definitions mark as summary (`isSummary`) when the
-//! definitions carry that flag, and otherwise `id`, `meta`, `identifier`, `status`, `code`,
-//! `subject`, `name` and the other short elements listed in [`SUMMARY_FALLBACK`].
+//! `_summary=true` keeps the top-level elements the R4 definitions mark `isSummary`, plus
+//! `resourceType`, `id` and `meta`.
 
 use std::collections::HashSet;
 
@@ -17,55 +16,6 @@ use crate::{Engine, EngineError, EngineResult, RequestOptions};
 
 /// Most resources added by includes to one page.
 const MAX_INCLUDED: usize = 1000;
-
-/// Top-level elements kept by `_summary=true`.
-const SUMMARY_FALLBACK: &[&str] = &[
-    "resourceType",
-    "id",
-    "meta",
-    "implicitRules",
-    "identifier",
-    "active",
-    "status",
-    "intent",
-    "category",
-    "code",
-    "subject",
-    "patient",
-    "name",
-    "gender",
-    "birthDate",
-    "deceasedBoolean",
-    "deceasedDateTime",
-    "type",
-    "class",
-    "period",
-    "effectiveDateTime",
-    "effectivePeriod",
-    "issued",
-    "authoredOn",
-    "onsetDateTime",
-    "recordedDate",
-    "date",
-    "title",
-    "url",
-    "version",
-    "telecom",
-    "address",
-    "managingOrganization",
-    "partOf",
-    "encounter",
-    "valueQuantity",
-    "valueCodeableConcept",
-    "valueString",
-    "clinicalStatus",
-    "verificationStatus",
-    "medicationCodeableConcept",
-    "medicationReference",
-    "requester",
-    "performer",
-    "author",
-];
 
 pub(crate) fn encode_params(params: &[(String, String)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
@@ -87,13 +37,23 @@ fn link(relation: &str, url: String) -> Value {
 
 /// Applies `_summary` / `_elements` to a resource, marking it SUBSETTED.
 fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[String]>) -> Value {
+    let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
     type Keep = Box<dyn Fn(&str) -> bool>;
     let keep: Option<Keep> = match (summary, elements) {
         (_, Some(list)) => {
             let list: Vec<String> = list.to_vec();
             Some(Box::new(move |k: &str| matches!(k, "resourceType" | "id" | "meta") || list.iter().any(|e| e == k)))
         }
-        (Some(SummaryMode::True), None) => Some(Box::new(|k: &str| SUMMARY_FALLBACK.contains(&k))),
+        (Some(SummaryMode::True), None) => {
+            let summary = fhir::Definitions::r4().summary_elements(&ty);
+            Some(Box::new(move |k: &str| {
+                matches!(k, "resourceType" | "id" | "meta")
+                    || summary.iter().any(|s| {
+                        k == s
+                            || (k.starts_with(s.as_str()) && k[s.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
+                    })
+            }))
+        }
         (Some(SummaryMode::Text), None) => {
             Some(Box::new(|k: &str| matches!(k, "resourceType" | "id" | "meta" | "text")))
         }

@@ -91,6 +91,8 @@ pub struct ElementDef {
     pub content_reference: Option<String>,
     /// Required binding's ValueSet canonical (version suffix stripped), if the binding is required.
     pub required_binding: Option<String>,
+    /// `isSummary`: part of the `_summary=true` view.
+    pub is_summary: bool,
 }
 
 /// A flattened StructureDefinition.
@@ -217,6 +219,17 @@ impl Definitions {
     /// The expansion of a ValueSet used by a required binding (canonical URL without version).
     pub fn value_set(&self, url: &str) -> Option<&CodeSet> {
         self.value_sets.get(url)
+    }
+
+    /// The top-level JSON element names of `resource_type` marked `isSummary` (choice elements
+    /// as their prefix, e.g. `deceased` for `deceased[x]`).
+    pub fn summary_elements(&self, resource_type: &str) -> Vec<String> {
+        let Some(sd) = self.structures.get(resource_type) else { return Vec::new() };
+        sd.elements
+            .iter()
+            .filter(|e| e.is_summary && e.path.matches('.').count() == 1)
+            .filter_map(|e| e.path.split_once('.').map(|(_, name)| name.trim_end_matches("[x]").to_string()))
+            .collect()
     }
 }
 

@@ -65,6 +65,7 @@ pub(crate) fn flatten_structures(docs: &[Value]) -> HashMap<String, StructureDef
                 target_profiles,
                 content_reference: e["contentReference"].as_str().map(|c| c.trim_start_matches('#').to_string()),
                 required_binding,
+                is_summary: e["isSummary"] == true,
             });
         }
         let by_path = elements.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
