@@ -1,8 +1,12 @@
 //! Translation of a parsed FHIR search into SQL over the schema in [`crate::schema`].
 //!
-//! Each ANDed criterion becomes one condition on the outer `resource` row `r`; the ORed values
-//! of a criterion share one `rid IN (SELECT rid FROM idx_… WHERE …)` subquery, so the database
-//! can drive the search from the selective index and then fetch resources by `rid`.
+//! Each ANDed criterion becomes one condition on the outer `resource` row `r`, the ORed values of
+//! a criterion sharing one subquery. The most selective criterion (by parameter type: references
+//! and `_id` first, dates last; see [`selectivity_rank`]) drives the query as
+//! `r.rid IN (SELECT rid FROM idx_… WHERE type, param, value …)`, served by the value index; every
+//! other criterion is a correlated `EXISTS (… WHERE i.rid = r.rid AND i.param = …)` probe on the
+//! `(rid, param)` index. Both databases then start from the few matching rows instead of
+//! materialising every resource with, say, a common code.
 //! Semantics follow FHIR R4 search: strings match by prefix on the folded form, dates compare
 //! the stored range `[low, high]` with the searched range per prefix, numbers and quantities
 //! compare the stored value with the searched value's precision range.
@@ -37,8 +41,15 @@ pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> Searc
         if !types.is_empty() {
             parts.push(format!("r.type IN ({})", in_list(sql, &types)));
         }
-        for criterion in &query.criteria {
-            parts.push(criterion_sql(sql, criterion, "r", &types, now_ms));
+        let driver = query
+            .criteria
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| selectivity_rank(c).map(|rank| (rank, i)))
+            .min()
+            .map(|(_, i)| i);
+        for (i, criterion) in query.criteria.iter().enumerate() {
+            parts.push(criterion_sql(sql, criterion, "r", &types, now_ms, Some(i) == driver));
         }
         parts.join(" AND ")
     };
@@ -114,9 +125,36 @@ fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
     )
 }
 
+/// How selective a criterion usually is (lower drives the query); `None` if it cannot drive
+/// (negations, `:missing`).
+pub fn selectivity_rank(criterion: &Criterion) -> Option<u8> {
+    match criterion {
+        Criterion::Param { modifier: Some(Modifier::Not), .. } | Criterion::Missing { .. } => None,
+        Criterion::Param { param, .. } if param.code == "_id" => Some(0),
+        Criterion::Param { param, .. } if param.code == "_lastUpdated" => None,
+        Criterion::Param { param, .. } => Some(match param.kind {
+            ParamType::Reference => 1,
+            ParamType::Token => 2,
+            ParamType::String | ParamType::Uri | ParamType::Composite => 3,
+            ParamType::Number | ParamType::Quantity => 4,
+            ParamType::Date => 5,
+            ParamType::Special => 9,
+        }),
+        Criterion::Chain { .. } | Criterion::Has { .. } => Some(6),
+    }
+}
+
 /// The SQL condition for one criterion on the resource row aliased `alias`, whose type is one
-/// of `types` (empty = any).
-fn criterion_sql(sql: &mut Sql, criterion: &Criterion, alias: &str, types: &[String], now_ms: i64) -> String {
+/// of `types` (empty = any). A `driver` criterion is an uncorrelated `rid IN (…)` over the value
+/// index; the others are correlated probes.
+fn criterion_sql(
+    sql: &mut Sql,
+    criterion: &Criterion,
+    alias: &str,
+    types: &[String],
+    now_ms: i64,
+    driver: bool,
+) -> String {
     match criterion {
         Criterion::Param { param, modifier, values } => {
             if param.code == "_id" {
@@ -163,35 +201,57 @@ fn criterion_sql(sql: &mut Sql, criterion: &Criterion, alias: &str, types: &[Str
             if conds.is_empty() {
                 return if negate { "1 = 1".into() } else { "1 = 0".into() };
             }
-            let scope = index_scope(sql, table, &param.code, types);
-            let op = if negate { "NOT IN" } else { "IN" };
-            format!("{alias}.rid {op} (SELECT i.rid FROM {table} i WHERE {scope} AND ({}))", conds.join(" OR "))
+            if driver && !negate {
+                let scope = index_scope(sql, table, &param.code, types);
+                return format!(
+                    "{alias}.rid IN (SELECT i.rid FROM {table} i WHERE {scope} AND ({}))",
+                    conds.join(" OR ")
+                );
+            }
+            let p = sql.text(param.code.clone());
+            let exists = if negate { "NOT EXISTS" } else { "EXISTS" };
+            format!(
+                "{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND i.param = {p} AND ({}))",
+                conds.join(" OR ")
+            )
         }
         Criterion::Missing { param, missing } => {
             if matches!(param.code.as_str(), "_id" | "_lastUpdated") {
                 return if *missing { "1 = 0".into() } else { "1 = 1".into() };
             }
             let table = table_for(param.kind);
-            let scope = index_scope(sql, table, &param.code, types);
-            let op = if *missing { "NOT IN" } else { "IN" };
-            format!("{alias}.rid {op} (SELECT i.rid FROM {table} i WHERE {scope})")
+            let p = sql.text(param.code.clone());
+            let exists = if *missing { "NOT EXISTS" } else { "EXISTS" };
+            format!("{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND i.param = {p})")
         }
         Criterion::Chain { param, target_types, criterion } => {
-            let scope = index_scope(sql, "idx_reference", &param.code, types);
+            // Nested chains need distinct aliases: `rt`, `rtt`, …
+            let t = format!("{alias}t");
+            if driver {
+                let scope = index_scope(sql, "idx_reference", &param.code, types);
+                let targets = in_list(sql, target_types);
+                let inner = criterion_sql(sql, criterion, &t, target_types, now_ms, false);
+                return format!(
+                    "{alias}.rid IN (SELECT i.rid FROM idx_reference i JOIN resource {t} ON {t}.type = i.target_type \
+                     AND {t}.id = i.target_id WHERE {scope} AND {t}.deleted = 0 AND {t}.type IN ({targets}) AND {inner})"
+                );
+            }
+            let p = sql.text(param.code.clone());
             let targets = in_list(sql, target_types);
-            let inner = criterion_sql(sql, criterion, "t", target_types, now_ms);
+            let inner = criterion_sql(sql, criterion, &t, target_types, now_ms, false);
             format!(
-                "{alias}.rid IN (SELECT i.rid FROM idx_reference i JOIN resource t ON t.type = i.target_type \
-                 AND t.id = i.target_id WHERE {scope} AND t.deleted = 0 AND t.type IN ({targets}) AND {inner})"
+                "EXISTS (SELECT 1 FROM idx_reference i JOIN resource {t} ON {t}.type = i.target_type AND {t}.id = i.target_id \
+                 WHERE i.rid = {alias}.rid AND i.param = {p} AND {t}.deleted = 0 AND {t}.type IN ({targets}) AND {inner})"
             )
         }
         Criterion::Has { source_type, reference_param, criterion } => {
+            let src = format!("{alias}s");
             let source = vec![source_type.clone()];
             let scope = index_scope(sql, "idx_reference", &reference_param.code, &source);
-            let inner = criterion_sql(sql, criterion, "s", &source, now_ms);
+            let inner = criterion_sql(sql, criterion, &src, &source, now_ms, false);
             format!(
-                "EXISTS (SELECT 1 FROM idx_reference i JOIN resource s ON s.rid = i.rid WHERE {scope} \
-                 AND i.target_type = {alias}.type AND i.target_id = {alias}.id AND s.deleted = 0 AND {inner})"
+                "EXISTS (SELECT 1 FROM idx_reference i JOIN resource {src} ON {src}.rid = i.rid WHERE {scope} \
+                 AND i.target_type = {alias}.type AND i.target_id = {alias}.id AND {src}.deleted = 0 AND {inner})"
             )
         }
     }
@@ -463,6 +523,17 @@ mod tests {
         // Every placeholder has a bind value.
         let n = p.page.binds.len();
         assert!(p.page.text.contains(&format!("${n}")) && !p.page.text.contains(&format!("${}", n + 1)));
+    }
+
+    #[test]
+    fn the_most_selective_criterion_drives() {
+        let s = build("Observation", &[("date", "ge2020"), ("code", "x"), ("subject", "Patient/1")], Dialect::Sqlite);
+        let text = &s.page.text;
+        assert!(text.contains("r.rid IN (SELECT i.rid FROM idx_reference"), "{text}");
+        assert!(text.contains("EXISTS (SELECT 1 FROM idx_token i WHERE i.rid = r.rid"), "{text}");
+        assert!(text.contains("EXISTS (SELECT 1 FROM idx_date i WHERE i.rid = r.rid"), "{text}");
+        let negated = build("Patient", &[("gender:not", "male")], Dialect::Sqlite);
+        assert!(negated.page.text.contains("NOT EXISTS"), "a negation never drives");
     }
 
     #[test]
