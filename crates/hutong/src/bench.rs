@@ -50,6 +50,9 @@ pub enum BenchCommand {
         clients: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Also time `Patient/{id}/$everything` alone, 50 times, for this (large) patient.
+        #[arg(long)]
+        everything: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -60,7 +63,9 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, store } => {
             ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), store).await
         }
-        BenchCommand::Search { clients, seconds, store } => search(clients, seconds, store).await,
+        BenchCommand::Search { clients, seconds, everything, store } => {
+            search(clients, seconds, everything, store).await
+        }
     }
 }
 
@@ -209,7 +214,7 @@ enum Kind {
     Everything,
 }
 
-async fn search(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result<()> {
+async fn search(clients: usize, seconds: u64, everything: Option<String>, args: StoreArgs) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(store, &args));
     let ctx = Ctx::system();
@@ -314,5 +319,24 @@ async fn search(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
         );
     }
     println!("resident memory: {:.0} MB", rss_mb());
+    if let Some(id) = everything {
+        let mut lat = Vec::new();
+        let mut entries = 0;
+        for _ in 0..50 {
+            let uri: hyper::Uri = format!("http://{addr}/fhir/Patient/{id}/$everything").parse()?;
+            let started = Instant::now();
+            let resp = client.get(uri).await?;
+            let body = resp.into_body().collect().await?.to_bytes();
+            lat.push(started.elapsed());
+            let bundle: Value = serde_json::from_slice(&body)?;
+            entries = bundle["entry"].as_array().map_or(0, Vec::len);
+        }
+        lat.sort();
+        println!(
+            "  $everything of Patient/{id} ({entries} resources), alone: p50 {:.1} ms p99 {:.1} ms",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }
