@@ -537,13 +537,7 @@ impl Engine {
                         {
                             return Err(in_entry(
                                 i,
-                                EngineError::Conflict {
-                                    message: format!(
-                                        "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {version}",
-                                        target.ty
-                                    ),
-                                    precondition: true,
-                                },
+                                EngineError::precondition_failed(expected, &target.ty, &id, version),
                             ));
                         }
                         claim(&target.ty, &id, i)?;
@@ -572,13 +566,7 @@ impl Engine {
                     {
                         return Err(in_entry(
                             i,
-                            EngineError::Conflict {
-                                message: format!(
-                                    "ifMatch W/\"{expected}\" does not hold: {}/{id} is at version {current_version}",
-                                    target.ty
-                                ),
-                                precondition: true,
-                            },
+                            EngineError::precondition_failed(expected, &target.ty, &id, current_version),
                         ));
                     }
                     let mut body = if entry.method == Method::Patch {

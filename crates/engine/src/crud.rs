@@ -265,12 +265,7 @@ impl Engine {
             if let Some(expected) = opts.if_match
                 && (expected != current_version || current.as_ref().is_some_and(|c| c.deleted))
             {
-                return Err(EngineError::Conflict {
-                    message: format!(
-                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {current_version}"
-                    ),
-                    precondition: true,
-                });
+                return Err(EngineError::precondition_failed(expected, resource_type, id, current_version));
             }
             if let Some(c) = current.as_ref().filter(|c| !c.deleted)
                 && let Some(text) = &c.body
@@ -355,13 +350,7 @@ impl Engine {
         if let Some(expected) = opts.if_match
             && expected != current.version
         {
-            return Err(EngineError::Conflict {
-                message: format!(
-                    "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
-                    current.version
-                ),
-                precondition: true,
-            });
+            return Err(EngineError::precondition_failed(expected, resource_type, id, current.version));
         }
         let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
             EngineError::bad_request(
@@ -402,13 +391,7 @@ impl Engine {
             if let Some(expected) = opts.if_match
                 && expected != current.version
             {
-                return Err(EngineError::Conflict {
-                    message: format!(
-                        "If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {}",
-                        current.version
-                    ),
-                    precondition: true,
-                });
+                return Err(EngineError::precondition_failed(expected, resource_type, id, current.version));
             }
             let op = Self::tombstone(resource_type, id, current.version + 1, now_ms());
             let resource = stored_from_op(&op);

@@ -94,6 +94,14 @@ impl EngineError {
         }
     }
 
+    /// A failed version precondition (`If-Match`, or `ifMatch` in a Bundle entry): 412.
+    pub fn precondition_failed(expected: i64, resource_type: &str, id: &str, actual: i64) -> Self {
+        EngineError::Conflict {
+            message: format!("If-Match W/\"{expected}\" does not hold: {resource_type}/{id} is at version {actual}"),
+            precondition: true,
+        }
+    }
+
     /// Shorthand for a 400 with one issue.
     pub fn bad_request(code: fhir::IssueType, message: impl Into<String>) -> Self {
         EngineError::BadRequest(vec![Issue::error(code, message)])
