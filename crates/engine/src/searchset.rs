@@ -102,7 +102,14 @@ impl Engine {
             query.count = 0;
             query.total = TotalMode::Accurate;
         }
-        let page = self.store.search(ctx, &query).await?;
+        let estimate = query.total == TotalMode::Estimate;
+        if estimate {
+            query.total = TotalMode::None;
+        }
+        let mut page = self.store.search(ctx, &query).await?;
+        if estimate && page.resources.len() < query.count && (query.offset == 0 || !page.resources.is_empty()) {
+            page.total = Some((query.offset + page.resources.len()) as u64);
+        }
         let base = &opts.base_url;
         let path = match resource_type {
             Some(t) => format!("{base}/{t}"),

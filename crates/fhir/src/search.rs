@@ -26,6 +26,9 @@ pub struct SearchQuery {
     pub revincludes: Vec<Include>,
 }
 
+/// `_total`. `Estimate` (the default for searches without `_total`) reports the total only when
+/// the page itself proves it (a first page that is not full, or any page that ends the results),
+/// so that broad searches do not pay for a second, counting query; `accurate` always counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TotalMode {
     None,
@@ -193,6 +196,8 @@ pub fn parse(
     let mut query = SearchQuery {
         resource_type: resource_type.map(str::to_string),
         count: options.default_count,
+        // Without `_total`, the total is given when it costs nothing (see TotalMode::Estimate).
+        total: TotalMode::Estimate,
         ..SearchQuery::default()
     };
     // `_type` first: it decides which parameters a system search may use.

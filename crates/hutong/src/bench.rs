@@ -53,6 +53,11 @@ pub enum BenchCommand {
         /// Also time `Patient/{id}/$everything` alone, 50 times, for this (large) patient.
         #[arg(long)]
         everything: Option<String>,
+        /// Run one kind of request only (read, identifier, observation, encounter, everything)
+        /// instead of the mix (50% reads, 10% identifier, 20% observation, 10% encounter,
+        /// 10% $everything).
+        #[arg(long)]
+        only: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -63,8 +68,8 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, store } => {
             ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), store).await
         }
-        BenchCommand::Search { clients, seconds, everything, store } => {
-            search(clients, seconds, everything, store).await
+        BenchCommand::Search { clients, seconds, everything, only, store } => {
+            search(clients, seconds, everything, only, store).await
         }
     }
 }
@@ -214,7 +219,22 @@ enum Kind {
     Everything,
 }
 
-async fn search(clients: usize, seconds: u64, everything: Option<String>, args: StoreArgs) -> anyhow::Result<()> {
+async fn search(
+    clients: usize,
+    seconds: u64,
+    everything: Option<String>,
+    only: Option<String>,
+    args: StoreArgs,
+) -> anyhow::Result<()> {
+    let only = match only.as_deref() {
+        None => None,
+        Some("read") => Some(Kind::Read),
+        Some("identifier") => Some(Kind::PatientByIdentifier),
+        Some("observation") => Some(Kind::ObservationByPatientCodeDate),
+        Some("encounter") => Some(Kind::EncounterByPatientSorted),
+        Some("everything") => Some(Kind::Everything),
+        Some(other) => anyhow::bail!("--only {other}: use read, identifier, observation, encounter or everything"),
+    };
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(store, &args));
     let ctx = Ctx::system();
@@ -260,13 +280,13 @@ async fn search(clients: usize, seconds: u64, everything: Option<String>, args: 
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let (id, identifier) = &patients[n % patients.len()];
-                let kind = match n % 10 {
+                let kind = only.unwrap_or(match n % 10 {
                     0..=4 => Kind::Read,
                     5 => Kind::PatientByIdentifier,
                     6 | 7 => Kind::ObservationByPatientCodeDate,
                     8 => Kind::EncounterByPatientSorted,
                     _ => Kind::Everything,
-                };
+                });
                 let path = match kind {
                     Kind::Read => format!("/fhir/Patient/{id}"),
                     Kind::PatientByIdentifier => format!("/fhir/Patient?identifier={}|{identifier}", demo::ID_NUMBER_SYSTEM),

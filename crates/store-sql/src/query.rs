@@ -38,9 +38,6 @@ pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> Searc
     };
     let where_clause = |sql: &mut Sql| {
         let mut parts = vec!["r.deleted = 0".to_string()];
-        if !types.is_empty() {
-            parts.push(format!("r.type IN ({})", in_list(sql, &types)));
-        }
         let driver = query
             .criteria
             .iter()
@@ -48,6 +45,14 @@ pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> Searc
             .filter_map(|(i, c)| selectivity_rank(c).map(|rank| (rank, i)))
             .min()
             .map(|(_, i)| i);
+        // A driving index subquery already restricts the type (index rows carry it); repeating
+        // `r.type IN (…)` outside would tempt SQLite to scan every resource of the type instead
+        // of fetching the few driver rows by rowid. `_id` drives through (type, id) and keeps it.
+        let id_driver =
+            driver.is_some_and(|d| matches!(&query.criteria[d], Criterion::Param { param, .. } if param.code == "_id"));
+        if !types.is_empty() && (driver.is_none() || id_driver) {
+            parts.push(format!("r.type IN ({})", in_list(sql, &types)));
+        }
         for (i, criterion) in query.criteria.iter().enumerate() {
             parts.push(criterion_sql(sql, criterion, "r", &types, now_ms, Some(i) == driver));
         }

@@ -232,12 +232,27 @@ async fn search_paging_includes_and_history() {
         .search(
             &ctx(),
             Some("Patient"),
-            &pairs(&[("family", "周"), ("_count", "3"), ("_include", "Patient:organization"), ("_sort", "family")]),
+            &pairs(&[
+                ("family", "周"),
+                ("_count", "3"),
+                ("_include", "Patient:organization"),
+                ("_sort", "family"),
+                ("_total", "accurate"),
+            ]),
             &opts(),
         )
         .await
         .unwrap();
     assert_eq!(page["total"], 7);
+    // Without _total, a full page does not pay for counting; the last page proves the total.
+    let full = e.search(&ctx(), Some("Patient"), &pairs(&[("family", "周"), ("_count", "3")]), &opts()).await.unwrap();
+    assert!(full.get("total").is_none(), "{full}");
+    assert!(full["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"), "a full page links onwards");
+    let last = e
+        .search(&ctx(), Some("Patient"), &pairs(&[("family", "周"), ("_count", "3"), ("_offset", "6")]), &opts())
+        .await
+        .unwrap();
+    assert_eq!(last["total"], 7);
     assert_eq!(ids(&page, "match").len(), 3);
     assert_eq!(ids(&page, "include"), [format!("Organization/{}", org.resource.id)]);
     let links = page["link"].as_array().unwrap();
