@@ -243,7 +243,9 @@ async fn search(
         return_preference: engine::ReturnPreference::Minimal,
         ..Default::default()
     };
-    let sample = engine.search(&ctx, Some("Patient"), &[("_count".into(), "500".into())], &opts).await?;
+    let sample = engine
+        .search(&ctx, Some("Patient"), &[("_count".into(), "500".into()), ("_total".into(), "accurate".into())], &opts)
+        .await?;
     let patients: Vec<(String, String)> = sample["entry"]
         .as_array()
         .into_iter()
