@@ -22,6 +22,8 @@ case "$cmd" in
       apt-get update -qq >&2
       apt-get install -y -qq postgresql >&2
     fi
+    # Take the next free port if the default is in use (another cluster, another test run).
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
     mkdir -p "$dir"
     if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$dir"; fi
     as_postgres "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-locale >/dev/null
