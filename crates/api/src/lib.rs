@@ -350,7 +350,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                 Ok(write_response(outcome, &base, return_preference))
             }
             Method::DELETE => {
-                let n = engine.conditional_delete(&ctx, t, &params, &opts).await?;
+                let n = engine.conditional_delete(&ctx, t, &params).await?;
                 let mut info = fhir::Issue::error(IssueType::Informational, format!("deleted {n} {t} resource(s)"));
                 info.severity = fhir::IssueSeverity::Information;
                 Ok(error::outcome_response(StatusCode::OK, &[info]))

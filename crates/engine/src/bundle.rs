@@ -213,7 +213,8 @@ fn error_response(error: &EngineError) -> Value {
 }
 
 impl Engine {
-    pub(crate) async fn bundle_impl(&self, ctx: &Ctx, bundle: Value, opts: &RequestOptions) -> EngineResult<Value> {
+    /// `POST /` with a batch or transaction Bundle: the response Bundle.
+    pub async fn bundle(&self, ctx: &Ctx, bundle: Value, opts: &RequestOptions) -> EngineResult<Value> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(EngineError::bad_request(
                 IssueType::Invalid,
@@ -266,44 +267,44 @@ impl Engine {
                 (Method::Get, None, q) if ty.is_empty() || self.defs.is_resource_type(&ty) => {
                     let params = q.as_deref().map(parse_query_string).unwrap_or_default();
                     let t = (!ty.is_empty()).then_some(ty.as_str());
-                    self.search_impl(ctx, t, &params, opts)
+                    self.search(ctx, t, &params, opts)
                         .await
                         .map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
                 }
                 (Method::Get, Some(id), _) => match id.split_once("/_history/") {
-                    Some((id, v)) => self.vread_impl(ctx, &ty, id, v).await.map(|r| write_response(&r, 200, true)),
-                    None => self.read_impl(ctx, &ty, &id).await.map(|r| write_response(&r, 200, true)),
+                    Some((id, v)) => self.vread(ctx, &ty, id, v).await.map(|r| write_response(&r, 200, true)),
+                    None => self.read(ctx, &ty, &id).await.map(|r| write_response(&r, 200, true)),
                 },
                 (Method::Post, _, _) => {
                     let body = entry.resource.clone().unwrap_or(Value::Null);
-                    self.create_impl(ctx, &ty, body, &entry_opts)
+                    self.create(ctx, &ty, body, &entry_opts)
                         .await
                         .map(|o| write_response(&o.resource, if o.created { 201 } else { 200 }, with_resource))
                 }
                 (Method::Put, Some(id), _) => {
                     let body = entry.resource.clone().unwrap_or(Value::Null);
-                    self.update_impl(ctx, &ty, &id, body, &entry_opts)
+                    self.update(ctx, &ty, &id, body, &entry_opts)
                         .await
                         .map(|o| write_response(&o.resource, if o.created { 201 } else { 200 }, with_resource))
                 }
                 (Method::Put, None, Some(q)) => {
                     let body = entry.resource.clone().unwrap_or(Value::Null);
-                    self.conditional_update_impl(ctx, &ty, &parse_query_string(&q), body, &entry_opts)
+                    self.conditional_update(ctx, &ty, &parse_query_string(&q), body, &entry_opts)
                         .await
                         .map(|o| write_response(&o.resource, if o.created { 201 } else { 200 }, with_resource))
                 }
                 (Method::Patch, Some(id), _) => {
                     let patch = entry.resource.clone().and_then(binary_patch).unwrap_or(Value::Null);
-                    self.patch_impl(ctx, &ty, &id, patch, &entry_opts)
+                    self.patch(ctx, &ty, &id, patch, &entry_opts)
                         .await
                         .map(|o| write_response(&o.resource, 200, with_resource))
                 }
                 (Method::Delete, Some(id), _) => self
-                    .delete_impl(ctx, &ty, &id, &entry_opts)
+                    .delete(ctx, &ty, &id, &entry_opts)
                     .await
                     .map(|_| json!({"response": {"status": "204 No Content"}})),
                 (Method::Delete, None, Some(q)) => self
-                    .conditional_delete_impl(ctx, &ty, &parse_query_string(&q))
+                    .conditional_delete(ctx, &ty, &parse_query_string(&q))
                     .await
                     .map(|_| json!({"response": {"status": "204 No Content"}})),
                 _ => Err(bad(entry.index, format!("cannot process {:?} {}", entry.method, entry.url))),
@@ -622,10 +623,10 @@ impl Engine {
                 Method::Get => {
                     let (ty, id, query) = split_url(&entry.url);
                     let result = match id {
-                        Some(id) => self.read_impl(ctx, &ty, &id).await.map(|r| write_response(&r, 200, true)),
+                        Some(id) => self.read(ctx, &ty, &id).await.map(|r| write_response(&r, 200, true)),
                         None => {
                             let params = query.as_deref().map(parse_query_string).unwrap_or_default();
-                            self.search_impl(ctx, Some(&ty), &params, opts)
+                            self.search(ctx, Some(&ty), &params, opts)
                                 .await
                                 .map(|b| json!({"resource": b, "response": {"status": "200 OK"}}))
                         }

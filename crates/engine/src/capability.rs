@@ -21,7 +21,9 @@ const UNSUPPORTED_COMMON: &[(&str, &str)] = &[
 ];
 
 impl Engine {
-    pub(crate) fn capability_impl(&self, base_url: &str) -> Value {
+    /// The CapabilityStatement, true to what is implemented (supported and unsupported search
+    /// parameters per type, interactions, operations).
+    pub fn capability_statement(&self, base_url: &str) -> Value {
         let unsupported = fhir::index::unsupported_params();
         let mut resources = Vec::new();
         for t in self.defs.resource_types() {

@@ -168,7 +168,8 @@ impl Engine {
         Ok(self.store.search(ctx, &query).await?.resources)
     }
 
-    pub(crate) async fn create_impl(
+    /// `POST [type]` (honours `If-None-Exist`).
+    pub async fn create(
         &self,
         ctx: &Ctx,
         resource_type: &str,
@@ -197,7 +198,8 @@ impl Engine {
         Ok(WriteOutcome { resource, created: true })
     }
 
-    pub(crate) async fn read_impl(&self, ctx: &Ctx, resource_type: &str, id: &str) -> EngineResult<StoredResource> {
+    /// `GET [type]/[id]`: `NotFound` if never written, `Gone` if deleted.
+    pub async fn read(&self, ctx: &Ctx, resource_type: &str, id: &str) -> EngineResult<StoredResource> {
         self.check_type(resource_type)?;
         match self.store.read(ctx, resource_type, id).await? {
             Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}"))),
@@ -206,13 +208,8 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn vread_impl(
-        &self,
-        ctx: &Ctx,
-        resource_type: &str,
-        id: &str,
-        version: &str,
-    ) -> EngineResult<StoredResource> {
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub async fn vread(&self, ctx: &Ctx, resource_type: &str, id: &str, version: &str) -> EngineResult<StoredResource> {
         self.check_type(resource_type)?;
         let Ok(v) = version.parse::<i64>() else {
             return Err(EngineError::NotFound(format!(
@@ -226,7 +223,10 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn update_impl(
+    /// `PUT [type]/[id]` (update or update-as-create; honours If-Match). An update whose
+    /// content equals the current version (ignoring `meta.versionId`/`lastUpdated`) writes
+    /// nothing and returns the current version.
+    pub async fn update(
         &self,
         ctx: &Ctx,
         resource_type: &str,
@@ -297,7 +297,8 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn conditional_update_impl(
+    /// `PUT [type]?[criteria]`.
+    pub async fn conditional_update(
         &self,
         ctx: &Ctx,
         resource_type: &str,
@@ -311,11 +312,10 @@ impl Engine {
             [] => match body.get("id").and_then(Value::as_str) {
                 Some(id) => {
                     let id = id.to_string();
-                    self.update_impl(ctx, resource_type, &id, body, opts).await
+                    self.update(ctx, resource_type, &id, body, opts).await
                 }
                 None => {
-                    self.create_impl(ctx, resource_type, body, &RequestOptions { if_none_exist: None, ..opts.clone() })
-                        .await
+                    self.create(ctx, resource_type, body, &RequestOptions { if_none_exist: None, ..opts.clone() }).await
                 }
             },
             [one] => {
@@ -330,7 +330,7 @@ impl Engine {
                 let mut body = body;
                 body["id"] = Value::String(one.id.clone());
                 let id = one.id.clone();
-                self.update_impl(ctx, resource_type, &id, body, opts).await
+                self.update(ctx, resource_type, &id, body, opts).await
             }
             _ => Err(EngineError::MultipleMatches(format!(
                 "the conditional update matches more than one {resource_type}; make the criteria more specific"
@@ -338,7 +338,8 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn patch_impl(
+    /// `PATCH [type]/[id]` with a JSON Patch document (RFC 6902).
+    pub async fn patch(
         &self,
         ctx: &Ctx,
         resource_type: &str,
@@ -346,7 +347,7 @@ impl Engine {
         patch: Value,
         opts: &RequestOptions,
     ) -> EngineResult<WriteOutcome> {
-        let current = self.read_impl(ctx, resource_type, id).await?;
+        let current = self.read(ctx, resource_type, id).await?;
         if let Some(expected) = opts.if_match
             && expected != current.version
         {
@@ -372,10 +373,11 @@ impl Engine {
             ));
         }
         let opts = RequestOptions { if_match: Some(current.version), ..opts.clone() };
-        self.update_impl(ctx, resource_type, id, doc, &opts).await
+        self.update(ctx, resource_type, id, doc, &opts).await
     }
 
-    pub(crate) async fn delete_impl(
+    /// `DELETE [type]/[id]`; deleting a missing or deleted resource succeeds with `None`.
+    pub async fn delete(
         &self,
         ctx: &Ctx,
         resource_type: &str,
@@ -408,7 +410,7 @@ impl Engine {
     }
 
     /// Deletes every match (at most `max_count`), atomically.
-    pub(crate) async fn conditional_delete_impl(
+    pub async fn conditional_delete(
         &self,
         ctx: &Ctx,
         resource_type: &str,

@@ -196,7 +196,8 @@ impl Job {
 }
 
 impl Engine {
-    pub(crate) async fn export_start_impl(
+    /// Bulk Data kick-off (`$export` with `_type`, `_since`, `_outputFormat`): the job id.
+    pub async fn export_start(
         &self,
         _ctx: &Ctx,
         scope: ExportScope,
@@ -240,7 +241,7 @@ impl Engine {
             }
         }
         if let ExportScope::Group(id) = &scope {
-            self.read_impl(_ctx, "Group", id).await?;
+            self.read(_ctx, "Group", id).await?;
         }
         if types.is_empty() && scope == ExportScope::System {
             types = self.defs.resource_types().to_vec();
@@ -270,7 +271,8 @@ impl Engine {
         Ok(job_id)
     }
 
-    pub(crate) async fn export_status_impl(&self, job_id: &str) -> EngineResult<ExportStatus> {
+    /// Bulk Data status polling; `NotFound` for an unknown job.
+    pub async fn export_status(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<ExportStatus> {
         let dir = job_dir(&self.config.export_dir, job_id)?;
         let text =
             std::fs::read(dir.join("job.json")).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
@@ -295,7 +297,8 @@ impl Engine {
         })
     }
 
-    pub(crate) async fn export_file_impl(&self, job_id: &str, file_name: &str) -> EngineResult<PathBuf> {
+    /// Path of one NDJSON output file of a finished job.
+    pub async fn export_file(&self, _ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<PathBuf> {
         let dir = job_dir(&self.config.export_dir, job_id)?;
         let Some(ty) = file_name.strip_suffix(".ndjson") else {
             return Err(EngineError::NotFound(format!("export file '{file_name}'")));
@@ -307,7 +310,8 @@ impl Engine {
         if path.exists() { Ok(path) } else { Err(EngineError::NotFound(format!("export file '{file_name}'"))) }
     }
 
-    pub(crate) async fn export_cancel_impl(&self, job_id: &str) -> EngineResult<()> {
+    /// Cancels a job and deletes its files (`DELETE` on the status URL).
+    pub async fn export_cancel(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<()> {
         let dir = job_dir(&self.config.export_dir, job_id)?;
         if !dir.exists() {
             return Err(EngineError::NotFound(format!("export job '{job_id}'")));

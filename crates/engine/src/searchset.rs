@@ -84,7 +84,8 @@ fn entry(base: &str, r: &StoredResource, resource: Value, mode: &str) -> Value {
 }
 
 impl Engine {
-    pub(crate) async fn search_impl(
+    /// `GET [type]?...`, `GET /?...` (resource_type `None`), `POST [type]/_search`: a searchset Bundle.
+    pub async fn search(
         &self,
         ctx: &Ctx,
         resource_type: Option<&str>,
@@ -254,7 +255,8 @@ impl Engine {
         Ok(out)
     }
 
-    pub(crate) async fn history_impl(
+    /// `GET [type]/[id]/_history`, `GET [type]/_history`, `GET /_history` with `_since`, `_count`, `_offset`.
+    pub async fn history(
         &self,
         ctx: &Ctx,
         resource_type: Option<&str>,
@@ -366,14 +368,14 @@ impl Engine {
     /// `$everything`: the Patient, every resource in its compartment, and the shared resources
     /// (organizations, practitioners, locations, medications, …) they reference. Honors
     /// `_since` and `_type`; returns all entries in one Bundle (no paging).
-    pub(crate) async fn everything_impl(
+    pub async fn everything(
         &self,
         ctx: &Ctx,
         patient_id: &str,
         params: &[(String, String)],
         opts: &RequestOptions,
     ) -> EngineResult<Value> {
-        self.read_impl(ctx, "Patient", patient_id).await?;
+        self.read(ctx, "Patient", patient_id).await?;
         let mut since = None;
         let mut types: Vec<String> = Vec::new();
         for (k, v) in params {

@@ -138,7 +138,7 @@ async fn conditional_create_update_delete_and_patch() {
         .unwrap_err();
     assert_eq!(err.http_status(), 400);
     e.create(&ctx(), "Patient", patient("赵"), &opts()).await.unwrap();
-    let n = e.conditional_delete(&ctx(), "Patient", &pairs(&[("gender", "male")]), &opts()).await.unwrap();
+    let n = e.conditional_delete(&ctx(), "Patient", &pairs(&[("gender", "male")])).await.unwrap();
     assert_eq!(n, 2);
     let err =
         e.conditional_update(&ctx(), "Patient", &pairs(&[("_count", "1")]), patient("x"), &opts()).await.unwrap_err();
