@@ -280,9 +280,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
     };
     match segs.as_slice() {
         [] => match method {
-            Method::GET => {
-                Ok(json_response(StatusCode::OK, engine.search(&ctx, None, &params, &opts).await?.to_string()))
-            }
+            Method::GET => Ok(json_response(StatusCode::OK, engine.search_json(&ctx, None, &params, &opts).await?)),
             Method::POST => {
                 let bundle = json_body(&headers, &body_bytes, false)?;
                 Ok(json_response(StatusCode::OK, engine.bundle(&ctx, bundle, &opts).await?.to_string()))
@@ -336,9 +334,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         }
         [t, ..] if !is_type(t) => Err(unknown_type(t)),
         [t] => match method {
-            Method::GET => {
-                Ok(json_response(StatusCode::OK, engine.search(&ctx, Some(t), &params, &opts).await?.to_string()))
-            }
+            Method::GET => Ok(json_response(StatusCode::OK, engine.search_json(&ctx, Some(t), &params, &opts).await?)),
             Method::POST => {
                 let body = json_body(&headers, &body_bytes, false)?;
                 let outcome = engine.create(&ctx, t, body, &opts).await?;
@@ -371,7 +367,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                     }
                     all.extend(form_urlencoded::parse(&body_bytes).into_owned());
                 }
-                Ok(json_response(StatusCode::OK, engine.search(&ctx, Some(t), &all, &opts).await?.to_string()))
+                Ok(json_response(StatusCode::OK, engine.search_json(&ctx, Some(t), &all, &opts).await?))
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
         },
@@ -416,9 +412,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             _ => Err(method_not_allowed(&method, &path, "GET, PUT, PATCH, DELETE")),
         },
         ["Patient", id, "$everything"] => match method {
-            Method::GET => {
-                Ok(json_response(StatusCode::OK, engine.everything(&ctx, id, &params, &opts).await?.to_string()))
-            }
+            Method::GET => Ok(json_response(StatusCode::OK, engine.everything_json(&ctx, id, &params, &opts).await?)),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         [t, id, "_history"] => match method {

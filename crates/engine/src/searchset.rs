@@ -75,12 +75,10 @@ fn subset(mut resource: Value, summary: Option<SummaryMode>, elements: Option<&[
     resource
 }
 
-fn entry(base: &str, r: &StoredResource, resource: Value, mode: &str) -> Value {
-    json!({
-        "fullUrl": format!("{base}/{}/{}", r.resource_type, r.id),
-        "resource": resource,
-        "search": {"mode": mode},
-    })
+/// One Bundle entry as JSON text, embedding the resource's JSON text as is.
+fn entry_json(base: &str, r: &StoredResource, resource: &str, mode: &str) -> String {
+    let full_url = Value::String(format!("{base}/{}/{}", r.resource_type, r.id));
+    format!(r#"{{"fullUrl":{full_url},"resource":{resource},"search":{{"mode":"{mode}"}}}}"#)
 }
 
 impl Engine {
@@ -92,6 +90,21 @@ impl Engine {
         params: &[(String, String)],
         opts: &RequestOptions,
     ) -> EngineResult<Value> {
+        let text = self.search_json(ctx, resource_type, params, opts).await?;
+        serde_json::from_str(&text)
+            .map_err(|e| EngineError::Store(store::StoreError::Backend(format!("stored JSON: {e}"))))
+    }
+
+    /// The same searchset Bundle as [`Engine::search`], as JSON text. Stored resources are
+    /// embedded as stored, without parsing and re-serialising them (unless `_summary` or
+    /// `_elements` asks for a subset): this is what the HTTP API sends.
+    pub async fn search_json(
+        &self,
+        ctx: &Ctx,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<String> {
         if let Some(t) = resource_type {
             self.check_type(t)?;
         }
@@ -116,19 +129,30 @@ impl Engine {
             Some(t) => format!("{base}/{t}"),
             None => base.clone(),
         };
-        let mut entries: Vec<Value> = page
+        let subsetting = query.summary.is_some_and(|m| m != SummaryMode::False) || query.elements.is_some();
+        let mut entries: Vec<String> = page
             .resources
             .iter()
-            .map(|r| entry(base, r, subset(body_json(r), query.summary, query.elements.as_deref()), "match"))
+            .map(|r| {
+                if subsetting {
+                    let resource = subset(body_json(r), query.summary, query.elements.as_deref());
+                    entry_json(base, r, &resource.to_string(), "match")
+                } else {
+                    entry_json(base, r, r.body.as_deref().unwrap_or("{}"), "match")
+                }
+            })
             .collect();
         let included = self.includes(ctx, &query, &page.resources).await?;
-        entries.extend(included.iter().map(|r| entry(base, r, body_json(r), "include")));
+        entries.extend(included.iter().map(|r| entry_json(base, r, r.body.as_deref().unwrap_or("{}"), "include")));
         if !parsed.warnings.is_empty() {
-            entries.push(json!({
-                "fullUrl": format!("urn:uuid:{}", new_id()),
-                "resource": fhir::outcome::operation_outcome(&parsed.warnings),
-                "search": {"mode": "outcome"},
-            }));
+            entries.push(
+                json!({
+                    "fullUrl": format!("urn:uuid:{}", new_id()),
+                    "resource": fhir::outcome::operation_outcome(&parsed.warnings),
+                    "search": {"mode": "outcome"},
+                })
+                .to_string(),
+            );
         }
         let mut links = vec![link("self", format!("{path}?{}", encode_params(&with_offset(params, query.offset))))];
         if !count_only {
@@ -154,12 +178,17 @@ impl Engine {
             "meta": {"lastUpdated": fhir::normalize::format_instant(crate::crud::now_ms())},
             "type": "searchset",
             "link": links,
-            "entry": entries,
         });
         if let Some(total) = page.total {
             bundle["total"] = json!(total);
         }
-        Ok(bundle)
+        // Splice the entries in as text: `{…head…,"entry":[…]}`.
+        let mut text = bundle.to_string();
+        text.pop();
+        text.push_str(",\"entry\":[");
+        text.push_str(&entries.join(","));
+        text.push_str("]}");
+        Ok(text)
     }
 
     /// Resolves `_include` and `_revinclude` (iterating while `:iterate` finds new ones).
@@ -365,9 +394,7 @@ impl Engine {
         }))
     }
 
-    /// `$everything`: the Patient, every resource in its compartment, and the shared resources
-    /// (organizations, practitioners, locations, medications, …) they reference. Honors
-    /// `_since` and `_type`; returns all entries in one Bundle (no paging).
+    /// `Patient/[id]/$everything` as a Bundle value (see [`Engine::everything_json`]).
     pub async fn everything(
         &self,
         ctx: &Ctx,
@@ -375,6 +402,21 @@ impl Engine {
         params: &[(String, String)],
         opts: &RequestOptions,
     ) -> EngineResult<Value> {
+        let text = self.everything_json(ctx, patient_id, params, opts).await?;
+        serde_json::from_str(&text)
+            .map_err(|e| EngineError::Store(store::StoreError::Backend(format!("stored JSON: {e}"))))
+    }
+
+    /// `$everything` as JSON text, stored resources embedded as stored: the Patient, every resource in its compartment, and the shared resources
+    /// (organizations, practitioners, locations, medications, …) they reference. Honors
+    /// `_since` and `_type`; returns all entries in one Bundle (no paging).
+    pub async fn everything_json(
+        &self,
+        ctx: &Ctx,
+        patient_id: &str,
+        params: &[(String, String)],
+        opts: &RequestOptions,
+    ) -> EngineResult<String> {
         self.read(ctx, "Patient", patient_id).await?;
         let mut since = None;
         let mut types: Vec<String> = Vec::new();
@@ -426,16 +468,24 @@ impl Engine {
         }
         let shared = self.store.read_many(ctx, &wanted).await?;
         let base = &opts.base_url;
-        let entries: Vec<Value> =
-            members.iter().chain(shared.iter()).map(|r| entry(base, r, body_json(r), "match")).collect();
-        Ok(json!({
+        let entries: Vec<String> = members
+            .iter()
+            .chain(shared.iter())
+            .map(|r| entry_json(base, r, r.body.as_deref().unwrap_or("{}"), "match"))
+            .collect();
+        let mut text = json!({
             "resourceType": "Bundle",
             "id": new_id(),
             "type": "searchset",
             "total": entries.len(),
             "link": [link("self", format!("{base}/Patient/{patient_id}/$everything"))],
-            "entry": entries,
-        }))
+        })
+        .to_string();
+        text.pop();
+        text.push_str(",\"entry\":[");
+        text.push_str(&entries.join(","));
+        text.push_str("]}");
+        Ok(text)
     }
 }
 
