@@ -96,7 +96,7 @@ async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
         ..RequestOptions::default()
     };
     let probe = engine.search(&ctx, Some("Patient"), &[("_count".into(), "1".into())], &opts).await?;
-    if probe["total"].as_u64().unwrap_or(0) > 0 {
+    if probe["entry"].as_array().is_some_and(|e| !e.is_empty()) {
         return Ok(0);
     }
     let mut n = 0;

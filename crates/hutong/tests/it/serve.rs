@@ -20,6 +20,11 @@ impl Drop for Server {
 }
 
 fn start(data: &std::path::Path, demo: bool) -> Server {
+    start_expecting(data, demo, |_| {})
+}
+
+/// Starts the server, passing every line it prints before the URL line to `check`.
+fn start_expecting(data: &std::path::Path, demo: bool, check: impl Fn(&str)) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).stdout(Stdio::piped()).stderr(Stdio::null());
     if demo {
@@ -29,6 +34,7 @@ fn start(data: &std::path::Path, demo: bool) -> Server {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the server printed its URL").unwrap();
+        check(&line);
         if let Some(url) = line.strip_prefix("Hutong FHIR server listening on http://") {
             break url.trim_end_matches("/fhir").to_string();
         }
@@ -84,7 +90,9 @@ fn serve_demo_answers_fhir_requests() {
     assert!(body.contains("not a valid date"), "{body}");
     drop(server);
     // Restarting on the same data does not load the demo twice.
-    let server = start(data.path(), true);
+    let server = start_expecting(data.path(), true, |line| {
+        assert!(!line.starts_with("Loaded the synthetic demo data set"), "the demo was loaded again: {line}")
+    });
     let (_, body) = get(&server.addr, "/fhir/Patient?_summary=count");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
 }
