@@ -71,6 +71,11 @@ impl PgStore {
 
 const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
 
+/// History rows of the current version carry no body (it is in `resource`, written once); older
+/// versions carry their own.
+const HISTORY_COLUMNS: &str = "h.type, h.id, h.version, h.last_updated, h.deleted, h.method, \
+     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version))";
+
 fn stored(row: &tokio_postgres::Row, offset: usize) -> StoredResource {
     let method: String = row.get(offset + 5);
     StoredResource {
@@ -280,6 +285,14 @@ impl ResourceStore for PgStore {
             let method = column(&|o| o.method.code().to_string(), &old_ops);
             let keys = column(&patient_key, &old_ops);
             let bodies: Vec<Option<String>> = old_ops.iter().map(|o| o.body.clone()).collect();
+            // The current versions' JSON lives only in `resource`; keep it in history first.
+            tx.execute(
+                "UPDATE resource_history h SET body = r.body FROM resource r \
+                 WHERE r.rid = ANY($1) AND h.rid = r.rid AND h.version = r.version",
+                &[&rid],
+            )
+            .await
+            .map_err(backend)?;
             tx.execute(
                 "UPDATE resource r SET version = u.version, last_updated = u.last_updated, deleted = u.deleted, \
                  method = u.method, patient_key = u.patient_key, body = u.body FROM UNNEST($1::bigint[], $2::bigint[], \
@@ -303,12 +316,11 @@ impl ResourceStore for PgStore {
         let deleted: Vec<i16> = all.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
         let method = column(&|o| o.method.code().to_string(), &all);
         let keys = column(&patient_key, &all);
-        let bodies: Vec<Option<String>> = all.iter().map(|o| o.body.clone()).collect();
         tx.execute(
-            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, body) \
+            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::smallint[], \
-             $7::text[], $8::text[], $9::text[])",
-            &[&rid, &version, &t, &i, &updated, &deleted, &method, &keys, &bodies],
+             $7::text[], $8::text[])",
+            &[&rid, &version, &t, &i, &updated, &deleted, &method, &keys],
         )
         .await
         .map_err(backend)?;
@@ -412,7 +424,7 @@ impl ResourceStore for PgStore {
         Ok(client
             .query_opt(
                 &format!(
-                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE rid = (SELECT rid FROM resource WHERE type = $1 \
+                    "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE rid = (SELECT rid FROM resource WHERE type = $1 \
                      AND id = $2) AND version = $3"
                 ),
                 &[&resource_type, &id, &version],
@@ -456,7 +468,7 @@ impl ResourceStore for PgStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {filter} \
+                    "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE {filter} \
                      ORDER BY last_updated DESC, rid DESC, version DESC LIMIT ${} OFFSET ${}",
                     n + 1,
                     n + 2

@@ -2,7 +2,9 @@
 //!
 //! - `resource`: the current version of every resource (one row per type+id, tombstones kept
 //!   with `deleted = 1`), with an integer surrogate key `rid` that every other table uses.
-//! - `resource_history`: every version ever written, the current one included.
+//! - `resource_history`: every version ever written, the current one included; the JSON of the
+//!   current version lives only in `resource` (its history row's `body` is NULL until the next
+//!   write moves it there), so each version's JSON is stored once.
 //! - `compartment`: which Patient compartments hold a resource (for `$everything`).
 //! - `idx_*`: one narrow table per search-parameter type, rows of the current version only.
 //! - `outbox` / `consumer_cursor`: the transactional outbox and its consumers' cursors.

@@ -118,6 +118,11 @@ fn poisoned() -> StoreError {
 
 const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
 
+/// History rows of the current version carry no body (it is in `resource`, written once); older
+/// versions carry their own.
+const HISTORY_COLUMNS: &str = "h.type, h.id, h.version, h.last_updated, h.deleted, h.method, \
+     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version))";
+
 fn stored_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<StoredResource> {
     let method: String = row.get(offset + 5)?;
     Ok(StoredResource {
@@ -163,7 +168,16 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
         let deleted = i64::from(op.method == WriteMethod::Delete);
         let patient_key = op.compartments.first().map(String::as_str).unwrap_or("");
         let rid = match current {
-            Some((rid, _)) => {
+            Some((rid, version)) => {
+                // The current version's JSON lives only in `resource`; keep it in history
+                // before it is replaced.
+                tx.prepare_cached(
+                    "UPDATE resource_history SET body = (SELECT body FROM resource WHERE rid = ?1) \
+                     WHERE rid = ?1 AND version = ?2",
+                )
+                .map_err(backend)?
+                .execute(params![rid, version])
+                .map_err(backend)?;
                 tx.prepare_cached(
                     "UPDATE resource SET version = ?1, last_updated = ?2, deleted = ?3, method = ?4, patient_key = ?5, \
                      body = ?6 WHERE rid = ?7",
@@ -205,7 +219,7 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
         };
         tx.prepare_cached(
             "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
         )
         .map_err(backend)?
         .execute(params![
@@ -216,8 +230,7 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
             op.last_updated,
             deleted,
             op.method.code(),
-            patient_key,
-            op.body
+            patient_key
         ])
         .map_err(backend)?;
         if deleted == 0 {
@@ -330,7 +343,7 @@ impl ResourceStore for SqliteStore {
         let (t, i) = (resource_type.to_string(), id.to_string());
         self.read_with(move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE rid = (SELECT rid FROM resource WHERE type = ?1 \
+                "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE rid = (SELECT rid FROM resource WHERE type = ?1 \
                  AND id = ?2) AND version = ?3"
             ))
             .map_err(backend)?
@@ -373,7 +386,7 @@ impl ResourceStore for SqliteStore {
             binds.push((query.offset as i64).into());
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {RESOURCE_COLUMNS} FROM resource_history WHERE {filter} \
+                    "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE {filter} \
                      ORDER BY last_updated DESC, rid DESC, version DESC LIMIT ?{} OFFSET ?{}",
                     n + 1,
                     n + 2

@@ -157,6 +157,9 @@ pub async fn create_read_vread(store: Arc<dyn ResourceStore>) {
     assert!(current.body.as_deref().unwrap().contains(r#""versionId":"2""#));
     let v1 = store.vread(&ctx(), "Patient", "p1", 1).await.unwrap().expect("version 1");
     assert_eq!((v1.version, v1.method, v1.last_updated), (1, WriteMethod::Create, 1_700_000_001_000));
+    assert!(v1.body.as_deref().unwrap().contains(r#""versionId":"1""#), "an old version keeps its own JSON");
+    let v2 = store.vread(&ctx(), "Patient", "p1", 2).await.unwrap().expect("version 2");
+    assert_eq!(v2.body, current.body, "the current version read through history");
     assert!(store.vread(&ctx(), "Patient", "p1", 3).await.unwrap().is_none());
     assert!(store.read(&ctx(), "Patient", "nope").await.unwrap().is_none());
     assert!(store.read(&ctx(), "Observation", "p1").await.unwrap().is_none(), "ids are per type");
@@ -214,6 +217,10 @@ pub async fn history_scopes_and_paging(store: Arc<dyn ResourceStore>) {
     let page = store.history(&ctx(), &instance).await.unwrap();
     assert_eq!(page.total, Some(2));
     assert_eq!(page.resources.iter().map(|r| r.version).collect::<Vec<_>>(), [2, 1], "newest first");
+    for r in &page.resources {
+        let body = r.body.as_deref().expect("every non-deleted version has its JSON");
+        assert!(body.contains(&format!(r#""versionId":"{}""#, r.version)));
+    }
     let typed = HistoryQuery { resource_type: Some("Observation".into()), count: 10, ..Default::default() };
     let page = store.history(&ctx(), &typed).await.unwrap();
     assert_eq!(page.total, Some(2));
