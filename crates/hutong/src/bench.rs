@@ -99,7 +99,7 @@ async fn ingest(
     args: StoreArgs,
 ) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    let engine = engine_for(store.clone(), &args);
+    let engine = Arc::new(engine_for(store.clone(), &args));
     let ctx = Ctx::system();
     let opts = engine::RequestOptions {
         base_url: "urn:bench".into(),
@@ -128,12 +128,19 @@ async fn ingest(
     // End to end through the engine.
     use futures::StreamExt;
     let t = Instant::now();
+    // Each submission is its own task, as each HTTP connection is in the server, so two
+    // Bundles are prepared on both cores while the store commits another.
     let mut latencies: Vec<Duration> = futures::stream::iter(parsed)
         .map(|b| {
-            let (engine, ctx, opts) = (&engine, &ctx, &opts);
+            let (engine, opts) = (engine.clone(), opts.clone());
             async move {
-                let started = Instant::now();
-                engine.bundle(ctx, b, opts).await.map(|_| started.elapsed())
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    engine.bundle(&Ctx::system(), b, &opts).await.map(|_| started.elapsed())
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("bench task: {e}"))?
+                .map_err(anyhow::Error::from)
             }
         })
         .buffer_unordered(concurrency)
