@@ -318,6 +318,12 @@ impl Engine {
     }
 
     async fn transaction(&self, ctx: &Ctx, entries: &[Entry], opts: &RequestOptions) -> EngineResult<Vec<Value>> {
+        let conditional =
+            entries.iter().any(|e| e.if_none_exist.is_some() || (e.method != Method::Get && e.url.contains('?')));
+        let _serialised = match conditional {
+            true => Some(self.conditional.lock().await),
+            false => None,
+        };
         // 1. Decide every entry's target (type, id) and map full URLs to local references.
         struct Target {
             ty: String,

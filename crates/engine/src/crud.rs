@@ -178,6 +178,10 @@ impl Engine {
     ) -> EngineResult<WriteOutcome> {
         self.check_type(resource_type)?;
         self.check_body(resource_type, &body, resource_type)?;
+        let _serialised = match opts.if_none_exist {
+            Some(_) => Some(self.conditional.lock().await),
+            None => None,
+        };
         if let Some(condition) = &opts.if_none_exist {
             let criteria = parse_query_string(condition);
             let found = self.matches(ctx, resource_type, &criteria, 2).await?;
@@ -307,6 +311,7 @@ impl Engine {
         opts: &RequestOptions,
     ) -> EngineResult<WriteOutcome> {
         self.check_type(resource_type)?;
+        let _serialised = self.conditional.lock().await;
         let found = self.matches(ctx, resource_type, criteria, 2).await?;
         match found.as_slice() {
             [] => match body.get("id").and_then(Value::as_str) {

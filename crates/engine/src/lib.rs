@@ -107,12 +107,17 @@ pub struct Engine {
     store: Arc<dyn ResourceStore>,
     defs: &'static Definitions,
     config: EngineConfig,
+    /// Serialises conditional writes (If-None-Exist, conditional update, transactions with
+    /// `ifNoneExist` or conditional URLs), whose search and write are otherwise not atomic:
+    /// two concurrent conditional creates with the same criteria would both create.
+    /// One process; a multi-node deployment needs the database to arbitrate (see ARCHITECTURE.md).
+    conditional: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn ResourceStore>, config: EngineConfig) -> Self {
         export::mark_interrupted(&config.export_dir);
-        Engine { store, defs: Definitions::r4(), config }
+        Engine { store, defs: Definitions::r4(), config, conditional: tokio::sync::Mutex::new(()) }
     }
 
     pub fn store(&self) -> &Arc<dyn ResourceStore> {

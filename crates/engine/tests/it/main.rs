@@ -390,3 +390,28 @@ async fn validate_never_writes() {
     assert_eq!(bad["issue"][0]["severity"], "error");
     assert!(t.engine.store().outbox_read(0, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conditional_creates_make_one_resource() {
+    let t = engine();
+    let e = std::sync::Arc::new(t.engine);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let o = RequestOptions {
+                if_none_exist: Some("identifier=urn:oid:2.16.156.10011.1.3|ID-唯一".into()),
+                ..opts()
+            };
+            e.create(&ctx(), "Patient", patient("唯一"), &o).await.map(|w| w.resource.id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap().unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every conditional create found the same single Patient");
+    let found = e.search(&ctx(), Some("Patient"), &pairs(&[("identifier", "ID-唯一")]), &opts()).await.unwrap();
+    assert_eq!(found["total"], 1);
+}
