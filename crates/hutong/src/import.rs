@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -149,12 +150,28 @@ pub struct Summary {
     pub failures: Vec<String>,
 }
 
+/// Transactions in flight at once: one is prepared on the second core while another commits.
+/// Completions are journaled in order, so an interruption never records a unit as done before
+/// every earlier one is; a unit that committed after the last journaled one is simply imported
+/// again on resume, which changes nothing.
+const IN_FLIGHT: usize = 2;
+
+/// One unit of work: a Bundle (or NDJSON chunk) of one file.
+struct Unit {
+    file: usize,
+    index: usize,
+    count: usize,
+    bundle: Value,
+}
+
 /// Imports `paths` into `engine`, journaling progress in `data`.
-pub async fn run(engine: &Engine, data: &Path, paths: &[PathBuf], show_progress: bool) -> anyhow::Result<Summary> {
+pub async fn run(engine: Arc<Engine>, data: &Path, paths: &[PathBuf], show_progress: bool) -> anyhow::Result<Summary> {
+    use futures::StreamExt;
     std::fs::create_dir_all(data)?;
     let files = collect_files(paths)?;
-    let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
-    let bar = if show_progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
+    let keys: Vec<String> = files.iter().map(|f| file_key(f)).collect();
+    let sizes: Vec<u64> = files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).collect();
+    let bar = if show_progress { ProgressBar::new(sizes.iter().sum()) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -163,48 +180,70 @@ pub async fn run(engine: &Engine, data: &Path, paths: &[PathBuf], show_progress:
     let started = Instant::now();
     let mut resources = 0usize;
     let mut failures = Vec::new();
-    let ctx = Ctx::system();
     // Minimal responses: the import needs the outcome, not the resources echoed back.
     let opts = RequestOptions {
         base_url: "urn:hutong:import".into(),
         return_preference: engine::ReturnPreference::Minimal,
         ..RequestOptions::default()
     };
-    for file in &files {
-        let key = file_key(file);
-        let size = std::fs::metadata(file).map_or(0, |m| m.len());
-        let done = journal.files.get(&key).copied().unwrap_or(0);
-        let units = match units(file) {
-            Ok(u) => u,
-            Err(e) => {
-                failures.push(format!("{e:#}"));
-                bar.inc(size);
+    // Files are read lazily, one at a time, as the pipeline asks for more units.
+    let mut read_failures: Vec<String> = Vec::new();
+    let done: Vec<usize> = keys.iter().map(|k| journal.files.get(k).copied().unwrap_or(0)).collect();
+    let units = futures::stream::iter(0..files.len()).flat_map(|file| {
+        let items: Vec<Result<Unit, String>> = match units(&files[file]) {
+            Ok(list) => {
+                let count = list.len().max(1);
+                list.into_iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index >= done[file])
+                    .map(|(index, bundle)| Ok(Unit { file, index, count, bundle }))
+                    .collect()
+            }
+            Err(e) => vec![Err(format!("{e:#}"))],
+        };
+        futures::stream::iter(items)
+    });
+    let mut results = units
+        .map(|item| {
+            let (engine, opts) = (engine.clone(), opts.clone());
+            async move {
+                let unit = match item {
+                    Ok(unit) => unit,
+                    Err(message) => return Err(message),
+                };
+                let entries = unit.bundle["entry"].as_array().map_or(0, Vec::len);
+                let outcome = tokio::spawn(async move { engine.bundle(&Ctx::system(), unit.bundle, &opts).await })
+                    .await
+                    .map_err(|e| format!("import task failed: {e}"))?;
+                Ok((unit.file, unit.index, unit.count, entries, outcome))
+            }
+        })
+        .buffered(IN_FLIGHT);
+    while let Some(result) = results.next().await {
+        let (file, index, count, entries, outcome) = match result {
+            Ok(r) => r,
+            Err(message) => {
+                read_failures.push(message);
                 continue;
             }
         };
-        let count = units.len().max(1);
-        for (n, unit) in units.into_iter().enumerate() {
-            if n < done {
-                continue;
+        match outcome {
+            Ok(_) => {
+                resources += entries;
+                journal.files.insert(keys[file].clone(), index + 1);
+                save_journal(data, &journal)?;
             }
-            let entries = unit["entry"].as_array().map_or(0, Vec::len);
-            match engine.bundle(&ctx, unit, &opts).await {
-                Ok(_) => {
-                    resources += entries;
-                    journal.files.insert(key.clone(), n + 1);
-                    save_journal(data, &journal)?;
-                }
-                Err(e) => {
-                    let issues: Vec<String> = e.issues().into_iter().map(|i| i.diagnostics).collect();
-                    failures.push(format!("{} (unit {}): {}", file.display(), n + 1, issues.join("; ")));
-                }
+            Err(e) => {
+                let issues: Vec<String> = e.issues().into_iter().map(|i| i.diagnostics).collect();
+                failures.push(format!("{} (unit {}): {}", files[file].display(), index + 1, issues.join("; ")));
             }
-            bar.inc(size / count as u64);
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!("{resources} resources, {:.0}/s", resources as f64 / secs));
         }
+        bar.inc(sizes[file] / count as u64);
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{resources} resources, {:.0}/s", resources as f64 / secs));
     }
     bar.finish_and_clear();
+    failures.extend(read_failures);
     Ok(Summary { files: files.len(), resources, seconds: started.elapsed().as_secs_f64(), failures })
 }
 

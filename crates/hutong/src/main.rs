@@ -155,8 +155,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import { paths, store } => {
             let backend = open_store(&store).await?;
-            let engine = engine_for(backend, &store);
-            let summary = import::run(&engine, &store.data, &paths, true).await?;
+            let engine = Arc::new(engine_for(backend, &store));
+            let summary = import::run(engine, &store.data, &paths, true).await?;
             println!(
                 "Imported {} resources from {} files in {:.1} s ({:.0} resources/s)",
                 summary.resources,
