@@ -17,6 +17,48 @@ use store::{
 use store_sql::rows::{self, Cell};
 use store_sql::{Dialect, SqlValue, schema};
 use tokio_postgres::NoTls;
+
+pub mod testing {
+    //! Throwaway databases for the test suites of every crate (scripts/test.sh starts the server).
+
+    use super::{PgStore, StoreError};
+
+    /// The test server's URL from `HUTONG_TEST_POSTGRES_URL`, or `None` (after printing a skip
+    /// line) when it is not set. With `HUTONG_REQUIRE_POSTGRES=1`, as the README test command sets,
+    /// a missing server is a failure instead, so PostgreSQL tests can never silently not run there.
+    pub fn server_url() -> Option<String> {
+        match std::env::var("HUTONG_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                assert!(
+                    std::env::var("HUTONG_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "HUTONG_REQUIRE_POSTGRES=1 but HUTONG_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh"
+                );
+                eprintln!("skipped: HUTONG_TEST_POSTGRES_URL is not set, so the PostgreSQL part did not run");
+                None
+            }
+        }
+    }
+
+    /// Creates a new, empty database on the server of `server_url` and returns its URL.
+    pub async fn create_database(server_url: &str, prefix: &str) -> Result<String, StoreError> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to the test server: {e}")))?;
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(super::backend)?;
+        let base = server_url.rsplit_once('/').map_or(server_url, |(b, _)| b);
+        Ok(format!("{base}/{name}"))
+    }
+
+    /// A store on a fresh database of the test server, or `None` when no server is configured.
+    pub async fn fresh_store() -> Option<PgStore> {
+        let url = server_url()?;
+        let db = create_database(&url, "hutong_test").await.expect("create a test database");
+        Some(PgStore::connect(&db).await.expect("open the test database"))
+    }
+}
 use tokio_postgres::types::ToSql;
 
 /// The PostgreSQL store. Cheap to clone.

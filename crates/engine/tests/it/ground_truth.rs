@@ -115,23 +115,9 @@ async fn inferno_and_synthea_bundles_round_trip_on_sqlite() {
     }
 }
 
-/// A fresh database on the test PostgreSQL server, or `None` (with a skip line) when none is
-/// configured and `HUTONG_REQUIRE_POSTGRES` is not set.
-pub async fn fresh_postgres() -> Option<Arc<dyn ResourceStore>> {
-    let Ok(url) = std::env::var("HUTONG_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("HUTONG_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "HUTONG_REQUIRE_POSTGRES=1 but HUTONG_TEST_POSTGRES_URL is not set: run scripts/test.sh"
-        );
-        eprintln!("skipped: HUTONG_TEST_POSTGRES_URL is not set");
-        return None;
-    };
-    let name = format!("hutong_test_{}", uuid::Uuid::new_v4().simple());
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-    Some(Arc::new(store_postgres::PgStore::connect(&format!("{base}/{name}")).await.unwrap()))
+async fn fresh_postgres() -> Option<Arc<dyn ResourceStore>> {
+    let store: Arc<dyn ResourceStore> = Arc::new(store_postgres::testing::fresh_store().await?);
+    Some(store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,20 +132,8 @@ async fn kill_9_during_import_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_import_on_postgres() {
-    let Ok(url) = std::env::var("HUTONG_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("HUTONG_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "HUTONG_REQUIRE_POSTGRES=1 but HUTONG_TEST_POSTGRES_URL is not set: run scripts/test.sh"
-        );
-        eprintln!("skipped: HUTONG_TEST_POSTGRES_URL is not set");
-        return;
-    };
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("hutong_crash_{}_{nanos}", std::process::id());
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let Some(url) = store_postgres::testing::server_url() else { return };
+    let db = store_postgres::testing::create_database(&url, "hutong_crash").await.unwrap();
     let db2 = db.clone();
     scenario(Some(db), async move |_: &Path| -> Arc<dyn ResourceStore> {
         let store: Arc<dyn ResourceStore> = Arc::new(store_postgres::PgStore::connect(&db2).await.unwrap());

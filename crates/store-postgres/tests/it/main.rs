@@ -10,21 +10,8 @@ use store::ResourceStore;
 use store_postgres::PgStore;
 
 async fn fresh_database() -> Option<Arc<dyn ResourceStore>> {
-    let Ok(url) = std::env::var("HUTONG_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("HUTONG_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "HUTONG_REQUIRE_POSTGRES=1 but HUTONG_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh"
-        );
-        eprintln!("skipped: HUTONG_TEST_POSTGRES_URL is not set, so the PostgreSQL contract tests did not run");
-        return None;
-    };
-    let name = format!("hutong_test_{}", uuid::Uuid::new_v4().simple());
-    let (client, connection) =
-        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test server");
-    tokio::spawn(connection);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-    Some(Arc::new(PgStore::connect(&format!("{base}/{name}")).await.expect("open store")))
+    let store: Arc<dyn ResourceStore> = Arc::new(store_postgres::testing::fresh_store().await?);
+    Some(store)
 }
 
 store::contract_suite!(fresh_database());
