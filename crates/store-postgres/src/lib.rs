@@ -107,6 +107,18 @@ impl PgStore {
         for statement in schema::ddl(Dialect::Postgres) {
             client.batch_execute(&statement).await.map_err(backend)?;
         }
+        let version: String = client
+            .query_one("SELECT value FROM schema_meta WHERE key = 'schema_version'", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        if version != schema::SCHEMA_VERSION.to_string() {
+            return Err(StoreError::Unavailable(format!(
+                "the database {target} holds schema version {version}, and this Hutong needs {}: import the data \
+                 again into a new database",
+                schema::SCHEMA_VERSION
+            )));
+        }
         Ok(PgStore { pool })
     }
 }
@@ -154,6 +166,7 @@ struct Columns {
     rid: Vec<i64>,
     ty: Vec<String>,
     param: Vec<String>,
+    n: Vec<i64>,
     texts: Vec<Vec<Option<String>>>,
     ints: Vec<Vec<i64>>,
     reals: Vec<Vec<Option<f64>>>,
@@ -163,7 +176,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, rid: i64, ty: &str, row: &rows::Row<'_>, patient_key: &str) {
+    fn push(&mut self, rid: i64, ty: &str, n: usize, row: &rows::Row<'_>, patient_key: &str) {
         if self.layout.is_empty() {
             let (mut t, mut i, mut r) = (0, 0, 0);
             for cell in &row.values {
@@ -189,6 +202,7 @@ impl Columns {
         self.rid.push(rid);
         self.ty.push(ty.to_string());
         self.param.push(row.param.to_string());
+        self.n.push(n as i64);
         self.patient_key.push(patient_key.to_string());
         for (cell, (_, slot)) in row.values.iter().zip(self.layout.clone()) {
             match cell {
@@ -204,8 +218,9 @@ impl Columns {
             return Ok(());
         }
         let cols = rows::columns(table);
-        let mut binds: Vec<&(dyn ToSql + Sync)> = vec![&self.rid, &self.ty, &self.param];
-        let mut casts = vec!["$1::bigint[]".to_string(), "$2::text[]".into(), "$3::text[]".into()];
+        let mut binds: Vec<&(dyn ToSql + Sync)> = vec![&self.rid, &self.ty, &self.param, &self.n];
+        let mut casts =
+            vec!["$1::bigint[]".to_string(), "$2::text[]".into(), "$3::text[]".into(), "$4::bigint[]".into()];
         for (kind, slot) in &self.layout {
             let n = binds.len() + 1;
             match kind {
@@ -226,7 +241,7 @@ impl Columns {
         binds.push(&self.patient_key);
         casts.push(format!("${}::text[]", binds.len()));
         let sql = format!(
-            "INSERT INTO {table} (rid, type, param, {}, patient_key) SELECT * FROM UNNEST({})",
+            "INSERT INTO {table} (rid, type, param, n, {}, patient_key) SELECT * FROM UNNEST({})",
             cols.join(", "),
             casts.join(", ")
         );
@@ -373,9 +388,9 @@ impl ResourceStore for PgStore {
                 continue;
             }
             let key = patient_key(op);
-            for entry in &op.index {
+            for (n, entry) in op.index.iter().enumerate() {
                 if let Some(row) = rows::row(entry) {
-                    tables.entry(row.table).or_default().push(*rid, &op.resource_type, &row, &key);
+                    tables.entry(row.table).or_default().push(*rid, &op.resource_type, n, &row, &key);
                 }
             }
             let mut seen = std::collections::HashSet::new();

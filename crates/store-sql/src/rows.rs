@@ -19,7 +19,7 @@ pub enum Cell<'a> {
     Real(Option<f64>),
 }
 
-/// The value columns of each index table, between `param` and `patient_key`.
+/// The value columns of each index table, between `n` and `patient_key`.
 pub fn columns(table: &str) -> &'static [&'static str] {
     match table {
         "idx_string" => &["norm", "exact"],
@@ -43,10 +43,11 @@ pub fn sqlite_insert_sql(table: &str) -> &'static str {
     cache.iter().find(|(t, _)| *t == table).map_or("", |(_, sql)| sql.as_str())
 }
 
-/// `INSERT INTO table (rid, type, param, cols…, patient_key) VALUES (…)` with placeholders.
+/// `INSERT INTO table (rid, type, param, n, cols…, patient_key) VALUES (…)` with placeholders;
+/// `n` numbers a resource's rows (the key is `(rid, param, n)`).
 pub fn insert_sql(table: &str, dialect: crate::Dialect) -> String {
     let cols = columns(table);
-    let n = cols.len() + 4;
+    let n = cols.len() + 5;
     let placeholders: Vec<String> = (1..=n)
         .map(|i| match dialect {
             crate::Dialect::Sqlite => format!("?{i}"),
@@ -54,7 +55,7 @@ pub fn insert_sql(table: &str, dialect: crate::Dialect) -> String {
         })
         .collect();
     format!(
-        "INSERT INTO {table} (rid, type, param, {}, patient_key) VALUES ({})",
+        "INSERT INTO {table} (rid, type, param, n, {}, patient_key) VALUES ({})",
         cols.join(", "),
         placeholders.join(", ")
     )

@@ -6,7 +6,9 @@
 //!   current version lives only in `resource` (its history row's `body` is NULL until the next
 //!   write moves it there), so each version's JSON is stored once.
 //! - `compartment`: which Patient compartments hold a resource (for `$everything`).
-//! - `idx_*`: one narrow table per search-parameter type, rows of the current version only.
+//! - `idx_*`: one narrow table per search-parameter type, rows of the current version only, keyed
+//!   by `(rid, param, n)` (`WITHOUT ROWID` on SQLite, so a row costs one B-tree for its key and one
+//!   for its value index) with a value index for searches.
 //! - `outbox` / `consumer_cursor`: the transactional outbox and its consumers' cursors.
 //!
 //! Every table that holds patient data carries `patient_key` (the first Patient-compartment id,
@@ -17,13 +19,13 @@
 use crate::Dialect;
 
 /// The schema version this code writes; stored in `schema_meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// DDL statements, idempotent (`IF NOT EXISTS`), in order.
 pub fn ddl(dialect: Dialect) -> Vec<String> {
-    let (pk, real, bin) = match dialect {
-        Dialect::Sqlite => ("INTEGER PRIMARY KEY", "REAL", ""),
-        Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", " COLLATE \"C\""),
+    let (pk, real, bin, clustered) = match dialect {
+        Dialect::Sqlite => ("INTEGER PRIMARY KEY", "REAL", "", " WITHOUT ROWID"),
+        Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", " COLLATE \"C\"", ""),
     };
     let int = "BIGINT";
     let mut statements = vec![
@@ -46,58 +48,50 @@ pub fn ddl(dialect: Dialect) -> Vec<String> {
         ),
         "CREATE INDEX IF NOT EXISTS compartment_rid ON compartment (rid)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_string (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
-             norm TEXT{bin} NOT NULL, exact TEXT NOT NULL, patient_key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS idx_string (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
+             norm TEXT{bin} NOT NULL, exact TEXT NOT NULL, patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (type, param, norm)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_token (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
-             system TEXT, code TEXT, text TEXT, patient_key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS idx_token (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
+             system TEXT, code TEXT, text TEXT, patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_token_value ON idx_token (type, param, code, system)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_reference (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS idx_reference (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
              target_type TEXT, target_id TEXT, version TEXT, url TEXT, ident_system TEXT, ident_value TEXT, \
-             patient_key TEXT NOT NULL)"
+             patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_reference_value ON idx_reference (type, param, target_id, target_type)"
             .to_string(),
         "CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (target_type, target_id)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_reference_rid ON idx_reference (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_date (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
-             low {int} NOT NULL, high {int} NOT NULL, patient_key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS idx_date (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
+             low {int} NOT NULL, high {int} NOT NULL, patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_date_value ON idx_date (type, param, low, high)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_number (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
-             value {real} NOT NULL, low {real} NOT NULL, high {real} NOT NULL, patient_key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS idx_number (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
+             value {real} NOT NULL, low {real} NOT NULL, high {real} NOT NULL, patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number (type, param, value)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_quantity (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS idx_quantity (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
              value {real} NOT NULL, low {real} NOT NULL, high {real} NOT NULL, system TEXT, code TEXT, unit TEXT, \
-             patient_key TEXT NOT NULL)"
+             patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (type, param, value)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_uri (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
-             uri TEXT{bin} NOT NULL, patient_key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS idx_uri (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
+             uri TEXT{bin} NOT NULL, patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (type, param, uri)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid, param)".to_string(),
         format!(
-            "CREATE TABLE IF NOT EXISTS idx_composite (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS idx_composite (rid {int} NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, n {int} NOT NULL, \
              c1_system TEXT, c1_code TEXT, c2_system TEXT, c2_code TEXT, c2_value {real}, c2_low {real}, c2_high {real}, \
-             patient_key TEXT NOT NULL)"
+             patient_key TEXT NOT NULL, PRIMARY KEY (rid, param, n)){clustered}"
         ),
         "CREATE INDEX IF NOT EXISTS idx_composite_value ON idx_composite (type, param, c1_code, c2_code)".to_string(),
-        "CREATE INDEX IF NOT EXISTS idx_composite_rid ON idx_composite (rid, param)".to_string(),
         match dialect {
             Dialect::Sqlite => {
                 "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, \

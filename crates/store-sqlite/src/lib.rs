@@ -66,6 +66,17 @@ impl SqliteStore {
         for statement in schema::ddl(Dialect::Sqlite) {
             writer.execute_batch(&statement).map_err(backend)?;
         }
+        let version: String = writer
+            .query_row("SELECT value FROM schema_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .map_err(backend)?;
+        if version != schema::SCHEMA_VERSION.to_string() {
+            return Err(StoreError::Unavailable(format!(
+                "the data folder {} holds schema version {version}, and this Hutong needs {}: import the data again \
+                 into a new data folder",
+                dir.display(),
+                schema::SCHEMA_VERSION
+            )));
+        }
         Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
     }
 
@@ -234,12 +245,13 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
         ])
         .map_err(backend)?;
         if deleted == 0 {
-            for entry in &op.index {
+            for (n, entry) in op.index.iter().enumerate() {
                 let Some(row) = rows::row(entry) else { continue };
-                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(row.values.len() + 4);
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(row.values.len() + 5);
                 values.push(rid.into());
                 values.push(op.resource_type.clone().into());
                 values.push(row.param.to_string().into());
+                values.push((n as i64).into());
                 for cell in &row.values {
                     values.push(match cell {
                         Cell::Text(t) => t.map(str::to_string).into(),

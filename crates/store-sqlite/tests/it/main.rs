@@ -34,3 +34,14 @@ async fn unwritable_folder_is_a_clear_error() {
     let err = SqliteStore::open(&file.path().join("sub")).err().expect("cannot create a folder inside a file");
     assert!(err.to_string().contains("cannot create the data folder"), "{err}");
 }
+
+#[tokio::test]
+async fn a_data_folder_of_another_schema_version_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("hutong.db")).unwrap();
+    conn.execute("UPDATE schema_meta SET value = '1' WHERE key = 'schema_version'", []).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(dir.path()).err().expect("an older schema is refused");
+    assert!(err.to_string().contains("holds schema version 1"), "{err}");
+}
