@@ -11,8 +11,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use store::audit;
 use store::{
-    Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
 };
 use store_sql::rows::{self, Cell};
 use store_sql::{Dialect, SqlValue, schema};
@@ -254,18 +255,12 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
-#[async_trait]
-impl ResourceStore for PgStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
-    async fn commit(&self, _ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(backend)?;
+/// Writes the versions, index rows, compartments and outbox events of one commit.
+async fn write_ops(tx: &tokio_postgres::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()> {
         let types: Vec<&str> = ops.iter().map(|o| o.resource_type.as_str()).collect();
         let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
         let current: HashMap<(String, String), (i64, i64)> = tx
@@ -279,7 +274,7 @@ impl ResourceStore for PgStore {
             .into_iter()
             .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
             .collect();
-        for op in &ops {
+        for op in ops {
             let actual = current.get(&(op.resource_type.clone(), op.id.clone())).map_or(0, |c| c.1);
             if actual != op.version - 1 {
                 return Err(StoreError::VersionConflict {
@@ -420,6 +415,117 @@ impl ResourceStore for PgStore {
         )
         .await
         .map_err(backend)?;
+        Ok(())
+}
+
+/// Appends audit records after the current head. The transaction-scoped advisory lock
+/// serialises appenders across connections and processes; it is taken last, just before
+/// COMMIT, so it is held only for the commit itself.
+async fn append_audit(tx: &tokio_postgres::Transaction<'_>, records: Vec<AuditRecord>) -> StoreResult<()> {
+    tx.execute("SELECT pg_advisory_xact_lock(4851127)", &[]).await.map_err(backend)?;
+    let (seq, hash) = audit_head(tx).await?;
+    let entries = audit::link(seq, &hash, records);
+    let mut cols: [Vec<String>; 10] = Default::default();
+    let mut seqs = Vec::with_capacity(entries.len());
+    let mut recorded = Vec::with_capacity(entries.len());
+    let (mut ap_key, mut ap_seq) = (Vec::new(), Vec::new());
+    for e in &entries {
+        let r = &e.record;
+        seqs.push(e.seq);
+        recorded.push(r.recorded);
+        for (col, v) in cols.iter_mut().zip([
+            &r.action,
+            &r.outcome,
+            &r.actor,
+            &r.role,
+            &r.organization,
+            &r.purpose,
+            &r.entity,
+            &r.patients.join(" "),
+            &r.detail,
+            &e.prev_hash,
+        ]) {
+            col.push(v.clone());
+        }
+        for p in &r.patients {
+            ap_key.push(p.clone());
+            ap_seq.push(e.seq);
+        }
+    }
+    let hashes: Vec<&str> = entries.iter().map(|e| e.hash.as_str()).collect();
+    tx.execute(
+        "INSERT INTO audit_log (seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, \
+         detail, prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
+        &[
+            &seqs, &recorded, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &cols[7], &cols[8],
+            &cols[9], &hashes,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    if !ap_key.is_empty() {
+        tx.execute(
+            "INSERT INTO audit_patient (patient_key, seq) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT DO NOTHING",
+            &[&ap_key, &ap_seq],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn audit_head(client: &impl tokio_postgres::GenericClient) -> StoreResult<(i64, String)> {
+    Ok(client
+        .query_opt("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[])
+        .await
+        .map_err(backend)?
+        .map_or((0, audit::GENESIS_HASH.to_string()), |r| (r.get(0), r.get(1))))
+}
+
+const AUDIT_COLUMNS: &str = "seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, \
+     detail, prev_hash, hash";
+
+fn audit_entry(r: &tokio_postgres::Row) -> AuditEntry {
+    let patients: String = r.get(9);
+    AuditEntry {
+        seq: r.get(0),
+        record: AuditRecord {
+            recorded: r.get(1),
+            action: r.get(2),
+            outcome: r.get(3),
+            actor: r.get(4),
+            role: r.get(5),
+            organization: r.get(6),
+            purpose: r.get(7),
+            entity: r.get(8),
+            patients: patients.split(' ').filter(|p| !p.is_empty()).map(str::to_string).collect(),
+            detail: r.get(10),
+        },
+        prev_hash: r.get(11),
+        hash: r.get(12),
+    }
+}
+
+#[async_trait]
+impl ResourceStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn commit_audited(&self, _ctx: &Ctx, ops: Vec<WriteOp>, audit: Vec<AuditRecord>) -> StoreResult<()> {
+        if ops.is_empty() && audit.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        if !ops.is_empty() {
+            write_ops(&tx, &ops).await?;
+        }
+        if !audit.is_empty() {
+            append_audit(&tx, audit).await?;
+        }
         tx.commit().await.map_err(backend)
     }
 
@@ -623,5 +729,145 @@ impl ResourceStore for PgStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn audit_read(&self, after: i64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"),
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(audit_entry).collect())
+    }
+
+    async fn audit_for_patient(&self, patient_id: &str, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq IN \
+                     (SELECT seq FROM audit_patient WHERE patient_key = $1 ORDER BY seq DESC LIMIT $2) ORDER BY seq DESC"
+                ),
+                &[&patient_id, &(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(audit_entry).collect())
+    }
+
+    async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        audit_head(&**client).await
+    }
+
+    async fn audit_checkpoint_put(&self, cp: &AuditCheckpoint) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (seq) DO NOTHING",
+                &[&cp.seq, &cp.hash, &cp.signed_at, &cp.key_id, &cp.signature],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query("SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoint ORDER BY seq", &[])
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditCheckpoint {
+                seq: r.get(0),
+                hash: r.get(1),
+                signed_at: r.get(2),
+                key_id: r.get(3),
+                signature: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock(4851128)", &[]).await.map_err(backend)?;
+        let taken = tx
+            .query(
+                "SELECT lookup FROM security_lookup WHERE kind = $1 AND lookup = ANY($2) AND id <> $3",
+                &[&kind, &lookups, &id],
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(row) = taken.first() {
+            return Err(StoreError::Duplicate { kind: kind.to_string(), lookup: row.get(0) });
+        }
+        tx.execute("DELETE FROM security_lookup WHERE kind = $1 AND id = $2", &[&kind, &id]).await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO security_lookup (kind, lookup, id) SELECT $1, l, $3 FROM UNNEST($2::text[]) AS l",
+            &[&kind, &lookups, &id],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO security_object (kind, id, body, updated) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, id) DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated",
+            &[&kind, &id, &body, &now_ms()],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(client
+            .query_opt("SELECT body FROM security_object WHERE kind = $1 AND id = $2", &[&kind, &id])
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0)))
+    }
+
+    async fn kv_find(&self, kind: &str, lookup: &str) -> StoreResult<Option<(String, String)>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(client
+            .query_opt(
+                "SELECT o.id, o.body FROM security_lookup l JOIN security_object o ON o.kind = l.kind AND o.id = l.id \
+                 WHERE l.kind = $1 AND l.lookup = $2",
+                &[&kind, &lookup],
+            )
+            .await
+            .map_err(backend)?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn kv_delete(&self, kind: &str, id: &str) -> StoreResult<bool> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute("DELETE FROM security_lookup WHERE kind = $1 AND id = $2", &[&kind, &id]).await.map_err(backend)?;
+        let n = tx
+            .execute("DELETE FROM security_object WHERE kind = $1 AND id = $2", &[&kind, &id])
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    async fn kv_list(&self, kind: &str, after: &str, limit: usize) -> StoreResult<Vec<(String, String)>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT id, body FROM security_object WHERE kind = $1 AND id > $2 ORDER BY id LIMIT $3",
+                &[&kind, &after, &(limit as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

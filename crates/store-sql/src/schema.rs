@@ -10,6 +10,10 @@
 //!   by `(rid, param, n)` (`WITHOUT ROWID` on SQLite, so a row costs one B-tree for its key and one
 //!   for its value index) with a value index for searches.
 //! - `outbox` / `consumer_cursor`: the transactional outbox and its consumers' cursors.
+//! - `audit_log` (+ `audit_patient`, `audit_checkpoint`): the hash-chained audit trail
+//!   (`store::audit`), appended in the same transaction as the writes it records.
+//! - `security_object` / `security_lookup`: accounts, clients, tokens and one-time codes as JSON
+//!   documents with unique lookup keys (user name, blind index of an ID number, token hash).
 //!
 //! Every table that holds patient data carries `patient_key` (the first Patient-compartment id,
 //! empty for shared data such as Organization): on PostgreSQL it is the partitioning and Citus
@@ -103,6 +107,26 @@ pub fn ddl(dialect: Dialect) -> Vec<String> {
                 .to_string(),
         },
         format!("CREATE TABLE IF NOT EXISTS consumer_cursor (name TEXT PRIMARY KEY, position {int} NOT NULL)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_log (seq {int} PRIMARY KEY, recorded {int} NOT NULL, action TEXT NOT NULL, \
+             outcome TEXT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, organization TEXT NOT NULL, purpose TEXT NOT NULL, \
+             entity TEXT NOT NULL, patients TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_patient (patient_key TEXT NOT NULL, seq {int} NOT NULL, PRIMARY KEY (patient_key, seq))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS audit_checkpoint (seq {int} PRIMARY KEY, hash TEXT NOT NULL, signed_at {int} NOT NULL, \
+             key_id TEXT NOT NULL, signature TEXT NOT NULL)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS security_object (kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, \
+             updated {int} NOT NULL, PRIMARY KEY (kind, id))"
+        ),
+        "CREATE TABLE IF NOT EXISTS security_lookup (kind TEXT NOT NULL, lookup TEXT NOT NULL, id TEXT NOT NULL, \
+         PRIMARY KEY (kind, lookup))"
+            .to_string(),
+        "CREATE INDEX IF NOT EXISTS security_lookup_id ON security_lookup (kind, id)".to_string(),
     ];
     statements.push(format!(
         "INSERT INTO schema_meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING"

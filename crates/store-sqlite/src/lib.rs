@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use store::audit;
 use store::{
-    Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
 };
 use store_sql::rows::{self, Cell};
 use store_sql::{Dialect, SqlValue, schema};
@@ -158,7 +159,7 @@ fn to_sql(values: &[SqlValue]) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
-fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
+fn commit_ops(conn: &mut Connection, ops: &[WriteOp], audit: Vec<AuditRecord>) -> StoreResult<()> {
     let tx = conn.transaction().map_err(backend)?;
     for op in ops {
         let current: Option<(i64, i64)> = tx
@@ -277,7 +278,80 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp]) -> StoreResult<()> {
             .execute(params![op.resource_type, op.id, op.version, op.method.code(), op.last_updated])
             .map_err(backend)?;
     }
+    if !audit.is_empty() {
+        append_audit(&tx, audit)?;
+    }
     tx.commit().map_err(backend)
+}
+
+/// Appends audit records after the current head (the writer connection serialises appends).
+fn append_audit(tx: &rusqlite::Transaction<'_>, records: Vec<AuditRecord>) -> StoreResult<()> {
+    let (seq, hash) = audit_head(tx)?;
+    for entry in audit::link(seq, &hash, records) {
+        let r = &entry.record;
+        tx.prepare_cached(
+            "INSERT INTO audit_log (seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, \
+             detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .map_err(backend)?
+        .execute(params![
+            entry.seq,
+            r.recorded,
+            r.action,
+            r.outcome,
+            r.actor,
+            r.role,
+            r.organization,
+            r.purpose,
+            r.entity,
+            r.patients.join(" "),
+            r.detail,
+            entry.prev_hash,
+            entry.hash
+        ])
+        .map_err(backend)?;
+        for patient in &r.patients {
+            tx.prepare_cached("INSERT OR IGNORE INTO audit_patient (patient_key, seq) VALUES (?1, ?2)")
+                .map_err(backend)?
+                .execute(params![patient, entry.seq])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn audit_head(conn: &Connection) -> StoreResult<(i64, String)> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .map_err(backend)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(backend)?
+        .unwrap_or((0, audit::GENESIS_HASH.to_string())))
+}
+
+const AUDIT_COLUMNS: &str = "seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, \
+     detail, prev_hash, hash";
+
+fn audit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let patients: String = row.get(9)?;
+    Ok(AuditEntry {
+        seq: row.get(0)?,
+        record: AuditRecord {
+            recorded: row.get(1)?,
+            action: row.get(2)?,
+            outcome: row.get(3)?,
+            actor: row.get(4)?,
+            role: row.get(5)?,
+            organization: row.get(6)?,
+            purpose: row.get(7)?,
+            entity: row.get(8)?,
+            patients: patients.split(' ').filter(|p| !p.is_empty()).map(str::to_string).collect(),
+            detail: row.get(10)?,
+        },
+        prev_hash: row.get(11)?,
+        hash: row.get(12)?,
+    })
 }
 
 fn now_ms() -> i64 {
@@ -290,11 +364,167 @@ impl ResourceStore for SqliteStore {
         "sqlite"
     }
 
-    async fn commit(&self, _ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()> {
-        if ops.is_empty() {
+    async fn commit_audited(&self, _ctx: &Ctx, ops: Vec<WriteOp>, audit: Vec<AuditRecord>) -> StoreResult<()> {
+        if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        self.write_with(move |conn| commit_ops(conn, &ops)).await
+        self.write_with(move |conn| commit_ops(conn, &ops, audit)).await
+    }
+
+    async fn audit_read(&self, after: i64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        self.read_with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![after, limit as i64], audit_from_row).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn audit_for_patient(&self, patient_id: &str, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let patient = patient_id.to_string();
+        self.read_with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq IN \
+                     (SELECT seq FROM audit_patient WHERE patient_key = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq DESC"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![patient, limit as i64], audit_from_row).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        self.read_with(|conn| audit_head(conn)).await
+    }
+
+    async fn audit_checkpoint_put(&self, cp: &AuditCheckpoint) -> StoreResult<()> {
+        let cp = cp.clone();
+        self.write_with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (seq) DO NOTHING",
+            )
+            .map_err(backend)?
+            .execute(params![cp.seq, cp.hash, cp.signed_at, cp.key_id, cp.signature])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
+        self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoint ORDER BY seq")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AuditCheckpoint {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        signed_at: r.get(2)?,
+                        key_id: r.get(3)?,
+                        signature: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()> {
+        let (kind, id, body, lookups) = (kind.to_string(), id.to_string(), body.to_string(), lookups.to_vec());
+        self.write_with(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            for lookup in &lookups {
+                let holder: Option<String> = tx
+                    .prepare_cached("SELECT id FROM security_lookup WHERE kind = ?1 AND lookup = ?2")
+                    .map_err(backend)?
+                    .query_row(params![kind, lookup], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if holder.is_some_and(|h| h != id) {
+                    return Err(StoreError::Duplicate { kind: kind.clone(), lookup: lookup.clone() });
+                }
+            }
+            tx.prepare_cached("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2")
+                .map_err(backend)?
+                .execute(params![kind, id])
+                .map_err(backend)?;
+            for lookup in &lookups {
+                tx.prepare_cached("INSERT INTO security_lookup (kind, lookup, id) VALUES (?1, ?2, ?3)")
+                    .map_err(backend)?
+                    .execute(params![kind, lookup, id])
+                    .map_err(backend)?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO security_object (kind, id, body, updated) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated = excluded.updated",
+            )
+            .map_err(backend)?
+            .execute(params![kind, id, body, now_ms()])
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
+        let (kind, id) = (kind.to_string(), id.to_string());
+        self.read_with(move |conn| {
+            conn.prepare_cached("SELECT body FROM security_object WHERE kind = ?1 AND id = ?2")
+                .map_err(backend)?
+                .query_row(params![kind, id], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn kv_find(&self, kind: &str, lookup: &str) -> StoreResult<Option<(String, String)>> {
+        let (kind, lookup) = (kind.to_string(), lookup.to_string());
+        self.read_with(move |conn| {
+            conn.prepare_cached(
+                "SELECT o.id, o.body FROM security_lookup l JOIN security_object o ON o.kind = l.kind AND o.id = l.id \
+                 WHERE l.kind = ?1 AND l.lookup = ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![kind, lookup], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn kv_delete(&self, kind: &str, id: &str) -> StoreResult<bool> {
+        let (kind, id) = (kind.to_string(), id.to_string());
+        self.write_with(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2", params![kind, id]).map_err(backend)?;
+            let n = tx
+                .execute("DELETE FROM security_object WHERE kind = ?1 AND id = ?2", params![kind, id])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn kv_list(&self, kind: &str, after: &str, limit: usize) -> StoreResult<Vec<(String, String)>> {
+        let (kind, after) = (kind.to_string(), after.to_string());
+        self.read_with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, body FROM security_object WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![kind, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
     }
 
     async fn current_versions(&self, _ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>> {

@@ -21,7 +21,8 @@ macro_rules! contract_suite {
             create_read_vread, update_replaces_index, delete_leaves_tombstone, conflict_rolls_back_everything,
             history_scopes_and_paging, read_many_and_current_versions, compartments, outbox_and_cursors,
             search_strings, search_tokens, search_references_chains_has, search_dates, search_numbers_quantities,
-            search_uri_composite_missing, search_sort_paging_total, search_system_level
+            search_uri_composite_missing, search_sort_paging_total, search_system_level,
+            audit_chain_in_the_write_transaction, audit_concurrent_appends_chain, security_objects_and_lookups
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -561,4 +562,104 @@ pub async fn search_system_level(store: Arc<dyn ResourceStore>) {
     assert_eq!(ids(&store, None, &[("_tag", "demo")]).await, ["o9"]);
     assert_eq!(sorted(ids(&store, None, &[("_type", "Organization")]).await), ["h1", "h2"]);
     assert_eq!(ids(&store, None, &[("_lastUpdated", "gt2025-01-01")]).await, ["o9"]);
+}
+
+fn audit_record(action: &str, patients: &[&str]) -> crate::AuditRecord {
+    crate::AuditRecord {
+        recorded: 1_700_000_000_000,
+        action: action.into(),
+        outcome: "success".into(),
+        actor: "user/u1".into(),
+        role: "doctor".into(),
+        organization: "Organization/h1".into(),
+        purpose: "TREAT".into(),
+        entity: "Patient/p1".into(),
+        patients: patients.iter().map(|p| p.to_string()).collect(),
+        detail: r#"{"request":"r1"}"#.into(),
+    }
+}
+
+pub async fn audit_chain_in_the_write_transaction(store: Arc<dyn ResourceStore>) {
+    assert_eq!(store.audit_head().await.unwrap(), (0, crate::audit::GENESIS_HASH.to_string()));
+    store
+        .commit_audited(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])], vec![audit_record("create", &["p1"])])
+        .await
+        .unwrap();
+    store.commit_audited(&ctx(), vec![], vec![audit_record("read", &["p1"]), audit_record("search", &[])]).await.unwrap();
+    // A rejected write leaves no audit entry behind (same transaction).
+    let err = store
+        .commit_audited(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])], vec![audit_record("update", &["p1"])])
+        .await;
+    assert!(matches!(err, Err(StoreError::VersionConflict { .. })));
+    let entries = store.audit_read(0, 100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(entries.iter().map(|e| e.record.action.as_str()).collect::<Vec<_>>(), ["create", "read", "search"]);
+    assert_eq!(entries[0].record, audit_record("create", &["p1"]), "every field round-trips");
+    let mut verifier = crate::audit::Verifier::new(vec![], |_| true);
+    entries.iter().for_each(|e| verifier.push(e));
+    verifier.finish();
+    assert!(verifier.findings.is_empty(), "{:?}", verifier.findings);
+    assert_eq!(store.audit_head().await.unwrap(), (3, entries[2].hash.clone()));
+    assert_eq!(store.audit_read(1, 1).await.unwrap()[0].seq, 2, "paging by seq");
+    let mine = store.audit_for_patient("p1", 10).await.unwrap();
+    assert_eq!(mine.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 1], "newest first, only p1's");
+    assert!(store.audit_for_patient("p2", 10).await.unwrap().is_empty());
+    let cp = crate::AuditCheckpoint {
+        seq: 3,
+        hash: entries[2].hash.clone(),
+        signed_at: 5,
+        key_id: "k1".into(),
+        signature: "abcd".into(),
+    };
+    store.audit_checkpoint_put(&cp).await.unwrap();
+    store.audit_checkpoint_put(&cp).await.unwrap();
+    assert_eq!(store.audit_checkpoints().await.unwrap(), vec![cp]);
+}
+
+pub async fn audit_concurrent_appends_chain(store: Arc<dyn ResourceStore>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let p = format!("p{t}-{i}");
+                store
+                    .commit_audited(&ctx(), vec![op("Patient", &p, 1, vec![], &[&p])], vec![audit_record("create", &[&p])])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let entries = store.audit_read(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 80);
+    let mut verifier = crate::audit::Verifier::new(vec![], |_| true);
+    entries.iter().for_each(|e| verifier.push(e));
+    verifier.finish();
+    assert!(verifier.findings.is_empty(), "concurrent appends form one chain: {:?}", verifier.findings);
+}
+
+pub async fn security_objects_and_lookups(store: Arc<dyn ResourceStore>) {
+    store.kv_put("user", "u1", r#"{"name":"a"}"#, &["name:alice".into(), "idx:123".into()]).await.unwrap();
+    store.kv_put("user", "u2", r#"{"name":"b"}"#, &["name:bob".into()]).await.unwrap();
+    assert_eq!(store.kv_get("user", "u1").await.unwrap().as_deref(), Some(r#"{"name":"a"}"#));
+    assert_eq!(store.kv_find("user", "idx:123").await.unwrap(), Some(("u1".into(), r#"{"name":"a"}"#.into())));
+    assert!(store.kv_find("client", "idx:123").await.unwrap().is_none(), "lookups are per kind");
+    let taken = store.kv_put("user", "u3", "{}", &["name:alice".into()]).await;
+    assert!(matches!(taken, Err(StoreError::Duplicate { .. })), "{taken:?}");
+    assert!(store.kv_get("user", "u3").await.unwrap().is_none(), "a refused put writes nothing");
+    // Replacing an object replaces its lookups.
+    store.kv_put("user", "u1", r#"{"name":"a2"}"#, &["name:alice2".into()]).await.unwrap();
+    assert!(store.kv_find("user", "name:alice").await.unwrap().is_none());
+    assert_eq!(store.kv_find("user", "name:alice2").await.unwrap().map(|f| f.0).as_deref(), Some("u1"));
+    assert_eq!(
+        store.kv_list("user", "", 10).await.unwrap().iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        ["u1", "u2"]
+    );
+    assert_eq!(store.kv_list("user", "u1", 10).await.unwrap().len(), 1);
+    assert!(store.kv_delete("user", "u1").await.unwrap());
+    assert!(!store.kv_delete("user", "u1").await.unwrap());
+    assert!(store.kv_find("user", "name:alice2").await.unwrap().is_none());
 }

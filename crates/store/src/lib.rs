@@ -6,7 +6,10 @@
 //!
 //! [`contract`] holds the test suite every backend must pass.
 
+pub mod audit;
 pub mod contract;
+
+pub use audit::{AuditCheckpoint, AuditEntry, AuditRecord};
 
 use async_trait::async_trait;
 use fhir::IndexEntry;
@@ -128,6 +131,9 @@ pub enum StoreError {
     VersionConflict { resource_type: String, id: String, expected: i64, actual: i64 },
     #[error("the search is not supported by this store: {0}")]
     Unsupported(String),
+    /// A unique lookup key of a stored object (`kv_put`) already belongs to another object.
+    #[error("{kind} '{lookup}' is already taken")]
+    Duplicate { kind: String, lookup: String },
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -143,7 +149,44 @@ pub trait ResourceStore: Send + Sync {
 
     /// Writes all `ops` atomically and durably (committed means it survives `kill -9`), with
     /// their index entries and one outbox event each. All or nothing.
-    async fn commit(&self, ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()>;
+    async fn commit(&self, ctx: &Ctx, ops: Vec<WriteOp>) -> StoreResult<()> {
+        self.commit_audited(ctx, ops, Vec::new()).await
+    }
+
+    /// [`commit`](Self::commit) that also appends `audit` records to the audit log in the same
+    /// transaction (so a write and its record commit together or not at all). With no ops it
+    /// only appends. Appends are serialised: positions are contiguous and each entry's hash
+    /// chains to the previous one ([`audit::link`]).
+    async fn commit_audited(&self, ctx: &Ctx, ops: Vec<WriteOp>, audit: Vec<AuditRecord>) -> StoreResult<()>;
+
+    /// Audit entries with `seq > after`, ascending, at most `limit`, exactly as stored.
+    async fn audit_read(&self, after: i64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+
+    /// The newest audit entries that touched Patient `patient_id`, newest first.
+    async fn audit_for_patient(&self, patient_id: &str, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+
+    /// The last entry's position and hash (`(0, GENESIS_HASH)` for an empty log).
+    async fn audit_head(&self) -> StoreResult<(i64, String)>;
+
+    async fn audit_checkpoint_put(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()>;
+
+    async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>>;
+
+    /// Stores (inserts or replaces) a security object (account, client, token, code…) of
+    /// `kind` as JSON text, with unique `lookups` (e.g. a user name) that replace its old ones.
+    /// A lookup held by another object of the kind fails with [`StoreError::Duplicate`].
+    async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()>;
+
+    async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>>;
+
+    /// The object of `kind` that holds the unique `lookup`: `(id, body)`.
+    async fn kv_find(&self, kind: &str, lookup: &str) -> StoreResult<Option<(String, String)>>;
+
+    /// Removes an object and its lookups; true if it existed.
+    async fn kv_delete(&self, kind: &str, id: &str) -> StoreResult<bool>;
+
+    /// Objects of `kind` with id greater than `after`, ascending, at most `limit`.
+    async fn kv_list(&self, kind: &str, after: &str, limit: usize) -> StoreResult<Vec<(String, String)>>;
 
     /// Current version number and deleted flag of each key, `None` if never written.
     async fn current_versions(&self, ctx: &Ctx, keys: &[(String, String)]) -> StoreResult<Vec<Option<(i64, bool)>>>;
