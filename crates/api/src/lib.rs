@@ -260,7 +260,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         if_none_exist: header_str(&headers, "if-none-exist").map(str::to_string),
         return_preference,
     };
-    let ctx = Ctx { request_id: uuid::Uuid::new_v4().to_string() };
+    let ctx = Ctx { request_id: uuid::Uuid::new_v4().to_string(), ..Ctx::default() };
     let engine = &state.engine;
     let segments: Vec<String> =
         path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();

@@ -618,7 +618,7 @@ impl Engine {
         }
 
         // 5. One atomic commit.
-        self.store.commit(ctx, ops).await?;
+        self.commit_checked(ctx, ops, "transaction").await?;
 
         // 6. Answer every entry (GETs see the committed state).
         let with_resource = opts.return_preference == ReturnPreference::Representation;

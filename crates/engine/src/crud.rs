@@ -97,6 +97,12 @@ impl Engine {
             .as_object_mut()
             .ok_or_else(|| EngineError::bad_request(IssueType::Structure, "resource is not an object"))?;
         object.insert("id".into(), Value::String(id.to_string()));
+        // Level-5 classes implied by the resource's codes become `meta.security` labels, so
+        // the policy protects data whatever system sent it (access::sensitivity).
+        access::sensitivity::label(&mut body);
+        let Some(object) = body.as_object_mut() else {
+            return Err(EngineError::bad_request(IssueType::Structure, "resource is not an object"));
+        };
         let meta = object.entry("meta").or_insert_with(|| Value::Object(Map::new()));
         if !meta.is_object() {
             *meta = Value::Object(Map::new());
@@ -187,7 +193,11 @@ impl Engine {
             let found = self.matches(ctx, resource_type, &criteria, 2).await?;
             match found.len() {
                 0 => {}
-                1 => return Ok(WriteOutcome { resource: found.into_iter().next().expect("one"), created: false }),
+                1 => {
+                    let existing = found.into_iter().next().expect("one");
+                    self.authorize_read(ctx, "read", &existing).await?;
+                    return Ok(WriteOutcome { resource: existing, created: false });
+                }
                 _ => {
                     return Err(EngineError::MultipleMatches(format!(
                         "If-None-Exist '{condition}' matches more than one {resource_type}; make the criteria more specific"
@@ -198,7 +208,7 @@ impl Engine {
         let id = new_id();
         let op = self.build_op(resource_type, &id, 1, now_ms(), WriteMethod::Create, body)?;
         let resource = stored_from_op(&op);
-        self.store.commit(ctx, vec![op]).await?;
+        self.commit_checked(ctx, vec![op], "create").await?;
         Ok(WriteOutcome { resource, created: true })
     }
 
@@ -207,7 +217,10 @@ impl Engine {
         self.check_type(resource_type)?;
         match self.store.read(ctx, resource_type, id).await? {
             Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}"))),
-            Some(r) => Ok(r),
+            Some(r) => {
+                self.authorize_read(ctx, "read", &r).await?;
+                Ok(r)
+            }
             None => Err(EngineError::NotFound(format!("{resource_type}/{id}"))),
         }
     }
@@ -222,7 +235,10 @@ impl Engine {
         };
         match self.store.vread(ctx, resource_type, id, v).await? {
             Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}/_history/{version}"))),
-            Some(r) => Ok(r),
+            Some(r) => {
+                self.authorize_read(ctx, "vread", &r).await?;
+                Ok(r)
+            }
             None => Err(EngineError::NotFound(format!("{resource_type}/{id}/_history/{version}"))),
         }
     }
@@ -277,7 +293,9 @@ impl Engine {
                 let stored: Value = serde_json::from_str(text).unwrap_or(Value::Null);
                 let mut candidate = body.clone();
                 candidate["id"] = Value::String(id.to_string());
+                access::sensitivity::label(&mut candidate);
                 if content_without_version(&stored) == content_without_version(&candidate) {
+                    self.authorize_read(ctx, "update", c).await?;
                     return Ok(WriteOutcome { resource: c.clone(), created: false });
                 }
             }
@@ -285,10 +303,15 @@ impl Engine {
             let method = if current.is_none() { WriteMethod::Create } else { WriteMethod::Update };
             let op = self.build_op(resource_type, id, current_version + 1, now_ms(), method, body.clone())?;
             let resource = stored_from_op(&op);
-            match self.store.commit(ctx, vec![op]).await {
+            let interaction = if created { "create" } else { "update" };
+            match self.commit_checked(ctx, vec![op], interaction).await {
                 Ok(()) => return Ok(WriteOutcome { resource, created }),
-                Err(StoreError::VersionConflict { .. }) if opts.if_match.is_none() && attempt < RETRIES => continue,
-                Err(StoreError::VersionConflict { .. }) => {
+                Err(EngineError::Store(StoreError::VersionConflict { .. }))
+                    if opts.if_match.is_none() && attempt < RETRIES =>
+                {
+                    continue;
+                }
+                Err(EngineError::Store(StoreError::VersionConflict { .. })) => {
                     return Err(EngineError::Conflict {
                         message: format!(
                             "{resource_type}/{id} was changed by another request; read it again and retry"
@@ -296,7 +319,7 @@ impl Engine {
                         precondition: opts.if_match.is_some(),
                     });
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -402,10 +425,10 @@ impl Engine {
             }
             let op = Self::tombstone(resource_type, id, current.version + 1, now_ms());
             let resource = stored_from_op(&op);
-            match self.store.commit(ctx, vec![op]).await {
+            match self.commit_checked(ctx, vec![op], "delete").await {
                 Ok(()) => return Ok(Some(WriteOutcome { resource, created: false })),
-                Err(StoreError::VersionConflict { .. }) if opts.if_match.is_none() => continue,
-                Err(e) => return Err(e.into()),
+                Err(EngineError::Store(StoreError::VersionConflict { .. })) if opts.if_match.is_none() => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(EngineError::Conflict {
@@ -433,7 +456,7 @@ impl Engine {
         let ops: Vec<WriteOp> =
             found.iter().map(|r| Self::tombstone(resource_type, &r.id, r.version + 1, now)).collect();
         let n = ops.len();
-        self.store.commit(ctx, ops).await?;
+        self.commit_checked(ctx, ops, "delete").await?;
         Ok(n)
     }
 }

@@ -12,6 +12,9 @@ pub enum EngineError {
     /// The resource failed validation against the R4 definitions: 422.
     #[error("resource failed validation")]
     Unprocessable(Vec<Issue>),
+    /// The caller may not do this (policy decision, with its reason): 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0} is not known")]
     NotFound(String),
@@ -46,6 +49,7 @@ impl EngineError {
     /// |---|---|
     /// | BadRequest | 400 |
     /// | Unprocessable | 422 |
+    /// | Forbidden | 403 |
     /// | NotFound | 404 |
     /// | Gone | 410 |
     /// | Conflict (race) | 409 |
@@ -60,6 +64,7 @@ impl EngineError {
         match self {
             EngineError::BadRequest(_) | EngineError::TooCostly(_) => 400,
             EngineError::Unprocessable(_) => 422,
+            EngineError::Forbidden(_) => 403,
             EngineError::NotFound(_) => 404,
             EngineError::Gone(_) => 410,
             EngineError::Conflict { precondition: true, .. } | EngineError::MultipleMatches(_) => 412,
@@ -77,6 +82,7 @@ impl EngineError {
         use fhir::IssueType as T;
         match self {
             EngineError::BadRequest(issues) | EngineError::Unprocessable(issues) => issues.clone(),
+            EngineError::Forbidden(why) => vec![Issue::error(T::Forbidden, why.clone())],
             EngineError::NotFound(what) => vec![Issue::error(T::NotFound, format!("{what} is not known"))],
             EngineError::Gone(what) => vec![Issue::error(T::Deleted, format!("{what} has been deleted"))],
             EngineError::Conflict { message, .. } => vec![Issue::error(T::Conflict, message.clone())],

@@ -199,7 +199,7 @@ impl Engine {
     /// Bulk Data kick-off (`$export` with `_type`, `_since`, `_outputFormat`): the job id.
     pub async fn export_start(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         scope: ExportScope,
         params: &[(String, String)],
         opts: &RequestOptions,
@@ -240,11 +240,22 @@ impl Engine {
                 }
             }
         }
+        let entity = format!("$export?{}", crate::searchset::encode_params(params));
+        self.authorize_bulk(ctx, access::Action::Export, "*").await?;
         if let ExportScope::Group(id) = &scope {
-            self.read(_ctx, "Group", id).await?;
+            self.read(ctx, "Group", id).await?;
         }
         if types.is_empty() && scope == ExportScope::System {
             types = self.defs.resource_types().to_vec();
+        }
+        if let Some(principal) = ctx.principal.as_deref() {
+            if types.is_empty() {
+                types = self.defs.resource_types().to_vec();
+                types.retain(|t| principal.scopes.allows(t, access::Perm::Read));
+            } else if let Some(t) = types.iter().find(|t| !principal.scopes.allows(t, access::Perm::Read)) {
+                let reason = format!("the access token's scopes do not allow exporting {t}");
+                return Err(self.deny(ctx, "export", entity, reason).await);
+            }
         }
         let job_id = new_id();
         let dir = self.config.export_dir.join(&job_id);
@@ -253,8 +264,12 @@ impl Engine {
             "status": "in-progress",
             "transactionTime": fhir::normalize::format_instant(now_ms()),
             "request": format!("{}/$export?{}", opts.base_url, crate::searchset::encode_params(params)),
-            "requiresAccessToken": false,
+            "requiresAccessToken": ctx.principal.is_some(),
+            "owner": ctx.principal.as_deref().map(|p| p.subject.clone()),
         });
+        if ctx.principal.is_some() {
+            self.audit.append(crate::audit::record(ctx, "export", "success", entity, Vec::new(), None)).await?;
+        }
         write_state(&dir, &state).map_err(io_error)?;
         let job = Job {
             store: self.store.clone(),
@@ -272,17 +287,14 @@ impl Engine {
     }
 
     /// Bulk Data status polling; `NotFound` for an unknown job.
-    pub async fn export_status(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<ExportStatus> {
-        let dir = job_dir(&self.config.export_dir, job_id)?;
-        let text =
-            std::fs::read(dir.join("job.json")).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
-        let state: Value =
-            serde_json::from_slice(&text).map_err(|_| EngineError::NotFound(format!("export job '{job_id}'")))?;
+    pub async fn export_status(&self, ctx: &Ctx, job_id: &str) -> EngineResult<ExportStatus> {
+        let state = self.export_job(ctx, job_id)?;
         Ok(match state["status"].as_str() {
             Some("complete") => {
                 let mut manifest = state.clone();
                 if let Some(o) = manifest.as_object_mut() {
                     o.remove("status");
+                    o.remove("owner");
                     o.insert("error".into(), json!([]));
                 }
                 ExportStatus::Complete { manifest }
@@ -298,7 +310,8 @@ impl Engine {
     }
 
     /// Path of one NDJSON output file of a finished job.
-    pub async fn export_file(&self, _ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<PathBuf> {
+    pub async fn export_file(&self, ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<PathBuf> {
+        self.export_job(ctx, job_id)?;
         let dir = job_dir(&self.config.export_dir, job_id)?;
         let Some(ty) = file_name.strip_suffix(".ndjson") else {
             return Err(EngineError::NotFound(format!("export file '{file_name}'")));
@@ -311,12 +324,25 @@ impl Engine {
     }
 
     /// Cancels a job and deletes its files (`DELETE` on the status URL).
-    pub async fn export_cancel(&self, _ctx: &Ctx, job_id: &str) -> EngineResult<()> {
+    pub async fn export_cancel(&self, ctx: &Ctx, job_id: &str) -> EngineResult<()> {
+        self.export_job(ctx, job_id)?;
         let dir = job_dir(&self.config.export_dir, job_id)?;
-        if !dir.exists() {
-            return Err(EngineError::NotFound(format!("export job '{job_id}'")));
-        }
         std::fs::remove_dir_all(&dir).map_err(io_error)
+    }
+
+    /// A job's state, if it exists and belongs to the caller (another caller's job reads as
+    /// unknown).
+    fn export_job(&self, ctx: &Ctx, job_id: &str) -> EngineResult<Value> {
+        let unknown = || EngineError::NotFound(format!("export job '{job_id}'"));
+        let dir = job_dir(&self.config.export_dir, job_id)?;
+        let text = std::fs::read(dir.join("job.json")).map_err(|_| unknown())?;
+        let state: Value = serde_json::from_slice(&text).map_err(|_| unknown())?;
+        if let Some(principal) = ctx.principal.as_deref()
+            && state["owner"].as_str() != Some(principal.subject.as_str())
+        {
+            return Err(unknown());
+        }
+        Ok(state)
     }
 }
 

@@ -4,6 +4,8 @@
 //! history, `Patient/$everything`, Bulk Data `$export`, `$validate` and the capability
 //! statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
 
+mod audit;
+mod authz;
 mod bundle;
 mod capability;
 mod crud;
@@ -112,12 +114,23 @@ pub struct Engine {
     /// two concurrent conditional creates with the same criteria would both create.
     /// One process; a multi-node deployment needs the database to arbitrate (see ARCHITECTURE.md).
     conditional: tokio::sync::Mutex<()>,
+    /// Group-committing appender of audit records for reads, searches and denials.
+    audit: audit::AuditSink,
+    /// Care relationships and residences, cached for policy decisions.
+    access: authz::AccessCache,
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn ResourceStore>, config: EngineConfig) -> Self {
         export::mark_interrupted(&config.export_dir);
-        Engine { store, defs: Definitions::r4(), config, conditional: tokio::sync::Mutex::new(()) }
+        Engine {
+            audit: audit::AuditSink::new(store.clone()),
+            store,
+            defs: Definitions::r4(),
+            config,
+            conditional: tokio::sync::Mutex::new(()),
+            access: authz::AccessCache::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ResourceStore> {

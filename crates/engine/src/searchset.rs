@@ -108,7 +108,8 @@ impl Engine {
         if let Some(t) = resource_type {
             self.check_type(t)?;
         }
-        let parsed = fhir::search::parse(self.defs, resource_type, params, &self.parse_options(opts.lenient))
+        let constrained = self.constrain_search(ctx, resource_type, params).await?;
+        let parsed = fhir::search::parse(self.defs, resource_type, &constrained, &self.parse_options(opts.lenient))
             .map_err(EngineError::BadRequest)?;
         let mut query = parsed.query;
         let count_only = query.summary == Some(SummaryMode::Count);
@@ -143,6 +144,11 @@ impl Engine {
             })
             .collect();
         let included = self.includes(ctx, &query, &page.resources).await?;
+        let included = self.visible(ctx, included).await?;
+        let entity = format!("{}?{}", resource_type.unwrap_or(""), encode_params(params));
+        let mut touched = page.resources.clone();
+        touched.extend(included.iter().cloned());
+        self.audit_search(ctx, "search", entity, &touched).await?;
         entries.extend(included.iter().map(|r| entry_json(base, r, r.body.as_deref().unwrap_or("{}"), "include")));
         if !parsed.warnings.is_empty() {
             entries.push(
@@ -340,10 +346,20 @@ impl Engine {
                 _ => {}
             }
         }
-        if let (Some(t), Some(i)) = (resource_type, id)
-            && self.store.read(ctx, t, i).await?.is_none()
-        {
-            return Err(EngineError::NotFound(format!("{t}/{i}")));
+        match (resource_type, id) {
+            (Some(t), Some(i)) => match self.store.read(ctx, t, i).await? {
+                None => return Err(EngineError::NotFound(format!("{t}/{i}"))),
+                Some(current) if current.deleted => {
+                    // The last version with content decides who may see the history.
+                    let versions = self.store.history(ctx, &HistoryQuery { count: 1000, ..query.clone() }).await?;
+                    match versions.resources.into_iter().find(|r| !r.deleted) {
+                        Some(last) => self.authorize_read(ctx, "history", &last).await?,
+                        None => self.authorize_bulk(ctx, access::Action::History, t).await?,
+                    }
+                }
+                Some(current) => self.authorize_read(ctx, "history", &current).await?,
+            },
+            (t, _) => self.authorize_bulk(ctx, access::Action::History, t.unwrap_or("*")).await?,
         }
         let page = self.store.history(ctx, &query).await?;
         let base = &opts.base_url;
@@ -467,6 +483,13 @@ impl Engine {
             walk_references(&body, &mut collect);
         }
         let shared = self.store.read_many(ctx, &wanted).await?;
+        let members = self.visible(ctx, members).await?;
+        let shared = self.visible(ctx, shared).await?;
+        if ctx.principal.is_some() {
+            let entity = format!("Patient/{patient_id}/$everything");
+            let record = crate::audit::record(ctx, "everything", "success", entity, vec![patient_id.to_string()], None);
+            self.audit.append(record).await?;
+        }
         let base = &opts.base_url;
         let entries: Vec<String> = members
             .iter()

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use store::audit;
 use store::{
-    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError,
+    StoreResult, StoredResource, WriteMethod, WriteOp,
 };
 use store_sql::rows::{self, Cell};
 use store_sql::{Dialect, SqlValue, schema};
@@ -261,46 +262,46 @@ fn now_ms() -> i64 {
 
 /// Writes the versions, index rows, compartments and outbox events of one commit.
 async fn write_ops(tx: &tokio_postgres::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()> {
-        let types: Vec<&str> = ops.iter().map(|o| o.resource_type.as_str()).collect();
-        let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
-        let current: HashMap<(String, String), (i64, i64)> = tx
-            .query(
-                "SELECT r.type, r.id, r.rid, r.version FROM resource r JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) \
+    let types: Vec<&str> = ops.iter().map(|o| o.resource_type.as_str()).collect();
+    let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+    let current: HashMap<(String, String), (i64, i64)> = tx
+        .query(
+            "SELECT r.type, r.id, r.rid, r.version FROM resource r JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) \
                  ON r.type = k.type AND r.id = k.id FOR UPDATE OF r",
-                &[&types, &ids],
-            )
-            .await
-            .map_err(backend)?
-            .into_iter()
-            .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
-            .collect();
-        for op in ops {
-            let actual = current.get(&(op.resource_type.clone(), op.id.clone())).map_or(0, |c| c.1);
-            if actual != op.version - 1 {
-                return Err(StoreError::VersionConflict {
-                    resource_type: op.resource_type.clone(),
-                    id: op.id.clone(),
-                    expected: op.version - 1,
-                    actual,
-                });
-            }
+            &[&types, &ids],
+        )
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+        .collect();
+    for op in ops {
+        let actual = current.get(&(op.resource_type.clone(), op.id.clone())).map_or(0, |c| c.1);
+        if actual != op.version - 1 {
+            return Err(StoreError::VersionConflict {
+                resource_type: op.resource_type.clone(),
+                id: op.id.clone(),
+                expected: op.version - 1,
+                actual,
+            });
         }
-        // New resources: one INSERT … RETURNING rid.
-        let new_ops: Vec<&WriteOp> =
-            ops.iter().filter(|o| !current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
-        let mut rids: HashMap<(String, String), i64> = current.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-        let column =
-            |f: &dyn Fn(&WriteOp) -> String, set: &[&WriteOp]| -> Vec<String> { set.iter().map(|o| f(o)).collect() };
-        let patient_key = |o: &WriteOp| o.compartments.first().cloned().unwrap_or_default();
-        if !new_ops.is_empty() {
-            let (t, i) = (column(&|o| o.resource_type.clone(), &new_ops), column(&|o| o.id.clone(), &new_ops));
-            let version: Vec<i64> = new_ops.iter().map(|o| o.version).collect();
-            let updated: Vec<i64> = new_ops.iter().map(|o| o.last_updated).collect();
-            let deleted: Vec<i16> = new_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
-            let method = column(&|o| o.method.code().to_string(), &new_ops);
-            let keys = column(&patient_key, &new_ops);
-            let bodies: Vec<Option<String>> = new_ops.iter().map(|o| o.body.clone()).collect();
-            let inserted = tx
+    }
+    // New resources: one INSERT … RETURNING rid.
+    let new_ops: Vec<&WriteOp> =
+        ops.iter().filter(|o| !current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
+    let mut rids: HashMap<(String, String), i64> = current.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    let column =
+        |f: &dyn Fn(&WriteOp) -> String, set: &[&WriteOp]| -> Vec<String> { set.iter().map(|o| f(o)).collect() };
+    let patient_key = |o: &WriteOp| o.compartments.first().cloned().unwrap_or_default();
+    if !new_ops.is_empty() {
+        let (t, i) = (column(&|o| o.resource_type.clone(), &new_ops), column(&|o| o.id.clone(), &new_ops));
+        let version: Vec<i64> = new_ops.iter().map(|o| o.version).collect();
+        let updated: Vec<i64> = new_ops.iter().map(|o| o.last_updated).collect();
+        let deleted: Vec<i16> = new_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+        let method = column(&|o| o.method.code().to_string(), &new_ops);
+        let keys = column(&patient_key, &new_ops);
+        let bodies: Vec<Option<String>> = new_ops.iter().map(|o| o.body.clone()).collect();
+        let inserted = tx
                 .query(
                     "INSERT INTO resource (type, id, version, last_updated, deleted, method, patient_key, body) \
                      SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::smallint[], $6::text[], \
@@ -308,44 +309,44 @@ async fn write_ops(tx: &tokio_postgres::Transaction<'_>, ops: &[WriteOp]) -> Sto
                     &[&t, &i, &version, &updated, &deleted, &method, &keys, &bodies],
                 )
                 .await;
-            match inserted {
-                Ok(rows) => {
-                    for row in rows {
-                        rids.insert((row.get(0), row.get(1)), row.get(2));
-                    }
+        match inserted {
+            Ok(rows) => {
+                for row in rows {
+                    rids.insert((row.get(0), row.get(1)), row.get(2));
                 }
-                Err(e) if is_unique_violation(&e) => {
-                    let op = new_ops[0];
-                    return Err(StoreError::VersionConflict {
-                        resource_type: op.resource_type.clone(),
-                        id: op.id.clone(),
-                        expected: 0,
-                        actual: 1,
-                    });
-                }
-                Err(e) => return Err(backend(e)),
             }
+            Err(e) if is_unique_violation(&e) => {
+                let op = new_ops[0];
+                return Err(StoreError::VersionConflict {
+                    resource_type: op.resource_type.clone(),
+                    id: op.id.clone(),
+                    expected: 0,
+                    actual: 1,
+                });
+            }
+            Err(e) => return Err(backend(e)),
         }
-        // Existing resources: one UPDATE … FROM UNNEST, then clear their index rows.
-        let old_ops: Vec<&WriteOp> =
-            ops.iter().filter(|o| current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
-        if !old_ops.is_empty() {
-            let rid: Vec<i64> = old_ops.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
-            let version: Vec<i64> = old_ops.iter().map(|o| o.version).collect();
-            let updated: Vec<i64> = old_ops.iter().map(|o| o.last_updated).collect();
-            let deleted: Vec<i16> = old_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
-            let method = column(&|o| o.method.code().to_string(), &old_ops);
-            let keys = column(&patient_key, &old_ops);
-            let bodies: Vec<Option<String>> = old_ops.iter().map(|o| o.body.clone()).collect();
-            // The current versions' JSON lives only in `resource`; keep it in history first.
-            tx.execute(
-                "UPDATE resource_history h SET body = r.body FROM resource r \
+    }
+    // Existing resources: one UPDATE … FROM UNNEST, then clear their index rows.
+    let old_ops: Vec<&WriteOp> =
+        ops.iter().filter(|o| current.contains_key(&(o.resource_type.clone(), o.id.clone()))).collect();
+    if !old_ops.is_empty() {
+        let rid: Vec<i64> = old_ops.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
+        let version: Vec<i64> = old_ops.iter().map(|o| o.version).collect();
+        let updated: Vec<i64> = old_ops.iter().map(|o| o.last_updated).collect();
+        let deleted: Vec<i16> = old_ops.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+        let method = column(&|o| o.method.code().to_string(), &old_ops);
+        let keys = column(&patient_key, &old_ops);
+        let bodies: Vec<Option<String>> = old_ops.iter().map(|o| o.body.clone()).collect();
+        // The current versions' JSON lives only in `resource`; keep it in history first.
+        tx.execute(
+            "UPDATE resource_history h SET body = r.body FROM resource r \
                  WHERE r.rid = ANY($1) AND h.rid = r.rid AND h.version = r.version",
-                &[&rid],
-            )
-            .await
-            .map_err(backend)?;
-            tx.execute(
+            &[&rid],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
                 "UPDATE resource r SET version = u.version, last_updated = u.last_updated, deleted = u.deleted, \
                  method = u.method, patient_key = u.patient_key, body = u.body FROM UNNEST($1::bigint[], $2::bigint[], \
                  $3::bigint[], $4::smallint[], $5::text[], $6::text[], $7::text[]) AS u(rid, version, last_updated, deleted, \
@@ -354,68 +355,68 @@ async fn write_ops(tx: &tokio_postgres::Transaction<'_>, ops: &[WriteOp]) -> Sto
             )
             .await
             .map_err(backend)?;
-            for table in schema::INDEX_TABLES.iter().chain(["compartment"].iter()) {
-                tx.execute(&format!("DELETE FROM {table} WHERE rid = ANY($1)"), &[&rid]).await.map_err(backend)?;
-            }
+        for table in schema::INDEX_TABLES.iter().chain(["compartment"].iter()) {
+            tx.execute(&format!("DELETE FROM {table} WHERE rid = ANY($1)"), &[&rid]).await.map_err(backend)?;
         }
-        // History, index rows, compartments, outbox.
-        let all: Vec<&WriteOp> = ops.iter().collect();
-        let rid: Vec<i64> = all.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
-        let version: Vec<i64> = all.iter().map(|o| o.version).collect();
-        let t = column(&|o| o.resource_type.clone(), &all);
-        let i = column(&|o| o.id.clone(), &all);
-        let updated: Vec<i64> = all.iter().map(|o| o.last_updated).collect();
-        let deleted: Vec<i16> = all.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
-        let method = column(&|o| o.method.code().to_string(), &all);
-        let keys = column(&patient_key, &all);
-        tx.execute(
-            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key) \
+    }
+    // History, index rows, compartments, outbox.
+    let all: Vec<&WriteOp> = ops.iter().collect();
+    let rid: Vec<i64> = all.iter().map(|o| rids[&(o.resource_type.clone(), o.id.clone())]).collect();
+    let version: Vec<i64> = all.iter().map(|o| o.version).collect();
+    let t = column(&|o| o.resource_type.clone(), &all);
+    let i = column(&|o| o.id.clone(), &all);
+    let updated: Vec<i64> = all.iter().map(|o| o.last_updated).collect();
+    let deleted: Vec<i16> = all.iter().map(|o| i16::from(o.method == WriteMethod::Delete)).collect();
+    let method = column(&|o| o.method.code().to_string(), &all);
+    let keys = column(&patient_key, &all);
+    tx.execute(
+        "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key) \
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::smallint[], \
              $7::text[], $8::text[])",
-            &[&rid, &version, &t, &i, &updated, &deleted, &method, &keys],
-        )
-        .await
-        .map_err(backend)?;
-        let mut tables: HashMap<&'static str, Columns> = HashMap::new();
-        let (mut comp_key, mut comp_rid) = (Vec::new(), Vec::new());
-        for (op, rid) in ops.iter().zip(&rid) {
-            if op.method == WriteMethod::Delete {
-                continue;
-            }
-            let key = patient_key(op);
-            for (n, entry) in op.index.iter().enumerate() {
-                if let Some(row) = rows::row(entry) {
-                    tables.entry(row.table).or_default().push(*rid, &op.resource_type, n, &row, &key);
-                }
-            }
-            let mut seen = std::collections::HashSet::new();
-            for p in &op.compartments {
-                if seen.insert(p) {
-                    comp_key.push(p.clone());
-                    comp_rid.push(*rid);
-                }
+        &[&rid, &version, &t, &i, &updated, &deleted, &method, &keys],
+    )
+    .await
+    .map_err(backend)?;
+    let mut tables: HashMap<&'static str, Columns> = HashMap::new();
+    let (mut comp_key, mut comp_rid) = (Vec::new(), Vec::new());
+    for (op, rid) in ops.iter().zip(&rid) {
+        if op.method == WriteMethod::Delete {
+            continue;
+        }
+        let key = patient_key(op);
+        for (n, entry) in op.index.iter().enumerate() {
+            if let Some(row) = rows::row(entry) {
+                tables.entry(row.table).or_default().push(*rid, &op.resource_type, n, &row, &key);
             }
         }
-        for (table, columns) in &tables {
-            columns.insert(&tx, table).await?;
+        let mut seen = std::collections::HashSet::new();
+        for p in &op.compartments {
+            if seen.insert(p) {
+                comp_key.push(p.clone());
+                comp_rid.push(*rid);
+            }
         }
-        if !comp_rid.is_empty() {
-            tx.execute(
+    }
+    for (table, columns) in &tables {
+        columns.insert(tx, table).await?;
+    }
+    if !comp_rid.is_empty() {
+        tx.execute(
                 "INSERT INTO compartment (patient_key, rid) SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
                 &[&comp_key, &comp_rid],
             )
             .await
             .map_err(backend)?;
-        }
-        tx.execute(
-            "INSERT INTO outbox (type, id, version, method, last_updated) \
+    }
+    tx.execute(
+        "INSERT INTO outbox (type, id, version, method, last_updated) \
              SELECT t, i, v, m, u FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[]) \
              WITH ORDINALITY AS x(t, i, v, m, u, n) ORDER BY n",
-            &[&t, &i, &version, &method, &updated],
-        )
-        .await
-        .map_err(backend)?;
-        Ok(())
+        &[&t, &i, &version, &method, &updated],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// Appends audit records after the current head. The transaction-scoped advisory lock

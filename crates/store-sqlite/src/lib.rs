@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use store::audit;
 use store::{
-    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError, StoreResult, StoredResource, WriteMethod, WriteOp,
+    AuditCheckpoint, AuditEntry, AuditRecord, Ctx, HistoryQuery, OutboxEvent, Page, ResourceStore, StoreError,
+    StoreResult, StoredResource, WriteMethod, WriteOp,
 };
 use store_sql::rows::{self, Cell};
 use store_sql::{Dialect, SqlValue, schema};
@@ -398,7 +399,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn audit_head(&self) -> StoreResult<(i64, String)> {
-        self.read_with(|conn| audit_head(conn)).await
+        self.read_with(audit_head).await
     }
 
     async fn audit_checkpoint_put(&self, cp: &AuditCheckpoint) -> StoreResult<()> {
@@ -505,7 +506,8 @@ impl ResourceStore for SqliteStore {
         let (kind, id) = (kind.to_string(), id.to_string());
         self.write_with(move |conn| {
             let tx = conn.transaction().map_err(backend)?;
-            tx.execute("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2", params![kind, id]).map_err(backend)?;
+            tx.execute("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2", params![kind, id])
+                .map_err(backend)?;
             let n = tx
                 .execute("DELETE FROM security_object WHERE kind = ?1 AND id = ?2", params![kind, id])
                 .map_err(backend)?;
@@ -521,7 +523,8 @@ impl ResourceStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached("SELECT id, body FROM security_object WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
                 .map_err(backend)?;
-            let rows = stmt.query_map(params![kind, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            let rows =
+                stmt.query_map(params![kind, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await

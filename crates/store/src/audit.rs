@@ -202,7 +202,11 @@ impl Verifier {
         if entry.seq > expected_seq {
             self.findings.push(Finding::Missing { from: expected_seq, to: entry.seq - 1 });
         } else if entry.prev_hash != expected_prev {
-            let follows = if entry.prev_hash == GENESIS_HASH { Some(0) } else { self.by_hash.get(&key(&entry.prev_hash)).copied() };
+            let follows = if entry.prev_hash == GENESIS_HASH {
+                Some(0)
+            } else {
+                self.by_hash.get(&key(&entry.prev_hash)).copied()
+            };
             if follows.is_none() {
                 self.pending.push((entry.seq, entry.prev_hash.clone()));
             }
@@ -356,7 +360,10 @@ mod tests {
         assert!(matches!(v.findings.as_slice(), [Finding::BadCheckpoint { seq: 6, .. }]), "{:?}", v.findings);
 
         // A forged signature is reported; a good one covers the chain.
-        let mut v = Verifier::new(vec![cp(2, &entries[1].hash), AuditCheckpoint { signature: "forged".into(), ..cp(3, &entries[2].hash) }], |c| c.signature == "ok");
+        let mut v = Verifier::new(
+            vec![cp(2, &entries[1].hash), AuditCheckpoint { signature: "forged".into(), ..cp(3, &entries[2].hash) }],
+            |c| c.signature == "ok",
+        );
         entries.iter().for_each(|e| v.push(e));
         v.finish();
         assert_eq!(v.last_checkpoint, Some(2));

@@ -585,7 +585,10 @@ pub async fn audit_chain_in_the_write_transaction(store: Arc<dyn ResourceStore>)
         .commit_audited(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])], vec![audit_record("create", &["p1"])])
         .await
         .unwrap();
-    store.commit_audited(&ctx(), vec![], vec![audit_record("read", &["p1"]), audit_record("search", &[])]).await.unwrap();
+    store
+        .commit_audited(&ctx(), vec![], vec![audit_record("read", &["p1"]), audit_record("search", &[])])
+        .await
+        .unwrap();
     // A rejected write leaves no audit entry behind (same transaction).
     let err = store
         .commit_audited(&ctx(), vec![op("Patient", "p1", 1, vec![], &["p1"])], vec![audit_record("update", &["p1"])])
@@ -624,7 +627,11 @@ pub async fn audit_concurrent_appends_chain(store: Arc<dyn ResourceStore>) {
             for i in 0..10 {
                 let p = format!("p{t}-{i}");
                 store
-                    .commit_audited(&ctx(), vec![op("Patient", &p, 1, vec![], &[&p])], vec![audit_record("create", &[&p])])
+                    .commit_audited(
+                        &ctx(),
+                        vec![op("Patient", &p, 1, vec![], &[&p])],
+                        vec![audit_record("create", &[&p])],
+                    )
                     .await
                     .unwrap();
             }

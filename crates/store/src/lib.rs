@@ -21,11 +21,21 @@ use fhir::search::SearchQuery;
 pub struct Ctx {
     /// Correlates log lines and audit records with the HTTP request.
     pub request_id: String,
+    /// Who is asking. `None` only for the platform's own work started from its command line
+    /// (import, demo data, benchmarks), never for a network request: the API always sets it.
+    pub principal: Option<std::sync::Arc<access::Principal>>,
+    /// The network address the request came from (for the audit trail).
+    pub source: Option<String>,
 }
 
 impl Ctx {
     pub fn system() -> Self {
-        Ctx { request_id: "system".to_string() }
+        Ctx { request_id: "system".to_string(), principal: None, source: None }
+    }
+
+    /// A request context for an authenticated principal.
+    pub fn for_principal(request_id: String, principal: access::Principal, source: Option<String>) -> Self {
+        Ctx { request_id, principal: Some(std::sync::Arc::new(principal)), source }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Engine behaviour over a real SQLite store.
 
+mod authz;
 mod ground_truth;
 
 use std::sync::Arc;
