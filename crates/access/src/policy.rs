@@ -149,8 +149,15 @@ pub const OPERATOR_TYPES: &[&str] = &[
 ];
 
 /// What a resident may write in their own compartments.
-pub const RESIDENT_WRITABLE: &[&str] =
-    &["Patient", "Consent", "QuestionnaireResponse", "Observation", "Appointment", "Communication", "DocumentReference"];
+pub const RESIDENT_WRITABLE: &[&str] = &[
+    "Patient",
+    "Consent",
+    "QuestionnaireResponse",
+    "Observation",
+    "Appointment",
+    "Communication",
+    "DocumentReference",
+];
 
 /// What an insurer may read.
 pub const INSURER_READABLE: &[&str] = &[
@@ -178,8 +185,14 @@ const CARE_STARTING: &[&str] = &["Patient", "Encounter", "EpisodeOfCare"];
 const NOT_FOR_NURSES: &[&str] = &["MedicationRequest", "ServiceRequest", "DiagnosticReport"];
 
 /// Types a pharmacist may write.
-const PHARMACIST_WRITABLE: &[&str] =
-    &["MedicationDispense", "MedicationAdministration", "MedicationStatement", "Task", "Communication", "DetectedIssue"];
+const PHARMACIST_WRITABLE: &[&str] = &[
+    "MedicationDispense",
+    "MedicationAdministration",
+    "MedicationStatement",
+    "Task",
+    "Communication",
+    "DetectedIssue",
+];
 
 /// Types a CDC officer may write (case investigation and follow-up tasks).
 const CDC_WRITABLE: &[&str] = &["Task", "Communication", "DetectedIssue"];
@@ -235,9 +248,7 @@ pub fn decide(principal: &Principal, action: Action, facts: &Facts<'_>, rel: &Re
     }
     if !facts.patient_data {
         return if action.is_write() {
-            Decision::deny(format!(
-                "{ty} is shared reference data: it is maintained by operators and system clients"
-            ))
+            Decision::deny(format!("{ty} is shared reference data: it is maintained by operators and system clients"))
         } else {
             Decision::permit("shared reference data")
         };
@@ -300,7 +311,9 @@ pub fn decide(principal: &Principal, action: Action, facts: &Facts<'_>, rel: &Re
             let blocked: Vec<&String> = sensitive.iter().copied().filter(|l| !allowed.contains(l)).collect();
             if !blocked.is_empty() {
                 return match glass {
-                    Some(_) => Decision { permit: true, reason: "break-glass (sensitive data)".into(), break_glass: true },
+                    Some(_) => {
+                        Decision { permit: true, reason: "break-glass (sensitive data)".into(), break_glass: true }
+                    }
                     None => Decision::deny(format!(
                         "this {ty} is level-5 sensitive data ({}): it needs the resident's explicit consent for that \
                          class, or break-glass with a reason",
@@ -373,9 +386,7 @@ pub fn search_constraint(
     uses_has: bool,
 ) -> SearchConstraint {
     if !principal.scopes.allows(resource_type, Perm::Search) {
-        return SearchConstraint::Deny(format!(
-            "the access token's scopes do not allow searching {resource_type}"
-        ));
+        return SearchConstraint::Deny(format!("the access token's scopes do not allow searching {resource_type}"));
     }
     let role = principal.role;
     match role {
@@ -415,7 +426,9 @@ pub fn search_constraint(
         r if r.is_clinical() => SearchConstraint::WithinPatient,
         Role::CdcOfficer | Role::Insurer | Role::Regulator => {
             if role == Role::Insurer && !INSURER_READABLE.contains(&resource_type) {
-                return SearchConstraint::Deny(format!("insurers read payment-relevant records only, not {resource_type}"));
+                return SearchConstraint::Deny(format!(
+                    "insurers read payment-relevant records only, not {resource_type}"
+                ));
             }
             let Some(prefix) = principal.region_prefix() else {
                 return SearchConstraint::Deny("your account has no region (GB/T 2260 division) assigned".into());

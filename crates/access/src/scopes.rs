@@ -154,8 +154,7 @@ impl Scopes {
                     .resources
                     .iter()
                     .filter(|c| {
-                        c.context == s.context
-                            && (c.resource_type.is_none() || c.resource_type == s.resource_type)
+                        c.context == s.context && (c.resource_type.is_none() || c.resource_type == s.resource_type)
                     })
                     .fold(0, |acc, c| acc | c.perms);
                 let perms = s.perms & allowed;

@@ -135,9 +135,7 @@ mod tests {
 
     #[test]
     fn icd10_codes_imply_classes() {
-        let condition = |code: &str| {
-            json!({"resourceType": "Condition", "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]}})
-        };
+        let condition = |code: &str| json!({"resourceType": "Condition", "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]}});
         assert_eq!(classify(&condition("F32.1")), ["PSY"]);
         assert_eq!(classify(&condition("F10.2")), ["ETH"]);
         assert_eq!(classify(&condition("B20")), ["HIV"]);
@@ -146,7 +144,8 @@ mod tests {
         assert_eq!(classify(&condition("Q90.9")), ["GDIS"]);
         assert!(classify(&condition("I10")).is_empty(), "hypertension is ordinary");
         assert!(classify(&condition("E11.9")).is_empty());
-        let loinc = json!({"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "F32"}]}});
+        let loinc =
+            json!({"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "F32"}]}});
         assert!(classify(&loinc).is_empty(), "only ICD-10 systems are read as ICD-10");
     }
 

@@ -29,7 +29,9 @@ fn relationship(case: &str) -> Relationship {
     match case {
         "related" | "glass-related" => Relationship { care: true, ..Default::default() },
         "consent" => Relationship { consent_permit: true, ..Default::default() },
-        "consent-psy" => Relationship { consent_permit: true, consent_classes: vec!["PSY".into()], ..Default::default() },
+        "consent-psy" => {
+            Relationship { consent_permit: true, consent_classes: vec!["PSY".into()], ..Default::default() }
+        }
         "refused" => Relationship { care: true, consent_deny: true, ..Default::default() },
         _ => Relationship::default(),
     }
@@ -153,8 +155,7 @@ fn scopes_bound_every_role() {
     let mut p = principal(Role::System, "any");
     p.scopes = Scopes::parse("system/Patient.rs").unwrap();
     let patients = vec!["p1".to_string()];
-    let facts =
-        |ty| Facts { resource_type: ty, patient_data: true, patients: &patients, labels: &[], region: None };
+    let facts = |ty| Facts { resource_type: ty, patient_data: true, patients: &patients, labels: &[], region: None };
     assert!(decide(&p, Action::Read, &facts("Patient"), &Relationship::default()).permit);
     let denied = decide(&p, Action::Read, &facts("Observation"), &Relationship::default());
     assert!(!denied.permit && denied.reason.contains("scopes"), "{denied:?}");
