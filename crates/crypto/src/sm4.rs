@@ -64,7 +64,6 @@ pub fn open(key: &Sm4Key, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoEr
 mod tests {
     use super::*;
     use sm4::cipher::BlockEncrypt;
-    use sm4::cipher::KeyInit as _;
 
     fn h(s: &str) -> Vec<u8> {
         crate::unhex(s).unwrap()
