@@ -7,6 +7,7 @@
 //! in `engine`.
 
 pub mod error;
+pub mod security;
 
 use std::sync::Arc;
 
@@ -30,17 +31,21 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// The public FHIR base URL (e.g. behind a proxy); by default `http://{Host}/fhir`.
     pub base_url: Option<String>,
+    /// Require an access token (always, except in `hutong bench search --no-auth`, which
+    /// measures the cost of authorization and audit against this baseline).
+    pub authenticate: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None }
+        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None, authenticate: true }
     }
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub auth: Arc<auth::Auth>,
     pub config: ApiConfig,
 }
 
@@ -48,6 +53,14 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/oauth2/token", axum::routing::post(security::token))
+        .route("/oauth2/sms-code", axum::routing::post(security::sms_code))
+        .route("/oauth2/introspect", axum::routing::post(security::introspect))
+        .route("/oauth2/revoke", axum::routing::post(security::revoke))
+        .route("/.well-known/smart-configuration", get(security::smart_configuration))
+        .route("/fhir/.well-known/smart-configuration", get(security::smart_configuration))
+        .route("/audit/patient/{id}", get(security::patient_log))
+        .route("/audit/log", get(security::log))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))
@@ -59,7 +72,7 @@ pub fn router(state: AppState) -> Router {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.config.base_url {
         return base.trim_end_matches('/').to_string();
     }
@@ -234,6 +247,19 @@ pub async fn fhir_handler(State(state): State<AppState>, request: Request) -> Re
 }
 
 async fn dispatch(state: AppState, request: Request) -> ApiResult {
+    // The capability statement is public (clients discover the security services from it);
+    // everything else needs a valid access token.
+    let public = (request.method() == Method::GET
+        && matches!(request.uri().path(), "/fhir/metadata" | "/fhir/metadata/"))
+        || !state.config.authenticate;
+    let ctx = if public {
+        Ctx { request_id: uuid::Uuid::new_v4().to_string(), ..Ctx::default() }
+    } else {
+        match security::authenticate(&state, &request).await {
+            Ok(ctx) => ctx,
+            Err(response) => return Ok(response),
+        }
+    };
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let headers = parts.headers;
@@ -260,7 +286,6 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         if_none_exist: header_str(&headers, "if-none-exist").map(str::to_string),
         return_preference,
     };
-    let ctx = Ctx { request_id: uuid::Uuid::new_v4().to_string(), ..Ctx::default() };
     let engine = &state.engine;
     let segments: Vec<String> =
         path.trim_start_matches("/fhir").split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();

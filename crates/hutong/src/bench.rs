@@ -58,6 +58,11 @@ pub enum BenchCommand {
         /// 10% $everything).
         #[arg(long)]
         only: Option<String>,
+        /// Measure without authorization and audit (the baseline the security layer's cost is
+        /// measured against); by default every request carries a system client's token and is
+        /// decided and audited as in production.
+        #[arg(long)]
+        no_auth: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -68,8 +73,8 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, store } => {
             ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), store).await
         }
-        BenchCommand::Search { clients, seconds, everything, only, store } => {
-            search(clients, seconds, everything, only, store).await
+        BenchCommand::Search { clients, seconds, everything, only, no_auth, store } => {
+            search(clients, seconds, everything, only, no_auth, store).await
         }
     }
 }
@@ -231,6 +236,7 @@ async fn search(
     seconds: u64,
     everything: Option<String>,
     only: Option<String>,
+    no_auth: bool,
     args: StoreArgs,
 ) -> anyhow::Result<()> {
     let only = match only.as_deref() {
@@ -243,7 +249,22 @@ async fn search(
         Some(other) => anyhow::bail!("--only {other}: use read, identifier, observation, encounter or everything"),
     };
     let store = open_store(&args).await?;
-    let engine = Arc::new(engine_for(store, &args));
+    let engine = Arc::new(engine_for(store.clone(), &args));
+    let auth = Arc::new(auth::Auth::new(
+        store,
+        Arc::new(crypto::KeyRing::ephemeral()),
+        auth::AuthConfig::default(),
+        Arc::new(auth::FileSms::new(std::env::temp_dir().join("hutong-bench-sms.txt"))),
+    ));
+    let (client_id, secret) = auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let form: std::collections::HashMap<String, String> = [
+        ("grant_type".to_string(), "client_credentials".to_string()),
+        ("client_id".to_string(), client_id),
+        ("client_secret".to_string(), secret),
+    ]
+    .into();
+    let token = auth.token(&form, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bearer = Arc::new(format!("Bearer {}", token["access_token"].as_str().unwrap_or_default()));
     let ctx = Ctx::system();
     let opts = engine::RequestOptions {
         base_url: "urn:bench".into(),
@@ -269,7 +290,13 @@ async fn search(
     let total = sample["total"].as_u64().unwrap_or(0);
     println!("store: {} backend, {total} Patients; {clients} clients for {seconds} s", engine.store().backend());
 
-    let app = api::router(api::AppState { engine, config: api::ApiConfig::default() });
+    println!(
+        "authorization and audit: {}",
+        if no_auth { "OFF (baseline)" } else { "on (system client token, every request decided and audited)" }
+    );
+    let audit_before = engine.store().audit_head().await?.0;
+    let config = api::ApiConfig { authenticate: !no_auth, ..api::ApiConfig::default() };
+    let app = api::router(api::AppState { engine: engine.clone(), auth, config });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -282,7 +309,7 @@ async fn search(
     let patients = Arc::new(patients);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, stop, patients) = (client.clone(), stop.clone(), patients.clone());
+        let (client, stop, patients, bearer) = (client.clone(), stop.clone(), patients.clone(), bearer.clone());
         tasks.push(tokio::spawn(async move {
             let mut results: Vec<(Kind, Duration, bool)> = Vec::new();
             let mut n = c;
@@ -310,7 +337,11 @@ async fn search(
                     Err(_) => continue,
                 };
                 let started = Instant::now();
-                let ok = match client.get(uri).await {
+                let request = match hyper::Request::get(uri).header("authorization", bearer.as_str()).body(Empty::new()) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
+                let ok = match client.request(request).await {
                     Ok(resp) => {
                         let status = resp.status();
                         resp.into_body().collect().await.is_ok() && status.is_success()
@@ -348,13 +379,15 @@ async fn search(
         );
     }
     println!("resident memory: {:.0} MB", rss_mb());
+    println!("audit entries appended: {}", engine.store().audit_head().await?.0 - audit_before);
     if let Some(id) = everything {
         let mut lat = Vec::new();
         let mut entries = 0;
         for _ in 0..50 {
             let uri: hyper::Uri = format!("http://{addr}/fhir/Patient/{id}/$everything").parse()?;
             let started = Instant::now();
-            let resp = client.get(uri).await?;
+            let request = hyper::Request::get(uri).header("authorization", bearer.as_str()).body(Empty::new())?;
+            let resp = client.request(request).await?;
             let body = resp.into_body().collect().await?.to_bytes();
             lat.push(started.elapsed());
             let bundle: Value = serde_json::from_slice(&body)?;

@@ -1,4 +1,4 @@
-//! The `hutong` binary: `serve`, `import` and `bench`.
+//! The `hutong` binary: `serve`, `import`, `bench`, `admin` and `audit`.
 
 /// mimalloc: the write path allocates many small JSON nodes and strings; glibc malloc spent a
 /// fifth of ingest time in malloc/free (perf), mimalloc much less.
@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod demo;
 mod import;
+mod security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ enum Command {
         /// Public FHIR base URL, when the server runs behind a proxy.
         #[arg(long, env = "HUTONG_BASE_URL")]
         base_url: Option<String>,
+        #[command(flatten)]
+        keys: security::KeyArgs,
     },
     /// Import FHIR Bundles, resources and NDJSON files or folders (idempotent, resumable).
     Import {
@@ -67,6 +70,16 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: bench::BenchCommand,
+    },
+    /// Accounts and clients (for operators and scripts; same --data/--database as the server).
+    Admin {
+        #[command(subcommand)]
+        which: security::AdminCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        which: security::AuditCommand,
     },
 }
 
@@ -131,11 +144,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, store, demo, max_body_bytes, base_url } => {
+        Command::Serve { listen, store, demo, max_body_bytes, base_url, keys } => {
             let addr: SocketAddr =
                 listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
             let backend = open_store(&store).await?;
-            let engine = Arc::new(engine_for(backend, &store));
+            let ring = security::key_ring(&store, &keys)?;
+            let auth = security::auth_service(backend.clone(), &store, ring.clone())?;
+            let engine = Arc::new(engine_for(backend.clone(), &store));
             if demo {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
@@ -143,14 +158,35 @@ async fn main() -> anyhow::Result<()> {
                         "Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents)"
                     );
                 }
+                security::demo_accounts(&auth, &engine, &store.data).await?;
+                println!(
+                    "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, cdc, insurer, \
+                     regulator, operator, auditor; demo system client in {}",
+                    store.data.join("demo-client.json").display()
+                );
             }
-            let app = api::router(api::AppState { engine, config: api::ApiConfig { max_body_bytes, base_url } });
+            // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head.
+            let (sealing_store, sealing_keys) = (backend.clone(), ring.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = auth::audit::checkpoint(&sealing_store, &sealing_keys).await {
+                        tracing::warn!(error = %e, "could not sign an audit checkpoint");
+                    }
+                }
+            });
+            let config = api::ApiConfig { max_body_bytes, base_url, ..api::ApiConfig::default() };
+            let app = api::router(api::AppState { engine, auth, config });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
             let local = listener.local_addr()?;
             println!("Hutong FHIR server listening on http://{local}/fhir");
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            let _ = auth::audit::checkpoint(&backend, &ring).await;
             Ok(())
         }
         Command::Import { paths, store } => {
@@ -177,5 +213,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench { which } => bench::run(which).await,
+        Command::Admin { which } => security::admin(which).await,
+        Command::Audit { which } => security::audit(which).await,
     }
 }

@@ -11,21 +11,45 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod security;
+
 struct TestApp {
     app: axum::Router,
-    _dir: tempfile::TempDir,
+    auth: Arc<auth::Auth>,
+    /// `Bearer …` of a system client with `system/*.*`, added to requests that carry none.
+    bearer: String,
+    dir: tempfile::TempDir,
 }
 
-fn app(max_body_bytes: usize) -> TestApp {
+async fn app(max_body_bytes: usize) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
-    let engine =
-        Arc::new(Engine::new(store, EngineConfig { export_dir: dir.path().join("export"), ..EngineConfig::default() }));
-    let app = router(AppState { engine, config: ApiConfig { max_body_bytes, base_url: None } });
-    TestApp { app, _dir: dir }
+    let store: Arc<dyn store::ResourceStore> = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        EngineConfig { export_dir: dir.path().join("export"), ..EngineConfig::default() },
+    ));
+    let auth = Arc::new(auth::Auth::new(
+        store,
+        Arc::new(crypto::KeyRing::ephemeral()),
+        auth::AuthConfig::default(),
+        Arc::new(auth::FileSms::new(dir.path().join("sms.txt"))),
+    ));
+    let (id, secret) = auth.create_client("tests", "system/*.*", None, None).await.unwrap();
+    let form = [("grant_type", "client_credentials"), ("client_id", id.as_str()), ("client_secret", secret.as_str())]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let token = auth.token(&form, None, None).await.unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let config = ApiConfig { max_body_bytes, ..ApiConfig::default() };
+    let app = router(AppState { engine, auth: auth.clone(), config });
+    TestApp { app, auth, bearer, dir }
 }
 
-async fn send(app: &TestApp, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+async fn send(app: &TestApp, mut request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        request.headers_mut().insert(header::AUTHORIZATION, app.bearer.parse().unwrap());
+    }
     let response = app.app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -52,7 +76,7 @@ fn assert_outcome(body: &Value, words: &str) {
 
 #[tokio::test]
 async fn create_read_update_with_http_semantics() {
-    let app = app(1 << 20);
+    let app = app(1 << 20).await;
     let patient = json!({"resourceType": "Patient", "name": [{"family": "黄"}]}).to_string();
     let (status, headers, body) = send(&app, req("POST", "/fhir/Patient", FHIR, &patient)).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -118,7 +142,7 @@ async fn create_read_update_with_http_semantics() {
 
 #[tokio::test]
 async fn bad_input_is_an_operation_outcome_with_the_right_status() {
-    let app = app(256);
+    let app = app(256).await;
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (req("POST", "/fhir/Patient", FHIR, "{oops"), StatusCode::BAD_REQUEST, "not valid JSON"),
         (
@@ -197,7 +221,7 @@ async fn bad_input_is_an_operation_outcome_with_the_right_status() {
 
 #[tokio::test]
 async fn search_post_search_history_lenient_and_export() {
-    let app = app(1 << 20);
+    let app = app(1 << 20).await;
     for family in ["林", "林", "郭"] {
         let body = json!({"resourceType": "Patient", "name": [{"family": family}]}).to_string();
         assert_eq!(send(&app, req("POST", "/fhir/Patient", FHIR, &body)).await.0, StatusCode::CREATED);
@@ -240,7 +264,11 @@ async fn search_post_search_history_lenient_and_export() {
     };
     let url = manifest["output"][0]["url"].as_str().unwrap();
     let file_path = &url[url.find("/fhir/").unwrap()..];
-    let response = app.app.clone().oneshot(req("GET", file_path, None, "")).await.unwrap();
+    let unauthenticated = app.app.clone().oneshot(req("GET", file_path, None, "")).await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED, "export files need the token too");
+    let mut file = req("GET", file_path, None, "");
+    file.headers_mut().insert(header::AUTHORIZATION, app.bearer.parse().unwrap());
+    let response = app.app.clone().oneshot(file).await.unwrap();
     assert_eq!(response.headers()[header::CONTENT_TYPE], "application/fhir+ndjson");
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&bytes).lines().count(), 3);

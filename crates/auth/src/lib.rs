@@ -1,0 +1,794 @@
+//! Identities and sessions (DESIGN.md §4, issue 3): who may call the platform and how they prove
+//! it.
+//!
+//! - **Residents** are real-name accounts: a name and a GB 11643 ID number (checked), a phone,
+//!   and a password or a one-time code sent by SMS. They act for their own Patient records and
+//!   their dependants' (guardians).
+//! - **Staff** (doctors, nurses, pharmacists, CDC officers, insurers, regulators, operators,
+//!   auditors) log in with a password **and** a TOTP code (two factors, one cryptographic: 等保
+//!   level 3); their account names their Practitioner, organization and region.
+//! - **System clients** (hospital systems, other platform nodes) use the OAuth2
+//!   client-credentials grant with a secret and get `system/` scopes up to their ceiling.
+//!
+//! Tokens are opaque random strings (256 bits); the store keeps only their SM3 hash, so a
+//! database dump yields no usable token. Access tokens live [`AuthConfig::access_ttl`] and die
+//! after [`AuthConfig::idle_timeout`] without use; refresh tokens rotate on use. Revocation is
+//! immediate in the process that revokes and within [`CACHE_TTL`] in others. Repeated failed
+//! logins lock an account for [`AuthConfig::lockout`].
+//!
+//! Sensitive identifiers (ID number, phone, TOTP secret) are stored SM4-encrypted with a keyed
+//! blind index for exact lookup (`crypto::KeyRing`). Every authentication attempt, grant,
+//! refresh and revocation is written to the audit log.
+
+pub mod audit;
+pub mod sms;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use access::{Principal, Role, Scopes};
+use crypto::KeyRing;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use store::{AuditRecord, Ctx, ResourceStore, StoreError};
+
+pub use sms::{FileSms, SmsSender};
+
+/// How long a validated token is trusted from the in-process cache before the store is asked
+/// again (bounds how late another process sees a revocation).
+pub const CACHE_TTL: Duration = Duration::from_secs(15);
+
+/// Session and lockout settings (defaults follow 等保 level 3 practice).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub access_ttl: i64,
+    pub refresh_ttl: i64,
+    pub idle_timeout: i64,
+    pub max_failures: u32,
+    pub lockout: i64,
+    /// One-time SMS codes: lifetime and attempts.
+    pub sms_code_ttl: i64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_ttl: 15 * 60,
+            refresh_ttl: 8 * 3600,
+            idle_timeout: 30 * 60,
+            max_failures: 5,
+            lockout: 15 * 60,
+            sms_code_ttl: 5 * 60,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// RFC 6749 error code and a description a person can act on; `status` is the HTTP status.
+    #[error("{code}: {description}")]
+    OAuth { status: u16, code: &'static str, description: String },
+    /// A bad or unusable bearer token: 401.
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn oauth(status: u16, code: &'static str, description: impl Into<String>) -> AuthError {
+    AuthError::OAuth { status, code, description: description.into() }
+}
+
+pub type AuthResult<T> = Result<T, AuthError>;
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A user account as stored (kind `user`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub display: String,
+    pub role: Role,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub practitioner: Option<String>,
+    #[serde(default)]
+    pub patients: Vec<String>,
+    pub password_hash: String,
+    /// SM4-encrypted base32 TOTP secret (staff).
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+    /// SM4-encrypted phone number.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// SM4-encrypted GB 11643 ID number (residents: real name).
+    #[serde(default)]
+    pub id_number: Option<String>,
+    #[serde(default)]
+    pub failed_logins: u32,
+    #[serde(default)]
+    pub locked_until: i64,
+    pub active: bool,
+    pub created: i64,
+}
+
+/// A system client as stored (kind `client`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    /// The most this client may be granted.
+    pub scopes: String,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    pub active: bool,
+    pub created: i64,
+}
+
+/// A token as stored (kinds `access`, `refresh`), keyed by the SM3 hash of the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    principal: Principal,
+    scopes: String,
+    client_id: String,
+    issued: i64,
+    expires: i64,
+    last_used: i64,
+}
+
+/// What a valid bearer token stands for.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub principal: Principal,
+    pub expires: i64,
+}
+
+/// A new account's details (`hutong admin create-user`, demo accounts, the registration API).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NewUser {
+    pub username: String,
+    #[serde(default)]
+    pub display: String,
+    pub role: String,
+    /// Generated (and returned once) when absent.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub practitioner: Option<String>,
+    #[serde(default)]
+    pub patients: Vec<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub id_number: Option<String>,
+    /// A fixed base32 TOTP secret (demo accounts); generated for staff when absent.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+}
+
+pub struct Auth {
+    store: Arc<dyn ResourceStore>,
+    keys: Arc<KeyRing>,
+    config: AuthConfig,
+    sms: Arc<dyn SmsSender>,
+    cache: Mutex<HashMap<String, (Instant, Session)>>,
+}
+
+fn token_key(token: &str) -> String {
+    crypto::sm3::sm3_hex(token.as_bytes())
+}
+
+fn normalize_phone(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect::<String>().trim_start_matches("86").to_string()
+}
+
+impl Auth {
+    pub fn new(store: Arc<dyn ResourceStore>, keys: Arc<KeyRing>, config: AuthConfig, sms: Arc<dyn SmsSender>) -> Self {
+        Auth { store, keys, config, sms, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &Arc<dyn ResourceStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    async fn audit(&self, record: AuditRecord) -> AuthResult<()> {
+        Ok(self.store.commit_audited(&Ctx::system(), Vec::new(), vec![record]).await?)
+    }
+
+    fn record(actor: &str, role: &str, action: &str, outcome: &str, detail: Value) -> AuditRecord {
+        AuditRecord {
+            recorded: now() * 1000,
+            action: action.into(),
+            outcome: outcome.into(),
+            actor: actor.into(),
+            role: role.into(),
+            organization: String::new(),
+            purpose: "HOPERAT".into(),
+            entity: "session".into(),
+            patients: Vec::new(),
+            detail: detail.to_string(),
+        }
+    }
+
+    // ---- accounts -------------------------------------------------------------------------
+
+    /// Creates a system client; returns `(client_id, client_secret)`. The secret is shown once.
+    pub async fn create_client(
+        &self,
+        name: &str,
+        scopes: &str,
+        organization: Option<String>,
+        region: Option<String>,
+    ) -> AuthResult<(String, String)> {
+        let parsed = Scopes::parse(scopes).map_err(AuthError::Invalid)?;
+        if parsed.resources.is_empty() || parsed.resources.iter().any(|s| s.context != access::ScopeContext::System) {
+            return Err(AuthError::Invalid(format!(
+                "a system client gets system/ scopes (e.g. 'system/*.read'), not '{scopes}'"
+            )));
+        }
+        let id = format!("client-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let secret = crypto::random_token(32);
+        let client = Client {
+            id: id.clone(),
+            name: name.to_string(),
+            secret_hash: crypto::password::hash_password(&secret).map_err(|e| AuthError::Invalid(e.to_string()))?,
+            scopes: parsed.to_text(),
+            organization,
+            region,
+            active: true,
+            created: now(),
+        };
+        let body = serde_json::to_string(&client).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        self.store.kv_put("client", &id, &body, &[]).await?;
+        self.audit(Self::record("platform", "operator", "admin", "success", json!({"created": format!("client/{id}")})))
+            .await?;
+        Ok((id, secret))
+    }
+
+    /// Creates a staff or resident account. Returns the stored user, the password if it was
+    /// generated, and the TOTP secret (base32) for staff.
+    pub async fn create_user(&self, new: NewUser) -> AuthResult<(User, Option<String>, Option<String>)> {
+        let role = Role::parse(&new.role).filter(|r| *r != Role::System).ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "role '{}' is not a user role (resident, doctor, nurse, family-doctor, pharmacist, cdc-officer, \
+                 insurer, regulator, operator, auditor)",
+                new.role
+            ))
+        })?;
+        let username = new.username.trim().to_string();
+        if username.is_empty()
+            || username.len() > 64
+            || !username.chars().all(|c| c.is_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(AuthError::Invalid(
+                "a user name has 1-64 letters, digits and - _ . @ (no spaces)".to_string(),
+            ));
+        }
+        let generated = new.password.is_none().then(|| format!("Ht-{}", crypto::random_token(12)));
+        let password = new.password.clone().or_else(|| generated.clone()).unwrap_or_default();
+        crypto::password::check_password_policy(&password).map_err(AuthError::Invalid)?;
+        let mut lookups = vec![format!("name:{}", username.to_lowercase())];
+        let id_number = match &new.id_number {
+            Some(n) => {
+                let valid = crypto::idnum::normalize(n).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                lookups.push(format!("idn:{}", self.keys.blind_index("id-number", valid.as_str())));
+                Some(self.keys.encrypt_field(valid.as_str(), "user.id_number"))
+            }
+            None if role == Role::Resident => {
+                return Err(AuthError::Invalid(
+                    "a resident account is real-name: give the resident's GB 11643 ID number".into(),
+                ));
+            }
+            None => None,
+        };
+        let phone = match &new.phone {
+            Some(p) => {
+                let p = normalize_phone(p);
+                if p.len() != 11 || !p.starts_with('1') {
+                    return Err(AuthError::Invalid("a mobile number has 11 digits and starts with 1".into()));
+                }
+                lookups.push(format!("phone:{}", self.keys.blind_index("phone", &p)));
+                Some(self.keys.encrypt_field(&p, "user.phone"))
+            }
+            None => None,
+        };
+        if role == Role::Resident && new.patients.is_empty() {
+            return Err(AuthError::Invalid("a resident account names the resident's Patient id".into()));
+        }
+        let totp = if role == Role::Resident {
+            None
+        } else {
+            let secret = match &new.totp_secret {
+                Some(s) => crypto::totp::base32_decode(s)
+                    .filter(|b| b.len() >= 10)
+                    .ok_or_else(|| AuthError::Invalid("the TOTP secret is not base32 of at least 10 bytes".into()))?,
+                None => crypto::totp::new_secret(),
+            };
+            Some(crypto::totp::base32_encode(&secret))
+        };
+        let user = User {
+            id: format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            username: username.clone(),
+            display: if new.display.is_empty() { username.clone() } else { new.display.clone() },
+            role,
+            organization: new.organization.clone(),
+            region: new.region.clone(),
+            practitioner: new.practitioner.clone(),
+            patients: new.patients.clone(),
+            password_hash: crypto::password::hash_password(&password).map_err(|e| AuthError::Invalid(e.to_string()))?,
+            totp_secret: totp.as_ref().map(|t| self.keys.encrypt_field(t, "user.totp")),
+            phone,
+            id_number,
+            failed_logins: 0,
+            locked_until: 0,
+            active: true,
+            created: now(),
+        };
+        let body = serde_json::to_string(&user).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        match self.store.kv_put("user", &user.id, &body, &lookups).await {
+            Err(StoreError::Duplicate { lookup, .. }) => {
+                let what = match lookup.split(':').next() {
+                    Some("name") => "the user name",
+                    Some("idn") => "an account with this ID number",
+                    _ => "an account with this phone number",
+                };
+                return Err(AuthError::Invalid(format!("{what} already exists")));
+            }
+            other => other?,
+        }
+        self.audit(Self::record(
+            "platform",
+            "operator",
+            "admin",
+            "success",
+            json!({"created": format!("user/{}", user.id), "role": role.code()}),
+        ))
+        .await?;
+        Ok((user, generated, totp))
+    }
+
+    async fn save_user(&self, user: &User) -> AuthResult<()> {
+        let mut lookups = vec![format!("name:{}", user.username.to_lowercase())];
+        if let Some(n) = &user.id_number
+            && let Ok(n) = self.keys.decrypt_field(n, "user.id_number")
+        {
+            lookups.push(format!("idn:{}", self.keys.blind_index("id-number", &n)));
+        }
+        if let Some(p) = &user.phone
+            && let Ok(p) = self.keys.decrypt_field(p, "user.phone")
+        {
+            lookups.push(format!("phone:{}", self.keys.blind_index("phone", &p)));
+        }
+        let body = serde_json::to_string(user).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok(self.store.kv_put("user", &user.id, &body, &lookups).await?)
+    }
+
+    pub async fn find_user(&self, username: &str) -> AuthResult<Option<User>> {
+        Ok(match self.store.kv_find("user", &format!("name:{}", username.trim().to_lowercase())).await? {
+            Some((_, body)) => serde_json::from_str(&body).ok(),
+            None => None,
+        })
+    }
+
+    /// The account holding this ID number (exact match through the blind index).
+    pub async fn find_by_id_number(&self, id_number: &str) -> AuthResult<Option<User>> {
+        let Ok(valid) = crypto::idnum::normalize(id_number) else { return Ok(None) };
+        let lookup = format!("idn:{}", self.keys.blind_index("id-number", valid.as_str()));
+        Ok(self.store.kv_find("user", &lookup).await?.and_then(|(_, b)| serde_json::from_str(&b).ok()))
+    }
+
+    fn principal_of(&self, user: &User, scopes: Scopes) -> Principal {
+        Principal {
+            subject: format!("user/{}", user.id),
+            role: user.role,
+            organization: user.organization.clone(),
+            region: user.region.clone(),
+            practitioner: user.practitioner.clone(),
+            patients: user.patients.clone(),
+            scopes,
+            purpose: user.role.default_purpose().to_string(),
+            break_glass: None,
+        }
+    }
+
+    /// The scopes a user role may hold (its ceiling).
+    fn user_ceiling(role: Role) -> Scopes {
+        let text = match role {
+            Role::Resident => "patient/*.cruds openid fhirUser offline_access launch/patient",
+            _ => "user/*.cruds openid fhirUser offline_access",
+        };
+        Scopes::parse(text).expect("static scopes parse")
+    }
+
+    // ---- grants --------------------------------------------------------------------------
+
+    /// The token endpoint (RFC 6749 §4.3, §4.4, §6 and an SMS-code grant for residents).
+    /// `form` is the request body; `basic` the HTTP Basic client credentials, if any.
+    pub async fn token(
+        &self,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+        source: Option<&str>,
+    ) -> AuthResult<Value> {
+        let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
+        let result = match grant {
+            "client_credentials" => self.client_credentials(form, basic).await,
+            "password" => self.password_grant(form).await,
+            "refresh_token" => self.refresh_grant(form).await,
+            SMS_GRANT => self.sms_grant(form).await,
+            "" => Err(oauth(400, "invalid_request", "grant_type is required")),
+            other => Err(oauth(
+                400,
+                "unsupported_grant_type",
+                format!(
+                    "grant_type '{}' is not supported (client_credentials, password, refresh_token, {SMS_GRANT})",
+                    other.chars().take(64).collect::<String>()
+                ),
+            )),
+        };
+        let (actor, role, outcome, reason) = match &result {
+            Ok((session, _)) => (session.principal.subject.clone(), session.principal.role.code(), "success", None),
+            Err(e) => ("anonymous".to_string(), "", "failure", Some(e.to_string())),
+        };
+        let mut detail = json!({"grant": grant.chars().take(64).collect::<String>()});
+        if let Some(r) = reason {
+            detail["reason"] = json!(r);
+        }
+        if let Some(s) = source {
+            detail["source"] = json!(s);
+        }
+        self.audit(Self::record(&actor, role, "login", outcome, detail)).await?;
+        result.map(|(_, body)| body)
+    }
+
+    async fn issue(&self, principal: Principal, client_id: &str, refresh: bool) -> AuthResult<(Session, Value)> {
+        let token = crypto::random_token(32);
+        let issued = now();
+        let scopes = principal.scopes.to_text();
+        let record = TokenRecord {
+            principal: principal.clone(),
+            scopes: scopes.clone(),
+            client_id: client_id.to_string(),
+            issued,
+            expires: issued + self.config.access_ttl,
+            last_used: issued,
+        };
+        let text = serde_json::to_string(&record).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        self.store.kv_put("access", &token_key(&token), &text, &[]).await?;
+        let mut body = json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.config.access_ttl,
+            "scope": scopes,
+        });
+        if principal.role == Role::Resident
+            && let Some(p) = principal.patients.first()
+        {
+            body["patient"] = json!(p);
+        }
+        if refresh {
+            let refresh_token = crypto::random_token(32);
+            let r = TokenRecord { expires: issued + self.config.refresh_ttl, ..record };
+            let text = serde_json::to_string(&r).map_err(|e| AuthError::Invalid(e.to_string()))?;
+            self.store.kv_put("refresh", &token_key(&refresh_token), &text, &[]).await?;
+            body["refresh_token"] = json!(refresh_token);
+        }
+        Ok((Session { principal, expires: issued + self.config.access_ttl }, body))
+    }
+
+    fn requested_scopes(form: &HashMap<String, String>, ceiling: &Scopes) -> AuthResult<Scopes> {
+        match form.get("scope").map(String::as_str).filter(|s| !s.trim().is_empty()) {
+            None => Ok(ceiling.clone()),
+            Some(text) => {
+                let asked = Scopes::parse(text).map_err(|e| oauth(400, "invalid_scope", e))?;
+                let granted = asked.intersect(ceiling);
+                if granted.resources.is_empty() {
+                    return Err(oauth(400, "invalid_scope", format!("none of the scopes '{text}' may be granted")));
+                }
+                Ok(granted)
+            }
+        }
+    }
+
+    async fn client_credentials(
+        &self,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+    ) -> AuthResult<(Session, Value)> {
+        let (id, secret) = basic
+            .or_else(|| Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone())))
+            .ok_or_else(|| oauth(401, "invalid_client", "send client_id and client_secret (HTTP Basic or form)"))?;
+        let client: Option<Client> =
+            self.store.kv_get("client", &id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let client = match client {
+            Some(c) if c.active && crypto::password::verify_password(&secret, &c.secret_hash) => c,
+            _ => return Err(oauth(401, "invalid_client", "unknown client or wrong secret")),
+        };
+        let ceiling = Scopes::parse(&client.scopes).unwrap_or_default();
+        let scopes = Self::requested_scopes(form, &ceiling)?;
+        let principal = Principal {
+            subject: format!("client/{}", client.id),
+            role: Role::System,
+            organization: client.organization.clone(),
+            region: client.region.clone(),
+            practitioner: None,
+            patients: Vec::new(),
+            scopes,
+            purpose: Role::System.default_purpose().into(),
+            break_glass: None,
+        };
+        self.issue(principal, &client.id, false).await
+    }
+
+    /// Checks and counts a login attempt; `Ok(user)` when the password (and TOTP) are right.
+    async fn check_login(&self, username: &str, password: &str, totp: Option<&str>) -> AuthResult<User> {
+        let bad = || oauth(400, "invalid_grant", "wrong user name or password");
+        let Some(mut user) = self.find_user(username).await? else {
+            // Spend the same time as a real check, so timing does not reveal accounts.
+            let _ = crypto::password::verify_password(password, dummy_hash());
+            return Err(bad());
+        };
+        let t = now();
+        if !user.active {
+            return Err(oauth(400, "invalid_grant", "this account is disabled"));
+        }
+        if user.locked_until > t {
+            return Err(oauth(
+                400,
+                "invalid_grant",
+                format!("too many failed logins: the account is locked for {} more minutes", (user.locked_until - t + 59) / 60),
+            ));
+        }
+        let mut ok = crypto::password::verify_password(password, &user.password_hash);
+        let mut second_factor_missing = false;
+        if ok && user.role != Role::Resident {
+            let secret = user
+                .totp_secret
+                .as_deref()
+                .and_then(|s| self.keys.decrypt_field(s, "user.totp").ok())
+                .and_then(|s| crypto::totp::base32_decode(&s));
+            match (totp, secret) {
+                (Some(code), Some(secret)) => ok = crypto::totp::verify(&secret, code, t as u64, 1),
+                _ => {
+                    ok = false;
+                    second_factor_missing = totp.is_none();
+                }
+            }
+        }
+        if !ok {
+            user.failed_logins += 1;
+            if user.failed_logins >= self.config.max_failures {
+                user.locked_until = t + self.config.lockout;
+                user.failed_logins = 0;
+            }
+            self.save_user(&user).await?;
+            if second_factor_missing {
+                return Err(oauth(400, "invalid_grant", "staff log in with a password and a TOTP code (parameter totp)"));
+            }
+            return Err(bad());
+        }
+        if user.failed_logins > 0 {
+            user.failed_logins = 0;
+            self.save_user(&user).await?;
+        }
+        Ok(user)
+    }
+
+    async fn password_grant(&self, form: &HashMap<String, String>) -> AuthResult<(Session, Value)> {
+        let username = form.get("username").ok_or_else(|| oauth(400, "invalid_request", "username is required"))?;
+        let password = form.get("password").ok_or_else(|| oauth(400, "invalid_request", "password is required"))?;
+        if username.len() > 256 || password.len() > 256 {
+            return Err(oauth(400, "invalid_request", "user name or password too long"));
+        }
+        let user = self.check_login(username, password, form.get("totp").map(String::as_str)).await?;
+        let scopes = Self::requested_scopes(form, &Self::user_ceiling(user.role))?;
+        let principal = self.principal_of(&user, scopes);
+        self.issue(principal, "password", true).await
+    }
+
+    async fn refresh_grant(&self, form: &HashMap<String, String>) -> AuthResult<(Session, Value)> {
+        let token = form.get("refresh_token").ok_or_else(|| oauth(400, "invalid_request", "refresh_token is required"))?;
+        let key = token_key(token);
+        let record: Option<TokenRecord> =
+            self.store.kv_get("refresh", &key).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let Some(record) = record.filter(|r| r.expires > now()) else {
+            return Err(oauth(400, "invalid_grant", "the refresh token is unknown, expired or revoked; log in again"));
+        };
+        // Rotation: a refresh token is used once.
+        self.store.kv_delete("refresh", &key).await?;
+        let mut principal = record.principal.clone();
+        principal.scopes = Scopes::parse(&record.scopes).unwrap_or_default();
+        if let Some(user_id) = principal.subject.strip_prefix("user/") {
+            let user: Option<User> =
+                self.store.kv_get("user", user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
+            if !user.is_some_and(|u| u.active && u.locked_until <= now()) {
+                return Err(oauth(400, "invalid_grant", "the account is disabled or locked"));
+            }
+        }
+        self.issue(principal, &record.client_id, true).await
+    }
+
+    /// Sends a one-time login code to a resident's registered phone. Answers the same whether
+    /// or not the phone is registered (no account enumeration).
+    pub async fn send_sms_code(&self, phone: &str) -> AuthResult<()> {
+        let p = normalize_phone(phone);
+        if p.len() != 11 {
+            return Err(AuthError::Invalid("a mobile number has 11 digits".into()));
+        }
+        let lookup = format!("phone:{}", self.keys.blind_index("phone", &p));
+        if self.store.kv_find("user", &lookup).await?.is_none() {
+            return Ok(());
+        }
+        let code: String = crypto::random_bytes(6).iter().map(|b| char::from(b'0' + b % 10)).collect();
+        let record = json!({"code": crypto::sm3::sm3_hex(code.as_bytes()), "expires": now() + self.config.sms_code_ttl, "attempts": 0});
+        self.store.kv_put("sms-code", &self.keys.blind_index("phone", &p), &record.to_string(), &[]).await?;
+        self.sms
+            .send(&p, &format!("【互通健康】您的登录验证码为 {code}，5分钟内有效。如非本人操作，请忽略。"))
+            .map_err(|e| AuthError::Invalid(format!("the SMS could not be sent: {e}")))?;
+        Ok(())
+    }
+
+    async fn sms_grant(&self, form: &HashMap<String, String>) -> AuthResult<(Session, Value)> {
+        let phone = normalize_phone(form.get("phone").map(String::as_str).unwrap_or(""));
+        let code = form.get("code").map(String::as_str).unwrap_or("");
+        let bad = || oauth(400, "invalid_grant", "wrong or expired code; request a new one");
+        let key = self.keys.blind_index("phone", &phone);
+        let Some(text) = self.store.kv_get("sms-code", &key).await? else { return Err(bad()) };
+        let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let attempts = record["attempts"].as_i64().unwrap_or(99);
+        if record["expires"].as_i64().unwrap_or(0) < now() || attempts >= 5 {
+            self.store.kv_delete("sms-code", &key).await?;
+            return Err(bad());
+        }
+        let expected = record["code"].as_str().unwrap_or("");
+        if !crypto::constant_time_eq(crypto::sm3::sm3_hex(code.as_bytes()).as_bytes(), expected.as_bytes()) {
+            record["attempts"] = json!(attempts + 1);
+            self.store.kv_put("sms-code", &key, &record.to_string(), &[]).await?;
+            return Err(bad());
+        }
+        self.store.kv_delete("sms-code", &key).await?;
+        let user: Option<User> = self
+            .store
+            .kv_find("user", &format!("phone:{key}"))
+            .await?
+            .and_then(|(_, b)| serde_json::from_str(&b).ok());
+        let user = user.filter(|u| u.active && u.role == Role::Resident).ok_or_else(bad)?;
+        let scopes = Self::requested_scopes(form, &Self::user_ceiling(user.role))?;
+        let principal = self.principal_of(&user, scopes);
+        self.issue(principal, "sms", true).await
+    }
+
+    // ---- bearer tokens -------------------------------------------------------------------
+
+    /// Validates a bearer token: the session it stands for.
+    pub async fn authenticate(&self, token: &str) -> AuthResult<Session> {
+        if token.is_empty() || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AuthError::Unauthenticated("the bearer token is malformed".into()));
+        }
+        let key = token_key(token);
+        let t = now();
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, session)) = cache.get(&key)
+            && at.elapsed() < CACHE_TTL
+            && session.expires > t
+        {
+            return Ok(session.clone());
+        }
+        let record: Option<TokenRecord> =
+            self.store.kv_get("access", &key).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let Some(mut record) = record else {
+            return Err(AuthError::Unauthenticated("the access token is unknown or revoked".into()));
+        };
+        if record.expires <= t {
+            return Err(AuthError::Unauthenticated("the access token has expired; get a new one".into()));
+        }
+        if t - record.last_used > self.config.idle_timeout {
+            self.store.kv_delete("access", &key).await?;
+            return Err(AuthError::Unauthenticated("the session timed out after inactivity; log in again".into()));
+        }
+        if t - record.last_used > 60 {
+            record.last_used = t;
+            let text = serde_json::to_string(&record).map_err(|e| AuthError::Invalid(e.to_string()))?;
+            self.store.kv_put("access", &key, &text, &[]).await?;
+        }
+        let mut principal = record.principal;
+        principal.scopes = Scopes::parse(&record.scopes).unwrap_or_default();
+        let session = Session { principal, expires: record.expires };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 100_000 {
+                cache.retain(|_, (at, s)| at.elapsed() < CACHE_TTL && s.expires > t);
+            }
+            cache.insert(key, (Instant::now(), session.clone()));
+        }
+        Ok(session)
+    }
+
+    /// RFC 7662 introspection.
+    pub async fn introspect(&self, token: &str) -> AuthResult<Value> {
+        Ok(match self.authenticate(token).await {
+            Ok(s) => json!({
+                "active": true,
+                "scope": s.principal.scopes.to_text(),
+                "sub": s.principal.subject,
+                "exp": s.expires,
+                "token_type": "Bearer",
+                "role": s.principal.role.code(),
+                "organization": s.principal.organization,
+            }),
+            Err(AuthError::Unauthenticated(_)) => json!({"active": false}),
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// RFC 7009 revocation (access or refresh token; unknown tokens are not an error).
+    pub async fn revoke(&self, token: &str) -> AuthResult<()> {
+        let key = token_key(token);
+        let a = self.store.kv_delete("access", &key).await?;
+        let r = self.store.kv_delete("refresh", &key).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&key);
+        }
+        if a || r {
+            self.audit(Self::record("anonymous", "", "revoke", "success", json!({"token": if a { "access" } else { "refresh" }})))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Authenticates a client for introspection (HTTP Basic or form credentials).
+    pub async fn client_ok(&self, id: &str, secret: &str) -> AuthResult<bool> {
+        let client: Option<Client> =
+            self.store.kv_get("client", id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        Ok(client.is_some_and(|c| c.active && crypto::password::verify_password(secret, &c.secret_hash)))
+    }
+}
+
+/// The grant type of the resident SMS-code login.
+pub const SMS_GRANT: &str = "urn:hutong:params:oauth:grant-type:sms-code";
+
+/// An argon2id hash of a random string, checked when the user does not exist.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crypto::password::hash_password(&crypto::random_token(16)).unwrap_or_default())
+}
+
+/// The SMART configuration document (`/.well-known/smart-configuration`).
+pub fn smart_configuration(base: &str) -> Value {
+    json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "introspection_endpoint": format!("{base}/oauth2/introspect"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token", SMS_GRANT],
+        "scopes_supported": ["openid", "fhirUser", "offline_access", "launch/patient", "patient/*.rs", "patient/*.cruds",
+                             "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds", "patient/*.read", "user/*.read",
+                             "system/*.read", "system/*.*"],
+        "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2", "context-standalone-patient"],
+        "code_challenge_methods_supported": []
+    })
+}

@@ -1,0 +1,278 @@
+//! The security side of the binary: the key ring and identity service a server uses, the
+//! `hutong admin …` and `hutong audit …` commands (working on the same `--data`/`--database`
+//! as a running server), and the demo accounts of `serve --demo`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use auth::{Auth, AuthConfig, FileSms, NewUser};
+use crypto::KeyRing;
+use serde_json::json;
+use store::ResourceStore;
+
+use crate::StoreArgs;
+
+/// Where the keys live.
+#[derive(clap::Args, Clone)]
+pub struct KeyArgs {
+    /// Key folder (SM4 data keys, blind-index key, SM2 signing key); default `<data>/keys`.
+    #[arg(long, env = "HUTONG_KEYS")]
+    pub keys: Option<PathBuf>,
+}
+
+pub fn key_ring(store: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<Arc<KeyRing>> {
+    let dir = keys.keys.clone().unwrap_or_else(|| store.data.join("keys"));
+    Ok(Arc::new(KeyRing::load_or_create(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("loading the keys")?))
+}
+
+pub fn auth_service(backend: Arc<dyn ResourceStore>, store: &StoreArgs, keys: Arc<KeyRing>) -> anyhow::Result<Arc<Auth>> {
+    std::fs::create_dir_all(&store.data).with_context(|| format!("creating {}", store.data.display()))?;
+    let sms = Arc::new(FileSms::new(store.data.join("sms-outbox.txt")));
+    Ok(Arc::new(Auth::new(backend, keys, AuthConfig::default(), sms)))
+}
+
+#[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Create a system client (hospital system, platform node); prints {"client_id", "client_secret"}.
+    CreateClient {
+        #[arg(long)]
+        name: String,
+        /// SMART system scopes, e.g. 'system/*.*' or 'system/Patient.rs system/Observation.cruds'.
+        #[arg(long)]
+        scopes: String,
+        /// The organization the client acts for (Organization id).
+        #[arg(long)]
+        organization: Option<String>,
+        /// GB/T 2260 division code of the client's jurisdiction.
+        #[arg(long)]
+        region: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Create a staff or resident account; prints the account, its password if generated and
+    /// the TOTP secret (staff).
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        /// resident, doctor, nurse, family-doctor, pharmacist, cdc-officer, insurer, regulator, operator, auditor.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        display: String,
+        /// Generated when absent (and printed once).
+        #[arg(long, env = "HUTONG_NEW_PASSWORD")]
+        password: Option<String>,
+        #[arg(long)]
+        organization: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        practitioner: Option<String>,
+        /// Patient ids the account acts for (a resident's own, and dependants').
+        #[arg(long = "patient")]
+        patients: Vec<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        /// GB 11643 ID number (required for residents).
+        #[arg(long)]
+        id_number: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify the whole audit log (hash chain and signed checkpoints); exit status 1 on findings.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Sign a checkpoint over the current end of the log now (the server does this every minute).
+    Checkpoint {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
+    match which {
+        AdminCommand::CreateClient { name, scopes, organization, region, store, keys } => {
+            let backend = crate::open_store(&store).await?;
+            let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
+            let (id, secret) = auth
+                .create_client(&name, &scopes, organization, region)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", json!({"client_id": id, "client_secret": secret}));
+            Ok(())
+        }
+        AdminCommand::CreateUser {
+            username,
+            role,
+            display,
+            password,
+            organization,
+            region,
+            practitioner,
+            patients,
+            phone,
+            id_number,
+            store,
+            keys,
+        } => {
+            let backend = crate::open_store(&store).await?;
+            let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
+            let new = NewUser {
+                username,
+                display,
+                role,
+                password,
+                organization,
+                region,
+                practitioner,
+                patients,
+                phone,
+                id_number,
+                totp_secret: None,
+            };
+            let (user, generated, totp) = auth.create_user(new).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut out = json!({"id": user.id, "username": user.username, "role": user.role.code()});
+            if let Some(p) = generated {
+                out["password"] = json!(p);
+            }
+            if let Some(t) = totp {
+                let secret = crypto::totp::base32_decode(&t).unwrap_or_default();
+                out["totp_secret"] = json!(t);
+                out["totp_uri"] = json!(crypto::totp::uri(&secret, &user.username, "Hutong"));
+            }
+            println!("{out}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
+    match which {
+        AuditCommand::Verify { store, keys } => {
+            let backend = crate::open_store(&store).await?;
+            let ring = key_ring(&store, &keys)?;
+            let started = std::time::Instant::now();
+            let report =
+                auth::audit::verify(&backend, &ring.verifying_key()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let seconds = started.elapsed().as_secs_f64();
+            for finding in &report.findings {
+                println!("TAMPERED {finding}");
+            }
+            println!(
+                "{} entries, {} checkpoints (last valid at entry {}), verified in {:.2} s ({:.0} entries/s): {}",
+                report.entries,
+                report.checkpoints,
+                report.last_checkpoint.map_or("none".to_string(), |s| s.to_string()),
+                seconds,
+                report.entries as f64 / seconds.max(1e-6),
+                if report.is_clean() { "the audit log is intact" } else { "THE AUDIT LOG HAS BEEN TAMPERED WITH" }
+            );
+            if report.is_clean() { Ok(()) } else { std::process::exit(1) }
+        }
+        AuditCommand::Checkpoint { store, keys } => {
+            let backend = crate::open_store(&store).await?;
+            let ring = key_ring(&store, &keys)?;
+            match auth::audit::checkpoint(&backend, &ring).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some(cp) => println!("signed checkpoint at entry {} ({})", cp.seq, cp.hash),
+                None => println!("nothing new to sign"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The password of every demo account (documented in README; demo data only).
+pub const DEMO_PASSWORD: &str = "Hutong#2026";
+/// The TOTP secret (base32) of every demo staff account (documented in README).
+pub const DEMO_TOTP: &str = "HUTONGDEMOTOTPKEY234";
+
+/// Creates one account per role for the demo (once), and a system client whose secret is
+/// written to `<data>/demo-client.json`. The resident account is linked to the first demo
+/// Patient and uses its ID number.
+pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::path::Path) -> anyhow::Result<()> {
+    if auth.find_user("doctor").await.map_err(|e| anyhow::anyhow!("{e}"))?.is_some() {
+        return Ok(());
+    }
+    let opts = engine::RequestOptions { base_url: "urn:hutong:demo".into(), ..Default::default() };
+    let first = engine
+        .search(&store::Ctx::system(), Some("Patient"), &[("_count".into(), "2".into()), ("_sort".into(), "_id".into())], &opts)
+        .await?;
+    let patient = |i: usize| {
+        let r = &first["entry"][i]["resource"];
+        (r["id"].as_str().unwrap_or("").to_string(), r["identifier"][0]["value"].as_str().map(str::to_string))
+    };
+    let (resident_patient, resident_id) = patient(0);
+    let (child_patient, _) = patient(1);
+    let staff = [
+        ("doctor", "doctor", "张医生", Some("org-1"), Some("doc-1"), None),
+        ("nurse", "nurse", "李护士", Some("org-1"), None, None),
+        ("family-doctor", "family-doctor", "王家庭医生", Some("org-4"), Some("doc-4"), None),
+        ("pharmacist", "pharmacist", "陈药师", Some("org-1"), None, None),
+        ("cdc", "cdc-officer", "福州市疾控中心", Some("cdc-fz"), None, Some("350100")),
+        ("insurer", "insurer", "福建省医保中心", Some("ybj-fj"), None, Some("350000")),
+        ("regulator", "regulator", "福建省卫健委", Some("wjw-fj"), None, Some("350000")),
+        ("operator", "operator", "平台运维", None, None, None),
+        ("auditor", "auditor", "安全审计员", None, None, None),
+    ];
+    for (username, role, display, org, practitioner, region) in staff {
+        auth.create_user(NewUser {
+            username: username.into(),
+            display: display.into(),
+            role: role.into(),
+            password: Some(DEMO_PASSWORD.into()),
+            organization: org.map(str::to_string),
+            region: region.map(str::to_string).or_else(|| Some("350102".to_string())),
+            practitioner: practitioner.map(str::to_string),
+            totp_secret: Some(DEMO_TOTP.into()),
+            ..NewUser::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("demo account {username}: {e}"))?;
+    }
+    if !resident_patient.is_empty() {
+        let mut patients = vec![resident_patient];
+        if !child_patient.is_empty() {
+            patients.push(child_patient); // acts as guardian of a second resident
+        }
+        auth.create_user(NewUser {
+            username: "resident".into(),
+            display: "居民".into(),
+            role: "resident".into(),
+            password: Some(DEMO_PASSWORD.into()),
+            patients,
+            phone: Some("13800000001".into()),
+            id_number: resident_id,
+            ..NewUser::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("demo resident account: {e}"))?;
+    }
+    let (id, secret) = auth
+        .create_client("demo hospital system", "system/*.*", Some("org-1".into()), Some("350102".into()))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = data.join("demo-client.json");
+    std::fs::write(&path, json!({"client_id": id, "client_secret": secret}).to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(())
+}
