@@ -1,4 +1,5 @@
 //! End-to-end tests of the real `hutong` binary.
 
 mod crash;
+mod security;
 mod serve;

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-struct Server {
+pub struct Server {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 impl Drop for Server {
@@ -19,7 +19,7 @@ impl Drop for Server {
     }
 }
 
-fn start(data: &std::path::Path, demo: bool) -> Server {
+pub fn start(data: &std::path::Path, demo: bool) -> Server {
     start_expecting(data, demo, |_| {})
 }
 
@@ -56,7 +56,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn dechunk(mut body: &str) -> String {
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
@@ -69,23 +69,45 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A system client's bearer token, from the demo client the server wrote.
+fn demo_bearer(server: &Server, data: &std::path::Path) -> String {
+    let demo: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("demo-client.json")).unwrap()).unwrap();
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        demo["client_id"].as_str().unwrap(),
+        demo["client_secret"].as_str().unwrap()
+    );
+    let (status, body) = super::security::http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    );
+    assert_eq!(status, 200, "{body}");
+    format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap())
+}
+
 #[test]
 fn serve_demo_answers_fhir_requests() {
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path(), true);
     assert_eq!(get(&server.addr, "/healthz").0, 200);
-    let (status, body) = get(&server.addr, "/fhir/Patient?_summary=count");
+    let bearer = demo_bearer(&server, data.path());
+    let get = |path: &str| super::security::http(&server.addr, "GET", path, &[("Authorization", &bearer)], "");
+    let (status, body) = get("/fhir/Patient?_summary=count");
     assert_eq!(status, 200);
     let bundle: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(bundle["total"], 300, "the demo data set has 300 residents");
-    let (_, body) = get(&server.addr, "/fhir/Organization?name=福州");
+    let (_, body) = get("/fhir/Organization?name=福州");
     let orgs: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(orgs["total"], 1);
-    let (status, body) = get(&server.addr, "/fhir/metadata");
+    let (status, body) = get("/fhir/metadata");
     assert_eq!(status, 200);
     let cs: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(cs["fhirVersion"], "4.0.1");
-    let (status, body) = get(&server.addr, "/fhir/Patient?birthdate=1990-13-01");
+    let (status, body) = get("/fhir/Patient?birthdate=1990-13-01");
     assert_eq!(status, 400);
     assert!(body.contains("not a valid date"), "{body}");
     drop(server);
@@ -93,7 +115,8 @@ fn serve_demo_answers_fhir_requests() {
     let server = start_expecting(data.path(), true, |line| {
         assert!(!line.starts_with("Loaded the synthetic demo data set"), "the demo was loaded again: {line}")
     });
-    let (_, body) = get(&server.addr, "/fhir/Patient?_summary=count");
+    let bearer = demo_bearer(&server, data.path());
+    let (_, body) = super::security::http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
 }
 

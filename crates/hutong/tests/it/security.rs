@@ -1,0 +1,189 @@
+//! Security as operators and clients meet it through the real binary: the admin CLI's clients
+//! work at once with the standard grant, demo accounts log in, and `hutong audit verify` finds
+//! every kind of tampering done directly in the database, on both backends.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::serve::{Server, start};
+
+fn hutong(args: &[&str], data: &Path, database: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
+    cmd.args(args).arg("--data").arg(data);
+    if let Some(db) = database {
+        cmd.args(["--database", db]);
+    }
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// A minimal HTTP/1.1 request: (status, body).
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        super::serve::dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn token(server: &Server, form: &str) -> (u16, Value) {
+    let (status, body) =
+        http(&server.addr, "POST", "/oauth2/token", &[("Content-Type", "application/x-www-form-urlencoded")], form);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn admin_clients_and_demo_accounts_work_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), true);
+    let (status, _) = http(&server.addr, "GET", "/fhir/Patient", &[], "");
+    assert_eq!(status, 401);
+
+    // A client created by the admin command while the server runs works immediately.
+    let out = hutong(&["admin", "create-client", "--name", "his", "--scopes", "system/*.*"], data.path(), None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, secret) = (created["client_id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
+    let (status, body) = token(&server, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"));
+    assert_eq!(status, 200, "{body}");
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let (status, body) = http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
+
+    // Demo staff log in with password + TOTP; the demo resident sees only their own records.
+    let secret = crypto::totp::base32_decode("HUTONGDEMOTOTPKEY234").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let code = crypto::totp::generate(&secret, now, 6);
+    let (status, body) = token(&server, &format!("grant_type=password&username=doctor&password=Hutong%232026&totp={code}"));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = token(&server, "grant_type=password&username=resident&password=Hutong%232026");
+    assert_eq!(status, 200, "{body}");
+    let resident = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let (_, body) = http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &resident)], "");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 2, "own record and a dependant's");
+    let (status, body) = http(&server.addr, "GET", "/.well-known/smart-configuration", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("/oauth2/token"));
+    let demo: Value = serde_json::from_str(&std::fs::read_to_string(data.path().join("demo-client.json")).unwrap()).unwrap();
+    assert!(demo["client_secret"].as_str().is_some());
+    // Users: a resident without a valid ID number is refused with the reason.
+    let out = hutong(
+        &["admin", "create-user", "--username", "r9", "--role", "resident", "--patient", "x", "--id-number", "110105194912310021"],
+        data.path(),
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("check character should be X"));
+}
+
+/// Direct SQL on the store of a data folder or a PostgreSQL database.
+enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio::runtime::Runtime, tokio_postgres::Client),
+}
+
+impl Db {
+    fn exec(&mut self, sql: &str) {
+        match self {
+            Db::Sqlite(c) => {
+                c.execute_batch(sql).unwrap();
+            }
+            Db::Postgres(rt, c) => rt.block_on(c.batch_execute(sql)).unwrap(),
+        }
+    }
+}
+
+fn verify(data: &Path, database: Option<&str>) -> (bool, String) {
+    let out = hutong(&["audit", "verify"], data, database);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tamper_suite(data: &Path, database: Option<&str>, mut db: Db) {
+    for i in 0..6 {
+        let out = hutong(&["admin", "create-client", "--name", &format!("c{i}"), "--scopes", "system/*.read"], data, database);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = hutong(&["audit", "checkpoint"], data, database);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed checkpoint at entry 6"), "{out:?}");
+    for i in 6..10 {
+        hutong(&["admin", "create-client", "--name", &format!("c{i}"), "--scopes", "system/*.read"], data, database);
+    }
+    let (ok, report) = verify(data, database);
+    assert!(ok, "{report}");
+    assert!(report.contains("10 entries") && report.contains("intact"), "{report}");
+
+    // Edit one field.
+    db.exec("UPDATE audit_log SET actor = 'user/intruder' WHERE seq = 3");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 3: content does not match its hash (modified)"), "{report}");
+    db.exec("UPDATE audit_log SET actor = 'platform' WHERE seq = 3");
+    assert!(verify(data, database).0, "restored");
+
+    // Delete one entry.
+    db.exec("CREATE TABLE saved AS SELECT * FROM audit_log WHERE seq = 5; DELETE FROM audit_log WHERE seq = 5");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 5: missing (deleted)"), "{report}");
+    db.exec("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved");
+    assert!(verify(data, database).0, "restored");
+
+    // Reorder two entries (swap their positions).
+    db.exec("UPDATE audit_log SET seq = -7 WHERE seq = 7; UPDATE audit_log SET seq = 7 WHERE seq = 8; UPDATE audit_log SET seq = 8 WHERE seq = -7");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 7: content does not match") && report.contains("entry 8: content does not match"), "{report}");
+    assert!(report.contains("entry 7: does not follow entry 6 but links to entry 8"), "{report}");
+    db.exec("UPDATE audit_log SET seq = -7 WHERE seq = 7; UPDATE audit_log SET seq = 7 WHERE seq = 8; UPDATE audit_log SET seq = 8 WHERE seq = -7");
+    assert!(verify(data, database).0, "restored");
+
+    // Insert an entry in the middle, renumbering the rest.
+    db.exec(
+        "UPDATE audit_log SET seq = -(seq + 1) WHERE seq > 4; UPDATE audit_log SET seq = -seq WHERE seq < 0; \
+         INSERT INTO audit_log (seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, detail, prev_hash, hash) \
+         SELECT 5, recorded, 'read', 'success', 'user/ghost', 'doctor', '', 'TREAT', 'Patient/p1', 'p1', '{}', hash, '00' || substr(hash, 3) FROM audit_log WHERE seq = 4",
+    );
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 5: content does not match"), "{report}");
+    assert!(report.contains("entry 6: does not follow entry 5 but links to entry 4"), "{report}");
+    assert!(report.contains("checkpoint at entry 6"), "the signed checkpoint no longer matches: {report}");
+}
+
+#[test]
+fn audit_verify_finds_tampering_on_sqlite() {
+    let data = tempfile::tempdir().unwrap();
+    let out = hutong(&["audit", "verify"], data.path(), None);
+    assert!(out.status.success(), "an empty log verifies");
+    let conn = rusqlite::Connection::open(data.path().join("hutong.db")).unwrap();
+    tamper_suite(data.path(), None, Db::Sqlite(conn));
+}
+
+#[test]
+fn audit_verify_finds_tampering_on_postgres() {
+    let Some(url) = store_postgres::testing::server_url() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let db = rt.block_on(store_postgres::testing::create_database(&url, "hutong_audit")).unwrap();
+    let (client, connection) = rt.block_on(tokio_postgres::connect(&db, tokio_postgres::NoTls)).unwrap();
+    rt.spawn(connection);
+    let data = tempfile::tempdir().unwrap();
+    // The first command creates the schema.
+    assert!(hutong(&["audit", "verify"], data.path(), Some(&db)).status.success());
+    tamper_suite(data.path(), Some(&db), Db::Postgres(rt, client));
+}
