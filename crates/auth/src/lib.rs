@@ -264,8 +264,14 @@ impl Auth {
         };
         let body = serde_json::to_string(&client).map_err(|e| AuthError::Invalid(e.to_string()))?;
         self.store.kv_put("client", &id, &body, &[]).await?;
-        self.audit(Self::record("platform", "operator", "admin", "success", json!({"created": format!("client/{id}")})))
-            .await?;
+        self.audit(Self::record(
+            "platform",
+            "operator",
+            "admin",
+            "success",
+            json!({"created": format!("client/{id}")}),
+        ))
+        .await?;
         Ok((id, secret))
     }
 
@@ -284,9 +290,7 @@ impl Auth {
             || username.len() > 64
             || !username.chars().all(|c| c.is_alphanumeric() || "-_.@".contains(c))
         {
-            return Err(AuthError::Invalid(
-                "a user name has 1-64 letters, digits and - _ . @ (no spaces)".to_string(),
-            ));
+            return Err(AuthError::Invalid("a user name has 1-64 letters, digits and - _ . @ (no spaces)".to_string()));
         }
         let generated = new.password.is_none().then(|| format!("Ht-{}", crypto::random_token(12)));
         let password = new.password.clone().or_else(|| generated.clone()).unwrap_or_default();
@@ -560,7 +564,10 @@ impl Auth {
             return Err(oauth(
                 400,
                 "invalid_grant",
-                format!("too many failed logins: the account is locked for {} more minutes", (user.locked_until - t + 59) / 60),
+                format!(
+                    "too many failed logins: the account is locked for {} more minutes",
+                    (user.locked_until - t + 59) / 60
+                ),
             ));
         }
         let mut ok = crypto::password::verify_password(password, &user.password_hash);
@@ -587,7 +594,11 @@ impl Auth {
             }
             self.save_user(&user).await?;
             if second_factor_missing {
-                return Err(oauth(400, "invalid_grant", "staff log in with a password and a TOTP code (parameter totp)"));
+                return Err(oauth(
+                    400,
+                    "invalid_grant",
+                    "staff log in with a password and a TOTP code (parameter totp)",
+                ));
             }
             return Err(bad());
         }
@@ -611,7 +622,8 @@ impl Auth {
     }
 
     async fn refresh_grant(&self, form: &HashMap<String, String>) -> AuthResult<(Session, Value)> {
-        let token = form.get("refresh_token").ok_or_else(|| oauth(400, "invalid_request", "refresh_token is required"))?;
+        let token =
+            form.get("refresh_token").ok_or_else(|| oauth(400, "invalid_request", "refresh_token is required"))?;
         let key = token_key(token);
         let record: Option<TokenRecord> =
             self.store.kv_get("refresh", &key).await?.and_then(|b| serde_json::from_str(&b).ok());
@@ -671,11 +683,8 @@ impl Auth {
             return Err(bad());
         }
         self.store.kv_delete("sms-code", &key).await?;
-        let user: Option<User> = self
-            .store
-            .kv_find("user", &format!("phone:{key}"))
-            .await?
-            .and_then(|(_, b)| serde_json::from_str(&b).ok());
+        let user: Option<User> =
+            self.store.kv_find("user", &format!("phone:{key}")).await?.and_then(|(_, b)| serde_json::from_str(&b).ok());
         let user = user.filter(|u| u.active && u.role == Role::Resident).ok_or_else(bad)?;
         let scopes = Self::requested_scopes(form, &Self::user_ceiling(user.role))?;
         let principal = self.principal_of(&user, scopes);
@@ -753,16 +762,21 @@ impl Auth {
             cache.remove(&key);
         }
         if a || r {
-            self.audit(Self::record("anonymous", "", "revoke", "success", json!({"token": if a { "access" } else { "refresh" }})))
-                .await?;
+            self.audit(Self::record(
+                "anonymous",
+                "",
+                "revoke",
+                "success",
+                json!({"token": if a { "access" } else { "refresh" }}),
+            ))
+            .await?;
         }
         Ok(())
     }
 
     /// Authenticates a client for introspection (HTTP Basic or form credentials).
     pub async fn client_ok(&self, id: &str, secret: &str) -> AuthResult<bool> {
-        let client: Option<Client> =
-            self.store.kv_get("client", id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let client: Option<Client> = self.store.kv_get("client", id).await?.and_then(|b| serde_json::from_str(&b).ok());
         Ok(client.is_some_and(|c| c.active && crypto::password::verify_password(secret, &c.secret_hash)))
     }
 }

@@ -256,7 +256,8 @@ async fn search(
         auth::AuthConfig::default(),
         Arc::new(auth::FileSms::new(std::env::temp_dir().join("hutong-bench-sms.txt"))),
     ));
-    let (client_id, secret) = auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (client_id, secret) =
+        auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let form: std::collections::HashMap<String, String> = [
         ("grant_type".to_string(), "client_credentials".to_string()),
         ("client_id".to_string(), client_id),

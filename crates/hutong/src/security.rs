@@ -26,7 +26,11 @@ pub fn key_ring(store: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<Arc<KeyRing
     Ok(Arc::new(KeyRing::load_or_create(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("loading the keys")?))
 }
 
-pub fn auth_service(backend: Arc<dyn ResourceStore>, store: &StoreArgs, keys: Arc<KeyRing>) -> anyhow::Result<Arc<Auth>> {
+pub fn auth_service(
+    backend: Arc<dyn ResourceStore>,
+    store: &StoreArgs,
+    keys: Arc<KeyRing>,
+) -> anyhow::Result<Arc<Auth>> {
     std::fs::create_dir_all(&store.data).with_context(|| format!("creating {}", store.data.display()))?;
     let sms = Arc::new(FileSms::new(store.data.join("sms-outbox.txt")));
     Ok(Arc::new(Auth::new(backend, keys, AuthConfig::default(), sms)))
@@ -109,10 +113,8 @@ pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::CreateClient { name, scopes, organization, region, store, keys } => {
             let backend = crate::open_store(&store).await?;
             let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
-            let (id, secret) = auth
-                .create_client(&name, &scopes, organization, region)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (id, secret) =
+                auth.create_client(&name, &scopes, organization, region).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", json!({"client_id": id, "client_secret": secret}));
             Ok(())
         }
@@ -210,7 +212,12 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
     }
     let opts = engine::RequestOptions { base_url: "urn:hutong:demo".into(), ..Default::default() };
     let first = engine
-        .search(&store::Ctx::system(), Some("Patient"), &[("_count".into(), "2".into()), ("_sort".into(), "_id".into())], &opts)
+        .search(
+            &store::Ctx::system(),
+            Some("Patient"),
+            &[("_count".into(), "2".into()), ("_sort".into(), "_id".into())],
+            &opts,
+        )
         .await?;
     let patient = |i: usize| {
         let r = &first["entry"][i]["resource"];

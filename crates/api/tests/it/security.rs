@@ -69,7 +69,10 @@ async fn requests_without_a_valid_token_get_401() {
     for i in 0..200u32 {
         let bytes: Vec<u8> = (0..(i % 90)).map(|j| ((i * 31 + j * 17) % 94 + 33) as u8).collect();
         let mut r = req("GET", "/fhir/Observation", None, "");
-        r.headers_mut().insert(header::AUTHORIZATION, axum::http::HeaderValue::from_bytes(&bytes).unwrap_or(axum::http::HeaderValue::from_static("x")));
+        r.headers_mut().insert(
+            header::AUTHORIZATION,
+            axum::http::HeaderValue::from_bytes(&bytes).unwrap_or(axum::http::HeaderValue::from_static("x")),
+        );
         assert_eq!(send(&app, r).await.0, StatusCode::UNAUTHORIZED);
     }
 }
@@ -88,16 +91,20 @@ impl NoAuth for Request<Body> {
 #[tokio::test]
 async fn client_credentials_scopes_revocation_and_introspection() {
     let app = app(1 << 20).await;
-    let (id, secret) = app.auth.create_client("lab", "system/Observation.rs system/Patient.read", None, None).await.unwrap();
-    let (status, body) = token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret=wrong")).await;
+    let (id, secret) =
+        app.auth.create_client("lab", "system/Observation.rs system/Patient.read", None, None).await.unwrap();
+    let (status, body) =
+        token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret=wrong")).await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_client")));
     assert_eq!(body["resourceType"], "OperationOutcome", "OAuth errors are OperationOutcomes too");
     let (status, body) = token(&app, "grant_type=magic").await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_grant_type")));
     let (status, body) =
-        token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}&scope=system/*.*")).await;
+        token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}&scope=system/*.*"))
+            .await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_scope")), "{body}");
-    let (status, body) = token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}")).await;
+    let (status, body) =
+        token(&app, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let access = body["access_token"].as_str().unwrap().to_string();
     assert_eq!(body["token_type"], "Bearer");
@@ -110,7 +117,9 @@ async fn client_credentials_scopes_revocation_and_introspection() {
     assert_eq!(status, StatusCode::FORBIDDEN, "out of scope: {body}");
     assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("scopes"), "{body}");
     let denied = app.auth.store().audit_read(0, 1000).await.unwrap();
-    assert!(denied.iter().any(|e| e.record.outcome == "denied" && e.record.action == "create" && e.record.actor == format!("client/{id}")));
+    assert!(denied.iter().any(|e| e.record.outcome == "denied"
+        && e.record.action == "create"
+        && e.record.actor == format!("client/{id}")));
 
     // Introspection needs client credentials.
     let (status, _, _) = send(&app, form("/oauth2/introspect", &format!("token={access}"))).await;
@@ -133,8 +142,15 @@ async fn client_credentials_scopes_revocation_and_introspection() {
 
 fn base64(text: &str) -> String {
     let url = crypto::base64url(text.as_bytes());
-    let mut s: String = url.chars().map(|c| match c { '-' => '+', '_' => '/', c => c }).collect();
-    while s.len() % 4 != 0 {
+    let mut s: String = url
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s
@@ -181,11 +197,19 @@ async fn residents_log_in_by_sms_and_see_who_read_their_record() {
     send(&app, req("PUT", "/fhir/Patient/p2", FHIR, &other)).await;
     let enc = json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": "Patient/p1"}, "serviceProvider": {"reference": "Organization/h1"}}).to_string();
+        "subject": {"reference": "Patient/p1"}, "serviceProvider": {"reference": "Organization/h1"}})
+    .to_string();
     send(&app, req("PUT", "/fhir/Encounter/e1", FHIR, &enc)).await;
     let refused = app
         .auth
-        .create_user(auth::NewUser { username: "r0".into(), role: "resident".into(), password: Some("Pass#word1".into()), patients: vec!["p1".into()], id_number: Some("110105194912310021".into()), ..Default::default() })
+        .create_user(auth::NewUser {
+            username: "r0".into(),
+            role: "resident".into(),
+            password: Some("Pass#word1".into()),
+            patients: vec!["p1".into()],
+            id_number: Some("110105194912310021".into()),
+            ..Default::default()
+        })
         .await;
     assert!(refused.unwrap_err().to_string().contains("check character should be X"));
     app.auth
@@ -221,10 +245,14 @@ async fn residents_log_in_by_sms_and_see_who_read_their_record() {
 
     // A doctor of h1 reads p1's record; break-glass at h2 too.
     let (user, code) = staff(&app, "dr.wu", "doctor", "h1").await;
-    let (_, body) = token(&app, &format!("grant_type=password&username={user}&password=Pass%23word1&totp={code}")).await;
+    let (_, body) =
+        token(&app, &format!("grant_type=password&username={user}&password=Pass%23word1&totp={code}")).await;
     let doctor = body["access_token"].as_str().unwrap().to_string();
     assert_eq!(send(&app, with_token(req("GET", "/fhir/Patient/p1", None, ""), &doctor)).await.0, StatusCode::OK);
-    assert_eq!(send(&app, with_token(req("GET", "/fhir/Patient/p2", None, ""), &doctor)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(&app, with_token(req("GET", "/fhir/Patient/p2", None, ""), &doctor)).await.0,
+        StatusCode::NOT_FOUND
+    );
     let mut glass = with_token(req("GET", "/fhir/Patient/p2", None, ""), &doctor);
     glass.headers_mut().insert("x-break-glass", "%E6%80%A5%E8%AF%8A%E6%8A%A2%E6%95%91".parse().unwrap());
     assert_eq!(send(&app, glass).await.0, StatusCode::OK, "break-glass opens the record");
@@ -236,19 +264,38 @@ async fn residents_log_in_by_sms_and_see_who_read_their_record() {
     let (status, _, log) = send(&app, with_token(req("GET", "/audit/patient/p1", None, ""), &resident)).await;
     assert_eq!(status, StatusCode::OK, "{log}");
     let events = log["entry"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["resource"]["agent"][0]["type"]["text"] == "doctor"
-        && e["resource"]["entity"][0]["what"]["reference"].as_str().unwrap().starts_with("Patient/p1")), "{log}");
-    assert_eq!(send(&app, with_token(req("GET", "/audit/patient/p2", None, ""), &resident)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(send(&app, with_token(req("GET", "/audit/patient/p1", None, ""), &doctor)).await.0, StatusCode::FORBIDDEN);
+    assert!(
+        events.iter().any(|e| e["resource"]["agent"][0]["type"]["text"] == "doctor"
+            && e["resource"]["entity"][0]["what"]["reference"].as_str().unwrap().starts_with("Patient/p1")),
+        "{log}"
+    );
+    assert_eq!(
+        send(&app, with_token(req("GET", "/audit/patient/p2", None, ""), &resident)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, with_token(req("GET", "/audit/patient/p1", None, ""), &doctor)).await.0,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(send(&app, with_token(req("GET", "/audit/log", None, ""), &doctor)).await.0, StatusCode::FORBIDDEN);
     let (auditor, code) = staff(&app, "audit1", "auditor", "x").await;
-    let (_, body) = token(&app, &format!("grant_type=password&username={auditor}&password=Pass%23word1&totp={code}")).await;
+    let (_, body) =
+        token(&app, &format!("grant_type=password&username={auditor}&password=Pass%23word1&totp={code}")).await;
     let auditor = body["access_token"].as_str().unwrap().to_string();
     let (status, _, log) = send(&app, with_token(req("GET", "/audit/log?_count=1000", None, ""), &auditor)).await;
     assert_eq!(status, StatusCode::OK);
-    let glass_events: Vec<&Value> = log["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["purposeOfEvent"][0]["text"] == "急诊抢救").collect();
+    let glass_events: Vec<&Value> = log["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["purposeOfEvent"][0]["text"] == "急诊抢救")
+        .collect();
     assert_eq!(glass_events.len(), 1, "break-glass is flagged in the log");
-    assert_eq!(send(&app, with_token(req("GET", "/fhir/Patient/p1", None, ""), &auditor)).await.0, StatusCode::NOT_FOUND, "auditors do not read records");
+    assert_eq!(
+        send(&app, with_token(req("GET", "/fhir/Patient/p1", None, ""), &auditor)).await.0,
+        StatusCode::NOT_FOUND,
+        "auditors do not read records"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,8 @@ fn hutong(args: &[&str], data: &Path, database: Option<&str>) -> std::process::O
 /// A minimal HTTP/1.1 request: (status, body).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -59,7 +60,8 @@ fn admin_clients_and_demo_accounts_work_at_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (id, secret) = (created["client_id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
-    let (status, body) = token(&server, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"));
+    let (status, body) =
+        token(&server, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"));
     assert_eq!(status, 200, "{body}");
     let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
     let (status, body) = http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
@@ -70,7 +72,8 @@ fn admin_clients_and_demo_accounts_work_at_once() {
     let secret = crypto::totp::base32_decode("HUTONGDEMOTOTPKEY234").unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let code = crypto::totp::generate(&secret, now, 6);
-    let (status, body) = token(&server, &format!("grant_type=password&username=doctor&password=Hutong%232026&totp={code}"));
+    let (status, body) =
+        token(&server, &format!("grant_type=password&username=doctor&password=Hutong%232026&totp={code}"));
     assert_eq!(status, 200, "{body}");
     let (status, body) = token(&server, "grant_type=password&username=resident&password=Hutong%232026");
     assert_eq!(status, 200, "{body}");
@@ -80,11 +83,23 @@ fn admin_clients_and_demo_accounts_work_at_once() {
     let (status, body) = http(&server.addr, "GET", "/.well-known/smart-configuration", &[], "");
     assert_eq!(status, 200);
     assert!(body.contains("/oauth2/token"));
-    let demo: Value = serde_json::from_str(&std::fs::read_to_string(data.path().join("demo-client.json")).unwrap()).unwrap();
+    let demo: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.path().join("demo-client.json")).unwrap()).unwrap();
     assert!(demo["client_secret"].as_str().is_some());
     // Users: a resident without a valid ID number is refused with the reason.
     let out = hutong(
-        &["admin", "create-user", "--username", "r9", "--role", "resident", "--patient", "x", "--id-number", "110105194912310021"],
+        &[
+            "admin",
+            "create-user",
+            "--username",
+            "r9",
+            "--role",
+            "resident",
+            "--patient",
+            "x",
+            "--id-number",
+            "110105194912310021",
+        ],
         data.path(),
         None,
     );
@@ -116,7 +131,11 @@ fn verify(data: &Path, database: Option<&str>) -> (bool, String) {
 
 fn tamper_suite(data: &Path, database: Option<&str>, mut db: Db) {
     for i in 0..6 {
-        let out = hutong(&["admin", "create-client", "--name", &format!("c{i}"), "--scopes", "system/*.read"], data, database);
+        let out = hutong(
+            &["admin", "create-client", "--name", &format!("c{i}"), "--scopes", "system/*.read"],
+            data,
+            database,
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = hutong(&["audit", "checkpoint"], data, database);
@@ -148,7 +167,10 @@ fn tamper_suite(data: &Path, database: Option<&str>, mut db: Db) {
     db.exec("UPDATE audit_log SET seq = -7 WHERE seq = 7; UPDATE audit_log SET seq = 7 WHERE seq = 8; UPDATE audit_log SET seq = 8 WHERE seq = -7");
     let (ok, report) = verify(data, database);
     assert!(!ok);
-    assert!(report.contains("entry 7: content does not match") && report.contains("entry 8: content does not match"), "{report}");
+    assert!(
+        report.contains("entry 7: content does not match") && report.contains("entry 8: content does not match"),
+        "{report}"
+    );
     assert!(report.contains("entry 7: does not follow entry 6 but links to entry 8"), "{report}");
     db.exec("UPDATE audit_log SET seq = -7 WHERE seq = 7; UPDATE audit_log SET seq = 7 WHERE seq = 8; UPDATE audit_log SET seq = 8 WHERE seq = -7");
     assert!(verify(data, database).0, "restored");

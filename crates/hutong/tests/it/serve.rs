@@ -71,8 +71,7 @@ pub fn dechunk(mut body: &str) -> String {
 
 /// A system client's bearer token, from the demo client the server wrote.
 fn demo_bearer(server: &Server, data: &std::path::Path) -> String {
-    let demo: Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("demo-client.json")).unwrap()).unwrap();
+    let demo: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-client.json")).unwrap()).unwrap();
     let form = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}",
         demo["client_id"].as_str().unwrap(),
@@ -116,7 +115,8 @@ fn serve_demo_answers_fhir_requests() {
         assert!(!line.starts_with("Loaded the synthetic demo data set"), "the demo was loaded again: {line}")
     });
     let bearer = demo_bearer(&server, data.path());
-    let (_, body) = super::security::http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
+    let (_, body) =
+        super::security::http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
 }
 
