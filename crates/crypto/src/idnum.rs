@@ -1,6 +1,11 @@
 //! GB 11643-1999 citizen identity numbers: 6-digit division code, 8-digit birth date, 3-digit
 //! sequence (odd for men, even for women) and an ISO 7064 MOD 11-2 check character (`0`–`9`,
 //! `X`). Old 15-digit numbers (two-digit year, no check character) convert to 18 digits.
+//!
+//! The division code is checked for shape only: its first two digits must be a province-level
+//! code of GB/T 2260 (11–15, 21–23, 31–37, 41–46, 50–54, 61–65, 71, 81–83), or `9` followed by
+//! one (the 2023 permanent-residence ID for foreigners). The birth date must be a real calendar
+//! date between 1850 and 2100 (no clock is read: a future date within that range passes).
 
 const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const CHECK: &[u8; 11] = b"10X98765432";
@@ -40,12 +45,55 @@ fn valid_date(y: u32, m: u32, d: u32) -> bool {
     (1850..=2100).contains(&y) && (1..=days).contains(&d)
 }
 
+fn is_province(code: &[u8]) -> bool {
+    matches!(
+        code,
+        b"11"
+            | b"12"
+            | b"13"
+            | b"14"
+            | b"15"
+            | b"21"
+            | b"22"
+            | b"23"
+            | b"31"
+            | b"32"
+            | b"33"
+            | b"34"
+            | b"35"
+            | b"36"
+            | b"37"
+            | b"41"
+            | b"42"
+            | b"43"
+            | b"44"
+            | b"45"
+            | b"46"
+            | b"50"
+            | b"51"
+            | b"52"
+            | b"53"
+            | b"54"
+            | b"61"
+            | b"62"
+            | b"63"
+            | b"64"
+            | b"65"
+            | b"71"
+            | b"81"
+            | b"82"
+            | b"83"
+    )
+}
+
 fn check_body(first17: &str) -> Result<(), IdError> {
-    if !first17.bytes().all(|b| b.is_ascii_digit()) {
+    if first17.len() != 17 || !first17.bytes().all(|b| b.is_ascii_digit()) {
         return Err(IdError::NotDigits);
     }
     let division = &first17[..6];
-    if division.starts_with('0') || division.starts_with('9') && division != "910000" {
+    let d = division.as_bytes();
+    let shaped = is_province(&d[..2]) || (d[0] == b'9' && is_province(&d[1..3]));
+    if !shaped {
         return Err(IdError::Division(division.to_string()));
     }
     let date = &first17[6..14];
@@ -62,6 +110,9 @@ pub fn validate(text: &str) -> Result<IdNumber, IdError> {
     let n = text.chars().count();
     if n != 18 {
         return Err(IdError::Length(n));
+    }
+    if !text.is_ascii() {
+        return Err(IdError::NotDigits);
     }
     let (first17, last) = text.split_at(17);
     check_body(first17)?;
@@ -129,6 +180,10 @@ mod tests {
         assert_eq!(id.as_str(), "11010519491231002X");
         assert_eq!((id.division(), id.birth_date().as_str(), id.sex()), ("110105", "1949-12-31", "female"));
         assert_eq!(id.masked(), "110105********002X");
+        // Synthetic, check character computed: a man born on 2000-02-29 in Fuzhou.
+        let man = validate("350102200002290019").unwrap();
+        assert_eq!((man.sex(), man.birth_date().as_str(), man.division()), ("male", "2000-02-29", "350102"));
+        assert_eq!(validate("350102190002290012"), Err(IdError::BirthDate("19000229".into())), "1900 was not leap");
     }
 
     #[test]
@@ -138,7 +193,13 @@ mod tests {
         assert_eq!(validate("11010519491331002X"), Err(IdError::BirthDate("19491331".into())));
         assert_eq!(validate("11010519490229002X").map(|_| ()), Err(IdError::BirthDate("19490229".into())));
         assert_eq!(validate("1101051949123100AX"), Err(IdError::NotDigits));
-        assert!(validate("01010519491231002X").is_err());
+        assert_eq!(validate("01010519491231002X"), Err(IdError::Division("010105".into())));
+        assert_eq!(validate("99010519491231002X").map(|_| ()), Err(IdError::Division("990105".into())));
+        // Multi-byte characters are an error, not a panic (18 characters, 20 bytes).
+        assert_eq!(validate("1101051949123100中X"), Err(IdError::NotDigits));
+        assert_eq!(validate("11010519491231002中"), Err(IdError::NotDigits));
+        assert!(normalize("一二三四五").is_err());
+        assert!(normalize("").is_err());
         assert_eq!(
             IdError::Check { expected: 'X', found: '1' }.to_string(),
             "the check character should be X, not 1: the number was mistyped"
