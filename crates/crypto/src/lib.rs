@@ -10,6 +10,7 @@
 //! - [`password`]: argon2id hashing and the 等保 level-3 password policy.
 //! - [`totp`]: RFC 6238 one-time passwords (the staff's second factor).
 //! - [`idnum`]: GB 11643 citizen ID numbers (check character, 15 → 18 digits).
+//! - [`token`]: random base64url tokens from the OS generator and constant-time comparison.
 //!
 //! Test vectors and their sources are next to the tests in each module.
 
@@ -20,6 +21,11 @@ pub mod sm2;
 pub mod sm3;
 pub mod sm4;
 pub mod totp;
+
+/// Random tokens and constant-time comparison (also re-exported at the crate root).
+pub mod token {
+    pub use crate::{constant_time_eq, random_token};
+}
 
 pub use keyring::KeyRing;
 

@@ -79,6 +79,18 @@ mod tests {
         assert_eq!(crate::hex(&block), "681edf34d206965e86b3e94f536e4246");
     }
 
+    /// GB/T 32907-2016 Annex A, example 2: the same block encrypted 1,000,000 times.
+    #[test]
+    fn block_vector_million_iterations() {
+        let key = h("0123456789abcdeffedcba9876543210");
+        let cipher = Sm4::new_from_slice(&key).unwrap();
+        let mut block = sm4::cipher::generic_array::GenericArray::clone_from_slice(&key);
+        for _ in 0..1_000_000 {
+            cipher.encrypt_block(&mut block);
+        }
+        assert_eq!(crate::hex(&block), "595298c7c6fd271f0402f804c33d3f66");
+    }
+
     /// RFC 8998 Appendix A.1 (SM4-GCM).
     #[test]
     fn gcm_vector() {

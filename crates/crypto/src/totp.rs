@@ -4,8 +4,10 @@
 use hmac::{KeyInit, Mac, SimpleHmac};
 use sha1::Sha1;
 
-/// The code for `unix_time` with `digits` digits (RFC 4226 dynamic truncation).
+/// The code for `unix_time` with `digits` digits (RFC 4226 dynamic truncation); `digits` is
+/// clamped to 6..=9 (RFC 4226 asks for at least 6; 31 bits hold at most 9 whole digits).
 pub fn generate(secret: &[u8], unix_time: u64, digits: u32) -> String {
+    let digits = digits.clamp(6, 9);
     let counter = unix_time / 30;
     let mut mac = <SimpleHmac<Sha1> as KeyInit>::new_from_slice(secret).expect("any key length");
     mac.update(&counter.to_be_bytes());
@@ -21,13 +23,19 @@ pub fn generate(secret: &[u8], unix_time: u64, digits: u32) -> String {
 
 /// Whether `code` (6 digits) is valid at `unix_time`, allowing `skew` steps either side.
 pub fn verify(secret: &[u8], code: &str, unix_time: u64, skew: u64) -> bool {
+    verify_digits(secret, code, unix_time, skew, 6)
+}
+
+/// [`verify`] for codes of `digits` digits (6..=9). `skew` is capped at 10 steps (5 minutes).
+pub fn verify_digits(secret: &[u8], code: &str, unix_time: u64, skew: u64, digits: u32) -> bool {
     let code = code.trim();
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+    if !(6..=9).contains(&digits) || code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return false;
     }
+    let skew = skew.min(10);
     (0..=2 * skew).any(|i| {
-        let t = (unix_time + i * 30).checked_sub(skew * 30);
-        t.is_some_and(|t| crate::constant_time_eq(generate(secret, t, 6).as_bytes(), code.as_bytes()))
+        let t = unix_time.checked_add(i * 30).and_then(|t| t.checked_sub(skew * 30));
+        t.is_some_and(|t| crate::constant_time_eq(generate(secret, t, digits).as_bytes(), code.as_bytes()))
     })
 }
 
@@ -120,7 +128,13 @@ mod tests {
         assert!(verify(&secret, &code, now, 1));
         assert!(verify(&secret, &code, now + 30, 1), "one step late is accepted");
         assert!(!verify(&secret, &code, now + 90, 1), "three steps late is not");
+        assert!(!verify(&secret, &code, now - 60, 1), "two steps early is not");
         assert!(!verify(&secret, "12345", now, 1) && !verify(&secret, "abcdef", now, 1));
+        assert!(!verify(&secret, &code, u64::MAX, 1), "no overflow at the end of time");
+        assert!(verify(&secret, &code, now, 0) && !verify(&secret, &code, now + 30, 0));
+        let eight = generate(&secret, now, 8);
+        assert!(verify_digits(&secret, &eight, now, 1, 8) && !verify(&secret, &eight, now, 1));
+        assert_eq!(generate(&secret, now, 20).len(), 9, "digits are clamped, no overflow");
         assert_eq!(base32_decode(&base32_encode(&secret)).unwrap(), secret);
         assert_eq!(base32_encode(b"12345678901234567890"), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
         assert!(uri(&secret, "doctor 1", "互通").starts_with("otpauth://totp/%E4%BA%92%E9%80%9A:doctor%201?secret="));
