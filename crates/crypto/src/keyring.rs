@@ -4,14 +4,18 @@
 //!   for new encryption, older ones still decrypt (rotation without downtime: append a key,
 //!   restart or reload, re-encrypt at leisure).
 //! - `blind-index.key`: the HMAC-SM3 key of blind indexes (stable across SM4 rotation).
-//! - `sm2.key`: the platform's SM2 signing key (hex secret), e.g. for audit checkpoints;
-//!   `sm2.pub` next to it holds the public key for verifiers.
+//! - `sm2.key`: the platform's SM2 signing key (hex secret, or a PKCS#8 PEM put there by an
+//!   operator), e.g. for audit checkpoints; `sm2.pub` (hex SEC1 point) and `sm2-public.pem`
+//!   (SPKI, for OpenSSL) next to it hold the public key for verifiers.
 //!
 //! Environment variables override the files (for containers and secret managers):
-//! `HUTONG_SM4_KEYS=kid:hex,kid:hex` (last active), `HUTONG_BLIND_INDEX_KEY=hex`,
-//! `HUTONG_SM2_KEY=hex`. `Debug` never prints key material.
+//! `HUTONG_SM4_KEYS=kid:hex,kid:hex` (last active; `HUTONG_SM4_KEY` is accepted too),
+//! `HUTONG_BLIND_INDEX_KEY=hex`, `HUTONG_SM2_KEY=hex or PEM` (or `HUTONG_SM2_KEY_PEM=PEM`).
+//! `Debug` never prints key material, and secrets are wiped from memory when dropped.
 
 use std::path::Path;
+
+use zeroize::Zeroizing;
 
 use crate::sm2::{Sm2SigningKey, Sm2VerifyingKey};
 use crate::sm4::{self, Sm4Key};
@@ -19,7 +23,7 @@ use crate::{CryptoError, base64url, unbase64url};
 
 pub struct KeyRing {
     sm4: Vec<(String, Sm4Key)>,
-    blind_index: Vec<u8>,
+    blind_index: Zeroizing<Vec<u8>>,
     signing: Sm2SigningKey,
 }
 
@@ -50,6 +54,19 @@ fn write_private(path: &Path, text: &str) -> Result<(), CryptoError> {
     file.sync_all().map_err(|e| io(e, path))
 }
 
+/// Names the file or variable a key error came from.
+fn named(name: &'static str) -> impl Fn(CryptoError) -> CryptoError {
+    move |e| CryptoError::BadKey(format!("{name}: {e}"))
+}
+
+/// Writes a public file only when its content changed.
+fn write_public(path: &Path, text: &str) -> Result<(), CryptoError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    std::fs::write(path, text).map_err(|e| io(e, path))
+}
+
 fn parse_sm4(text: &str, separator: char) -> Result<Vec<(String, Sm4Key)>, CryptoError> {
     let keys: Vec<(String, Sm4Key)> = text
         .split(['\n', ','])
@@ -69,12 +86,28 @@ fn parse_sm4(text: &str, separator: char) -> Result<Vec<(String, Sm4Key)>, Crypt
     if keys.is_empty() {
         return Err(CryptoError::BadKey("no SM4 key".into()));
     }
+    for (i, (kid, _)) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|(k, _)| k == kid) {
+            return Err(CryptoError::BadKey(format!("SM4 key id '{kid}' appears twice; each key needs its own id")));
+        }
+    }
     Ok(keys)
 }
 
 impl KeyRing {
     /// Loads the key folder, creating any missing key, then applies environment overrides.
     pub fn load_or_create(dir: &Path) -> Result<KeyRing, CryptoError> {
+        Self::load_or_create_with_env(dir, |name| std::env::var(name).ok())
+    }
+
+    /// Same as [`KeyRing::load_or_create`] (the name used in the design notes).
+    pub fn generate_if_missing(dir: &Path) -> Result<KeyRing, CryptoError> {
+        Self::load_or_create(dir)
+    }
+
+    /// [`KeyRing::load_or_create`] with the environment given as a lookup function (tests, or a
+    /// configuration source other than the process environment).
+    pub fn load_or_create_with_env(dir: &Path, env: impl Fn(&str) -> Option<String>) -> Result<KeyRing, CryptoError> {
         std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
         #[cfg(unix)]
         {
@@ -93,21 +126,30 @@ impl KeyRing {
         if !sm2_path.exists() {
             let key = Sm2SigningKey::generate();
             write_private(&sm2_path, &format!("{}\n", key.secret_hex()))?;
-            std::fs::write(dir.join("sm2.pub"), format!("{}\n", key.public().to_hex()))
-                .map_err(|e| io(e, &dir.join("sm2.pub")))?;
         }
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| io(e, p));
-        let mut sm4 = parse_sm4(&read(&sm4_path)?, ' ')?;
-        let mut blind_index = crate::unhex(&read(&index_path)?)?;
-        let mut signing = Sm2SigningKey::from_hex(&read(&sm2_path)?)?;
-        if let Ok(v) = std::env::var("HUTONG_SM4_KEYS") {
-            sm4 = parse_sm4(&v, ':')?;
+        let read = |p: &Path| std::fs::read_to_string(p).map(Zeroizing::new).map_err(|e| io(e, p));
+        let mut sm4 = parse_sm4(&read(&sm4_path)?, ' ').map_err(named("sm4.keys"))?;
+        let mut blind_index = Zeroizing::new(crate::unhex(&read(&index_path)?).map_err(named("blind-index.key"))?);
+        let mut signing = Sm2SigningKey::from_pem_or_hex(&read(&sm2_path)?).map_err(named("sm2.key"))?;
+        for var in ["HUTONG_SM4_KEY", "HUTONG_SM4_KEYS"] {
+            if let Some(v) = env(var).map(Zeroizing::new) {
+                sm4 = parse_sm4(&v, ':').map_err(named(var))?;
+            }
         }
-        if let Ok(v) = std::env::var("HUTONG_BLIND_INDEX_KEY") {
-            blind_index = crate::unhex(&v)?;
+        if let Some(v) = env("HUTONG_BLIND_INDEX_KEY").map(Zeroizing::new) {
+            blind_index = Zeroizing::new(crate::unhex(&v).map_err(named("HUTONG_BLIND_INDEX_KEY"))?);
         }
-        if let Ok(v) = std::env::var("HUTONG_SM2_KEY") {
-            signing = Sm2SigningKey::from_hex(&v)?;
+        for var in ["HUTONG_SM2_KEY", "HUTONG_SM2_KEY_PEM"] {
+            if let Some(v) = env(var).map(Zeroizing::new) {
+                signing = Sm2SigningKey::from_pem_or_hex(&v).map_err(named(var))?;
+            }
+        }
+        // The public key files describe the key in use, so verifiers never drift. Best effort:
+        // a read-only key folder (a mounted secret) must not stop the server.
+        let public = signing.public();
+        let _ = write_public(&dir.join("sm2.pub"), &format!("{}\n", public.to_hex()));
+        if let Ok(pem) = public.to_public_key_pem() {
+            let _ = write_public(&dir.join("sm2-public.pem"), &pem);
         }
         if blind_index.len() < 16 {
             return Err(CryptoError::BadKey("the blind-index key needs at least 16 bytes".into()));
@@ -119,18 +161,25 @@ impl KeyRing {
     pub fn ephemeral() -> KeyRing {
         KeyRing {
             sm4: vec![("k1".into(), Sm4Key::generate())],
-            blind_index: crate::random_bytes(32),
+            blind_index: Zeroizing::new(crate::random_bytes(32)),
             signing: Sm2SigningKey::generate(),
         }
     }
 
-    /// Adds an SM4 key and makes it active (rotation).
+    /// Adds an SM4 key and makes it active (rotation). A key already in the ring under the same
+    /// id is replaced (what it encrypted no longer opens), so give each new key a new id.
     pub fn rotate_sm4(&mut self, kid: &str, key: Sm4Key) {
+        self.sm4.retain(|(k, _)| k != kid);
         self.sm4.push((kid.to_string(), key));
     }
 
     pub fn active_sm4_id(&self) -> &str {
-        &self.sm4.last().expect("at least one SM4 key").0
+        self.sm4.last().map_or("", |(kid, _)| kid.as_str())
+    }
+
+    /// The ids of all SM4 keys, oldest first (the last is active).
+    pub fn sm4_key_ids(&self) -> Vec<&str> {
+        self.sm4.iter().map(|(kid, _)| kid.as_str()).collect()
     }
 
     /// Encrypts a field value: `v1.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`. `context`
@@ -218,5 +267,82 @@ mod tests {
         assert!(!format!("{ring:?}").contains(&crate::hex(&ring.blind_index)));
         assert!(ring.decrypt_field("v1.k9.AAAA", "x").is_err());
         assert!(ring.decrypt_field("garbage", "x").is_err());
+    }
+
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("hutong-keys-{}", crate::random_token(6)))
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        let dir = temp_dir();
+        let from_files = KeyRing::load_or_create_with_env(&dir, |_| None).unwrap();
+        let sm2 = Sm2SigningKey::generate();
+        let pem = sm2.to_pkcs8_pem().unwrap();
+        let env = |name: &str| match name {
+            "HUTONG_SM4_KEY" => {
+                Some("old:000102030405060708090a0b0c0d0e0f, new:0f0e0d0c0b0a09080706050403020100".into())
+            }
+            "HUTONG_BLIND_INDEX_KEY" => Some("11".repeat(32)),
+            "HUTONG_SM2_KEY_PEM" => Some(pem.to_string()),
+            _ => None,
+        };
+        let ring = KeyRing::load_or_create_with_env(&dir, env).unwrap();
+        assert_eq!(ring.sm4_key_ids(), ["old", "new"]);
+        assert!(ring.encrypt_field("x", "c").starts_with("v1.new."), "the last key is active");
+        assert_eq!(ring.verifying_key(), sm2.public());
+        assert_ne!(ring.blind_index("id", "x"), from_files.blind_index("id", "x"));
+        // The public key files follow the key in use.
+        let pub_pem = std::fs::read_to_string(dir.join("sm2-public.pem")).unwrap();
+        assert_eq!(crate::sm2::Sm2VerifyingKey::from_public_key_pem(&pub_pem).unwrap(), sm2.public());
+        let pub_hex = std::fs::read_to_string(dir.join("sm2.pub")).unwrap();
+        assert_eq!(pub_hex.trim(), sm2.public().to_hex());
+        // Old-style variable name, hex SM2 key.
+        let hex = sm2.secret_hex();
+        let ring = KeyRing::load_or_create_with_env(&dir, |n| {
+            (n == "HUTONG_SM4_KEYS")
+                .then(|| "a:000102030405060708090a0b0c0d0e0f".to_string())
+                .or_else(|| (n == "HUTONG_SM2_KEY").then(|| hex.clone()))
+        })
+        .unwrap();
+        assert_eq!((ring.active_sm4_id(), ring.verifying_key()), ("a", sm2.public()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_key_material_names_its_source() {
+        let dir = temp_dir();
+        let err = |var: &'static str, value: &'static str| {
+            KeyRing::load_or_create_with_env(&dir, move |n| (n == var).then(|| value.to_string()))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("HUTONG_SM4_KEYS", "a:0001,b:000102030405060708090a0b0c0d0e0f");
+        assert!(e.contains("HUTONG_SM4_KEYS") && e.contains("16 bytes"), "{e}");
+        let e = err("HUTONG_SM4_KEYS", "a:000102030405060708090a0b0c0d0e0f,a:000102030405060708090a0b0c0d0e0f");
+        assert!(e.contains("appears twice"), "{e}");
+        let e = err("HUTONG_SM2_KEY_PEM", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert!(e.contains("HUTONG_SM2_KEY_PEM") && e.contains("PKCS#8"), "{e}");
+        let e = err("HUTONG_BLIND_INDEX_KEY", "0011");
+        assert!(e.contains("at least 16 bytes"), "{e}");
+        // An operator may put an OpenSSL PKCS#8 key in sm2.key.
+        let sm2 = Sm2SigningKey::generate();
+        std::fs::write(dir.join("sm2.key"), sm2.to_pkcs8_pem().unwrap().as_str()).unwrap();
+        let ring = KeyRing::load_or_create_with_env(&dir, |_| None).unwrap();
+        assert_eq!(ring.verifying_key(), sm2.public());
+        std::fs::write(dir.join("sm4.keys"), "k1 nothex\n").unwrap();
+        let e = KeyRing::load_or_create_with_env(&dir, |_| None).unwrap_err().to_string();
+        assert!(e.contains("sm4.keys"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_reusing_an_id_replaces_the_key() {
+        let mut ring = KeyRing::ephemeral();
+        let old = ring.encrypt_field("v", "c");
+        ring.rotate_sm4("k2", Sm4Key::generate());
+        ring.rotate_sm4("k2", Sm4Key::generate());
+        assert_eq!(ring.sm4_key_ids(), ["k1", "k2"]);
+        assert_eq!(ring.decrypt_field(&old, "c").unwrap(), "v");
     }
 }

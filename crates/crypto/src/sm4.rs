@@ -20,6 +20,12 @@ impl std::fmt::Debug for Sm4Key {
     }
 }
 
+impl Drop for Sm4Key {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl Sm4Key {
     pub fn generate() -> Self {
         let mut k = [0u8; 16];
