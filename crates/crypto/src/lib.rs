@@ -1,18 +1,27 @@
-//! Chinese commercial cryptography and credential primitives (DESIGN.md §4–5).
+//! Chinese commercial cryptography and credential primitives (DESIGN.md §4–5). Pure functions;
+//! the only IO is the key folder of [`keyring`].
 //!
 //! - [`sm3`]: SM3 hashing (GB/T 32905) and HMAC-SM3.
-//! - [`sm4`]: SM4 (GB/T 32907) in GCM mode (RFC 8998), authenticated encryption.
+//! - [`sm4`]: SM4 (GB/T 32907) in GCM mode (RFC 8998), authenticated encryption; sealed bytes
+//!   are `nonce(12) ‖ ciphertext ‖ tag(16)`.
 //! - [`sm2`]: SM2 signatures (GB/T 32918) with the standard default user id `1234567812345678`
-//!   (GB/T 35276) or a caller-given one; signatures are 64 bytes `r ‖ s`, hex in text.
+//!   (GB/T 35276) or a caller-given one; `sign` gives 64 bytes `r ‖ s`, `sign_der` the DER form
+//!   OpenSSL uses, verification takes either. Keys as hex or PKCS#8 / SPKI PEM.
 //! - [`keyring`]: the platform's keys (SM4 data keys with rotation, the blind-index key, the SM2
-//!   signing key), from a key folder or environment variables; field encryption and blind
-//!   indexes for sensitive identifiers.
-//! - [`password`]: argon2id hashing and the 等保 level-3 password policy.
-//! - [`totp`]: RFC 6238 one-time passwords (the staff's second factor).
+//!   signing key), from a key folder or environment variables; field encryption
+//!   (`v1.<kid>.<base64url>`) and HMAC-SM3 blind indexes for sensitive identifiers.
+//! - [`password`]: argon2id hashing (PHC strings) and the 等保 level-3 password policy.
+//! - [`totp`]: RFC 6238 one-time passwords (the staff's second factor), base32, `otpauth://`.
 //! - [`idnum`]: GB 11643 citizen ID numbers (check character, 15 → 18 digits).
 //! - [`token`]: random base64url tokens from the OS generator and constant-time comparison.
 //!
-//! Test vectors and their sources are next to the tests in each module.
+//! Test vectors and their sources (each test names its source):
+//! SM3 — GB/T 32905-2016 Annex A examples 1 and 2; SM4 — GB/T 32907-2016 Annex A examples 1
+//! and 2 (one and 1,000,000 encryptions); SM4-GCM — RFC 8998 Appendix A.1; SM2 — GM/T 0003.5-2012
+//! (GB/T 32918.5) Annex A signature example (key, digest e via Z, and (r, s)), an OpenSSL 3
+//! signature published with the RustCrypto `sm2` crate's tests, and a key pair and signatures
+//! made here with OpenSSL 3.0.19 in both directions; TOTP — RFC 6238 Appendix B (SHA-1 rows);
+//! ID numbers — synthetic numbers with computed check characters.
 
 pub mod idnum;
 pub mod keyring;

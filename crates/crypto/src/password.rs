@@ -15,8 +15,14 @@ pub fn hash_password(password: &str) -> Result<String, CryptoError> {
         .map_err(|e| CryptoError::Malformed(e.to_string()))
 }
 
+/// Longest input [`verify_password`] will hash: a caller cannot make the server hash megabytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
 /// Whether `password` matches the PHC string `hash`.
 pub fn verify_password(password: &str, hash: &str) -> bool {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return false;
+    }
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
@@ -56,6 +62,9 @@ mod tests {
         assert!(!verify_password("hutong#2026", &h));
         assert!(!verify_password("Hutong#2026", "not a hash"));
         assert_ne!(hash_password("Hutong#2026").unwrap(), h, "salted");
+        assert!(!verify_password(&"A".repeat(MAX_PASSWORD_BYTES + 1), &h), "oversized input is refused");
+        let params = PasswordHash::new(&h).unwrap();
+        assert_eq!(params.algorithm.as_str(), "argon2id");
     }
 
     #[test]
