@@ -253,7 +253,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         && matches!(request.uri().path(), "/fhir/metadata" | "/fhir/metadata/"))
         || !state.config.authenticate;
     let ctx = if public {
-        Ctx { request_id: uuid::Uuid::new_v4().to_string(), ..Ctx::default() }
+        Ctx { request_id: Ctx::next_request_id(), ..Ctx::default() }
     } else {
         match security::authenticate(&state, &request).await {
             Ok(ctx) => ctx,

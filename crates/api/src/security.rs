@@ -91,6 +91,13 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
         Err(e) => return Err(auth_failure(e)),
     };
     let mut principal = session.principal;
+    let source_ctx = |principal: std::sync::Arc<access::Principal>| {
+        Ctx::for_shared(Ctx::next_request_id(), principal, source.clone())
+    };
+    if headers.get("x-purpose-of-use").is_none() && headers.get("x-break-glass").is_none() {
+        return Ok(source_ctx(principal));
+    }
+    let principal_mut = std::sync::Arc::make_mut(&mut principal);
     if let Some(purpose) = headers.get("x-purpose-of-use").and_then(|v| v.to_str().ok()) {
         let purpose = purpose.trim().to_ascii_uppercase();
         if !PURPOSES.contains(&purpose.as_str()) {
@@ -101,7 +108,7 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
             )
             .into_response());
         }
-        principal.purpose = purpose;
+        principal_mut.purpose = purpose;
     }
     if let Some(reason) = headers.get("x-break-glass").and_then(|v| v.to_str().ok()) {
         let reason: String = form_urlencoded::parse(format!("r={reason}").as_bytes())
@@ -109,7 +116,7 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
         let reason = reason.trim().chars().take(500).collect::<String>();
-        if !principal.role.is_clinical() {
+        if !principal_mut.role.is_clinical() {
             return Err(ApiError::http(
                 StatusCode::FORBIDDEN,
                 IssueType::Forbidden,
@@ -125,10 +132,10 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
             )
             .into_response());
         }
-        principal.break_glass = Some(reason);
-        principal.purpose = "ETREAT".into();
+        principal_mut.break_glass = Some(reason);
+        principal_mut.purpose = "ETREAT".into();
     }
-    Ok(Ctx::for_principal(uuid::Uuid::new_v4().to_string(), principal, source))
+    Ok(source_ctx(principal))
 }
 
 fn auth_failure(e: AuthError) -> Response {
@@ -277,8 +284,43 @@ pub async fn smart_configuration(State(state): State<AppState>, headers: HeaderM
     json_ok(doc)
 }
 
-fn audit_event(entry: &store::AuditEntry) -> Value {
-    let r = &entry.record;
+/// The AuditEvents of one log entry: one, or one per event of a block entry
+/// ([`engine::BLOCK_ACTION`]), keeping only events that touched `patient` when given.
+fn audit_events(entry: &store::AuditEntry, patient: Option<&str>) -> Vec<Value> {
+    if entry.record.action != engine::BLOCK_ACTION {
+        return vec![audit_event(entry.seq.to_string(), &entry.record)];
+    }
+    let detail: Value = serde_json::from_str(&entry.record.detail).unwrap_or(Value::Null);
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    detail["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let patients: Vec<String> =
+                e[8].as_array().into_iter().flatten().filter_map(|p| p.as_str()).map(str::to_string).collect();
+            if patient.is_some_and(|p| !patients.iter().any(|x| x == p)) {
+                return None;
+            }
+            let record = store::AuditRecord {
+                recorded: e[0].as_i64().unwrap_or(0),
+                action: text(&e[1]),
+                outcome: text(&e[2]),
+                actor: text(&e[3]),
+                role: text(&e[4]),
+                organization: text(&e[5]),
+                purpose: text(&e[6]),
+                entity: text(&e[7]),
+                patients,
+                detail: e[9].to_string(),
+            };
+            Some(audit_event(format!("{}-{i}", entry.seq), &record))
+        })
+        .collect()
+}
+
+fn audit_event(id: String, r: &store::AuditRecord) -> Value {
     let outcome = match r.outcome.as_str() {
         "success" => "0",
         "denied" => "4",
@@ -287,7 +329,7 @@ fn audit_event(entry: &store::AuditEntry) -> Value {
     let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
     let mut event = json!({
         "resourceType": "AuditEvent",
-        "id": entry.seq.to_string(),
+        "id": id,
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": r.action}],
         "recorded": fhir::normalize::format_instant(r.recorded),
@@ -372,6 +414,9 @@ pub async fn patient_log(
         .into_response();
     }
     let count = query.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100usize).min(1000);
+    if let Err(e) = state.engine.flush_audit().await {
+        return ApiError::Engine(e).into_response();
+    }
     let entries = match store.audit_for_patient(&id, count).await {
         Ok(e) => e,
         Err(e) => return ApiError::Engine(engine::EngineError::Store(e)).into_response(),
@@ -379,7 +424,7 @@ pub async fn patient_log(
     if let Err(e) = store.commit_audited(&ctx, Vec::new(), vec![record("success")]).await {
         return ApiError::Engine(engine::EngineError::Store(e)).into_response();
     }
-    bundle(entries.iter().map(audit_event).collect())
+    bundle(entries.iter().flat_map(|e| audit_events(e, Some(&id))).collect())
 }
 
 /// `GET /audit/log?after=N&_count=M`: the log in order, for auditors.
@@ -413,6 +458,9 @@ pub async fn log(
     }
     let after = query.get("after").and_then(|c| c.parse().ok()).unwrap_or(0i64);
     let count = query.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100usize).min(1000);
+    if let Err(e) = state.engine.flush_audit().await {
+        return ApiError::Engine(e).into_response();
+    }
     let entries = match store.audit_read(after, count).await {
         Ok(e) => e,
         Err(e) => return ApiError::Engine(engine::EngineError::Store(e)).into_response(),
@@ -420,5 +468,5 @@ pub async fn log(
     if let Err(e) = store.commit_audited(&ctx, Vec::new(), vec![record("success")]).await {
         return ApiError::Engine(engine::EngineError::Store(e)).into_response();
     }
-    bundle(entries.iter().map(audit_event).collect())
+    bundle(entries.iter().flat_map(|e| audit_events(e, None)).collect())
 }

@@ -151,7 +151,7 @@ struct TokenRecord {
 /// What a valid bearer token stands for.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     pub expires: i64,
 }
 
@@ -187,6 +187,7 @@ pub struct Auth {
     keys: Arc<KeyRing>,
     config: AuthConfig,
     sms: Arc<dyn SmsSender>,
+    /// Validated tokens by token text (the lookup on every request stays cheap).
     cache: Mutex<HashMap<String, (Instant, Session)>>,
 }
 
@@ -501,7 +502,7 @@ impl Auth {
             self.store.kv_put("refresh", &token_key(&refresh_token), &text, &[]).await?;
             body["refresh_token"] = json!(refresh_token);
         }
-        Ok((Session { principal, expires: issued + self.config.access_ttl }, body))
+        Ok((Session { principal: Arc::new(principal), expires: issued + self.config.access_ttl }, body))
     }
 
     fn requested_scopes(form: &HashMap<String, String>, ceiling: &Scopes) -> AuthResult<Scopes> {
@@ -698,15 +699,15 @@ impl Auth {
         if token.is_empty() || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AuthError::Unauthenticated("the bearer token is malformed".into()));
         }
-        let key = token_key(token);
         let t = now();
         if let Ok(cache) = self.cache.lock()
-            && let Some((at, session)) = cache.get(&key)
+            && let Some((at, session)) = cache.get(token)
             && at.elapsed() < CACHE_TTL
             && session.expires > t
         {
             return Ok(session.clone());
         }
+        let key = token_key(token);
         let record: Option<TokenRecord> =
             self.store.kv_get("access", &key).await?.and_then(|b| serde_json::from_str(&b).ok());
         let Some(mut record) = record else {
@@ -726,12 +727,12 @@ impl Auth {
         }
         let mut principal = record.principal;
         principal.scopes = Scopes::parse(&record.scopes).unwrap_or_default();
-        let session = Session { principal, expires: record.expires };
+        let session = Session { principal: Arc::new(principal), expires: record.expires };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 100_000 {
                 cache.retain(|_, (at, s)| at.elapsed() < CACHE_TTL && s.expires > t);
             }
-            cache.insert(key, (Instant::now(), session.clone()));
+            cache.insert(token.to_string(), (Instant::now(), session.clone()));
         }
         Ok(session)
     }
@@ -759,7 +760,7 @@ impl Auth {
         let a = self.store.kv_delete("access", &key).await?;
         let r = self.store.kv_delete("refresh", &key).await?;
         if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&key);
+            cache.remove(token);
         }
         if a || r {
             self.audit(Self::record(

@@ -228,12 +228,43 @@ impl Engine {
     pub(crate) async fn authorize_read(&self, ctx: &Ctx, action: &str, r: &StoredResource) -> EngineResult<()> {
         let Some(principal) = ctx.principal.as_deref() else { return Ok(()) };
         let key = format!("{}/{}", r.resource_type, r.id);
-        let facts = self.facts(principal, &r.resource_type, &body_json(r)).await?;
-        let decision = self.decide_on(principal, Action::Read, &facts).await?;
+        let facts = if principal.role == Role::System {
+            // Scopes decide for system clients: no need to look inside the resource.
+            OwnedFacts {
+                resource_type: r.resource_type.clone(),
+                patient_data: true,
+                patients: if r.patient_key.is_empty() { Vec::new() } else { vec![r.patient_key.clone()] },
+                labels: Vec::new(),
+                region: None,
+            }
+        } else {
+            self.facts(principal, &r.resource_type, &body_json(r)).await?
+        };
+        let decision = if principal.role == Role::System {
+            policy::decide(
+                principal,
+                Action::Read,
+                &Facts {
+                    resource_type: &facts.resource_type,
+                    patient_data: true,
+                    patients: &facts.patients,
+                    labels: &[],
+                    region: None,
+                },
+                &Relationship::default(),
+            )
+        } else {
+            self.decide_on(principal, Action::Read, &facts).await?
+        };
         let outcome = if decision.permit { "success" } else { "denied" };
         let entity = format!("{key}/_history/{}", r.version);
         let reason = (!decision.permit || decision.break_glass).then_some(decision.reason.as_str());
-        self.audit.append(audit::record(ctx, action, outcome, entity, facts.patients, reason)).await?;
+        let record = audit::record(ctx, action, outcome, entity, facts.patients, reason);
+        if decision.permit && !decision.break_glass && self.config.audit_reads == crate::AuditMode::Queued {
+            self.audit.queue(record).await?;
+        } else {
+            self.audit.append(record).await?;
+        }
         if decision.permit { Ok(()) } else { Err(EngineError::NotFound(key)) }
     }
 
@@ -365,16 +396,17 @@ impl Engine {
         }
         let mut patients: Vec<String> = Vec::new();
         for r in results {
-            if self.is_patient_data(&r.resource_type) {
-                for p in fhir::index::patient_compartments(self.defs, &body_json(r)).into_iter().take(1) {
-                    if !patients.contains(&p) && patients.len() < 1000 {
-                        patients.push(p);
-                    }
-                }
+            if !r.patient_key.is_empty() && !patients.contains(&r.patient_key) && patients.len() < 1000 {
+                patients.push(r.patient_key.clone());
             }
         }
         let glass = ctx.principal.as_deref().and_then(|p| p.break_glass.as_deref()).map(|_| "break-glass");
-        self.audit.append(audit::record(ctx, action, "success", entity, patients, glass)).await?;
+        let record = audit::record(ctx, action, "success", entity, patients, glass);
+        if glass.is_none() && self.config.audit_reads == crate::AuditMode::Queued {
+            self.audit.queue(record).await?;
+        } else {
+            self.audit.append(record).await?;
+        }
         Ok(())
     }
 

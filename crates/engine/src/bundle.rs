@@ -502,6 +502,7 @@ impl Engine {
                         deleted,
                         body: None,
                         method: if deleted { WriteMethod::Delete } else { WriteMethod::Update },
+                        patient_key: String::new(),
                     },
                 );
             }

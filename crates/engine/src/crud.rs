@@ -471,6 +471,7 @@ pub(crate) fn stored_from_op(op: &WriteOp) -> StoredResource {
         deleted: op.method == WriteMethod::Delete,
         body: op.body.clone(),
         method: op.method,
+        patient_key: op.compartments.first().cloned().unwrap_or_default(),
     }
 }
 

@@ -13,6 +13,7 @@ mod error;
 mod export;
 mod searchset;
 
+pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
 
@@ -33,6 +34,18 @@ pub struct EngineConfig {
     pub max_bundle_entries: usize,
     /// Folder where Bulk Data export jobs write their NDJSON files.
     pub export_dir: std::path::PathBuf,
+    /// How permitted reads and searches are audited (see `audit.rs`).
+    pub audit_reads: AuditMode,
+}
+
+/// Whether a permitted read waits for its audit record to be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditMode {
+    /// Answer after the record is committed.
+    Durable,
+    /// Answer at once; the record commits within milliseconds (bounded queue).
+    #[default]
+    Queued,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +55,7 @@ impl Default for EngineConfig {
             max_count: 1000,
             max_bundle_entries: 10_000,
             export_dir: std::path::PathBuf::from("hutong-data/export"),
+            audit_reads: AuditMode::default(),
         }
     }
 }
@@ -143,6 +157,11 @@ impl Engine {
 
     pub fn definitions(&self) -> &'static Definitions {
         self.defs
+    }
+
+    /// Waits until every queued audit record is committed (call before shutting down).
+    pub async fn flush_audit(&self) -> EngineResult<()> {
+        Ok(self.audit.flush().await?)
     }
 }
 

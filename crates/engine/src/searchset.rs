@@ -487,8 +487,14 @@ impl Engine {
         let shared = self.visible(ctx, shared).await?;
         if ctx.principal.is_some() {
             let entity = format!("Patient/{patient_id}/$everything");
-            let record = crate::audit::record(ctx, "everything", "success", entity, vec![patient_id.to_string()], None);
-            self.audit.append(record).await?;
+            let glass = ctx.principal.as_deref().and_then(|p| p.break_glass.as_deref()).map(|_| "break-glass");
+            let record =
+                crate::audit::record(ctx, "everything", "success", entity, vec![patient_id.to_string()], glass);
+            if glass.is_none() && self.config.audit_reads == crate::AuditMode::Queued {
+                self.audit.queue(record).await?;
+            } else {
+                self.audit.append(record).await?;
+            }
         }
         let base = &opts.base_url;
         let entries: Vec<String> = members

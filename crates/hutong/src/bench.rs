@@ -66,6 +66,15 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Append audit records (in batches, as the server's group commit does), then verify the
+    /// whole log as `hutong audit verify` does.
+    Audit {
+        /// Records to append before verifying.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
@@ -76,6 +85,7 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Search { clients, seconds, everything, only, no_auth, store } => {
             search(clients, seconds, everything, only, no_auth, store).await
         }
+        BenchCommand::Audit { entries, store } => audit(entries, store).await,
     }
 }
 
@@ -401,5 +411,47 @@ async fn search(
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
     }
+    Ok(())
+}
+
+async fn audit(entries: usize, args: StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let keys = crypto::KeyRing::ephemeral();
+    let started = Instant::now();
+    let mut written = 0;
+    while written < entries {
+        let n = (entries - written).min(1000);
+        let records: Vec<store::AuditRecord> = (0..n)
+            .map(|i| store::AuditRecord {
+                recorded: 1_790_000_000_000 + (written + i) as i64,
+                action: "read".into(),
+                outcome: "success".into(),
+                actor: format!("user/u-{}", (written + i) % 977),
+                role: "doctor".into(),
+                organization: "Organization/org-1".into(),
+                purpose: "TREAT".into(),
+                entity: format!("Observation/{:x}/_history/1", (written + i) * 7919),
+                patients: vec![format!("p-{}", (written + i) % 50_021)],
+                detail: r#"{"request":"bench"}"#.into(),
+            })
+            .collect();
+        store.commit_audited(&Ctx::system(), Vec::new(), records).await?;
+        written += n;
+        if written % 100_000 == 0 {
+            auth::audit::checkpoint(&store, &keys).await?;
+        }
+    }
+    let append = started.elapsed().as_secs_f64();
+    println!("appended {entries} audit records in {append:.1} s ({:.0} records/s)", entries as f64 / append);
+    let started = Instant::now();
+    let report = auth::audit::verify(&store, &keys.verifying_key()).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "verified {} entries and {} checkpoints in {seconds:.1} s: {:.0} entries/minute, {} findings",
+        report.entries,
+        report.checkpoints,
+        report.entries as f64 / seconds * 60.0,
+        report.findings.len()
+    );
     Ok(())
 }

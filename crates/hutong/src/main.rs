@@ -97,7 +97,12 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn ResourceStor
 }
 
 pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
-    Engine::new(store, EngineConfig { export_dir: args.data.join("export"), ..EngineConfig::default() })
+    // HUTONG_AUDIT_READS=durable makes every read wait for its audit record to commit.
+    let audit_reads = match std::env::var("HUTONG_AUDIT_READS").as_deref() {
+        Ok("durable") => engine::AuditMode::Durable,
+        _ => engine::AuditMode::Queued,
+    };
+    Engine::new(store, EngineConfig { export_dir: args.data.join("export"), audit_reads, ..EngineConfig::default() })
 }
 
 /// Loads the demo data set if the store holds no Patient yet; returns how many resources.
@@ -179,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             let config = api::ApiConfig { max_body_bytes, base_url, ..api::ApiConfig::default() };
-            let app = api::router(api::AppState { engine, auth, config });
+            let app = api::router(api::AppState { engine: engine.clone(), auth, config });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
@@ -188,6 +193,10 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
+            // Drain queued audit records, then seal the log.
+            if let Err(e) = engine.flush_audit().await {
+                tracing::error!(error = %e, "queued audit records could not be committed at shutdown");
+            }
             let _ = auth::audit::checkpoint(&backend, &ring).await;
             Ok(())
         }

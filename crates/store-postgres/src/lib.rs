@@ -125,12 +125,12 @@ impl PgStore {
     }
 }
 
-const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
+const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body, patient_key";
 
 /// History rows of the current version carry no body (it is in `resource`, written once); older
 /// versions carry their own.
 const HISTORY_COLUMNS: &str = "h.type, h.id, h.version, h.last_updated, h.deleted, h.method, \
-     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version))";
+     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version)), h.patient_key";
 
 fn stored(row: &tokio_postgres::Row, offset: usize) -> StoredResource {
     let method: String = row.get(offset + 5);
@@ -142,6 +142,7 @@ fn stored(row: &tokio_postgres::Row, offset: usize) -> StoredResource {
         deleted: row.get::<_, i16>(offset + 4) != 0,
         method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
         body: row.get(offset + 6),
+        patient_key: row.get(offset + 7),
     }
 }
 
@@ -566,7 +567,7 @@ impl ResourceStore for PgStore {
         let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         Ok(client
             .query(
-                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM resource r \
+                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body, r.patient_key FROM resource r \
                  JOIN UNNEST($1::text[], $2::text[]) AS k(type, id) ON r.type = k.type AND r.id = k.id WHERE r.deleted = 0",
                 &[&types, &ids],
             )
@@ -675,7 +676,7 @@ impl ResourceStore for PgStore {
         let types: Vec<&str> = types.iter().map(String::as_str).collect();
         let rows = client
             .query(
-                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM compartment c \
+                "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body, r.patient_key FROM compartment c \
                  JOIN resource r ON r.rid = c.rid WHERE c.patient_key = $1 AND r.deleted = 0 AND r.last_updated >= $2 \
                  AND (cardinality($3::text[]) = 0 OR r.type = ANY($3)) ORDER BY r.type, r.rid",
                 &[&patient_id, &since, &types],

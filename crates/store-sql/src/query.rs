@@ -28,7 +28,8 @@ pub struct SearchSql {
 }
 
 /// Column list the page query selects, in order.
-pub const SELECT_COLUMNS: &str = "r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body";
+pub const SELECT_COLUMNS: &str =
+    "r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body, r.patient_key";
 
 /// Builds the SQL for `query`. `now_ms` anchors `ap` on dates.
 pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> SearchSql {

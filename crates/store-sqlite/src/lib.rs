@@ -129,12 +129,12 @@ fn poisoned() -> StoreError {
     StoreError::Backend("sqlite connection lock poisoned by an earlier panic".into())
 }
 
-const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body";
+const RESOURCE_COLUMNS: &str = "type, id, version, last_updated, deleted, method, body, patient_key";
 
 /// History rows of the current version carry no body (it is in `resource`, written once); older
 /// versions carry their own.
 const HISTORY_COLUMNS: &str = "h.type, h.id, h.version, h.last_updated, h.deleted, h.method, \
-     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version))";
+     COALESCE(h.body, (SELECT r.body FROM resource r WHERE r.rid = h.rid AND r.version = h.version)), h.patient_key";
 
 fn stored_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<StoredResource> {
     let method: String = row.get(offset + 5)?;
@@ -146,6 +146,7 @@ fn stored_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<S
         deleted: row.get::<_, i64>(offset + 4)? != 0,
         method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Update),
         body: row.get(offset + 6)?,
+        patient_key: row.get(offset + 7)?,
     })
 }
 
@@ -696,7 +697,7 @@ impl ResourceStore for SqliteStore {
             }
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body FROM compartment c \
+                    "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.method, r.body, r.patient_key FROM compartment c \
                      JOIN resource r ON r.rid = c.rid WHERE {filter} ORDER BY r.type, r.rid"
                 ))
                 .map_err(backend)?;

@@ -37,6 +37,26 @@ impl Ctx {
     pub fn for_principal(request_id: String, principal: access::Principal, source: Option<String>) -> Self {
         Ctx { request_id, principal: Some(std::sync::Arc::new(principal)), source }
     }
+
+    /// [`Ctx::for_principal`] sharing an existing principal.
+    pub fn for_shared(
+        request_id: String,
+        principal: std::sync::Arc<access::Principal>,
+        source: Option<String>,
+    ) -> Self {
+        Ctx { request_id, principal: Some(principal), source }
+    }
+
+    /// A cheap process-unique request id (no system call, unlike a random UUID).
+    pub fn next_request_id() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let boot = BOOT.get_or_init(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        });
+        format!("{boot:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// One stored version of a resource.
@@ -54,6 +74,9 @@ pub struct StoredResource {
     pub body: Option<String>,
     /// The interaction that produced this version (for history bundles' `request.method`).
     pub method: WriteMethod,
+    /// The first Patient-compartment id of this version (empty for shared data): whose record
+    /// it is, for policy decisions and the audit trail without parsing the JSON.
+    pub patient_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
