@@ -4,11 +4,12 @@
 //!
 //! Two modes ([`crate::AuditMode`]): **durable** — the request is answered only after its
 //! record is committed; **queued** (the default for permitted reads and searches) — the request
-//! is answered at once and its record commits within milliseconds, behind a bounded queue that
-//! makes requests wait when the log falls behind. Denials, break-glass accesses and exports are
-//! always durable, and writes never come here: their record commits in the write's own
-//! transaction. A queued record can be lost only if the process dies in the few milliseconds
-//! before its batch commits; a graceful shutdown drains the queue ([`AuditSink::flush`]).
+//! is answered at once and its record commits within [`LINGER`] (200 ms), behind a bounded queue
+//! that makes requests wait when the log falls behind. Denials, break-glass accesses and exports
+//! are always durable (a durable record cuts the linger short and commits with everything queued
+//! before it), and writes never come here: their record commits in the write's own transaction.
+//! A queued record can be lost only if the process is killed outright within the linger before
+//! its batch commits; a graceful shutdown drains the queue ([`AuditSink::flush`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,32 +19,55 @@ use tokio::sync::{mpsc, oneshot};
 type Job = (Option<AuditRecord>, Option<oneshot::Sender<StoreResult<()>>>);
 
 /// Most records appended in one transaction.
-const BATCH: usize = 1024;
+const BATCH: usize = 16_384;
 
-/// How long queued records wait for company before they are committed.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long queued records wait for company before they are committed (default; the
+/// environment variable `HUTONG_AUDIT_LINGER_MS` overrides it). Every commit costs the index of
+/// the patients it names and, on SQLite, resets every reader's page cache, so a few large
+/// commits a second cost far less than hundreds of small ones; the price is that a process killed
+/// outright loses at most this much of its queued read records.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn linger() -> std::time::Duration {
+    static L: OnceLock<std::time::Duration> = OnceLock::new();
+    *L.get_or_init(|| {
+        std::env::var("HUTONG_AUDIT_LINGER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(LINGER)
+    })
+}
 
 pub(crate) struct AuditSink {
     store: Arc<dyn ResourceStore>,
     sender: OnceLock<mpsc::Sender<Job>>,
+    /// Wakes the writer from its linger when a durable record is waiting.
+    urgent: Arc<tokio::sync::Notify>,
 }
 
 impl AuditSink {
     pub(crate) fn new(store: Arc<dyn ResourceStore>) -> Self {
-        AuditSink { store, sender: OnceLock::new() }
+        AuditSink { store, sender: OnceLock::new(), urgent: Arc::new(tokio::sync::Notify::new()) }
     }
 
     fn sender(&self) -> &mpsc::Sender<Job> {
         self.sender.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<Job>(8 * BATCH);
+            let (tx, mut rx) = mpsc::channel::<Job>(2 * BATCH);
             let store = self.store.clone();
+            let urgent = self.urgent.clone();
             tokio::spawn(async move {
                 let mut jobs: Vec<Job> = Vec::with_capacity(BATCH);
                 while rx.recv_many(&mut jobs, BATCH).await > 0 {
                     // Only queued records so far: linger briefly so that one commit carries
                     // many (nobody is waiting on them); a durable waiter commits at once.
                     if jobs.len() < BATCH && jobs.iter().all(|j| j.1.is_none()) {
-                        tokio::time::sleep(LINGER).await;
+                        // Queued senders do not wake this task while it sleeps; a durable one
+                        // does, through `urgent`.
+                        tokio::select! {
+                            _ = tokio::time::sleep(linger()) => {}
+                            _ = urgent.notified() => {}
+                        }
                         while jobs.len() < BATCH {
                             match rx.try_recv() {
                                 Ok(job) => jobs.push(job),
@@ -95,6 +119,7 @@ impl AuditSink {
             .send((record, Some(tx)))
             .await
             .map_err(|_| store::StoreError::Unavailable("the audit log writer has stopped".into()))?;
+        self.urgent.notify_one();
         rx.await.map_err(|_| store::StoreError::Unavailable("the audit log writer has stopped".into()))?
     }
 

@@ -35,6 +35,19 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds the reads running at once (and so the connections and their page caches): on a
+    /// small machine more parallel reads than a few per core only add memory and cache misses.
+    reading: Arc<tokio::sync::Semaphore>,
+}
+
+/// Reader connections: `HUTONG_SQLITE_READERS`, else four per core (at least 4, at most 32).
+fn reader_limit() -> usize {
+    std::env::var("HUTONG_SQLITE_READERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) * 4)
+        .clamp(1, 32)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -79,7 +92,14 @@ impl SqliteStore {
                 schema::SCHEMA_VERSION
             )));
         }
-        Ok(SqliteStore { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                reading: Arc::new(tokio::sync::Semaphore::new(reader_limit())),
+            }),
+        })
     }
 
     /// The database file.
@@ -93,15 +113,23 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = self.inner.clone();
+        // The permit moves into the task, so a cancelled request still counts until its
+        // read has finished and its connection is back in the pool.
+        let permit = self
+            .inner
+            .reading
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite store is closing".into()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = match inner.readers.lock().map_err(|_| poisoned())?.pop() {
                 Some(c) => c,
                 None => open_connection(&inner.path)?,
             };
             let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock()
-                && pool.len() < 16
-            {
+            if let Ok(mut pool) = inner.readers.lock() {
                 pool.push(conn);
             }
             result
