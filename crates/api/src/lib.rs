@@ -313,7 +313,13 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             _ => Err(method_not_allowed(&method, &path, "GET, POST")),
         },
         ["metadata"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, engine.capability_statement(&base).to_string())),
+            Method::GET => {
+                let mut statement = engine.capability_statement(&base);
+                if state.config.authenticate {
+                    statement["rest"][0]["security"] = security::capability_security(&base);
+                }
+                Ok(json_response(StatusCode::OK, statement.to_string()))
+            }
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         ["_history"] => match method {

@@ -3,7 +3,7 @@
 //!
 //! | endpoint | who |
 //! |---|---|
-//! | `POST /oauth2/token` | anyone (client credentials, password + TOTP, refresh, SMS code) |
+//! | `POST /oauth2/token` | anyone (client credentials with a secret or a signed JWT assertion, password + TOTP, refresh, SMS code) |
 //! | `POST /oauth2/sms-code` | anyone (sends a login code to a registered resident's phone) |
 //! | `POST /oauth2/introspect` | authenticated system clients (HTTP Basic) |
 //! | `POST /oauth2/revoke` | anyone holding the token |
@@ -11,9 +11,13 @@
 //! | `GET /audit/patient/{id}` | the resident (own and dependants' records) and auditors: who accessed the record |
 //! | `GET /audit/log?after=N&_count=M` | auditors only |
 //!
-//! Request headers read here: `Authorization: Bearer …`; `X-Purpose-Of-Use` (an HL7 v3
-//! PurposeOfUse code, default per role); `X-Break-Glass` (a clinician's percent-encoded reason
-//! for emergency access).
+//! Request headers read here: `Authorization: Bearer …` (at most [`MAX_AUTHORIZATION_BYTES`]);
+//! `X-Purpose-Of-Use` (an HL7 v3 PurposeOfUse code, default per role); `X-Break-Glass` (a
+//! clinician's percent-encoded reason for emergency access).
+//!
+//! The token endpoint's public URL, which JWT client assertions name in `aud`, is the server's
+//! public root (`--base-url` without `/fhir`, else `http://{Host}`) + `/oauth2/token`, the
+//! same URL `/.well-known/smart-configuration` publishes.
 
 use std::collections::HashMap;
 
@@ -42,6 +46,33 @@ const PURPOSES: &[&str] = &[
     "HMARKT",
     "HQUALIMP",
 ];
+
+/// Longest `Authorization` header read: bearer tokens are 43 characters and Basic
+/// credentials well under this; anything longer is refused before it is parsed. (Signed JWT
+/// client assertions travel in the form body, capped at `auth::jwt::MAX_ASSERTION_BYTES`.)
+pub const MAX_AUTHORIZATION_BYTES: usize = 4096;
+
+/// The bearer token of an `Authorization` header, or why there is none usable.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(
+            "this endpoint needs an access token: send Authorization: Bearer <token> (get one at /oauth2/token)",
+        );
+    };
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err("the Authorization header is longer than 4096 bytes; send Authorization: Bearer <token>");
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or("the Authorization header must be 'Bearer <token>'")?;
+    if token.is_empty() {
+        return Err("the Authorization header must be 'Bearer <token>'");
+    }
+    Ok(token)
+}
 
 /// A 401 with the `WWW-Authenticate` challenge.
 pub fn unauthenticated(message: &str) -> Response {
@@ -76,16 +107,8 @@ pub fn authenticate(
 
 async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Option<String>) -> Result<Ctx, Response> {
     let headers = &headers;
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthenticated(
-            "this endpoint needs an access token: send Authorization: Bearer <token> (get one at /oauth2/token)",
-        ));
-    };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
-        return Err(unauthenticated("the Authorization header must be 'Bearer <token>'"));
-    };
-    let session = match state.auth.authenticate(token.trim()).await {
+    let token = bearer_token(headers).map_err(unauthenticated)?;
+    let session = match state.auth.authenticate(token).await {
         Ok(s) => s,
         Err(AuthError::Unauthenticated(m)) => return Err(unauthenticated(&m)),
         Err(e) => return Err(auth_failure(e)),
@@ -104,7 +127,11 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
             return Err(ApiError::http(
                 StatusCode::BAD_REQUEST,
                 IssueType::Invalid,
-                format!("X-Purpose-Of-Use '{purpose}' is not a known purpose ({})", PURPOSES.join(", ")),
+                format!(
+                    "X-Purpose-Of-Use '{}' is not a known purpose ({})",
+                    purpose.chars().take(32).collect::<String>(),
+                    PURPOSES.join(", ")
+                ),
             )
             .into_response());
         }
@@ -191,7 +218,8 @@ async fn form_of(request: Request, limit: usize) -> Result<(HeaderMap, HashMap<S
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Basic ")?;
+    let value = headers.get(header::AUTHORIZATION).filter(|v| v.len() <= MAX_AUTHORIZATION_BYTES)?;
+    let value = value.to_str().ok()?.strip_prefix("Basic ")?;
     let decoded = base64_standard_decode(value.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
@@ -215,6 +243,11 @@ fn base64_standard_decode(text: &str) -> Option<Vec<u8>> {
     crypto::unbase64url(&url).ok()
 }
 
+/// The server's public root URL (the FHIR base without `/fhir`), where `/oauth2/…` lives.
+fn public_root(state: &AppState, headers: &HeaderMap) -> String {
+    crate::base_url(state, headers).trim_end_matches("/fhir").to_string()
+}
+
 /// `POST /oauth2/token`.
 pub async fn token(State(state): State<AppState>, request: Request) -> Response {
     let source = remote(request.headers(), Some(&request));
@@ -222,7 +255,8 @@ pub async fn token(State(state): State<AppState>, request: Request) -> Response 
         Ok(f) => f,
         Err(r) => return r,
     };
-    match state.auth.token(&form, basic_credentials(&headers), source.as_deref()).await {
+    let endpoint = format!("{}/oauth2/token", public_root(&state, &headers));
+    match state.auth.token_at(Some(&endpoint), &form, basic_credentials(&headers), source.as_deref()).await {
         Ok(body) => json_ok(body),
         Err(e) => auth_failure(e),
     }
@@ -278,10 +312,40 @@ pub async fn revoke(State(state): State<AppState>, request: Request) -> Response
 /// `GET /.well-known/smart-configuration`.
 pub async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let base = crate::base_url(&state, &headers);
-    let root = base.trim_end_matches("/fhir").to_string();
-    let mut doc = auth::smart_configuration(&root);
+    let mut doc = auth::smart_configuration(&public_root(&state, &headers));
     doc["issuer"] = json!(base);
     json_ok(doc)
+}
+
+/// `CapabilityStatement.rest[0].security` for the FHIR base `base`: the SMART-on-FHIR
+/// service and its OAuth endpoints (the `oauth-uris` extension of SMART App Launch 1.0, which
+/// clients still read next to `/.well-known/smart-configuration`). There is no `authorize`
+/// URI: this server has no authorization-code flow.
+pub fn capability_security(base: &str) -> Value {
+    let root = base.trim_end_matches("/fhir");
+    json!({
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "token", "valueUri": format!("{root}/oauth2/token")},
+                {"url": "revoke", "valueUri": format!("{root}/oauth2/revoke")},
+                {"url": "introspect", "valueUri": format!("{root}/oauth2/introspect")},
+            ]
+        }],
+        "cors": false,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+                "display": "SMART-on-FHIR"
+            }],
+            "text": "OAuth2 with SMART on FHIR scopes"
+        }],
+        "description": "Every request except this statement needs a bearer token from the token endpoint: client \
+                        credentials (secret or a JWT assertion signed with SM2 or ES384, SMART Backend Services), \
+                        password + TOTP for staff, SMS code for residents, refresh tokens. Scopes: SMART v1/v2. \
+                        See /.well-known/smart-configuration."
+    })
 }
 
 /// The AuditEvents of one log entry: one, or one per event of a block entry

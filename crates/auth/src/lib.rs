@@ -8,24 +8,31 @@
 //!   auditors) log in with a password **and** a TOTP code (two factors, one cryptographic: 等保
 //!   level 3); their account names their Practitioner, organization and region.
 //! - **System clients** (hospital systems, other platform nodes) use the OAuth2
-//!   client-credentials grant with a secret and get `system/` scopes up to their ceiling.
+//!   client-credentials grant and get `system/` scopes up to their ceiling. They authenticate
+//!   with a secret, or with a signed JWT assertion (RFC 7523, SMART Backend Services
+//!   `private_key_jwt`) checked against the SM2 or P-384 public key they registered
+//!   ([`jwt`]); each assertion's `jti` is remembered until it expires, so none is replayed.
 //!
 //! Tokens are opaque random strings (256 bits); the store keeps only their SM3 hash, so a
 //! database dump yields no usable token. Access tokens live [`AuthConfig::access_ttl`] and die
-//! after [`AuthConfig::idle_timeout`] without use; refresh tokens rotate on use. Revocation is
-//! immediate in the process that revokes and within [`CACHE_TTL`] in others. Repeated failed
-//! logins lock an account for [`AuthConfig::lockout`].
+//! after [`AuthConfig::idle_timeout`] without use; refresh tokens rotate on use, a session
+//! idle longer than the idle timeout cannot be refreshed, and a refresh token presented a second
+//! time revokes every token that descends from it (stolen-token detection, OAuth 2.0 Security
+//! BCP §4.14). Revocation is immediate in the process that revokes and within [`CACHE_TTL`] in
+//! others. Repeated failed logins lock an account for [`AuthConfig::lockout`]. All of these read
+//! the time from [`AuthConfig::clock`], so tests step through them without waiting.
 //!
 //! Sensitive identifiers (ID number, phone, TOTP secret) are stored SM4-encrypted with a keyed
 //! blind index for exact lookup (`crypto::KeyRing`). Every authentication attempt, grant,
 //! refresh and revocation is written to the audit log.
 
 pub mod audit;
+pub mod jwt;
 pub mod sms;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use access::{Principal, Role, Scopes};
 use crypto::KeyRing;
@@ -39,16 +46,53 @@ pub use sms::{FileSms, SmsSender};
 /// again (bounds how late another process sees a revocation).
 pub const CACHE_TTL: Duration = Duration::from_secs(15);
 
-/// Session and lockout settings (defaults follow 等保 level 3 practice).
+/// Where the identity service reads the time: seconds since the Unix epoch. The system clock
+/// by default; tests give a clock they move by hand, so expiry, idle timeout and lockout are
+/// checked without waiting.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        }))
+    }
+
+    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(now))
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Session and lockout settings (defaults follow 等保 level 3 practice). Times in seconds.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub access_ttl: i64,
     pub refresh_ttl: i64,
+    /// A session unused this long ends: its access token stops working and it cannot be
+    /// refreshed.
     pub idle_timeout: i64,
     pub max_failures: u32,
     pub lockout: i64,
     /// One-time SMS codes: lifetime and attempts.
     pub sms_code_ttl: i64,
+    pub clock: Clock,
 }
 
 impl Default for AuthConfig {
@@ -60,6 +104,7 @@ impl Default for AuthConfig {
             max_failures: 5,
             lockout: 15 * 60,
             sms_code_ttl: 5 * 60,
+            clock: Clock::system(),
         }
     }
 }
@@ -83,10 +128,6 @@ fn oauth(status: u16, code: &'static str, description: impl Into<String>) -> Aut
 }
 
 pub type AuthResult<T> = Result<T, AuthError>;
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
 
 /// A user account as stored (kind `user`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,12 +162,18 @@ pub struct User {
     pub created: i64,
 }
 
-/// A system client as stored (kind `client`).
+/// A system client as stored (kind `client`): it authenticates with a secret (argon2id hash
+/// kept) or with JWT assertions signed by the key of `public_key`, never both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Client {
     pub id: String,
     pub name: String,
+    /// Empty for a client with a public key.
+    #[serde(default)]
     pub secret_hash: String,
+    /// SPKI PEM of an SM2 or P-384 key (`private_key_jwt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     /// The most this client may be granted.
     pub scopes: String,
     #[serde(default)]
@@ -146,6 +193,14 @@ struct TokenRecord {
     issued: i64,
     expires: i64,
     last_used: i64,
+    /// Refresh tokens: the hash of the access token issued with it, whose `last_used` tells
+    /// how long the session has been idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_key: Option<String>,
+    /// Refresh tokens already used: the hash of the refresh token that replaced it. Kept until
+    /// it expires so that a second use is recognised (and revokes its descendants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotated_to: Option<String>,
 }
 
 /// What a valid bearer token stands for.
@@ -187,8 +242,9 @@ pub struct Auth {
     keys: Arc<KeyRing>,
     config: AuthConfig,
     sms: Arc<dyn SmsSender>,
-    /// Validated tokens by token text (the lookup on every request stays cheap).
-    cache: Mutex<HashMap<String, (Instant, Session)>>,
+    /// Validated tokens by token text and when they were checked (clock seconds): the lookup
+    /// on every request stays cheap.
+    cache: Mutex<HashMap<String, (i64, Session)>>,
 }
 
 fn token_key(token: &str) -> String {
@@ -216,13 +272,17 @@ impl Auth {
         &self.config
     }
 
+    fn now(&self) -> i64 {
+        self.config.clock.now()
+    }
+
     async fn audit(&self, record: AuditRecord) -> AuthResult<()> {
         Ok(self.store.commit_audited(&Ctx::system(), Vec::new(), vec![record]).await?)
     }
 
-    fn record(actor: &str, role: &str, action: &str, outcome: &str, detail: Value) -> AuditRecord {
+    fn record(&self, actor: &str, role: &str, action: &str, outcome: &str, detail: Value) -> AuditRecord {
         AuditRecord {
-            recorded: now() * 1000,
+            recorded: self.now() * 1000,
             action: action.into(),
             outcome: outcome.into(),
             actor: actor.into(),
@@ -245,6 +305,38 @@ impl Auth {
         organization: Option<String>,
         region: Option<String>,
     ) -> AuthResult<(String, String)> {
+        let secret = crypto::random_token(32);
+        let secret_hash = crypto::password::hash_password(&secret).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let id = self.save_new_client(name, scopes, organization, region, secret_hash, None).await?;
+        Ok((id, secret))
+    }
+
+    /// Creates a system client that authenticates with JWT assertions signed by the private
+    /// half of `public_key_pem` (an SM2 or P-384 SPKI PEM); returns the client id and the
+    /// JOSE `alg` its assertions use.
+    pub async fn create_client_with_key(
+        &self,
+        name: &str,
+        scopes: &str,
+        organization: Option<String>,
+        region: Option<String>,
+        public_key_pem: &str,
+    ) -> AuthResult<(String, &'static str)> {
+        let key = jwt::PublicKey::from_pem(public_key_pem).map_err(AuthError::Invalid)?;
+        let pem = public_key_pem.trim().to_string();
+        let id = self.save_new_client(name, scopes, organization, region, String::new(), Some(pem)).await?;
+        Ok((id, key.alg()))
+    }
+
+    async fn save_new_client(
+        &self,
+        name: &str,
+        scopes: &str,
+        organization: Option<String>,
+        region: Option<String>,
+        secret_hash: String,
+        public_key: Option<String>,
+    ) -> AuthResult<String> {
         let parsed = Scopes::parse(scopes).map_err(AuthError::Invalid)?;
         if parsed.resources.is_empty() || parsed.resources.iter().any(|s| s.context != access::ScopeContext::System) {
             return Err(AuthError::Invalid(format!(
@@ -252,28 +344,29 @@ impl Auth {
             )));
         }
         let id = format!("client-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let secret = crypto::random_token(32);
+        let method = if public_key.is_some() { "private_key_jwt" } else { "client_secret" };
         let client = Client {
             id: id.clone(),
             name: name.to_string(),
-            secret_hash: crypto::password::hash_password(&secret).map_err(|e| AuthError::Invalid(e.to_string()))?,
+            secret_hash,
+            public_key,
             scopes: parsed.to_text(),
             organization,
             region,
             active: true,
-            created: now(),
+            created: self.now(),
         };
         let body = serde_json::to_string(&client).map_err(|e| AuthError::Invalid(e.to_string()))?;
         self.store.kv_put("client", &id, &body, &[]).await?;
-        self.audit(Self::record(
+        self.audit(self.record(
             "platform",
             "operator",
             "admin",
             "success",
-            json!({"created": format!("client/{id}")}),
+            json!({"created": format!("client/{id}"), "authentication": method}),
         ))
         .await?;
-        Ok((id, secret))
+        Ok(id)
     }
 
     /// Creates a staff or resident account. Returns the stored user, the password if it was
@@ -351,7 +444,7 @@ impl Auth {
             failed_logins: 0,
             locked_until: 0,
             active: true,
-            created: now(),
+            created: self.now(),
         };
         let body = serde_json::to_string(&user).map_err(|e| AuthError::Invalid(e.to_string()))?;
         match self.store.kv_put("user", &user.id, &body, &lookups).await {
@@ -365,7 +458,7 @@ impl Auth {
             }
             other => other?,
         }
-        self.audit(Self::record(
+        self.audit(self.record(
             "platform",
             "operator",
             "admin",
@@ -432,16 +525,29 @@ impl Auth {
     // ---- grants --------------------------------------------------------------------------
 
     /// The token endpoint (RFC 6749 §4.3, §4.4, §6 and an SMS-code grant for residents).
-    /// `form` is the request body; `basic` the HTTP Basic client credentials, if any.
+    /// `form` is the request body; `basic` the HTTP Basic client credentials, if any. Without
+    /// the endpoint's public URL, JWT client assertions are refused (see [`Auth::token_at`]).
     pub async fn token(
         &self,
         form: &HashMap<String, String>,
         basic: Option<(String, String)>,
         source: Option<&str>,
     ) -> AuthResult<Value> {
+        self.token_at(None, form, basic, source).await
+    }
+
+    /// The token endpoint reached at `endpoint`, its public URL: the audience a JWT client
+    /// assertion must name (RFC 7523 §3).
+    pub async fn token_at(
+        &self,
+        endpoint: Option<&str>,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+        source: Option<&str>,
+    ) -> AuthResult<Value> {
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
         let result = match grant {
-            "client_credentials" => self.client_credentials(form, basic).await,
+            "client_credentials" => self.client_credentials(form, basic, endpoint).await,
             "password" => self.password_grant(form).await,
             "refresh_token" => self.refresh_grant(form).await,
             SMS_GRANT => self.sms_grant(form).await,
@@ -466,13 +572,13 @@ impl Auth {
         if let Some(s) = source {
             detail["source"] = json!(s);
         }
-        self.audit(Self::record(&actor, role, "login", outcome, detail)).await?;
+        self.audit(self.record(&actor, role, "login", outcome, detail)).await?;
         result.map(|(_, body)| body)
     }
 
     async fn issue(&self, principal: Principal, client_id: &str, refresh: bool) -> AuthResult<(Session, Value)> {
         let token = crypto::random_token(32);
-        let issued = now();
+        let issued = self.now();
         let scopes = principal.scopes.to_text();
         let record = TokenRecord {
             principal: principal.clone(),
@@ -481,6 +587,8 @@ impl Auth {
             issued,
             expires: issued + self.config.access_ttl,
             last_used: issued,
+            access_key: None,
+            rotated_to: None,
         };
         let text = serde_json::to_string(&record).map_err(|e| AuthError::Invalid(e.to_string()))?;
         self.store.kv_put("access", &token_key(&token), &text, &[]).await?;
@@ -497,7 +605,11 @@ impl Auth {
         }
         if refresh {
             let refresh_token = crypto::random_token(32);
-            let r = TokenRecord { expires: issued + self.config.refresh_ttl, ..record };
+            let r = TokenRecord {
+                expires: issued + self.config.refresh_ttl,
+                access_key: Some(token_key(&token)),
+                ..record
+            };
             let text = serde_json::to_string(&r).map_err(|e| AuthError::Invalid(e.to_string()))?;
             self.store.kv_put("refresh", &token_key(&refresh_token), &text, &[]).await?;
             body["refresh_token"] = json!(refresh_token);
@@ -523,15 +635,33 @@ impl Auth {
         &self,
         form: &HashMap<String, String>,
         basic: Option<(String, String)>,
+        endpoint: Option<&str>,
     ) -> AuthResult<(Session, Value)> {
-        let (id, secret) = basic
-            .or_else(|| Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone())))
-            .ok_or_else(|| oauth(401, "invalid_client", "send client_id and client_secret (HTTP Basic or form)"))?;
-        let client: Option<Client> =
-            self.store.kv_get("client", &id).await?.and_then(|b| serde_json::from_str(&b).ok());
-        let client = match client {
-            Some(c) if c.active && crypto::password::verify_password(&secret, &c.secret_hash) => c,
-            _ => return Err(oauth(401, "invalid_client", "unknown client or wrong secret")),
+        let client = if form.contains_key("client_assertion") || form.contains_key("client_assertion_type") {
+            if basic.is_some() || form.contains_key("client_secret") {
+                return Err(oauth(
+                    401,
+                    "invalid_client",
+                    "use one client authentication method: a client_assertion or a client secret, not both",
+                ));
+            }
+            self.assertion_client(form, endpoint).await?
+        } else {
+            let (id, secret) = basic
+                .or_else(|| Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone())))
+                .ok_or_else(|| {
+                    oauth(
+                        401,
+                        "invalid_client",
+                        "send client_id and client_secret (HTTP Basic or form), or a signed client_assertion",
+                    )
+                })?;
+            let client: Option<Client> =
+                self.store.kv_get("client", &id).await?.and_then(|b| serde_json::from_str(&b).ok());
+            match client {
+                Some(c) if c.active && crypto::password::verify_password(&secret, &c.secret_hash) => c,
+                _ => return Err(oauth(401, "invalid_client", "unknown client or wrong secret")),
+            }
         };
         let ceiling = Scopes::parse(&client.scopes).unwrap_or_default();
         let scopes = Self::requested_scopes(form, &ceiling)?;
@@ -549,6 +679,90 @@ impl Auth {
         self.issue(principal, &client.id, false).await
     }
 
+    /// Authenticates a client by its signed JWT assertion (RFC 7523 §2.2, §3): the client it
+    /// names must have registered a public key, the signature must verify with it, the claims
+    /// must hold at this time for this endpoint, and the `jti` must be new.
+    async fn assertion_client(&self, form: &HashMap<String, String>, endpoint: Option<&str>) -> AuthResult<Client> {
+        let invalid = |d: String| oauth(401, "invalid_client", d);
+        match form.get("client_assertion_type").map(String::as_str) {
+            Some(jwt::ASSERTION_TYPE) => {}
+            Some(other) => {
+                return Err(invalid(format!(
+                    "client_assertion_type '{}' is not supported; use {}",
+                    other.chars().take(80).collect::<String>(),
+                    jwt::ASSERTION_TYPE
+                )));
+            }
+            None => return Err(invalid(format!("client_assertion_type {} is required", jwt::ASSERTION_TYPE))),
+        }
+        let Some(text) = form.get("client_assertion") else {
+            return Err(invalid("client_assertion (a signed JWT) is required".into()));
+        };
+        let assertion = jwt::Assertion::parse(text)?;
+        let id = assertion.client_id()?;
+        if let Some(named) = form.get("client_id")
+            && named != id
+        {
+            return Err(invalid("client_id differs from the assertion's iss and sub".into()));
+        }
+        let client: Option<Client> = self.store.kv_get("client", id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let Some(client) = client.filter(|c| c.active) else {
+            return Err(invalid("the assertion names an unknown or disabled client".into()));
+        };
+        let Some(pem) = &client.public_key else {
+            return Err(invalid(format!(
+                "client {} authenticates with a secret; it has no public key for a client_assertion",
+                client.id
+            )));
+        };
+        let key = jwt::PublicKey::from_pem(pem)
+            .map_err(|e| invalid(format!("client {}'s registered key is unusable: {e}", client.id)))?;
+        let Some(endpoint) = endpoint else {
+            return Err(invalid("this server does not know its token endpoint URL, so it cannot check aud".into()));
+        };
+        let now = self.now();
+        let verified = assertion.verify(&key, endpoint, now)?;
+        self.remember_jti(&verified, now).await?;
+        Ok(client)
+    }
+
+    /// Records an assertion's `jti` until it can no longer be accepted (`exp` plus the clock
+    /// skew); a second use in that time is refused. The unique lookup makes the check and
+    /// the insert one atomic step in the store. Object ids start with that time, so the
+    /// oldest come first in [`ResourceStore::kv_list`] and expired ones are pruned as we go.
+    async fn remember_jti(&self, verified: &jwt::Verified, now: i64) -> AuthResult<()> {
+        let until = verified.expires + jwt::CLOCK_SKEW_SECONDS;
+        let lookup =
+            format!("jti:{}", crypto::sm3::sm3_hex(format!("{}\n{}", verified.client_id, verified.jti).as_bytes()));
+        let id = format!("{until:012}-{}", crypto::random_token(9));
+        let expired = |body: &str| {
+            serde_json::from_str::<Value>(body).ok().and_then(|v| v["until"].as_i64()).is_none_or(|u| u <= now)
+        };
+        if let Some((old, body)) = self.store.kv_find("jti", &lookup).await?
+            && expired(&body)
+        {
+            self.store.kv_delete("jti", &old).await?;
+        }
+        let body = json!({"client": verified.client_id, "until": until}).to_string();
+        match self.store.kv_put("jti", &id, &body, &[lookup]).await {
+            Err(StoreError::Duplicate { .. }) => {
+                return Err(oauth(
+                    401,
+                    "invalid_client",
+                    "this assertion's jti was already used: sign a new assertion with a new jti for every request",
+                ));
+            }
+            other => other?,
+        }
+        for (old, body) in self.store.kv_list("jti", "", 32).await? {
+            if !expired(&body) {
+                break;
+            }
+            self.store.kv_delete("jti", &old).await?;
+        }
+        Ok(())
+    }
+
     /// Checks and counts a login attempt; `Ok(user)` when the password (and TOTP) are right.
     async fn check_login(&self, username: &str, password: &str, totp: Option<&str>) -> AuthResult<User> {
         let bad = || oauth(400, "invalid_grant", "wrong user name or password");
@@ -557,7 +771,7 @@ impl Auth {
             let _ = crypto::password::verify_password(password, dummy_hash());
             return Err(bad());
         };
-        let t = now();
+        let t = self.now();
         if !user.active {
             return Err(oauth(400, "invalid_grant", "this account is disabled"));
         }
@@ -628,21 +842,95 @@ impl Auth {
         let key = token_key(token);
         let record: Option<TokenRecord> =
             self.store.kv_get("refresh", &key).await?.and_then(|b| serde_json::from_str(&b).ok());
-        let Some(record) = record.filter(|r| r.expires > now()) else {
+        let t = self.now();
+        let Some(record) = record.filter(|r| r.expires > t) else {
             return Err(oauth(400, "invalid_grant", "the refresh token is unknown, expired or revoked; log in again"));
         };
-        // Rotation: a refresh token is used once.
-        self.store.kv_delete("refresh", &key).await?;
+        if record.rotated_to.is_some() {
+            // Used before: either the client or a thief holds a copy. Ending the whole line of
+            // tokens stops the thief; the client logs in again.
+            self.revoke_descendants(&key, &record).await?;
+            return Err(oauth(
+                400,
+                "invalid_grant",
+                "the refresh token was already used; every token of this session is now revoked; log in again",
+            ));
+        }
+        // Rotation: a refresh token is used once. Of two concurrent uses only one deletes it.
+        if !self.store.kv_delete("refresh", &key).await? {
+            return Err(oauth(400, "invalid_grant", "the refresh token was already used; log in again"));
+        }
+        let mut last_activity = record.issued;
+        if let Some(access_key) = &record.access_key
+            && let Some(access) = self.store.kv_get("access", access_key).await?
+            && let Ok(access) = serde_json::from_str::<TokenRecord>(&access)
+        {
+            last_activity = last_activity.max(access.last_used);
+        }
+        if t - last_activity > self.config.idle_timeout {
+            return Err(oauth(
+                400,
+                "invalid_grant",
+                format!(
+                    "the session timed out after {} minutes without activity; log in again",
+                    self.config.idle_timeout / 60
+                ),
+            ));
+        }
         let mut principal = record.principal.clone();
         principal.scopes = Scopes::parse(&record.scopes).unwrap_or_default();
         if let Some(user_id) = principal.subject.strip_prefix("user/") {
             let user: Option<User> =
                 self.store.kv_get("user", user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
-            if !user.is_some_and(|u| u.active && u.locked_until <= now()) {
+            if !user.is_some_and(|u| u.active && u.locked_until <= t) {
                 return Err(oauth(400, "invalid_grant", "the account is disabled or locked"));
             }
         }
-        self.issue(principal, &record.client_id, true).await
+        let (session, body) = self.issue(principal, &record.client_id, true).await?;
+        // Keep the used token, marked with its successor, so that a second use is detected.
+        let successor = body["refresh_token"].as_str().map(token_key);
+        let used = TokenRecord { rotated_to: successor, ..record };
+        let text = serde_json::to_string(&used).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        self.store.kv_put("refresh", &key, &text, &[]).await?;
+        Ok((session, body))
+    }
+
+    /// Revokes the refresh tokens that replaced a used one (following `rotated_to`) and the
+    /// access tokens issued with each, and the used token itself.
+    async fn revoke_descendants(&self, key: &str, record: &TokenRecord) -> AuthResult<()> {
+        self.store.kv_delete("refresh", key).await?;
+        if let Some(access) = &record.access_key {
+            self.store.kv_delete("access", access).await?;
+        }
+        let mut next = record.rotated_to.clone();
+        let mut revoked = 0usize;
+        // Bounded: a line of tokens is at most refresh_ttl long, but a loop must not be endless.
+        while let Some(refresh_key) = next.take()
+            && revoked < 10_000
+        {
+            let body = self.store.kv_get("refresh", &refresh_key).await?;
+            self.store.kv_delete("refresh", &refresh_key).await?;
+            if let Some(r) = body.and_then(|b| serde_json::from_str::<TokenRecord>(&b).ok()) {
+                if let Some(access) = &r.access_key {
+                    self.store.kv_delete("access", access).await?;
+                }
+                next = r.rotated_to;
+            }
+            revoked += 1;
+        }
+        // The cache is keyed by token text, which is not stored; clearing it all is rare
+        // (only on a reuse) and makes the revocation immediate in this process.
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+        self.audit(self.record(
+            &record.principal.subject,
+            record.principal.role.code(),
+            "revoke",
+            "success",
+            json!({"token": "refresh", "reason": "refresh token reused", "revoked": revoked + 1}),
+        ))
+        .await
     }
 
     /// Sends a one-time login code to a resident's registered phone. Answers the same whether
@@ -657,7 +945,7 @@ impl Auth {
             return Ok(());
         }
         let code: String = crypto::random_bytes(6).iter().map(|b| char::from(b'0' + b % 10)).collect();
-        let record = json!({"code": crypto::sm3::sm3_hex(code.as_bytes()), "expires": now() + self.config.sms_code_ttl, "attempts": 0});
+        let record = json!({"code": crypto::sm3::sm3_hex(code.as_bytes()), "expires": self.now() + self.config.sms_code_ttl, "attempts": 0});
         self.store.kv_put("sms-code", &self.keys.blind_index("phone", &p), &record.to_string(), &[]).await?;
         self.sms
             .send(&p, &format!("【互通健康】您的登录验证码为 {code}，5分钟内有效。如非本人操作，请忽略。"))
@@ -673,7 +961,7 @@ impl Auth {
         let Some(text) = self.store.kv_get("sms-code", &key).await? else { return Err(bad()) };
         let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let attempts = record["attempts"].as_i64().unwrap_or(99);
-        if record["expires"].as_i64().unwrap_or(0) < now() || attempts >= 5 {
+        if record["expires"].as_i64().unwrap_or(0) < self.now() || attempts >= 5 {
             self.store.kv_delete("sms-code", &key).await?;
             return Err(bad());
         }
@@ -699,10 +987,11 @@ impl Auth {
         if token.is_empty() || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AuthError::Unauthenticated("the bearer token is malformed".into()));
         }
-        let t = now();
+        let t = self.now();
+        let cache_ttl = CACHE_TTL.as_secs() as i64;
         if let Ok(cache) = self.cache.lock()
             && let Some((at, session)) = cache.get(token)
-            && at.elapsed() < CACHE_TTL
+            && (*at..*at + cache_ttl).contains(&t)
             && session.expires > t
         {
             return Ok(session.clone());
@@ -730,9 +1019,9 @@ impl Auth {
         let session = Session { principal: Arc::new(principal), expires: record.expires };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 100_000 {
-                cache.retain(|_, (at, s)| at.elapsed() < CACHE_TTL && s.expires > t);
+                cache.retain(|_, (at, s)| t - *at < cache_ttl && s.expires > t);
             }
-            cache.insert(token.to_string(), (Instant::now(), session.clone()));
+            cache.insert(token.to_string(), (t, session.clone()));
         }
         Ok(session)
     }
@@ -763,7 +1052,7 @@ impl Auth {
             cache.remove(token);
         }
         if a || r {
-            self.audit(Self::record(
+            self.audit(self.record(
                 "anonymous",
                 "",
                 "revoke",
@@ -798,12 +1087,13 @@ pub fn smart_configuration(base: &str) -> Value {
         "token_endpoint": format!("{base}/oauth2/token"),
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": [jwt::ALG_ES384, jwt::ALG_SM2],
         "grant_types_supported": ["client_credentials", "password", "refresh_token", SMS_GRANT],
         "scopes_supported": ["openid", "fhirUser", "offline_access", "launch/patient", "patient/*.rs", "patient/*.cruds",
                              "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds", "patient/*.read", "user/*.read",
                              "system/*.read", "system/*.*"],
-        "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2", "context-standalone-patient"],
+        "capabilities": ["client-confidential-symmetric", "client-confidential-asymmetric", "permission-v1", "permission-v2", "context-standalone-patient"],
         "code_challenge_methods_supported": []
     })
 }

@@ -38,13 +38,18 @@ pub fn auth_service(
 
 #[derive(clap::Subcommand)]
 pub enum AdminCommand {
-    /// Create a system client (hospital system, platform node); prints {"client_id", "client_secret"}.
+    /// Create a system client (hospital system, platform node); prints {"client_id", "client_secret"},
+    /// or with --public-key {"client_id", "token_endpoint_auth_method": "private_key_jwt", "alg"}.
     CreateClient {
         #[arg(long)]
         name: String,
         /// SMART system scopes, e.g. 'system/*.*' or 'system/Patient.rs system/Observation.cruds'.
         #[arg(long)]
         scopes: String,
+        /// The client authenticates with JWT assertions signed by this key's private half instead of
+        /// a secret: a PEM public key (SPKI) on the SM2 curve (alg SM2) or P-384 (alg ES384).
+        #[arg(long, value_name = "FILE.pem")]
+        public_key: Option<PathBuf>,
         /// The organization the client acts for (Organization id).
         #[arg(long)]
         organization: Option<String>,
@@ -75,8 +80,9 @@ pub enum AdminCommand {
         region: Option<String>,
         #[arg(long)]
         practitioner: Option<String>,
-        /// Patient ids the account acts for (a resident's own, and dependants').
-        #[arg(long = "patient")]
+        /// Patient ids the account acts for: a resident's own, and a guardian's children and
+        /// dependants. Repeat the option or separate ids with commas (--patients p1,p2).
+        #[arg(long = "patient", visible_alias = "patients", value_delimiter = ',')]
         patients: Vec<String>,
         #[arg(long)]
         phone: Option<String>,
@@ -110,12 +116,33 @@ pub enum AuditCommand {
 
 pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
     match which {
-        AdminCommand::CreateClient { name, scopes, organization, region, store, keys } => {
+        AdminCommand::CreateClient { name, scopes, public_key, organization, region, store, keys } => {
+            let pem = match &public_key {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the public key {}", path.display()))?,
+                ),
+                None => None,
+            };
             let backend = crate::open_store(&store).await?;
             let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
-            let (id, secret) =
-                auth.create_client(&name, &scopes, organization, region).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{}", json!({"client_id": id, "client_secret": secret}));
+            let out = match pem {
+                Some(pem) => {
+                    let (id, alg) = auth
+                        .create_client_with_key(&name, &scopes, organization, region, &pem)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    json!({"client_id": id, "token_endpoint_auth_method": "private_key_jwt", "alg": alg})
+                }
+                None => {
+                    let (id, secret) = auth
+                        .create_client(&name, &scopes, organization, region)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    json!({"client_id": id, "client_secret": secret})
+                }
+            };
+            println!("{out}");
             Ok(())
         }
         AdminCommand::CreateUser {

@@ -19,6 +19,8 @@ struct TestApp {
     /// `Bearer …` of a system client with `system/*.*`, added to requests that carry none.
     bearer: String,
     dir: tempfile::TempDir,
+    /// What the router was built from (tests build variants of it).
+    state: AppState,
 }
 
 async fn app(max_body_bytes: usize) -> TestApp {
@@ -42,8 +44,9 @@ async fn app(max_body_bytes: usize) -> TestApp {
     let token = auth.token(&form, None, None).await.unwrap();
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
     let config = ApiConfig { max_body_bytes, ..ApiConfig::default() };
-    let app = router(AppState { engine, auth: auth.clone(), config });
-    TestApp { app, auth, bearer, dir }
+    let state = AppState { engine, auth: auth.clone(), config };
+    let app = router(state.clone());
+    TestApp { app, auth, bearer, dir, state }
 }
 
 async fn send(app: &TestApp, mut request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {

@@ -1,10 +1,12 @@
-//! Security over HTTP: tokens (401s), the OAuth2 grants, lockout, scopes (403 + audit), the
-//! hidden existence of forbidden resources (404), break-glass, the access-log API, and hostile
+//! Security over HTTP: tokens (401s), the OAuth2 grants (secrets and signed JWT assertions),
+//! lockout, scopes (403 + audit), the hidden existence of forbidden resources (404), guardians,
+//! break-glass, the access-log API, the CapabilityStatement's security section, and hostile
 //! input in headers, tokens and search parameters.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 use super::{FHIR, TestApp, app, req, send};
 
@@ -12,6 +14,7 @@ fn form(uri: &str, body: &str) -> Request<Body> {
     Request::builder()
         .method("POST")
         .uri(uri)
+        .header(header::HOST, "test.local")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::AUTHORIZATION, "none")
         .body(Body::from(body.to_string()))
@@ -323,4 +326,248 @@ async fn injection_in_search_parameters_is_harmless() {
     }
     let (_, _, body) = send(&app, req("GET", "/fhir/Patient?name=%E7%8E%8B", None, "")).await;
     assert_eq!(body["entry"].as_array().unwrap().len(), 1, "the table is intact");
+}
+
+/// SplitMix64: a small seeded generator, so every run feeds the same cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Header values a hostile client might send: random bytes (control characters are refused
+/// by the HTTP types, bytes 0x80-0xFF are kept, so non-UTF-8), odd prefixes, megabytes.
+fn hostile_authorization(rng: &mut Rng, valid: &str) -> HeaderValue {
+    let n = rng.below(600);
+    let bytes: Vec<u8> = match rng.below(6) {
+        0 => (0..n).map(|_| rng.next() as u8).collect(),
+        1 => (0..n).map(|_| 0x80 + rng.below(128) as u8).collect(),
+        2 => format!("Bearer {}", &valid[..rng.below(valid.len() + 1)]).into_bytes(),
+        3 => {
+            let prefix =
+                ["Bearer", "bearer ", "BEARER ", "Bearer  ", "Basic ", "Bearer\t", "Bearer %00", ""][rng.below(8)];
+            let body: String = (0..n).map(|_| char::from(32 + rng.below(95) as u8)).collect();
+            format!("{prefix}{body}").into_bytes()
+        }
+        4 => format!("Bearer {}", "A".repeat([4090, 4097, 16 * 1024, 1 << 20][rng.below(4)])).into_bytes(),
+        _ => format!("Bearer {valid}{}", ".".repeat(n)).into_bytes(),
+    };
+    HeaderValue::from_bytes(&bytes).unwrap_or(HeaderValue::from_static("Bearer x"))
+}
+
+#[test]
+fn the_bearer_header_parser_never_panics_and_caps_the_length() {
+    use api::security::{MAX_AUTHORIZATION_BYTES, bearer_token};
+    let mut rng = Rng(0x5EED_A001);
+    let valid = "k3YwbD0L2bWw7CqZ4u0cpxBhx7S8Qf2y1yq7vJYbV2M";
+    for _ in 0..10_000 {
+        let value = hostile_authorization(&mut rng, valid);
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.clone());
+        match bearer_token(&headers) {
+            Ok(token) => {
+                assert!(value.len() <= MAX_AUTHORIZATION_BYTES && !token.is_empty() && token == token.trim());
+            }
+            Err(message) => assert!(!message.is_empty()),
+        }
+    }
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {}", "A".repeat(1 << 20))).unwrap());
+    assert!(bearer_token(&headers).unwrap_err().contains("longer than 4096 bytes"));
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  abc "));
+    assert_eq!(bearer_token(&headers), Ok("abc"));
+}
+
+#[tokio::test]
+async fn hostile_authorization_headers_get_401_through_the_router() {
+    let app = app(1 << 20).await;
+    let valid = app.bearer.trim_start_matches("Bearer ").to_string();
+    let mut rng = Rng(0x5EED_A002);
+    for i in 0..1500 {
+        let value = hostile_authorization(&mut rng, &valid);
+        let mut r = req("GET", if i % 2 == 0 { "/fhir/Patient" } else { "/audit/log" }, None, "");
+        r.headers_mut().insert(header::AUTHORIZATION, value.clone());
+        let (status, headers, body) = send(&app, r).await;
+        if value.as_bytes() == app.bearer.as_bytes() {
+            continue;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{value:.40?}");
+        assert!(headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+    let mut r = req("GET", "/fhir/Patient", None, "");
+    r.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {}", "A".repeat(1 << 20)).parse().unwrap());
+    let (status, _, body) = send(&app, r).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("longer than 4096 bytes"), "{body}");
+    // Oversized Basic credentials at the introspection endpoint: refused, not decoded.
+    let mut r = form("/oauth2/introspect", "token=abc");
+    r.headers_mut().insert(header::AUTHORIZATION, format!("Basic {}", "QUJD".repeat(4096)).parse().unwrap());
+    assert_eq!(send(&app, r).await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// A JWT client assertion signed with `key`, for this test app's token endpoint.
+fn assertion(key: &crypto::sm2::Sm2SigningKey, client_id: &str, aud: &str, jti: &str) -> String {
+    let claims = json!({"iss": client_id, "sub": client_id, "aud": aud, "exp": now() + 240, "jti": jti});
+    let input = format!(
+        "{}.{}",
+        crypto::base64url(br#"{"alg":"SM2","typ":"JWT"}"#),
+        crypto::base64url(claims.to_string().as_bytes())
+    );
+    format!("{input}.{}", crypto::base64url(&key.sign(input.as_bytes())))
+}
+
+#[tokio::test]
+async fn system_clients_authenticate_with_signed_jwt_assertions() {
+    let app = app(1 << 20).await;
+    let key = crypto::sm2::Sm2SigningKey::generate();
+    let (id, alg) = app
+        .auth
+        .create_client_with_key(
+            "county hospital HIS",
+            "system/*.rs",
+            None,
+            None,
+            &key.public().to_public_key_pem().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(alg, "SM2");
+    let endpoint = "http://test.local/oauth2/token";
+    let grant = |jwt: &str| {
+        format!(
+            "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"
+        )
+    };
+    let jwt = assertion(&key, &id, endpoint, "first");
+    let (status, body) = token(&app, &grant(&jwt)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "system/*.rs");
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(send(&app, with_token(req("GET", "/fhir/Patient", None, ""), access)).await.0, StatusCode::OK);
+
+    // Replayed, for another server, or signed by someone else: 401 invalid_client with a reason.
+    let stranger = crypto::sm2::Sm2SigningKey::generate();
+    for (jwt, words) in [
+        (jwt.clone(), "already used"),
+        (assertion(&key, &id, "http://elsewhere.example/oauth2/token", "second"), "aud must be"),
+        (assertion(&stranger, &id, endpoint, "third"), "does not verify"),
+        ("not.a.jwt".to_string(), "base64url"),
+    ] {
+        let (status, headers, body) = send(&app, form("/oauth2/token", &grant(&jwt))).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_client")), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains(words), "{body}");
+        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+    }
+    // A configured public base URL is what the audience must name, whatever the Host header.
+    let behind_proxy = api::router(api::AppState {
+        config: api::ApiConfig { base_url: Some("https://hutong.example.cn/fhir".into()), ..Default::default() },
+        ..app.state.clone()
+    });
+    let proxied = |jwt: &str| {
+        let request = form("/oauth2/token", &grant(jwt));
+        behind_proxy.clone().oneshot(request)
+    };
+    let response = proxied(&assertion(&key, &id, endpoint, "fourth")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "the Host header does not decide the audience");
+    let response = proxied(&assertion(&key, &id, "https://hutong.example.cn/oauth2/token", "fifth")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Discovery says so.
+    let (_, _, config) = send(&app, req("GET", "/.well-known/smart-configuration", None, "")).await;
+    assert_eq!(config["token_endpoint"], endpoint);
+    assert!(config["token_endpoint_auth_methods_supported"].as_array().unwrap().contains(&json!("private_key_jwt")));
+    assert_eq!(config["token_endpoint_auth_signing_alg_values_supported"], json!(["ES384", "SM2"]));
+    assert!(config["capabilities"].as_array().unwrap().contains(&json!("client-confidential-asymmetric")));
+}
+
+#[tokio::test]
+async fn guardians_read_their_childrens_records_and_nobody_elses() {
+    let app = app(1 << 20).await;
+    for id in ["g-mother", "g-child", "g-other"] {
+        let patient = json!({"resourceType": "Patient", "id": id}).to_string();
+        assert_eq!(send(&app, req("PUT", &format!("/fhir/Patient/{id}"), FHIR, &patient)).await.0, StatusCode::CREATED);
+    }
+    for (id, subject) in [("o-child", "g-child"), ("o-child-2", "g-child"), ("o-other", "g-other")] {
+        let obs = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+            "subject": {"reference": format!("Patient/{subject}")}, "valueQuantity": {"value": 98, "unit": "cm"}});
+        assert_eq!(
+            send(&app, req("PUT", &format!("/fhir/Observation/{id}"), FHIR, &obs.to_string())).await.0,
+            StatusCode::CREATED
+        );
+    }
+    app.auth
+        .create_user(auth::NewUser {
+            username: "mother".into(),
+            role: "resident".into(),
+            password: Some("Pass#word1".into()),
+            patients: vec!["g-mother".into(), "g-child".into()],
+            id_number: Some("11010519491231002X".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, body) = token(&app, "grant_type=password&username=mother&password=Pass%23word1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let guardian = body["access_token"].as_str().unwrap().to_string();
+    let get = |path: &str| send(&app, with_token(req("GET", path, None, ""), &guardian));
+
+    assert_eq!(get("/fhir/Patient/g-child").await.0, StatusCode::OK);
+    assert_eq!(get("/fhir/Patient/g-mother").await.0, StatusCode::OK);
+    let (status, _, body) = get("/fhir/Observation/o-child").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = get("/fhir/Observation?subject=Patient/g-child").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> =
+        body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let (_, _, body) = get("/fhir/Observation").await;
+    let ids: Vec<&str> =
+        body["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert!(!ids.is_empty() && !ids.contains(&"o-other"), "an open search shows only her family's: {ids:?}");
+
+    // Someone else's child does not exist for her.
+    assert_eq!(get("/fhir/Patient/g-other").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get("/fhir/Observation/o-other").await.0, StatusCode::NOT_FOUND);
+    let (_, _, body) = get("/fhir/Observation?subject=Patient/g-other").await;
+    assert_eq!(body["entry"].as_array().map_or(0, Vec::len), 0, "{body}");
+    // 谁看过我的档案 works for the child's record too.
+    assert_eq!(get("/audit/patient/g-child").await.0, StatusCode::OK);
+    assert_eq!(get("/audit/patient/g-other").await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_capability_statement_names_the_smart_security_service() {
+    let app = app(1 << 20).await;
+    let (status, _, statement) = send(&app, req("GET", "/fhir/metadata", None, "").header_none()).await;
+    assert_eq!(status, StatusCode::OK);
+    let security = &statement["rest"][0]["security"];
+    assert_eq!(
+        security["service"][0]["coding"][0],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",
+               "display": "SMART-on-FHIR"})
+    );
+    let uris = &security["extension"][0];
+    assert_eq!(uris["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
+    let uri = |name: &str| {
+        uris["extension"].as_array().unwrap().iter().find(|e| e["url"] == name).map(|e| e["valueUri"].clone())
+    };
+    assert_eq!(uri("token"), Some(json!("http://test.local/oauth2/token")));
+    assert_eq!(uri("revoke"), Some(json!("http://test.local/oauth2/revoke")));
+    assert_eq!(uri("introspect"), Some(json!("http://test.local/oauth2/introspect")));
+    assert_eq!(uri("authorize"), None, "no authorization-code flow, so no authorize URI");
+    // The advertised endpoints are the real ones.
+    let (status, _, _) = send(&app, form("/oauth2/revoke", "token=nothing")).await;
+    assert_eq!(status, StatusCode::OK);
 }

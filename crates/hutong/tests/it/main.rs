@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `hutong` binary.
 
+mod clients;
 mod crash;
 mod security;
 mod serve;

@@ -1,0 +1,191 @@
+//! Session lifetimes on the injected clock: access-token expiry, the 30-minute idle timeout
+//! (for access tokens and for refreshing), refresh rotation and reuse detection, and the
+//! lockout after five failed logins with its 15-minute release.
+
+use auth::{AuthConfig, AuthError, NewUser};
+
+use super::{Fixture, fixture, fixture_with, oauth_error};
+
+async fn system_token(f: &Fixture) -> String {
+    let (id, secret) = f.auth.create_client("lab", "system/*.read", None, None).await.unwrap();
+    let body =
+        f.token(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &secret)]).await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+async fn resident(f: &Fixture) {
+    f.auth
+        .create_user(NewUser {
+            username: "wang.fang".into(),
+            role: "resident".into(),
+            password: Some("Pass#word1".into()),
+            patients: vec!["p1".into()],
+            id_number: Some("11010519491231002X".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Logs the resident in: (access token, refresh token).
+async fn login(f: &Fixture) -> (String, String) {
+    let body = f.token(&[("grant_type", "password"), ("username", "wang.fang"), ("password", "Pass#word1")]).await;
+    let body = body.unwrap();
+    (body["access_token"].as_str().unwrap().to_string(), body["refresh_token"].as_str().unwrap().to_string())
+}
+
+async fn refresh(f: &Fixture, token: &str) -> Result<(String, String), (u16, &'static str, String)> {
+    match f.token(&[("grant_type", "refresh_token"), ("refresh_token", token)]).await {
+        Ok(body) => Ok((
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        )),
+        Err(e) => Err(oauth_error(Err(e))),
+    }
+}
+
+fn unauthenticated(result: Result<auth::Session, AuthError>) -> String {
+    match result {
+        Err(AuthError::Unauthenticated(m)) => m,
+        other => panic!("expected a 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn access_tokens_expire_after_fifteen_minutes() {
+    let f = fixture();
+    let token = system_token(&f).await;
+    let session = f.auth.authenticate(&token).await.unwrap();
+    assert_eq!(session.expires, f.now() + 15 * 60);
+    f.advance(14 * 60);
+    f.auth.authenticate(&token).await.unwrap();
+    f.advance(59);
+    f.auth.authenticate(&token).await.expect("valid in its last second (and served from the cache)");
+    f.advance(1);
+    let message = unauthenticated(f.auth.authenticate(&token).await);
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(f.auth.introspect(&token).await.unwrap()["active"], false);
+}
+
+#[tokio::test]
+async fn sessions_unused_for_thirty_minutes_end() {
+    // Access tokens longer-lived than the idle timeout, so that idleness is what ends them.
+    let f = fixture_with(AuthConfig { access_ttl: 4 * 3600, ..AuthConfig::default() });
+    let token = system_token(&f).await;
+    for _ in 0..4 {
+        f.advance(29 * 60);
+        f.auth.authenticate(&token).await.expect("used every 29 minutes, the session stays open");
+    }
+    f.advance(30 * 60 + 1);
+    let message = unauthenticated(f.auth.authenticate(&token).await);
+    assert!(message.contains("inactivity"), "{message}");
+    let message = unauthenticated(f.auth.authenticate(&token).await);
+    assert!(message.contains("unknown or revoked"), "a timed-out token is gone for good: {message}");
+}
+
+#[tokio::test]
+async fn idle_sessions_cannot_be_refreshed() {
+    let f = fixture();
+    resident(&f).await;
+    let (_, refresh_token) = login(&f).await;
+    f.advance(30 * 60 + 1);
+    let (status, code, message) = refresh(&f, &refresh_token).await.unwrap_err();
+    assert_eq!((status, code), (400, "invalid_grant"));
+    assert!(message.contains("timed out after 30 minutes"), "{message}");
+
+    // Activity on the access token keeps the session alive for refreshing.
+    let (access, refresh_token) = login(&f).await;
+    f.advance(10 * 60);
+    f.auth.authenticate(&access).await.unwrap();
+    f.advance(25 * 60);
+    let (access, refresh_token) = refresh(&f, &refresh_token).await.expect("idle 25 minutes, 35 since login");
+    f.auth.authenticate(&access).await.unwrap();
+    f.advance(31 * 60);
+    assert!(refresh(&f, &refresh_token).await.unwrap_err().2.contains("timed out"));
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_session() {
+    let f = fixture();
+    resident(&f).await;
+    let (a1, r1) = login(&f).await;
+    f.advance(60);
+    let (a2, r2) = refresh(&f, &r1).await.unwrap();
+    assert_ne!(r1, r2);
+    f.advance(60);
+    let (a3, r3) = refresh(&f, &r2).await.unwrap();
+    f.auth.authenticate(&a3).await.unwrap();
+
+    // r1 again: a copy is in someone else's hands. Everything descending from it ends.
+    let (status, code, message) = refresh(&f, &r1).await.unwrap_err();
+    assert_eq!((status, code), (400, "invalid_grant"));
+    assert!(message.contains("already used") && message.contains("revoked"), "{message}");
+    for access in [&a1, &a2, &a3] {
+        unauthenticated(f.auth.authenticate(access).await);
+    }
+    for token in [&r1, &r2, &r3] {
+        assert!(refresh(&f, token).await.unwrap_err().2.contains("unknown, expired or revoked"));
+    }
+    let log = f.auth.store().audit_read(0, 1000).await.unwrap();
+    assert!(log.iter().any(|e| e.record.action == "revoke" && e.record.detail.contains("refresh token reused")));
+}
+
+#[tokio::test]
+async fn a_busy_session_refreshes_for_hours_but_each_refresh_token_expires() {
+    let f = fixture();
+    resident(&f).await;
+    let (access, refresh_token) = login(&f).await;
+    let mut refresh_token = refresh_token;
+    for _ in 0..31 {
+        f.advance(15 * 60);
+        (_, refresh_token) = refresh(&f, &refresh_token).await.unwrap();
+    }
+    unauthenticated(f.auth.authenticate(&access).await);
+    f.advance(8 * 3600);
+    assert!(refresh(&f, &refresh_token).await.unwrap_err().2.contains("unknown, expired or revoked"));
+}
+
+#[tokio::test]
+async fn five_failed_logins_lock_the_account_for_fifteen_minutes() {
+    let f = fixture();
+    let (_, _, totp) = f
+        .auth
+        .create_user(NewUser {
+            username: "dr.lin".into(),
+            role: "doctor".into(),
+            password: Some("Pass#word1".into()),
+            organization: Some("h1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let secret = crypto::totp::base32_decode(&totp.unwrap()).unwrap();
+    let f = &f;
+    let attempt = |password: &'static str| {
+        let code = crypto::totp::generate(&secret, f.now() as u64, 6);
+        async move {
+            f.token(&[("grant_type", "password"), ("username", "dr.lin"), ("password", password), ("totp", &code)])
+                .await
+        }
+    };
+    // Four failures, then a success, reset the count.
+    for _ in 0..4 {
+        assert_eq!(oauth_error(attempt("wrong").await).2, "wrong user name or password");
+    }
+    attempt("Pass#word1").await.unwrap();
+    for _ in 0..4 {
+        attempt("wrong").await.unwrap_err();
+    }
+    attempt("Pass#word1").await.expect("the count was reset by the success");
+    for _ in 0..5 {
+        attempt("wrong").await.unwrap_err();
+    }
+    let (_, code, message) = oauth_error(attempt("Pass#word1").await);
+    assert_eq!(code, "invalid_grant");
+    assert!(message.contains("locked for 15 more minutes"), "{message}");
+    f.advance(15 * 60 - 1);
+    let (_, _, message) = oauth_error(attempt("Pass#word1").await);
+    assert!(message.contains("locked for 1 more minutes"), "{message}");
+    f.advance(1);
+    attempt("Pass#word1").await.expect("released after 15 minutes");
+}
