@@ -55,6 +55,10 @@ enum Command {
         /// Public FHIR base URL, when the server runs behind a proxy.
         #[arg(long, env = "HUTONG_BASE_URL")]
         base_url: Option<String>,
+        /// Keep this many days of audit log; older entries are pruned at start-up and daily,
+        /// up to a signed checkpoint. The legal minimum (and default) is 180.
+        #[arg(long, env = "HUTONG_AUDIT_RETENTION_DAYS", default_value_t = store::audit::MIN_RETENTION_DAYS)]
+        audit_retention_days: i64,
         #[command(flatten)]
         keys: security::KeyArgs,
     },
@@ -151,9 +155,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, store, demo, max_body_bytes, base_url, keys } => {
+        Command::Serve { listen, store, demo, max_body_bytes, base_url, audit_retention_days, keys } => {
             let addr: SocketAddr =
                 listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
+            let audit_retention = security::audit_retention_ms(audit_retention_days, "--audit-retention-days")?;
             let backend = open_store(&store).await?;
             let ring = security::key_ring(&store, &keys)?;
             let auth = security::auth_service(backend.clone(), &store, ring.clone())?;
@@ -180,6 +185,27 @@ async fn main() -> anyhow::Result<()> {
                     tick.tick().await;
                     if let Err(e) = auth::audit::checkpoint(&sealing_store, &sealing_keys).await {
                         tracing::warn!(error = %e, "could not sign an audit checkpoint");
+                    }
+                }
+            });
+            // Audit retention, at start-up and then daily: entries older than the retention go,
+            // up to a signed checkpoint, so the log still verifies. Logs counts and positions only.
+            let (pruning_store, pruning_keys) = (backend.clone(), ring.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
+                loop {
+                    tick.tick().await;
+                    match auth::audit::prune(&pruning_store, &pruning_keys, audit_retention).await {
+                        Ok(Some(p)) => {
+                            tracing::info!(
+                                entries = p.entries,
+                                from = p.from,
+                                through = p.through,
+                                "pruned the audit log"
+                            )
+                        }
+                        Ok(None) => tracing::debug!("audit retention: nothing old enough to prune"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune the audit log"),
                     }
                 }
             });

@@ -112,6 +112,29 @@ pub enum AuditCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Delete entries older than the retention, up to a signed checkpoint so that the rest still
+    /// verifies (the server does this daily). The prune itself is recorded in the log.
+    Prune {
+        /// Keep at least this many days of audit log (the legal minimum, and default, is 180).
+        #[arg(long, env = "HUTONG_AUDIT_RETENTION_DAYS", default_value_t = store::audit::MIN_RETENTION_DAYS)]
+        retention_days: i64,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+/// The audit retention in milliseconds, refusing less than the legal minimum with the reason.
+pub fn audit_retention_ms(days: i64, option: &str) -> anyhow::Result<i64> {
+    let minimum = store::audit::MIN_RETENTION_DAYS;
+    if days < minimum {
+        anyhow::bail!(
+            "{option} {days} is below the legal minimum of {minimum} days (the Cybersecurity Law, art. 21, requires \
+             network logs to be kept at least six months); use {minimum} or more"
+        );
+    }
+    days.checked_mul(24 * 60 * 60 * 1000).with_context(|| format!("{option} {days} is too large"))
 }
 
 pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
@@ -203,8 +226,9 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
                 println!("TAMPERED {finding}");
             }
             println!(
-                "{} entries, {} checkpoints (last valid at entry {}), verified in {:.2} s ({:.0} entries/s): {}",
+                "{} entries{}, {} checkpoints (last valid at entry {}), verified in {:.2} s ({:.0} entries/s): {}",
                 report.entries,
+                report.pruned_through.map_or(String::new(), |n| format!(" (entries 1–{n} pruned by retention)")),
                 report.checkpoints,
                 report.last_checkpoint.map_or("none".to_string(), |s| s.to_string()),
                 seconds,
@@ -219,6 +243,27 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
             match auth::audit::checkpoint(&backend, &ring).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 Some(cp) => println!("signed checkpoint at entry {} ({})", cp.seq, cp.hash),
                 None => println!("nothing new to sign"),
+            }
+            Ok(())
+        }
+        AuditCommand::Prune { retention_days, store, keys } => {
+            let retention = audit_retention_ms(retention_days, "--retention-days")?;
+            let backend = crate::open_store(&store).await?;
+            let ring = key_ring(&store, &keys)?;
+            match auth::audit::prune(&backend, &ring, retention).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some(p) => println!(
+                    "pruned {} audit entries ({}–{}) older than {retention_days} days, through the checkpoint signed \
+                     {}; the log now starts at entry {}",
+                    p.entries,
+                    p.from,
+                    p.through,
+                    chrono::DateTime::from_timestamp_millis(p.checkpoint_signed_at)
+                        .map_or_else(|| p.checkpoint_signed_at.to_string(), |t| t.to_rfc3339()),
+                    p.through + 1
+                ),
+                None => println!(
+                    "nothing to prune: no signed checkpoint covers only entries older than {retention_days} days"
+                ),
             }
             Ok(())
         }

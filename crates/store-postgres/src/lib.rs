@@ -778,6 +778,29 @@ impl ResourceStore for PgStore {
         Ok(())
     }
 
+    async fn audit_prune(&self, through_seq: i64) -> StoreResult<u64> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let (head, _) = audit_head(&*tx).await?;
+        let through = through_seq.min(head - 1);
+        if through < 1 {
+            return Ok(0);
+        }
+        // Patient index rows by primary key, named by each entry's `patients`, so the cost
+        // follows the entries pruned rather than the size of the index (which has no `seq` index).
+        tx.execute(
+            "DELETE FROM audit_patient p USING (SELECT seq, unnest(string_to_array(patients, ' ')) AS patient_key \
+             FROM audit_log WHERE seq <= $1) d WHERE p.patient_key = d.patient_key AND p.seq = d.seq",
+            &[&through],
+        )
+        .await
+        .map_err(backend)?;
+        let deleted = tx.execute("DELETE FROM audit_log WHERE seq <= $1", &[&through]).await.map_err(backend)?;
+        tx.execute("DELETE FROM audit_checkpoint WHERE seq < $1", &[&through]).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
+    }
+
     async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client

@@ -360,6 +360,37 @@ fn audit_head(conn: &Connection) -> StoreResult<(i64, String)> {
         .unwrap_or((0, audit::GENESIS_HASH.to_string())))
 }
 
+/// [`ResourceStore::audit_prune`]. The write lock is taken up front (`IMMEDIATE`), so a
+/// server writing in another process cannot invalidate the head read here.
+fn prune_audit(conn: &mut Connection, through_seq: i64) -> StoreResult<u64> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+    let (head, _) = audit_head(&tx)?;
+    let through = through_seq.min(head - 1);
+    if through < 1 {
+        return Ok(0);
+    }
+    // Patient index rows go by primary key, named by each entry's `patients`, so the cost
+    // follows the entries pruned rather than the size of the index (which has no `seq` index).
+    {
+        let mut entries =
+            tx.prepare("SELECT seq, patients FROM audit_log WHERE seq <= ?1 AND patients <> ''").map_err(backend)?;
+        let mut delete =
+            tx.prepare("DELETE FROM audit_patient WHERE patient_key = ?1 AND seq = ?2").map_err(backend)?;
+        let mut rows = entries.query(params![through]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let seq: i64 = row.get(0).map_err(backend)?;
+            let patients: String = row.get(1).map_err(backend)?;
+            for patient in patients.split(' ').filter(|p| !p.is_empty()) {
+                delete.execute(params![patient, seq]).map_err(backend)?;
+            }
+        }
+    }
+    let deleted = tx.execute("DELETE FROM audit_log WHERE seq <= ?1", params![through]).map_err(backend)?;
+    tx.execute("DELETE FROM audit_checkpoint WHERE seq < ?1", params![through]).map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok(deleted as u64)
+}
+
 const AUDIT_COLUMNS: &str = "seq, recorded, action, outcome, actor, role, organization, purpose, entity, patients, \
      detail, prev_hash, hash";
 
@@ -444,6 +475,10 @@ impl ResourceStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn audit_prune(&self, through_seq: i64) -> StoreResult<u64> {
+        self.write_with(move |conn| prune_audit(conn, through_seq)).await
     }
 
     async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {

@@ -8,11 +8,23 @@
 //! sequence number and computing the hash under its single-writer discipline); periodic
 //! checkpoints sign `(seq, hash)` with the platform's SM2 key, so even someone who can rewrite
 //! the whole table cannot recompute a chain that matches a signature they cannot make.
+//!
+//! Retention: old entries are pruned only as a prefix that ends exactly at a signed checkpoint,
+//! so the first remaining entry's `prev_hash` is vouched for by that checkpoint's signature. A
+//! log that starts after entry 1 verifies clean only with such an anchor, signed at least
+//! [`MIN_RETENTION_DAYS`] before the verification: cutting the head at a recent checkpoint (to
+//! hide a recent access) is reported like any other deletion.
 
 use sm3::{Digest, Sm3};
 
 /// The hash that precedes the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The shortest retention the law allows: network logs are kept at least six months
+/// (Cybersecurity Law of the PRC, art. 21), counted as 180 days.
+pub const MIN_RETENTION_DAYS: i64 = 180;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What happened, as the caller describes it; the store assigns position and hash.
 /// Shaped after FHIR AuditEvent: who (`actor`, `role`, `organization`), what (`action`,
@@ -123,6 +135,10 @@ pub enum Finding {
     OutOfPlace { seq: i64, follows: Option<i64> },
     /// A checkpoint's signature does not verify, or the chain at its position differs.
     BadCheckpoint { seq: i64, reason: String },
+    /// The log starts after entry 1 and entries `1..=through` are gone without a lawful prune
+    /// behind it: no validly signed checkpoint anchors the first remaining entry, or the
+    /// anchor was signed less than [`MIN_RETENTION_DAYS`] ago. `reason` says which.
+    HeadTruncated { through: i64, reason: String },
 }
 
 impl std::fmt::Display for Finding {
@@ -142,6 +158,10 @@ impl std::fmt::Display for Finding {
                 seq - 1
             ),
             Finding::BadCheckpoint { seq, reason } => write!(f, "checkpoint at entry {seq}: {reason}"),
+            Finding::HeadTruncated { through: 1, reason } => write!(f, "entry 1: missing (head truncated {reason})"),
+            Finding::HeadTruncated { through, reason } => {
+                write!(f, "entries 1–{through}: missing (head truncated {reason})")
+            }
         }
     }
 }
@@ -154,11 +174,17 @@ pub struct Verifier {
     pending: Vec<(i64, String)>,
     /// Checkpoints whose signature verified, ascending by `seq`, not yet reached.
     checkpoints: std::collections::VecDeque<AuditCheckpoint>,
+    /// A checkpoint that anchors a pruned head must be signed at or before this time (epoch
+    /// ms): [`MIN_RETENTION_DAYS`] before now.
+    anchor_signed_by: i64,
     pub findings: Vec<Finding>,
     pub entries: u64,
     /// The last entry covered by a valid checkpoint; entries after it are protected by the
     /// hash chain only.
     pub last_checkpoint: Option<i64>,
+    /// Entries `1..=n` were pruned under the retention policy: the first entry links to a
+    /// validly signed checkpoint at `n` that is old enough.
+    pub pruned_through: Option<i64>,
 }
 
 fn key(hash: &str) -> u64 {
@@ -178,14 +204,68 @@ impl Verifier {
                 findings.push(Finding::BadCheckpoint { seq: cp.seq, reason: "the signature does not verify".into() });
             }
         }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         Verifier {
             prev: None,
             by_hash: Default::default(),
             pending: Vec::new(),
             checkpoints: valid,
+            anchor_signed_by: now - MIN_RETENTION_DAYS * DAY_MS,
             findings,
             entries: 0,
             last_checkpoint: None,
+            pruned_through: None,
+        }
+    }
+
+    /// Judges the age of a pruned head's anchor as of `now_ms` instead of the system clock.
+    pub fn as_of(mut self, now_ms: i64) -> Self {
+        self.anchor_signed_by = now_ms - MIN_RETENTION_DAYS * DAY_MS;
+        self
+    }
+
+    /// The first entry of a log whose head was pruned (`first.seq > 1`): consumes the
+    /// checkpoints before it, which cover pruned entries and so prove nothing by themselves,
+    /// and decides whether the cut is anchored. Runs once per verification.
+    fn pruned_head(&mut self, first: &AuditEntry) {
+        let cut = first.seq - 1;
+        let mut anchor: Option<AuditCheckpoint> = None;
+        let mut recent: Option<AuditCheckpoint> = None;
+        while self.checkpoints.front().is_some_and(|cp| cp.seq <= cut) {
+            let cp = self.checkpoints.pop_front().expect("front exists");
+            if cp.signed_at <= self.anchor_signed_by {
+                anchor = Some(cp);
+            } else {
+                recent = Some(cp);
+            }
+        }
+        match anchor {
+            // The normal case: the prefix ends at the checkpoint the first entry links to.
+            Some(cp) if cp.seq == cut => {
+                self.pruned_through = Some(cut);
+                self.last_checkpoint = Some(cut);
+                if cp.hash != first.prev_hash {
+                    self.pending.push((first.seq, first.prev_hash.clone()));
+                    self.findings.push(Finding::OutOfPlace { seq: first.seq, follows: None });
+                }
+            }
+            // Pruned through an older checkpoint, and the entries after it deleted since.
+            Some(cp) => {
+                self.pruned_through = Some(cp.seq);
+                self.last_checkpoint = Some(cp.seq);
+                self.findings.push(Finding::Missing { from: cp.seq + 1, to: cut });
+            }
+            None => {
+                let reason = match recent {
+                    Some(cp) if cp.seq == cut => format!(
+                        "at the checkpoint signed {} days ago, less than the {MIN_RETENTION_DAYS}-day retention minimum",
+                        (self.anchor_signed_by + MIN_RETENTION_DAYS * DAY_MS - cp.signed_at).max(0) / DAY_MS
+                    ),
+                    _ => format!("without an anchor: no validly signed checkpoint at entry {cut}"),
+                };
+                self.findings.push(Finding::HeadTruncated { through: cut, reason });
+            }
         }
     }
 
@@ -195,9 +275,14 @@ impl Verifier {
         if chain_hash(&entry.prev_hash, entry.seq, &entry.record) != entry.hash {
             self.findings.push(Finding::Modified { seq: entry.seq });
         }
+        if self.prev.is_none() && entry.seq > 1 {
+            self.pruned_head(entry);
+        }
         let (expected_seq, expected_prev) = match &self.prev {
             Some((s, h)) => (s + 1, h.as_str()),
-            None => (1, GENESIS_HASH),
+            // The first entry: at 1 it follows the genesis hash; after a pruned head,
+            // `pruned_head` has judged its link.
+            None => (entry.seq.max(1), if entry.seq > 1 { entry.prev_hash.as_str() } else { GENESIS_HASH }),
         };
         if entry.seq > expected_seq {
             self.findings.push(Finding::Missing { from: expected_seq, to: entry.seq - 1 });
@@ -368,5 +453,79 @@ mod tests {
         v.finish();
         assert_eq!(v.last_checkpoint, Some(2));
         assert!(matches!(v.findings.as_slice(), [Finding::BadCheckpoint { seq: 3, .. }]), "{:?}", v.findings);
+    }
+
+    #[test]
+    fn a_pruned_head_needs_an_old_signed_anchor() {
+        const NOW: i64 = 1_800_000_000_000;
+        let entries = chain(10);
+        let cp = |seq: usize, signed_at: i64| AuditCheckpoint {
+            seq: seq as i64,
+            hash: entries[seq - 1].hash.clone(),
+            signed_at,
+            key_id: "k1".into(),
+            signature: "ok".into(),
+        };
+        let old = NOW - 200 * DAY_MS;
+        let run = |checkpoints: Vec<AuditCheckpoint>, from: usize| {
+            let mut v = Verifier::new(checkpoints, |c| c.signature == "ok").as_of(NOW);
+            entries[from - 1..].iter().for_each(|e| v.push(e));
+            v.finish();
+            v
+        };
+        let truncated = |v: &Verifier| match v.findings.as_slice() {
+            [Finding::HeadTruncated { through: 4, reason }] => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+
+        // Pruned through the checkpoint at 4: clean, and older checkpoints are not findings.
+        let v = run(vec![cp(2, old), cp(4, old), cp(7, NOW)], 5);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!((v.pruned_through, v.last_checkpoint, v.entries), (Some(4), Some(7), 6));
+
+        // Entry 5 deleted after the prune: only entry 5 is missing.
+        let v = run(vec![cp(4, old)], 6);
+        assert_eq!(v.findings, [Finding::Missing { from: 5, to: 5 }]);
+        assert_eq!(v.pruned_through, Some(4));
+
+        // The anchoring checkpoint deleted: with no older one, entries 1–4 are unaccounted for.
+        let v = run(vec![cp(7, NOW)], 5);
+        assert_eq!(truncated(&v), "without an anchor: no validly signed checkpoint at entry 4");
+        assert_eq!(
+            v.findings[0].to_string(),
+            "entries 1–4: missing (head truncated without an anchor: no validly signed checkpoint at entry 4)"
+        );
+        assert_eq!(v.pruned_through, None);
+        // …with an older one left behind, only the entries after it are.
+        let v = run(vec![cp(2, old)], 5);
+        assert_eq!(v.findings, [Finding::Missing { from: 3, to: 4 }]);
+
+        // A forged anchor is no anchor (and is reported itself).
+        let forged = AuditCheckpoint { signature: "forged".into(), ..cp(4, old) };
+        let v = run(vec![forged], 5);
+        assert!(
+            matches!(
+                v.findings.as_slice(),
+                [Finding::BadCheckpoint { seq: 4, .. }, Finding::HeadTruncated { through: 4, .. }]
+            ),
+            "{:?}",
+            v.findings
+        );
+
+        // Cut at a checkpoint signed 10 days ago: inside the legal retention, so not a prune.
+        let v = run(vec![cp(4, NOW - 10 * DAY_MS)], 5);
+        assert_eq!(truncated(&v), "at the checkpoint signed 10 days ago, less than the 180-day retention minimum");
+
+        // A first entry that does not link to its anchor.
+        let mut relinked = entries.clone();
+        relinked[4].prev_hash = entries[1].hash.clone();
+        let mut v = Verifier::new(vec![cp(4, old)], |_| true).as_of(NOW);
+        relinked[4..].iter().for_each(|e| v.push(e));
+        v.finish();
+        assert_eq!(v.findings, [Finding::Modified { seq: 5 }, Finding::OutOfPlace { seq: 5, follows: None }]);
+
+        // A log that starts at entry 1 is judged as before.
+        let v = run(vec![cp(4, NOW)], 1);
+        assert!(v.findings.is_empty() && v.pruned_through.is_none(), "{:?}", v.findings);
     }
 }

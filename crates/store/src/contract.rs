@@ -22,7 +22,8 @@ macro_rules! contract_suite {
             history_scopes_and_paging, read_many_and_current_versions, compartments, outbox_and_cursors,
             search_strings, search_tokens, search_references_chains_has, search_dates, search_numbers_quantities,
             search_uri_composite_missing, search_sort_paging_total, search_system_level,
-            audit_chain_in_the_write_transaction, audit_concurrent_appends_chain, security_objects_and_lookups
+            audit_chain_in_the_write_transaction, audit_concurrent_appends_chain, audit_prune_keeps_an_anchored_tail,
+            security_objects_and_lookups
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -646,6 +647,52 @@ pub async fn audit_concurrent_appends_chain(store: Arc<dyn ResourceStore>) {
     entries.iter().for_each(|e| verifier.push(e));
     verifier.finish();
     assert!(verifier.findings.is_empty(), "concurrent appends form one chain: {:?}", verifier.findings);
+}
+
+pub async fn audit_prune_keeps_an_anchored_tail(store: Arc<dyn ResourceStore>) {
+    assert_eq!(store.audit_prune(10).await.unwrap(), 0, "an empty log has nothing to prune");
+    let patients: [&[&str]; 6] = [&["p1"], &["p1", "p2"], &[], &["p2"], &["p1"], &["p1", "p2"]];
+    for (i, p) in patients.iter().enumerate() {
+        store.commit_audited(&ctx(), vec![], vec![audit_record(&format!("read{i}"), p)]).await.unwrap();
+    }
+    let entries = store.audit_read(0, 100).await.unwrap();
+    let checkpoint = |seq: i64| crate::AuditCheckpoint {
+        seq,
+        hash: entries[seq as usize - 1].hash.clone(),
+        signed_at: 1_700_000_000_000 + seq,
+        key_id: "k1".into(),
+        signature: "ok".into(),
+    };
+    for seq in [1, 2, 4, 5] {
+        store.audit_checkpoint_put(&checkpoint(seq)).await.unwrap();
+    }
+
+    assert_eq!(store.audit_prune(4).await.unwrap(), 4);
+    let left = store.audit_read(0, 100).await.unwrap();
+    assert_eq!(left, entries[4..], "entries after the cut are untouched");
+    assert_eq!(
+        store.audit_checkpoints().await.unwrap(),
+        [checkpoint(4), checkpoint(5)],
+        "the anchor and later checkpoints stay"
+    );
+    let seqs = |found: Vec<crate::AuditEntry>| found.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.audit_for_patient("p1", 10).await.unwrap()), [6, 5]);
+    assert_eq!(seqs(store.audit_for_patient("p2", 10).await.unwrap()), [6]);
+    let mut verifier = crate::audit::Verifier::new(store.audit_checkpoints().await.unwrap(), |_| true);
+    left.iter().for_each(|e| verifier.push(e));
+    verifier.finish();
+    assert!(verifier.findings.is_empty(), "{:?}", verifier.findings);
+    assert_eq!(verifier.pruned_through, Some(4));
+
+    assert_eq!(store.audit_prune(3).await.unwrap(), 0, "already pruned");
+    // The newest entry is kept whatever the caller asks, and appends go on chaining to it.
+    assert_eq!(store.audit_prune(100).await.unwrap(), 1);
+    assert_eq!(seqs(store.audit_read(0, 100).await.unwrap()), [6]);
+    assert_eq!(store.audit_head().await.unwrap(), (6, entries[5].hash.clone()));
+    store.commit_audited(&ctx(), vec![], vec![audit_record("read", &["p1"])]).await.unwrap();
+    let tail = store.audit_read(0, 100).await.unwrap();
+    assert_eq!((tail[1].seq, tail[1].prev_hash.as_str()), (7, entries[5].hash.as_str()));
+    assert_eq!(seqs(store.audit_for_patient("p1", 10).await.unwrap()), [7, 6]);
 }
 
 pub async fn security_objects_and_lookups(store: Arc<dyn ResourceStore>) {

@@ -205,6 +205,14 @@ pub trait ResourceStore: Send + Sync {
 
     async fn audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>>;
 
+    /// Retention: deletes the audit entries with `seq <= through_seq` and their patient index
+    /// rows, and the checkpoints before `through_seq` (they cover only deleted entries; the one
+    /// at `through_seq` stays, as the anchor of the entries that remain), all in one
+    /// transaction. Returns the number of entries deleted. The newest entry is always kept,
+    /// because the next append chains to it. Callers prune only through a signed checkpoint
+    /// (`auth::audit::prune`), or the log no longer verifies.
+    async fn audit_prune(&self, through_seq: i64) -> StoreResult<u64>;
+
     /// Stores (inserts or replaces) a security object (account, client, token, code…) of
     /// `kind` as JSON text, with unique `lookups` (e.g. a user name) that replace its old ones.
     /// A lookup held by another object of the kind fails with [`StoreError::Duplicate`].

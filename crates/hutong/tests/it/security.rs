@@ -1,6 +1,7 @@
 //! Security as operators and clients meet it through the real binary: the admin CLI's clients
-//! work at once with the standard grant, demo accounts log in, and `hutong audit verify` finds
-//! every kind of tampering done directly in the database, on both backends.
+//! work at once with the standard grant, demo accounts log in, `hutong audit verify` finds
+//! every kind of tampering done directly in the database, and `hutong audit prune` keeps the
+//! legal minimum and leaves a log that still verifies, on both backends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -122,6 +123,14 @@ impl Db {
             Db::Postgres(rt, c) => rt.block_on(c.batch_execute(sql)).unwrap(),
         }
     }
+
+    /// The single integer a query returns.
+    fn number(&mut self, sql: &str) -> i64 {
+        match self {
+            Db::Sqlite(c) => c.query_row(sql, [], |r| r.get(0)).unwrap(),
+            Db::Postgres(rt, c) => rt.block_on(c.query_one(sql, &[])).unwrap().get(0),
+        }
+    }
 }
 
 fn verify(data: &Path, database: Option<&str>) -> (bool, String) {
@@ -160,6 +169,19 @@ fn tamper_suite(data: &Path, database: Option<&str>, mut db: Db) {
     let (ok, report) = verify(data, database);
     assert!(!ok);
     assert!(report.contains("entry 5: missing (deleted)"), "{report}");
+    db.exec("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved");
+    assert!(verify(data, database).0, "restored");
+
+    // Cut off the head where no signed checkpoint anchors what follows.
+    db.exec("CREATE TABLE saved AS SELECT * FROM audit_log WHERE seq <= 2; DELETE FROM audit_log WHERE seq <= 2");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(
+        report.contains(
+            "entries 1–2: missing (head truncated without an anchor: no validly signed checkpoint at entry 2)"
+        ),
+        "{report}"
+    );
     db.exec("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved");
     assert!(verify(data, database).0, "restored");
 
@@ -208,4 +230,205 @@ fn audit_verify_finds_tampering_on_postgres() {
     // The first command creates the schema.
     assert!(hutong(&["audit", "verify"], data.path(), Some(&db)).status.success());
     tamper_suite(data.path(), Some(&db), Db::Postgres(rt, client));
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Audit entries as a server would have written them 400 days ago (entity `Observation/o{seq}`,
+/// some touching Patient `p-old`), sealed by checkpoints signed with the data folder's key: the
+/// one at entry 4 then, the one at entry 6 only ten days ago.
+fn seed_old_log(data: &Path, database: Option<&str>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store: std::sync::Arc<dyn store::ResourceStore> = match database {
+            Some(url) => std::sync::Arc::new(store_postgres::PgStore::connect(url).await.unwrap()),
+            None => std::sync::Arc::new(store_sqlite::SqliteStore::open(data).unwrap()),
+        };
+        let keys = crypto::KeyRing::load_or_create(&data.join("keys")).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let old = now - 400 * DAY_MS;
+        for seq in 1..=6 {
+            let patients = if seq % 2 == 1 { vec!["p-old".to_string()] } else { Vec::new() };
+            let record = store::AuditRecord {
+                recorded: old + seq,
+                action: "read".into(),
+                outcome: "success".into(),
+                actor: "user/u-doctor".into(),
+                role: "doctor".into(),
+                purpose: "TREAT".into(),
+                entity: format!("Observation/o{seq}"),
+                patients,
+                detail: "{}".into(),
+                ..store::AuditRecord::default()
+            };
+            store.commit_audited(&store::Ctx::system(), Vec::new(), vec![record]).await.unwrap();
+        }
+        let entries = store.audit_read(0, 10).await.unwrap();
+        for (seq, signed_at) in [(4, old + 10), (6, now - 10 * DAY_MS)] {
+            let cp = auth::audit::sign_checkpoint(&keys, seq, &entries[seq as usize - 1].hash, signed_at);
+            store.audit_checkpoint_put(&cp).await.unwrap();
+        }
+    });
+}
+
+/// `hutong serve` with the given extra arguments is expected to refuse to start: its stderr.
+fn serve_refuses(data: &Path, database: Option<&str>, extra: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra).arg("--data").arg(data);
+    if let Some(db) = database {
+        cmd.args(["--database", db]);
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("hutong serve {extra:?} started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!child.wait().unwrap().success(), "{stderr}");
+    stderr
+}
+
+fn retention_suite(data: &Path, database: Option<&str>, mut db: Db) {
+    // Less than the legal minimum is refused, by the command and by the server at start-up.
+    let out = hutong(&["audit", "prune", "--retention-days", "90"], data, database);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--retention-days 90 is below the legal minimum of 180 days"),
+        "{out:?}"
+    );
+    let stderr = serve_refuses(data, database, &["--audit-retention-days", "179"]);
+    assert!(stderr.contains("--audit-retention-days 179 is below the legal minimum of 180 days"), "{stderr}");
+
+    assert!(hutong(&["audit", "verify"], data, database).status.success(), "creates the schema and the keys");
+    seed_old_log(data, database);
+    let out = hutong(
+        &[
+            "admin",
+            "create-user",
+            "--username",
+            "res-old",
+            "--role",
+            "resident",
+            "--patient",
+            "p-old",
+            "--id-number",
+            "11010519491231002X",
+            "--password",
+            "Hutong#2026",
+        ],
+        data,
+        database,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A tampered stretch is not pruned away: that would destroy the evidence.
+    db.exec("UPDATE audit_log SET actor = 'user/intruder' WHERE seq = 2");
+    let out = hutong(&["audit", "prune"], data, database);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the entries 1–4 due for pruning do not verify (entry 2: content does not match its hash")
+            && stderr.contains("nothing was pruned"),
+        "{stderr}"
+    );
+    db.exec("UPDATE audit_log SET actor = 'user/u-doctor' WHERE seq = 2");
+    assert_eq!(db.number("SELECT count(*) FROM audit_log"), 7);
+
+    // The default retention prunes through the checkpoint at 4 (the one at 6 is too recent).
+    let out = hutong(&["audit", "prune"], data, database);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("pruned 4 audit entries (1–4) older than 180 days") && stdout.contains("starts at entry 5"),
+        "{stdout}"
+    );
+    assert_eq!(db.number("SELECT min(seq) FROM audit_log"), 5);
+    assert_eq!(db.number("SELECT count(*) FROM audit_patient WHERE seq <= 4"), 0, "their patient rows went too");
+    assert_eq!(db.number("SELECT count(*) FROM audit_patient WHERE patient_key = 'p-old'"), 1);
+    assert_eq!(
+        db.number(
+            "SELECT count(*) FROM audit_log WHERE action = 'audit-prune' AND actor = 'platform' AND role = 'operator'"
+        ),
+        1,
+        "the prune is itself on record"
+    );
+    let (ok, report) = verify(data, database);
+    assert!(ok, "{report}");
+    assert!(report.contains("(entries 1–4 pruned by retention)") && report.contains("intact"), "{report}");
+    let out = hutong(&["audit", "prune", "--retention-days", "365"], data, database);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to prune"), "{out:?}");
+
+    // Deleting the anchoring checkpoint afterwards leaves the cut unexplained.
+    db.exec(
+        "CREATE TABLE saved AS SELECT * FROM audit_checkpoint WHERE seq = 4; DELETE FROM audit_checkpoint WHERE seq = 4",
+    );
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(
+        report.contains(
+            "entries 1–4: missing (head truncated without an anchor: no validly signed checkpoint at entry 4)"
+        ),
+        "{report}"
+    );
+    db.exec("INSERT INTO audit_checkpoint SELECT * FROM saved; DROP TABLE saved");
+    assert!(verify(data, database).0, "restored");
+
+    // Entries beyond the prune point are still each accounted for: the first remaining one…
+    db.exec("CREATE TABLE saved AS SELECT * FROM audit_log WHERE seq = 5; DELETE FROM audit_log WHERE seq = 5");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 5: missing (deleted)") && !report.contains("head truncated"), "{report}");
+    db.exec("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved");
+    // …and one further on.
+    db.exec("CREATE TABLE saved AS SELECT * FROM audit_log WHERE seq = 6; DELETE FROM audit_log WHERE seq = 6");
+    let (ok, report) = verify(data, database);
+    assert!(!ok);
+    assert!(report.contains("entry 6: missing (deleted)"), "{report}");
+    assert!(report.contains("checkpoint at entry 6: the signed entry is not in the log"), "{report}");
+    db.exec("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved");
+    assert!(verify(data, database).0, "restored");
+
+    // The resident still sees who accessed the record, for what remains (o5, not o1 or o3).
+    if database.is_none() {
+        let server = start(data, false);
+        let (status, body) = token(&server, "grant_type=password&username=res-old&password=Hutong%232026");
+        assert_eq!(status, 200, "{body}");
+        let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+        let (status, body) = http(&server.addr, "GET", "/audit/patient/p-old", &[("Authorization", &bearer)], "");
+        assert_eq!(status, 200, "{body}");
+        let bundle: Value = serde_json::from_str(&body).unwrap();
+        let seen: Vec<&str> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["resource"]["entity"][0]["what"]["reference"].as_str())
+            .collect();
+        assert_eq!(seen, ["Observation/o5"], "{body}");
+    }
+}
+
+#[test]
+fn audit_prune_keeps_the_law_and_the_chain_on_sqlite() {
+    let data = tempfile::tempdir().unwrap();
+    let out = hutong(&["audit", "verify"], data.path(), None);
+    assert!(out.status.success());
+    let conn = rusqlite::Connection::open(data.path().join("hutong.db")).unwrap();
+    retention_suite(data.path(), None, Db::Sqlite(conn));
+}
+
+#[test]
+fn audit_prune_keeps_the_law_and_the_chain_on_postgres() {
+    let Some(url) = store_postgres::testing::server_url() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let db = rt.block_on(store_postgres::testing::create_database(&url, "hutong_retention")).unwrap();
+    let (client, connection) = rt.block_on(tokio_postgres::connect(&db, tokio_postgres::NoTls)).unwrap();
+    rt.spawn(connection);
+    let data = tempfile::tempdir().unwrap();
+    assert!(hutong(&["audit", "verify"], data.path(), Some(&db)).status.success(), "creates the schema");
+    retention_suite(data.path(), Some(&db), Db::Postgres(rt, client));
 }
