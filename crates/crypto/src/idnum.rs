@@ -28,6 +28,12 @@ pub enum IdError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdNumber(String);
 
+/// The check character of the first 17 digits of an ID number (ISO 7064 MOD 11-2), for
+/// generating test numbers; `None` unless `first17` is exactly 17 ASCII digits.
+pub fn check_character(first17: &str) -> Option<char> {
+    (first17.len() == 17 && first17.bytes().all(|b| b.is_ascii_digit())).then(|| check_char(first17))
+}
+
 fn check_char(first17: &str) -> char {
     let sum: u32 = first17.bytes().zip(WEIGHTS).map(|(b, w)| u32::from(b - b'0') * w).sum();
     CHECK[(sum % 11) as usize] as char

@@ -18,14 +18,14 @@ pub enum Comparison {
     Sex,
     Phone,
     StreetNumber,
-    Address,
-    Locality,
+    /// Address, locality and region together: a move changes them all at once, and counting
+    /// them as three independent disagreements would weigh one move three times.
+    Residence,
     Postcode,
-    Region,
 }
 
 impl Comparison {
-    pub const ALL: [Comparison; 11] = [
+    pub const ALL: [Comparison; 9] = [
         Comparison::IdNumber,
         Comparison::Family,
         Comparison::Given,
@@ -33,16 +33,15 @@ impl Comparison {
         Comparison::Sex,
         Comparison::Phone,
         Comparison::StreetNumber,
-        Comparison::Address,
-        Comparison::Locality,
+        Comparison::Residence,
         Comparison::Postcode,
-        Comparison::Region,
     ];
 
     /// How many agreement levels the comparison has.
     pub const fn levels(self) -> usize {
         match self {
-            Comparison::Family | Comparison::Given | Comparison::BirthDate => 4,
+            Comparison::IdNumber | Comparison::Family | Comparison::Given | Comparison::BirthDate => 4,
+            Comparison::Residence => 5,
             Comparison::Sex | Comparison::StreetNumber => 2,
             _ => 3,
         }
@@ -57,10 +56,8 @@ impl Comparison {
             Comparison::Sex => "sex",
             Comparison::Phone => "phone",
             Comparison::StreetNumber => "street_number",
-            Comparison::Address => "address",
-            Comparison::Locality => "locality",
+            Comparison::Residence => "residence",
             Comparison::Postcode => "postcode",
-            Comparison::Region => "region",
         }
     }
 
@@ -75,10 +72,20 @@ impl Comparison {
             ],
             Comparison::BirthDate => &["exact", "one edit or day and month swapped", "two edits", "different"],
             Comparison::Sex | Comparison::StreetNumber => &["same", "different"],
-            Comparison::IdNumber | Comparison::Phone | Comparison::Postcode => &["exact", "one edit", "different"],
-            Comparison::Address => &["Jaro-Winkler ≥ 0.92", "Jaro-Winkler ≥ 0.75", "different"],
-            Comparison::Locality => &["exact", "Jaro-Winkler ≥ 0.88", "different"],
-            Comparison::Region => &["exact", "same city (first four digits)", "different"],
+            Comparison::IdNumber => &[
+                "exact",
+                "one edit",
+                "different (one is not a valid GB 11643 number)",
+                "different valid GB 11643 numbers",
+            ],
+            Comparison::Phone | Comparison::Postcode => &["exact", "one edit", "different"],
+            Comparison::Residence => &[
+                "same address (Jaro-Winkler ≥ 0.92)",
+                "similar address (≥ 0.75), or same locality in the same region",
+                "same region",
+                "same city (first four digits of the division)",
+                "different",
+            ],
         }
     }
 }
@@ -133,10 +140,44 @@ fn birth_level(a: &str, b: &str) -> u8 {
     }
 }
 
+fn residence(a: &Prepared, b: &Prepared) -> u8 {
+    let address =
+        both(a.address.as_deref(), b.address.as_deref()).map(|(x, y)| if x == y { 1.0 } else { jaro_winkler(x, y) });
+    let locality =
+        both(a.locality.as_deref(), b.locality.as_deref()).map(|(x, y)| x == y || jaro_winkler(x, y) >= 0.88);
+    let region = both(a.region.as_deref(), b.region.as_deref()).map(|(x, y)| {
+        if x == y {
+            2
+        } else if x.len() == 6 && y.len() == 6 && x.is_ascii() && y.is_ascii() && x[..4] == y[..4] {
+            1
+        } else {
+            0
+        }
+    });
+    if address.is_none() && locality.is_none() && region.is_none() {
+        return NULL;
+    }
+    let same_region = region.is_none_or(|r| r == 2);
+    match (address, locality, region) {
+        (Some(s), _, _) if s >= 0.92 && same_region => 0,
+        (Some(s), _, _) if s >= 0.75 && same_region => 1,
+        (_, Some(true), _) if same_region => 1,
+        (_, _, Some(2)) => 2,
+        (_, _, Some(1)) => 3,
+        _ => 4,
+    }
+}
+
 /// Compares two prepared records.
 pub(crate) fn gamma(a: &Prepared, b: &Prepared) -> Gamma {
     let mut g = [NULL; COMPARISONS];
-    g[0] = exact_edit(a.id_number.as_deref(), b.id_number.as_deref());
+    g[0] = match both(a.id_number.as_deref(), b.id_number.as_deref()) {
+        None => NULL,
+        Some((x, y)) if x == y => 0,
+        Some((x, y)) if edits_at_most(x, y, 1) => 1,
+        Some((x, y)) if crypto::idnum::validate(x).is_ok() && crypto::idnum::validate(y).is_ok() => 3,
+        Some(_) => 2,
+    };
     // Names, allowing family and given names recorded the other way round.
     if let (Some(af), Some(bf)) = (&a.family, &b.family) {
         g[1] = name_level(af, bf);
@@ -167,32 +208,8 @@ pub(crate) fn gamma(a: &Prepared, b: &Prepared) -> Gamma {
         None => NULL,
         Some((x, y)) => u8::from(x != y),
     };
-    g[7] = match both(a.address.as_deref(), b.address.as_deref()) {
-        None => NULL,
-        Some((x, y)) => {
-            let s = if x == y { 1.0 } else { jaro_winkler(x, y) };
-            if s >= 0.92 {
-                0
-            } else if s >= 0.75 {
-                1
-            } else {
-                2
-            }
-        }
-    };
-    g[8] = match both(a.locality.as_deref(), b.locality.as_deref()) {
-        None => NULL,
-        Some((x, y)) if x == y => 0,
-        Some((x, y)) if jaro_winkler(x, y) >= 0.88 => 1,
-        Some(_) => 2,
-    };
-    g[9] = exact_edit(a.postcode.as_deref(), b.postcode.as_deref());
-    g[10] = match both(a.region.as_deref(), b.region.as_deref()) {
-        None => NULL,
-        Some((x, y)) if x == y => 0,
-        Some((x, y)) if x.len() == 6 && y.len() == 6 && x.is_ascii() && y.is_ascii() && x[..4] == y[..4] => 1,
-        Some(_) => 2,
-    };
+    g[7] = residence(a, b);
+    g[8] = exact_edit(a.postcode.as_deref(), b.postcode.as_deref());
     g
 }
 

@@ -12,6 +12,7 @@ mod eval;
 mod index;
 mod model;
 mod record;
+pub mod synth;
 
 pub use compare::{COMPARISONS, Comparison, Gamma, NULL};
 pub use eval::Metrics;

@@ -34,8 +34,14 @@ pub struct TrainingReport {
     pub distinct_vectors: usize,
 }
 
+/// The candidate pairs one blocking rule found, and the comparisons its key is made of.
+pub(crate) struct Session {
+    pub blocked: Vec<usize>,
+    pub pairs: Vec<(u32, u32)>,
+}
+
 fn initial_m(levels: usize) -> Vec<f64> {
-    let raw = [0.85, 0.1, 0.04, 0.01];
+    let raw = [0.85, 0.1, 0.03, 0.015, 0.005];
     let v: Vec<f64> = raw[..levels].to_vec();
     let sum: f64 = v.iter().sum();
     v.iter().map(|x| x / sum).collect()
@@ -70,7 +76,7 @@ impl Model {
     /// the candidate pairs `all` (m and u fixed).
     pub(crate) fn estimate(
         records: &[Prepared],
-        sessions: &[(Vec<usize>, Vec<(u32, u32)>)],
+        sessions: &[Session],
         all: &[(u32, u32)],
         random_pairs: usize,
         seed: u64,
@@ -107,7 +113,7 @@ impl Model {
         let mut m_sum: Vec<Vec<f64>> = Comparison::ALL.iter().map(|c| vec![0.0; c.levels()]).collect();
         let mut m_n = [0usize; COMPARISONS];
         let mut iterations = 0;
-        for (blocked, pairs) in sessions {
+        for Session { blocked, pairs } in sessions {
             let mut patterns: HashMap<Gamma, f64> = HashMap::new();
             for &(a, b) in pairs {
                 let mut g = gamma(&records[a as usize], &records[b as usize]);
@@ -133,8 +139,9 @@ impl Model {
                 }
             }
         }
-        let m: Vec<Vec<f64>> =
+        let mut m: Vec<Vec<f64>> =
             (0..COMPARISONS).map(|c| if m_n[c] == 0 { initial[c].clone() } else { normalize(&m_sum[c]) }).collect();
+        constrain(&mut m);
 
         // λ over all pairs: expected matches among the candidate pairs, scaled from the records
         // they cover to all records when the candidates were capped.
@@ -196,6 +203,27 @@ fn em(
         }
     }
     (m, lambda, rounds)
+}
+
+/// Domain knowledge the data cannot teach: household members (twins above all) agree on family
+/// name, birth date, address and phone, so expectation-maximisation takes some of them for
+/// matches and learns that "matches" may carry two different valid ID numbers. That does not
+/// happen to one person except by re-issue, so that m value is capped (Splink calls this fixing
+/// m probabilities).
+pub const MAX_M_DIFFERENT_VALID_ID: f64 = 1e-4;
+
+fn constrain(m: &mut [Vec<f64>]) {
+    for (c, cap) in [(Comparison::IdNumber as usize, MAX_M_DIFFERENT_VALID_ID)] {
+        let last = m[c].len() - 1;
+        if m[c][last] > cap {
+            let rest: f64 = m[c][..last].iter().sum();
+            let scale = (1.0 - cap) / rest;
+            for v in &mut m[c][..last] {
+                *v *= scale;
+            }
+            m[c][last] = cap;
+        }
+    }
 }
 
 fn add(counts: &mut [Vec<f64>], g: &Gamma, w: f64) {

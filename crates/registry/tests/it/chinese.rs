@@ -1,0 +1,91 @@
+//! Linkage accuracy on synthetic Chinese records with ground truth (`linkage::synth`): names with
+//! homophones, traditional characters and dialect confusions, missing and old ID numbers,
+//! moves, twins.
+
+use registry::linkage::synth::{Settings, generate};
+use registry::linkage::{Linker, Metrics, Record, Thresholds};
+
+fn link(records: usize, seed: u64) -> Metrics {
+    let data = generate(Settings { records, seed });
+    let records: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
+    let (model, report) = Linker::train(&records, 1_000_000, 2_000_000, seed);
+    eprintln!("trained: λ {:.2e}, {report:?}", model.lambda);
+    let mut linker = Linker::new(model, Thresholds::default());
+    let persons: Vec<u32> = records
+        .iter()
+        .map(|r| {
+            let (id, _) = linker.add(r);
+            linker.person_of(id)
+        })
+        .collect();
+    let truth: Vec<u32> = data.iter().map(|s| s.person).collect();
+    Metrics::of(&persons, &truth)
+}
+
+#[test]
+fn synthetic_chinese_records_at_100k() {
+    let m = link(100_000, 2026);
+    eprintln!("synthetic Chinese, 100,000 records: {m}");
+    assert!(m.f1() >= 0.995, "{m}");
+    assert!(m.false_link_rate() <= 0.0005, "{m}");
+}
+
+#[test]
+#[ignore = "diagnostic: prints the errors of a 20,000-record linkage"]
+fn show_errors() {
+    let data = generate(Settings { records: 20_000, seed: 2026 });
+    let records: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
+    let (model, _) = Linker::train(&records, 1_000_000, 2_000_000, 2026);
+    eprintln!("λ {:.2e} prior {:.1}", model.lambda, model.prior_weight());
+    for (c, (m, u)) in model.m.iter().zip(&model.u).enumerate() {
+        let w: Vec<String> = m.iter().zip(u).map(|(m, u)| format!("{:.1}", (m / u).log2())).collect();
+        eprintln!(
+            "  {:?}: m {:?} weights {:?}",
+            registry::linkage::Comparison::ALL[c],
+            m.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>(),
+            w
+        );
+    }
+    for link in [5.0, 6.0, 7.0, 8.0, 10.0] {
+        let mut linker = Linker::new(model.clone(), Thresholds { link, review: 3.0 });
+        let persons: Vec<u32> = records
+            .iter()
+            .map(|r| {
+                let id = linker.add(r).0;
+                linker.person_of(id)
+            })
+            .collect();
+        let truth: Vec<u32> = data.iter().map(|s| s.person).collect();
+        eprintln!("link ≥ {link}: {}", Metrics::of(&persons, &truth));
+    }
+    let mut linker = Linker::new(model, Thresholds::default());
+    let mut missed: std::collections::BTreeMap<String, usize> = Default::default();
+    for (i, r) in records.iter().enumerate() {
+        let cands = linker.candidates(r);
+        let (_, decision) = linker.add(r);
+        if matches!(decision, registry::linkage::Decision::Link { .. }) {
+            continue;
+        }
+        if (0..i).any(|j| data[j].person == data[i].person) {
+            let best = cands.iter().find(|c| data[c.record as usize].person == data[i].person);
+            let key = match (&decision, best) {
+                (_, None) => "not a candidate".to_string(),
+                (registry::linkage::Decision::Review { candidates }, Some(c)) if candidates.len() > 1 => {
+                    format!("review of {} persons {:?}", candidates.len(), c.gamma)
+                }
+                (d, Some(c)) => format!(
+                    "{} w {:.0} {:?}",
+                    if matches!(d, registry::linkage::Decision::New) { "new" } else { "review" },
+                    c.weight,
+                    c.gamma
+                ),
+            };
+            *missed.entry(key).or_default() += 1;
+        }
+    }
+    let mut v: Vec<_> = missed.into_iter().collect();
+    v.sort_by_key(|b| std::cmp::Reverse(b.1));
+    for (k, n) in v.iter().take(25) {
+        eprintln!("{n:5} {k}");
+    }
+}
