@@ -105,12 +105,42 @@ pub fn authenticate(
     async move { authenticate_headers(&state, headers, source).await }
 }
 
+/// Records a refused request (no principal, or one refused before any resource was touched).
+async fn audit_refusal(state: &AppState, action: &str, actor: &str, role: &str, reason: &str, source: &Option<String>) {
+    let record = store::AuditRecord {
+        recorded: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        action: action.into(),
+        outcome: "denied".into(),
+        actor: actor.into(),
+        role: role.into(),
+        organization: String::new(),
+        purpose: String::new(),
+        entity: "session".into(),
+        patients: Vec::new(),
+        detail: serde_json::json!({"reason": reason, "source": source}).to_string(),
+    };
+    if let Err(e) = state.engine.audit_event(record).await {
+        tracing::error!(error = %e, "a refused request could not be audited");
+    }
+}
+
 async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Option<String>) -> Result<Ctx, Response> {
     let headers = &headers;
-    let token = bearer_token(headers).map_err(unauthenticated)?;
+    let token = match bearer_token(headers) {
+        Ok(t) => t,
+        Err(m) => {
+            audit_refusal(state, "authenticate", "anonymous", "", m, &source).await;
+            return Err(unauthenticated(m));
+        }
+    };
     let session = match state.auth.authenticate(token).await {
         Ok(s) => s,
-        Err(AuthError::Unauthenticated(m)) => return Err(unauthenticated(&m)),
+        Err(AuthError::Unauthenticated(m)) => {
+            audit_refusal(state, "authenticate", "anonymous", "", &m, &source).await;
+            return Err(unauthenticated(&m));
+        }
         Err(e) => return Err(auth_failure(e)),
     };
     let mut principal = session.principal;
@@ -144,6 +174,8 @@ async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Opti
             .unwrap_or_default();
         let reason = reason.trim().chars().take(500).collect::<String>();
         if !principal_mut.role.is_clinical() {
+            let (actor, role) = (principal_mut.subject.clone(), principal_mut.role.code().to_string());
+            audit_refusal(state, "break-glass", &actor, &role, "break-glass by a non-clinical role", &source).await;
             return Err(ApiError::http(
                 StatusCode::FORBIDDEN,
                 IssueType::Forbidden,

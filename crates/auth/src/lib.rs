@@ -765,7 +765,16 @@ impl Auth {
 
     /// Checks and counts a login attempt; `Ok(user)` when the password (and TOTP) are right.
     async fn check_login(&self, username: &str, password: &str, totp: Option<&str>) -> AuthResult<User> {
-        let bad = || oauth(400, "invalid_grant", "wrong user name or password");
+        // One message for every wrong credential, so a reply never confirms that a password was
+        // right (or that an account exists).
+        let bad = || {
+            oauth(
+                400,
+                "invalid_grant",
+                "wrong user name, password or TOTP code (staff also send the code of their authenticator in \
+                 parameter totp)",
+            )
+        };
         let Some(mut user) = self.find_user(username).await? else {
             // Spend the same time as a real check, so timing does not reveal accounts.
             let _ = crypto::password::verify_password(password, dummy_hash());
@@ -786,7 +795,6 @@ impl Auth {
             ));
         }
         let mut ok = crypto::password::verify_password(password, &user.password_hash);
-        let mut second_factor_missing = false;
         if ok && user.role != Role::Resident {
             let secret = user
                 .totp_secret
@@ -795,10 +803,7 @@ impl Auth {
                 .and_then(|s| crypto::totp::base32_decode(&s));
             match (totp, secret) {
                 (Some(code), Some(secret)) => ok = crypto::totp::verify(&secret, code, t as u64, 1),
-                _ => {
-                    ok = false;
-                    second_factor_missing = totp.is_none();
-                }
+                _ => ok = false,
             }
         }
         if !ok {
@@ -808,13 +813,6 @@ impl Auth {
                 user.failed_logins = 0;
             }
             self.save_user(&user).await?;
-            if second_factor_missing {
-                return Err(oauth(
-                    400,
-                    "invalid_grant",
-                    "staff log in with a password and a TOTP code (parameter totp)",
-                ));
-            }
             return Err(bad());
         }
         if user.failed_logins > 0 {
@@ -940,7 +938,40 @@ impl Auth {
         if p.len() != 11 {
             return Err(AuthError::Invalid("a mobile number has 11 digits".into()));
         }
-        let lookup = format!("phone:{}", self.keys.blind_index("phone", &p));
+        let index = self.keys.blind_index("phone", &p);
+        // Limits per number, known or not (the reply must not tell which): one code a minute,
+        // SMS_CODES_PER_DAY a day, and no new code after SMS_FAILURES_PER_DAY wrong codes a day,
+        // so a new code does not give a guesser five fresh tries.
+        let now = self.now();
+        let mut limit: Value = self
+            .store
+            .kv_get("sms-limit", &index)
+            .await?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        if limit["window"].as_i64().is_none_or(|w| now - w >= 86_400) {
+            limit = json!({"window": now, "sent": 0, "failures": 0, "last": 0});
+        }
+        if now - limit["last"].as_i64().unwrap_or(0) < 60 {
+            return Err(oauth(
+                429,
+                "slow_down",
+                "a code was sent to this number less than a minute ago: wait a minute",
+            ));
+        }
+        if limit["sent"].as_i64().unwrap_or(0) >= SMS_CODES_PER_DAY
+            || limit["failures"].as_i64().unwrap_or(0) >= SMS_FAILURES_PER_DAY
+        {
+            return Err(oauth(
+                429,
+                "slow_down",
+                "too many codes or wrong codes for this number today: try again tomorrow",
+            ));
+        }
+        limit["sent"] = json!(limit["sent"].as_i64().unwrap_or(0) + 1);
+        limit["last"] = json!(now);
+        self.store.kv_put("sms-limit", &index, &limit.to_string(), &[]).await?;
+        let lookup = format!("phone:{index}");
         if self.store.kv_find("user", &lookup).await?.is_none() {
             return Ok(());
         }
@@ -969,6 +1000,12 @@ impl Auth {
         if !crypto::constant_time_eq(crypto::sm3::sm3_hex(code.as_bytes()).as_bytes(), expected.as_bytes()) {
             record["attempts"] = json!(attempts + 1);
             self.store.kv_put("sms-code", &key, &record.to_string(), &[]).await?;
+            if let Some(mut limit) =
+                self.store.kv_get("sms-limit", &key).await?.and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            {
+                limit["failures"] = json!(limit["failures"].as_i64().unwrap_or(0) + 1);
+                self.store.kv_put("sms-limit", &key, &limit.to_string(), &[]).await?;
+            }
             return Err(bad());
         }
         self.store.kv_delete("sms-code", &key).await?;
@@ -1072,6 +1109,11 @@ impl Auth {
 }
 
 /// The grant type of the resident SMS-code login.
+/// Login codes one mobile number can be sent in 24 hours.
+pub const SMS_CODES_PER_DAY: i64 = 10;
+/// Wrong codes after which a number gets no new code for the rest of its 24 hours.
+pub const SMS_FAILURES_PER_DAY: i64 = 10;
+
 pub const SMS_GRANT: &str = "urn:hutong:params:oauth:grant-type:sms-code";
 
 /// An argon2id hash of a random string, checked when the user does not exist.

@@ -321,7 +321,7 @@ impl Engine {
         params: &[(String, String)],
     ) -> EngineResult<Vec<(String, String)>> {
         let Some(principal) = ctx.principal.as_deref() else { return Ok(params.to_vec()) };
-        let entity = format!("{}?{}", resource_type.unwrap_or(""), crate::searchset::encode_params(params));
+        let entity = format!("{}?{}", resource_type.unwrap_or(""), crate::searchset::audit_params(params));
         let Some(ty) = resource_type else {
             if principal.role == Role::System && principal.scopes.allows("*", access::Perm::Search) {
                 return Ok(params.to_vec());
@@ -351,8 +351,8 @@ impl Engine {
                     _ => None,
                 };
                 let Some(patient) = patient else {
-                    if ty == "Patient" && params.iter().any(|(k, _)| k == "identifier") {
-                        // Registration lookup by identifier: demographics only.
+                    if ty == "Patient" && registration_lookup(params) {
+                        // Registration lookup of one person by an exact identifier.
                         return Ok(params.to_vec());
                     }
                     return Err(self
@@ -607,5 +607,58 @@ mod tests {
         let mut rel = Relationship::default();
         apply_consent(&json!({"provision": {"type": "deny"}}), &actors, &mut rel);
         assert!(rel.consent_deny, "a blanket refusal applies to everyone");
+    }
+}
+
+/// Whether a Patient search is a registration lookup a clinician may make without a care
+/// relationship (to start one): exactly one `identifier` with one complete value (`system|value`
+/// or `value`, no modifier, no list), and otherwise only parameters that shape the page. Anything
+/// that widens it (an empty or partial value, `:contains`, `:missing`, `_include`, `_revinclude`,
+/// `_has`, other criteria) needs a relationship like any other search.
+fn registration_lookup(params: &[(String, String)]) -> bool {
+    let mut identifiers = 0;
+    for (k, v) in params {
+        match k.as_str() {
+            "identifier" => {
+                identifiers += 1;
+                let value = v.rsplit_once('|').map_or(v.as_str(), |(_, value)| value);
+                if value.trim().len() < 4 || v.contains(',') {
+                    return false;
+                }
+            }
+            "_count" | "_summary" | "_elements" | "_format" | "_total" => {}
+            _ => return false,
+        }
+    }
+    identifiers == 1
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::registration_lookup;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn only_an_exact_single_identifier_is_a_registration_lookup() {
+        let sys = "urn:oid:2.16.156.10011.1.5";
+        assert!(registration_lookup(&p(&[("identifier", &format!("{sys}|11010519491231002X"))])));
+        assert!(registration_lookup(&p(&[("identifier", "11010519491231002X"), ("_count", "5")])));
+        for widened in [
+            p(&[("identifier", &format!("{sys}|"))]),
+            p(&[("identifier", "")]),
+            p(&[("identifier:contains", "1101")]),
+            p(&[("identifier:missing", "false")]),
+            p(&[("identifier", "a|11010519491231002X,b|110105194912310029")]),
+            p(&[("identifier", "11010519491231002X"), ("_revinclude", "Observation:subject")]),
+            p(&[("identifier", "11010519491231002X"), ("_has:Observation:subject:code", "x")]),
+            p(&[("identifier", "11010519491231002X"), ("identifier", "110105194912310029")]),
+            p(&[("identifier", "11010519491231002X"), ("name", "张")]),
+            p(&[("name", "张")]),
+        ] {
+            assert!(!registration_lookup(&widened), "{widened:?}");
+        }
     }
 }

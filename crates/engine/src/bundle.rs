@@ -572,6 +572,9 @@ impl Engine {
                     if let Some(expected) = entry.if_match
                         && expected != current_version
                     {
+                        if let Some(c) = &current {
+                            self.authorize_existence(ctx, "update", c).await.map_err(|e| in_entry(i, e))?;
+                        }
                         return Err(in_entry(
                             i,
                             EngineError::precondition_failed(expected, &target.ty, &id, current_version),

@@ -212,11 +212,35 @@ impl Engine {
         Ok(WriteOutcome { resource, created: true })
     }
 
+    /// Before an answer that reveals that a resource exists or existed (410 Gone, 412 on
+    /// If-Match), checks that the caller may read it (the last content, for a deleted one), so
+    /// a resource the caller may not see answers 404 like one that never was.
+    pub(crate) async fn authorize_existence(
+        &self,
+        ctx: &Ctx,
+        interaction: &str,
+        r: &StoredResource,
+    ) -> EngineResult<()> {
+        if ctx.principal.is_none() {
+            return Ok(());
+        }
+        if !r.deleted {
+            return self.authorize_read(ctx, interaction, r).await;
+        }
+        match self.store.vread(ctx, &r.resource_type, &r.id, r.version - 1).await? {
+            Some(before) if !before.deleted => self.authorize_read(ctx, interaction, &before).await,
+            _ => Ok(()),
+        }
+    }
+
     /// `GET [type]/[id]`: `NotFound` if never written, `Gone` if deleted.
     pub async fn read(&self, ctx: &Ctx, resource_type: &str, id: &str) -> EngineResult<StoredResource> {
         self.check_type(resource_type)?;
         match self.store.read(ctx, resource_type, id).await? {
-            Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}"))),
+            Some(r) if r.deleted => {
+                self.authorize_existence(ctx, "read", &r).await?;
+                Err(EngineError::Gone(format!("{resource_type}/{id}")))
+            }
             Some(r) => {
                 self.authorize_read(ctx, "read", &r).await?;
                 Ok(r)
@@ -234,7 +258,10 @@ impl Engine {
             )));
         };
         match self.store.vread(ctx, resource_type, id, v).await? {
-            Some(r) if r.deleted => Err(EngineError::Gone(format!("{resource_type}/{id}/_history/{version}"))),
+            Some(r) if r.deleted => {
+                self.authorize_existence(ctx, "vread", &r).await?;
+                Err(EngineError::Gone(format!("{resource_type}/{id}/_history/{version}")))
+            }
             Some(r) => {
                 self.authorize_read(ctx, "vread", &r).await?;
                 Ok(r)
@@ -285,6 +312,9 @@ impl Engine {
             if let Some(expected) = opts.if_match
                 && (expected != current_version || current.as_ref().is_some_and(|c| c.deleted))
             {
+                if let Some(c) = &current {
+                    self.authorize_existence(ctx, "update", c).await?;
+                }
                 return Err(EngineError::precondition_failed(expected, resource_type, id, current_version));
             }
             if let Some(c) = current.as_ref().filter(|c| !c.deleted)
@@ -421,6 +451,7 @@ impl Engine {
             if let Some(expected) = opts.if_match
                 && expected != current.version
             {
+                self.authorize_existence(ctx, "delete", &current).await?;
                 return Err(EngineError::precondition_failed(expected, resource_type, id, current.version));
             }
             let op = Self::tombstone(resource_type, id, current.version + 1, now_ms());

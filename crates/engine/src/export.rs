@@ -240,7 +240,7 @@ impl Engine {
                 }
             }
         }
-        let entity = format!("$export?{}", crate::searchset::encode_params(params));
+        let entity = format!("$export?{}", crate::searchset::audit_params(params));
         self.authorize_bulk(ctx, access::Action::Export, "*").await?;
         if let ExportScope::Group(id) = &scope {
             self.read(ctx, "Group", id).await?;

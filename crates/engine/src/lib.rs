@@ -163,6 +163,13 @@ impl Engine {
     pub async fn flush_audit(&self) -> EngineResult<()> {
         Ok(self.audit.flush().await?)
     }
+
+    /// Records an access-control event that writes nothing and concerns no resource (a refused
+    /// token, a refused break-glass request) through the queued audit path, so a flood of bad
+    /// requests costs one commit per block, not one each.
+    pub async fn audit_event(&self, record: store::AuditRecord) -> EngineResult<()> {
+        Ok(self.audit.queue(record).await?)
+    }
 }
 
 // The interaction methods (the engine's public contract, used by the `api` crate and the

@@ -25,6 +25,41 @@ pub(crate) fn encode_params(params: &[(String, String)]) -> String {
     s.finish()
 }
 
+/// The search parameters as the audit log records them: identifiers, phones and e-mail
+/// addresses masked (kept: the system, the first three and last two characters of the value),
+/// so the log never holds a full ID number in clear.
+pub(crate) fn audit_params(params: &[(String, String)]) -> String {
+    let masked: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| {
+            let base = k.rsplit('.').next().unwrap_or("").split(':').next().unwrap_or("");
+            if matches!(base, "identifier" | "phone" | "telecom" | "email") {
+                let masked_values: Vec<String> = v
+                    .split(',')
+                    .map(|one| match one.rsplit_once('|') {
+                        Some((system, value)) => format!("{system}|{}", mask(value)),
+                        None => mask(one),
+                    })
+                    .collect();
+                (k.clone(), masked_values.join(","))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    encode_params(&masked)
+}
+
+fn mask(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= 5 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 5))
+}
+
 fn with_offset(params: &[(String, String)], offset: usize) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_offset").cloned().collect();
     out.push(("_offset".into(), offset.to_string()));
@@ -145,7 +180,7 @@ impl Engine {
             .collect();
         let included = self.includes(ctx, &query, &page.resources).await?;
         let included = self.visible(ctx, included).await?;
-        let entity = format!("{}?{}", resource_type.unwrap_or(""), encode_params(params));
+        let entity = format!("{}?{}", resource_type.unwrap_or(""), audit_params(params));
         let mut touched = page.resources.clone();
         touched.extend(included.iter().cloned());
         self.audit_search(ctx, "search", entity, &touched).await?;
@@ -530,5 +565,23 @@ pub(crate) fn walk_references(value: &Value, f: &mut dyn FnMut(&str)) {
         }
         Value::Array(items) => items.iter().for_each(|v| walk_references(v, f)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audit_params;
+
+    #[test]
+    fn the_audit_log_gets_identifiers_masked() {
+        let params = vec![
+            ("identifier".to_string(), "urn:oid:2.16.156.10011.1.5|11010519491231002X".to_string()),
+            ("subject:Patient.phone".to_string(), "13800138000".to_string()),
+            ("code".to_string(), "2339-0".to_string()),
+        ];
+        let text = audit_params(&params);
+        assert!(!text.contains("11010519491231002X") && !text.contains("13800138000"), "{text}");
+        assert!(text.contains("110*************2X"), "{text}");
+        assert!(text.contains("code=2339-0"), "{text}");
     }
 }

@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
                 listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
             let audit_retention = security::audit_retention_ms(audit_retention_days, "--audit-retention-days")?;
             let backend = open_store(&store).await?;
-            let ring = security::key_ring(&store, &keys)?;
+            let ring = security::key_ring(&store, &keys, &backend).await?;
             let auth = security::auth_service(backend.clone(), &store, ring.clone())?;
             let engine = Arc::new(engine_for(backend.clone(), &store));
             if demo {

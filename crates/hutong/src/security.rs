@@ -21,8 +21,42 @@ pub struct KeyArgs {
     pub keys: Option<PathBuf>,
 }
 
-pub fn key_ring(store: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<Arc<KeyRing>> {
+/// Loads the key ring, creating missing keys only for a store that holds nothing sealed with
+/// keys yet: new keys for a store with signed audit checkpoints or accounts would leave its ID
+/// numbers undecryptable and its audit log unverifiable, so a wrong `--keys`/`--data` or a lost
+/// key file is an error, not a silent fresh start.
+pub async fn key_ring(
+    store: &StoreArgs,
+    keys: &KeyArgs,
+    backend: &Arc<dyn ResourceStore>,
+) -> anyhow::Result<Arc<KeyRing>> {
     let dir = keys.keys.clone().unwrap_or_else(|| store.data.join("keys"));
+    let set = |vars: &[&str]| vars.iter().any(|v| std::env::var_os(v).is_some());
+    let missing: Vec<&str> = [
+        ("sm4.keys", set(&["HUTONG_SM4_KEY", "HUTONG_SM4_KEYS"])),
+        ("blind-index.key", set(&["HUTONG_BLIND_INDEX_KEY"])),
+        ("sm2.key", set(&["HUTONG_SM2_KEY", "HUTONG_SM2_KEY_PEM"])),
+    ]
+    .into_iter()
+    .filter(|(file, from_env)| !from_env && !dir.join(file).exists())
+    .map(|(file, _)| file)
+    .collect();
+    if !missing.is_empty() {
+        let err = |e: store::StoreError| anyhow::anyhow!("{e}");
+        let signed = !backend.audit_checkpoints().await.map_err(err)?.is_empty();
+        let accounts = !backend.kv_list("user", "", 1).await.map_err(err)?.is_empty()
+            || !backend.kv_list("client", "", 1).await.map_err(err)?.is_empty();
+        if signed || accounts {
+            anyhow::bail!(
+                "the key folder {} has no {}, but this store already holds data sealed with its keys ({}): new \
+                 keys would leave it unreadable and its audit log unverifiable. Point --keys (or HUTONG_KEYS) at \
+                 this store's key folder, or restore the keys from backup",
+                dir.display(),
+                missing.join(", "),
+                if signed { "signed audit checkpoints" } else { "user and client accounts" }
+            );
+        }
+    }
     Ok(Arc::new(KeyRing::load_or_create(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("loading the keys")?))
 }
 
@@ -148,7 +182,8 @@ pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
                 None => None,
             };
             let backend = crate::open_store(&store).await?;
-            let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
+            let ring = key_ring(&store, &keys, &backend).await?;
+            let auth = auth_service(backend, &store, ring)?;
             let out = match pem {
                 Some(pem) => {
                     let (id, alg) = auth
@@ -183,7 +218,8 @@ pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
             keys,
         } => {
             let backend = crate::open_store(&store).await?;
-            let auth = auth_service(backend, &store, key_ring(&store, &keys)?)?;
+            let ring = key_ring(&store, &keys, &backend).await?;
+            let auth = auth_service(backend, &store, ring)?;
             let new = NewUser {
                 username,
                 display,
@@ -217,7 +253,7 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
     match which {
         AuditCommand::Verify { store, keys } => {
             let backend = crate::open_store(&store).await?;
-            let ring = key_ring(&store, &keys)?;
+            let ring = key_ring(&store, &keys, &backend).await?;
             let started = std::time::Instant::now();
             let report =
                 auth::audit::verify(&backend, &ring.verifying_key()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -239,7 +275,7 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Checkpoint { store, keys } => {
             let backend = crate::open_store(&store).await?;
-            let ring = key_ring(&store, &keys)?;
+            let ring = key_ring(&store, &keys, &backend).await?;
             match auth::audit::checkpoint(&backend, &ring).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 Some(cp) => println!("signed checkpoint at entry {} ({})", cp.seq, cp.hash),
                 None => println!("nothing new to sign"),
@@ -249,7 +285,7 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Prune { retention_days, store, keys } => {
             let retention = audit_retention_ms(retention_days, "--retention-days")?;
             let backend = crate::open_store(&store).await?;
-            let ring = key_ring(&store, &keys)?;
+            let ring = key_ring(&store, &keys, &backend).await?;
             match auth::audit::prune(&backend, &ring, retention).await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 Some(p) => println!(
                     "pruned {} audit entries ({}–{}) older than {retention_days} days, through the checkpoint signed \

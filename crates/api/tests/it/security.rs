@@ -166,6 +166,9 @@ async fn staff_need_password_and_totp_and_are_locked_out() {
     let (status, body) = token(&app, &format!("grant_type=password&username={user}&password=Pass%23word1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error_description"].as_str().unwrap().contains("TOTP"), "{body}");
+    // The reply to a right password without the code is the reply to a wrong password.
+    let (_, wrong) = token(&app, &format!("grant_type=password&username={user}&password=nope")).await;
+    assert_eq!(body["error_description"], wrong["error_description"], "no hint that the password was right");
     let (status, body) =
         token(&app, &format!("grant_type=password&username={user}&password=Pass%23word1&totp={code}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -186,7 +189,7 @@ async fn staff_need_password_and_totp_and_are_locked_out() {
     assert!(body["error_description"].as_str().unwrap().contains("locked"), "{body}");
     let (status, body) = token(&app, "grant_type=password&username=nobody&password=Pass%23word1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error_description"].as_str().unwrap().contains("wrong user name or password"));
+    assert!(body["error_description"].as_str().unwrap().contains("wrong user name, password or TOTP code"));
     let failures = app.auth.store().audit_read(0, 1000).await.unwrap();
     assert!(failures.iter().filter(|e| e.record.action == "login" && e.record.outcome == "failure").count() >= 7);
 }
@@ -285,7 +288,16 @@ async fn residents_log_in_by_sms_and_see_who_read_their_record() {
     let (_, body) =
         token(&app, &format!("grant_type=password&username={auditor}&password=Pass%23word1&totp={code}")).await;
     let auditor = body["access_token"].as_str().unwrap().to_string();
+    // A refused token is recorded too.
+    let (status, _, _) = send(&app, with_token(req("GET", "/fhir/Patient/p1", None, ""), "forged-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, log) = send(&app, with_token(req("GET", "/audit/log?_count=1000", None, ""), &auditor)).await;
+    assert!(
+        log["entry"].as_array().unwrap().iter().any(|e| e["resource"]["subtype"][0]["code"] == "authenticate"
+            && e["resource"]["outcome"] == "4"
+            && e["resource"]["agent"][0]["who"]["identifier"]["value"] == "anonymous"),
+        "a refused token is in the log: {log}"
+    );
     assert_eq!(status, StatusCode::OK);
     let glass_events: Vec<&Value> = log["entry"]
         .as_array()

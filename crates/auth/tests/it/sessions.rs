@@ -170,7 +170,7 @@ async fn five_failed_logins_lock_the_account_for_fifteen_minutes() {
     };
     // Four failures, then a success, reset the count.
     for _ in 0..4 {
-        assert_eq!(oauth_error(attempt("wrong").await).2, "wrong user name or password");
+        assert!(oauth_error(attempt("wrong").await).2.starts_with("wrong user name, password or TOTP code"));
     }
     attempt("Pass#word1").await.unwrap();
     for _ in 0..4 {
@@ -188,4 +188,42 @@ async fn five_failed_logins_lock_the_account_for_fifteen_minutes() {
     assert!(message.contains("locked for 1 more minutes"), "{message}");
     f.advance(1);
     attempt("Pass#word1").await.expect("released after 15 minutes");
+}
+
+#[tokio::test]
+async fn sms_codes_are_rate_limited_per_number_and_wrong_codes_carry_over() {
+    let f = fixture();
+    f.auth
+        .create_user(NewUser {
+            username: "li.na".into(),
+            role: "resident".into(),
+            phone: Some("13800138000".into()),
+            id_number: Some("11010519491231002X".into()),
+            patients: vec!["p2".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let wrong = || f.token(&[("grant_type", auth::SMS_GRANT), ("phone", "13800138000"), ("code", "000000x")]);
+    f.auth.send_sms_code("13800138000").await.unwrap();
+    let again = f.auth.send_sms_code("13800138000").await.unwrap_err();
+    assert!(matches!(again, AuthError::OAuth { status: 429, .. }), "{again:?}");
+    // An unknown number is limited the same way (the reply does not tell which numbers exist).
+    f.auth.send_sms_code("13900139000").await.unwrap();
+    assert!(matches!(f.auth.send_sms_code("13900139000").await, Err(AuthError::OAuth { status: 429, .. })));
+    // Wrong codes count across codes: after ten in a day no new code is sent.
+    for round in 0..2 {
+        for _ in 0..5 {
+            oauth_error(wrong().await);
+        }
+        f.advance(61);
+        let next = f.auth.send_sms_code("13800138000").await;
+        if round == 0 {
+            next.unwrap();
+        } else {
+            assert!(matches!(next, Err(AuthError::OAuth { status: 429, .. })), "{next:?}");
+        }
+    }
+    f.advance(86_400);
+    f.auth.send_sms_code("13800138000").await.expect("a new day, a new allowance");
 }

@@ -165,8 +165,37 @@ async fn doctors_need_a_care_relationship_consent_or_break_glass() {
     assert!(reason.contains("care relationship"), "{reason}");
     let reason = forbidden(e.search(&doctor, Some("Observation"), &pairs(&[("code", "2339-0")]), &opts()).await);
     assert!(reason.contains("within one patient"), "{reason}");
-    // Registration lookup by identifier works without a relationship.
-    e.search(&doctor, Some("Patient"), &pairs(&[("identifier", "x|y")]), &opts()).await.unwrap();
+    // Registration lookup of one person by an exact identifier works without a relationship;
+    // anything wider (an empty value lists every patient) needs one.
+    e.search(&doctor, Some("Patient"), &pairs(&[("identifier", "x|y123")]), &opts()).await.unwrap();
+    for widened in [
+        pairs(&[("identifier", "x|")]),
+        pairs(&[("identifier:contains", "y")]),
+        pairs(&[("identifier", "x|y123"), ("_revinclude", "Observation:subject")]),
+    ] {
+        let reason = forbidden(e.search(&doctor, Some("Patient"), &widened, &opts()).await);
+        assert!(reason.contains("within one patient"), "{widened:?}: {reason}");
+    }
+
+    // A deleted record, or a stale If-Match, of a patient the doctor may not see reads as absent
+    // (404), not as 410 Gone or 412, which would reveal that it exists.
+    let sys = Ctx::system();
+    let obs = e.read(&sys, "Observation", "obs-p2").await.unwrap();
+    let mut body: Value = serde_json::from_str(obs.body.as_deref().unwrap()).unwrap();
+    body["status"] = json!("amended");
+    let stale = engine::RequestOptions { if_match: Some(99), ..opts() };
+    assert!(matches!(e.update(&doctor, "Observation", "obs-p2", body, &stale).await, Err(EngineError::NotFound(_))));
+    assert!(matches!(e.delete(&doctor, "Observation", "obs-p2", &stale).await, Err(EngineError::NotFound(_))));
+    put(
+        e,
+        json!({"resourceType": "Observation", "id": "gone-p2", "status": "final",
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
+                  "subject": {"reference": "Patient/p2"}}),
+    )
+    .await;
+    e.delete(&sys, "Observation", "gone-p2", &opts()).await.unwrap();
+    assert!(matches!(e.read(&doctor, "Observation", "gone-p2").await, Err(EngineError::NotFound(_))));
+    assert!(matches!(e.read(&sys, "Observation", "gone-p2").await, Err(EngineError::Gone(_))));
 
     // Opening an encounter at h1 starts care with p2; at another hospital it is refused.
     let elsewhere = json!({"resourceType": "Encounter", "status": "in-progress",

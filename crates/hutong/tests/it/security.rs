@@ -432,3 +432,35 @@ fn audit_prune_keeps_the_law_and_the_chain_on_postgres() {
     assert!(hutong(&["audit", "verify"], data.path(), Some(&db)).status.success(), "creates the schema");
     retention_suite(data.path(), Some(&db), Db::Postgres(rt, client));
 }
+
+#[test]
+fn lost_keys_are_an_error_not_a_silent_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let made = hutong(&["admin", "create-client", "--name", "lab", "--scopes", "system/*.read"], data, None);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    // The keys go missing (a wrong --keys, a lost volume): nothing may generate new ones.
+    std::fs::rename(data.join("keys"), data.join("keys-elsewhere")).unwrap();
+    let again = hutong(&["admin", "create-client", "--name", "lab2", "--scopes", "system/*.read"], data, None);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "must refuse");
+    assert!(stderr.contains("key folder") && stderr.contains("user and client accounts"), "{stderr}");
+    assert!(!data.join("keys").join("sm2.key").exists(), "no new keys were written");
+    // Pointed at the right folder, it works.
+    let elsewhere = data.join("keys-elsewhere");
+    let ok = hutong(
+        &[
+            "admin",
+            "create-client",
+            "--name",
+            "lab3",
+            "--scopes",
+            "system/*.read",
+            "--keys",
+            elsewhere.to_str().unwrap(),
+        ],
+        data,
+        None,
+    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
