@@ -312,6 +312,10 @@ impl Engine {
     /// Path of one NDJSON output file of a finished job.
     pub async fn export_file(&self, ctx: &Ctx, job_id: &str, file_name: &str) -> EngineResult<PathBuf> {
         self.export_job(ctx, job_id)?;
+        if ctx.principal.is_some() {
+            let entity = format!("$export/{job_id}/{}", file_name.chars().take(80).collect::<String>());
+            self.audit.append(crate::audit::record(ctx, "export-download", "success", entity, Vec::new(), None)).await?;
+        }
         let dir = job_dir(&self.config.export_dir, job_id)?;
         let Some(ty) = file_name.strip_suffix(".ndjson") else {
             return Err(EngineError::NotFound(format!("export file '{file_name}'")));

@@ -397,6 +397,11 @@ impl Engine {
             (t, _) => self.authorize_bulk(ctx, access::Action::History, t.unwrap_or("*")).await?,
         }
         let page = self.store.history(ctx, &query).await?;
+        if id.is_none() {
+            // Type and system history (instance history was recorded by its read decision).
+            let entity = format!("{}/_history?{}", resource_type.unwrap_or(""), audit_params(params));
+            self.audit_search(ctx, "history", entity, &page.resources).await?;
+        }
         let base = &opts.base_url;
         let entries: Vec<Value> = page
             .resources

@@ -285,6 +285,7 @@ async fn system_clients_follow_their_scopes_and_every_access_is_audited() {
     assert!(ids(&bundle).iter().all(|i| !i.starts_with("Condition/")), "no Condition scope, no Condition includes");
     assert!(ids(&bundle).contains(&"Patient/p1".to_string()));
     forbidden(e.export_start(&client, engine::ExportScope::System, &pairs(&[("_type", "Condition")]), &opts()).await);
+    e.history(&client, Some("Observation"), None, &[], &opts()).await.unwrap();
     e.flush_audit().await.unwrap();
     let entries = e.store().audit_read(before, 100).await.unwrap();
     // Permitted reads travel in block entries; expand them into events.
@@ -308,7 +309,14 @@ async fn system_clients_follow_their_scopes_and_every_access_is_audited() {
     actions.sort();
     assert_eq!(
         actions,
-        [("create", "denied"), ("export", "denied"), ("read", "denied"), ("read", "success"), ("search", "success")]
+        [
+            ("create", "denied"),
+            ("export", "denied"),
+            ("history", "success"),
+            ("read", "denied"),
+            ("read", "success"),
+            ("search", "success")
+        ]
     );
     assert!(events.iter().all(|e| e.2 == "user/system"));
     let read = events.iter().find(|e| e.0 == "read" && e.1 == "success").unwrap();
