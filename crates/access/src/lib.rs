@@ -75,6 +75,24 @@ impl Role {
         matches!(self, Role::CdcOfficer | Role::Insurer | Role::Regulator)
     }
 
+    /// The purposes of use (HL7 v3 PurposeOfUse) for which this role may touch a patient's
+    /// records: care for clinicians (emergency care with break-glass), public health for CDC,
+    /// payment for insurers, operations and quality review for regulators, the patient's own or
+    /// family's request for residents. Research and marketing are no one's purpose for
+    /// identified records. System clients are bounded by their scopes instead.
+    pub fn allowed_purposes(self) -> &'static [&'static str] {
+        match self {
+            Role::Resident => &["PATRQT", "FAMRQT"],
+            Role::Doctor | Role::Nurse | Role::FamilyDoctor | Role::Pharmacist => &["TREAT", "ETREAT"],
+            Role::CdcOfficer => &["PUBHLTH"],
+            Role::Insurer => &["HPAYMT"],
+            Role::Regulator => &["HOPERAT", "HQUALIMP"],
+            Role::Operator => &["HSYSADMIN"],
+            Role::Auditor => &["HOPERAT"],
+            Role::System => &[],
+        }
+    }
+
     /// The default purpose of use (HL7 v3 PurposeOfUse).
     pub fn default_purpose(self) -> &'static str {
         match self {

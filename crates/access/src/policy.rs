@@ -246,6 +246,17 @@ pub fn decide(principal: &Principal, action: Action, facts: &Facts<'_>, rel: &Re
         }
         _ => {}
     }
+    if facts.patient_data
+        && !principal.purpose.is_empty()
+        && !role.allowed_purposes().contains(&principal.purpose.as_str())
+    {
+        return Decision::deny(format!(
+            "the purpose of use {} is not one for which a {} may touch patient records (allowed: {})",
+            principal.purpose,
+            role.code(),
+            role.allowed_purposes().join(", ")
+        ));
+    }
     if !facts.patient_data {
         return if action.is_write() {
             Decision::deny(format!("{ty} is shared reference data: it is maintained by operators and system clients"))

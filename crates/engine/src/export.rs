@@ -314,7 +314,9 @@ impl Engine {
         self.export_job(ctx, job_id)?;
         if ctx.principal.is_some() {
             let entity = format!("$export/{job_id}/{}", file_name.chars().take(80).collect::<String>());
-            self.audit.append(crate::audit::record(ctx, "export-download", "success", entity, Vec::new(), None)).await?;
+            self.audit
+                .append(crate::audit::record(ctx, "export-download", "success", entity, Vec::new(), None))
+                .await?;
         }
         let dir = job_dir(&self.config.export_dir, job_id)?;
         let Some(ty) = file_name.strip_suffix(".ndjson") else {

@@ -101,6 +101,16 @@ system          any          Observation          read     permit
 system          any          Condition!           read     permit
 system          any          Observation          export   permit
 system          any          Patient              history  permit
+# purpose of use: the role's purposes only; research and marketing are nobody's
+doctor          related@ETREAT Observation        read     permit
+doctor          related@HMARKT Observation        read     deny
+doctor          related@HRESCH Observation        read     deny
+resident        own@FAMRQT   Observation          read     permit
+resident        own@HRESCH   Observation          read     deny
+cdc-officer     in@TREAT     Observation          read     deny
+insurer         in@PUBHLTH   Claim                read     deny
+regulator       in@HQUALIMP  Encounter            read     permit
+system          any@HMARKT   Observation          read     permit
 ";
 
 #[test]
@@ -110,6 +120,8 @@ fn authorization_matrix() {
     for line in MATRIX.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let [role, case, ty, action, expected] = cols[..] else { panic!("bad row {line}") };
+        // `case@PURPOSE` states a purpose of use other than the role's default.
+        let (case, purpose) = case.split_once('@').unwrap_or((case, ""));
         let role = Role::parse(role).unwrap_or_else(|| panic!("role {role}"));
         let sensitive = ty.ends_with('!');
         let ty = ty.trim_end_matches('!');
@@ -134,7 +146,11 @@ fn authorization_matrix() {
             labels: &labels,
             region: Some(if case == "out" { "360101" } else { "350102" }),
         };
-        let decision = decide(&principal(role, case), action, &facts, &relationship(case));
+        let mut who = principal(role, case);
+        if !purpose.is_empty() {
+            who.purpose = purpose.to_string();
+        }
+        let decision = decide(&who, action, &facts, &relationship(case));
         let got = match (decision.permit, decision.break_glass) {
             (true, true) => "permit!",
             (true, false) => "permit",
