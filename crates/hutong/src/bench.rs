@@ -66,6 +66,15 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Record linkage on synthetic Chinese records with ground truth (`registry::linkage::synth`):
+    /// training, batch linkage, accuracy, memory, and the latency of matching one more record.
+    Linkage {
+        /// Records to generate and link.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -86,7 +95,78 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
             search(clients, seconds, everything, only, no_auth, store).await
         }
         BenchCommand::Audit { entries, store } => audit(entries, store).await,
+        BenchCommand::Linkage { records, seed } => linkage(records, seed),
     }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
+    use registry::linkage::synth::{Settings, generate};
+    use registry::linkage::{Linker, Metrics, Record, Thresholds};
+    let started = Instant::now();
+    let data = generate(Settings { records, seed });
+    let generated = started.elapsed();
+    let all: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
+    let truth: Vec<u32> = data.iter().map(|s| s.person).collect();
+    drop(data);
+    println!("{records} synthetic Chinese records generated in {:.1} s", generated.as_secs_f64());
+    let started = Instant::now();
+    let (model, report) = Linker::train(&all, 1_000_000, 2_000_000, seed);
+    let trained = started.elapsed();
+    println!(
+        "trained in {:.1} s: λ {:.2e}, {} random pairs, {} candidate pairs, {} distinct comparison vectors",
+        trained.as_secs_f64(),
+        model.lambda,
+        report.random_pairs,
+        report.candidate_pairs,
+        report.distinct_vectors
+    );
+    // Batch linkage of all but the last 1,000 records; those are then matched one at a time
+    // against the full index, timed one by one.
+    let tail = 1000.min(all.len() / 10);
+    let mut linker = Linker::new(model, Thresholds::default());
+    let started = Instant::now();
+    let mut persons: Vec<u32> = Vec::with_capacity(all.len());
+    for r in &all[..all.len() - tail] {
+        let (id, _) = linker.add(r);
+        persons.push(linker.person_of(id));
+    }
+    let linked = started.elapsed();
+    let mut latencies = Vec::with_capacity(tail);
+    for r in &all[all.len() - tail..] {
+        let t = Instant::now();
+        let (id, _) = linker.add(r);
+        latencies.push(t.elapsed());
+        persons.push(linker.person_of(id));
+    }
+    // Persons may have merged after a record was placed: read the final assignment.
+    let persons: Vec<u32> = (0..all.len() as u32).map(|i| linker.person_of(i)).collect();
+    latencies.sort();
+    let m = Metrics::of(&persons, &truth);
+    println!(
+        "batch linkage of {} records in {:.1} s ({:.0} records/s); training + linkage {:.1} s",
+        all.len() - tail,
+        linked.as_secs_f64(),
+        (all.len() - tail) as f64 / linked.as_secs_f64(),
+        (trained + linked).as_secs_f64()
+    );
+    println!(
+        "incremental match of one more record against {} persons: p50 {:.2} ms, p99 {:.2} ms",
+        linker.persons(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!("accuracy: {m}; false links {:.4}% of links", m.false_link_rate() * 100.0);
+    println!("peak resident memory: {:.0} MB", peak_rss_mb());
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -11,7 +11,7 @@ use super::record::{Prepared, Record};
 /// Blocks with more records than this are too common to say anything (a frequent name on a
 /// frequent birth date in a province): they are skipped when looking for candidates, and other
 /// keys must find the match.
-pub const MAX_BLOCK: usize = 400;
+pub const MAX_BLOCK: usize = 100;
 
 /// Decision thresholds on the match weight (log2 of the odds that two records are one person).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -48,6 +48,8 @@ pub(crate) struct Prepared {
     pub birth_date: Option<String>,
     pub sex: Option<char>,
     pub id_number: Option<String>,
+    /// The ID number is a valid GB 11643 number (checksum, date and division shape).
+    pub id_valid: bool,
     pub phone: Option<String>,
     pub street_number: Option<String>,
     pub address: Option<String>,
@@ -171,10 +173,14 @@ fn birth_date(s: &Option<String>) -> Option<String> {
     (d.len() == 8).then_some(d)
 }
 
-/// GB 11643 numbers in their canonical 18-character form; anything else as its letters and digits.
-fn id_number(s: &Option<String>) -> Option<String> {
+/// GB 11643 numbers in their canonical 18-character form (and `true`); anything else as its
+/// letters and digits (and `false`): an invalid number is compared as written, never "fixed".
+fn id_number(s: &Option<String>) -> Option<(String, bool)> {
     let raw = digits(s)?;
-    Some(crypto::idnum::normalize(&raw).map(|id| id.as_str().to_string()).unwrap_or(raw))
+    Some(match crypto::idnum::normalize(&raw) {
+        Ok(id) => (id.as_str().to_string(), true),
+        Err(_) => (raw, false),
+    })
 }
 
 fn phone(s: &Option<String>) -> Option<String> {
@@ -186,12 +192,14 @@ fn phone(s: &Option<String>) -> Option<String> {
 
 impl Record {
     pub(crate) fn prepare(&self) -> Prepared {
+        let id = id_number(&self.id_number);
         Prepared {
             family: name(&self.family),
             given: name(&self.given),
             birth_date: birth_date(&self.birth_date),
             sex: self.sex.map(|c| c.to_ascii_uppercase()).filter(|c| matches!(c, 'M' | 'F')),
-            id_number: id_number(&self.id_number),
+            id_number: id.as_ref().map(|(n, _)| n.clone()),
+            id_valid: id.is_some_and(|(_, valid)| valid),
             phone: phone(&self.phone),
             street_number: digits(&self.street_number),
             address: clean_text(&self.address),
