@@ -108,6 +108,15 @@ impl Role {
     }
 }
 
+/// The extension on `Patient.address` (and `Organization.address`) that carries the GB/T 2260
+/// division code of the place (`valueCode`, six digits): the residence the regional roles'
+/// access follows. A postal code is not a division code, so it is never read as one.
+pub const DIVISION_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/gb2260-division";
+
+/// The search parameter over [`DIVISION_EXTENSION`] (defined by the `fhir` crate on Patient and
+/// Organization).
+pub const DIVISION_PARAM: &str = "division";
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Principal {

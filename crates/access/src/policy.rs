@@ -445,9 +445,9 @@ pub fn search_constraint(
                 return SearchConstraint::Deny("your account has no region (GB/T 2260 division) assigned".into());
             };
             let region_param = if param == "_id" {
-                "address-postalcode".to_string()
+                crate::DIVISION_PARAM.to_string()
             } else {
-                format!("{param}:Patient.address-postalcode")
+                format!("{param}:Patient.{}", crate::DIVISION_PARAM)
             };
             let mut params = vec![(region_param, prefix)];
             if role != Role::CdcOfficer {

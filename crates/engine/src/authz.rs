@@ -8,8 +8,8 @@
 //!
 //! The facts a decision needs and the policy does not know are gathered here: which patients'
 //! records a resource belongs to (the Patient compartment), its sensitivity labels (set on write
-//! from its codes, `access::sensitivity`), the patient's residence (GB/T 2260 division code in
-//! `Patient.address.postalCode` of the first address; see ARCHITECTURE.md), the care
+//! from its codes, `access::sensitivity`), the patient's residence (the GB/T 2260 division code
+//! in the `access::DIVISION_EXTENSION` extension of an address; see ARCHITECTURE.md), the care
 //! relationship between the caller's organization and the patient (an Encounter with
 //! `service-provider`, EpisodeOfCare with `organization`, CareTeam with `participant`, or
 //! ServiceRequest with `performer` naming the organization), and the resident's active Consents.
@@ -73,11 +73,15 @@ fn reference_id<'a>(value: &'a str, resource_type: &str) -> Option<&'a str> {
 }
 
 fn patient_region(patient: &Value) -> Option<String> {
-    patient["address"]
-        .as_array()?
-        .iter()
-        .find_map(|a| a["postalCode"].as_str().filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())))
-        .map(str::to_string)
+    patient["address"].as_array()?.iter().find_map(|a| {
+        a["extension"].as_array()?.iter().find_map(|x| {
+            (x["url"] == access::DIVISION_EXTENSION)
+                .then(|| x["valueCode"].as_str())
+                .flatten()
+                .filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_string)
+        })
+    })
 }
 
 impl Engine {
@@ -639,6 +643,12 @@ mod registration_tests {
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_division_extension_is_one_url() {
+        // `access` decides on it and `fhir` indexes it; neither crate depends on the other.
+        assert_eq!(access::DIVISION_EXTENSION, fhir::definitions::DIVISION_EXTENSION);
     }
 
     #[test]

@@ -305,6 +305,7 @@ fn build(files: Vec<(String, serde_json::Value)>) -> Definitions {
     resource_types.dedup();
     let structures = crate::validate::flatten_structures(&structure_docs);
     let value_sets = crate::validate::expand_required_value_sets(&structures, &terminology_docs);
+    search_params.extend(platform_search_params());
     Definitions { resource_types, search_params, structures, value_sets, patient_compartment }
 }
 
@@ -318,11 +319,38 @@ mod tests {
         assert_eq!(defs.resource_types().len(), 146, "R4 4.0.1 has 146 concrete resource types");
         assert!(defs.is_resource_type("Patient"));
         assert!(!defs.is_resource_type("DomainResource"));
-        assert_eq!(defs.all_search_params().len(), 1397, "1,400 files less the 3 examples");
+        assert_eq!(
+            defs.all_search_params().len(),
+            1397 + 2,
+            "1,400 files less the 3 examples, and the platform's two `division` parameters"
+        );
+        let division = defs.search_param("Patient", "division").expect("Patient.division");
+        assert_eq!(division.kind, ParamType::String);
         let p = defs.search_param("Observation", "code").expect("Observation.code");
         assert_eq!(p.kind, ParamType::Token);
         assert!(defs.search_param("Patient", "_id").is_some());
         assert!(defs.search_param("Patient", "_lastUpdated").is_some());
         assert_eq!(defs.patient_compartment_params("Observation"), ["subject", "performer"]);
     }
+}
+
+/// The URL of the address extension carrying a GB/T 2260 division code (`valueCode`).
+pub const DIVISION_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/gb2260-division";
+
+/// Search parameters the platform adds to the official ones: `division` on Patient and
+/// Organization, the GB/T 2260 code of an address (a string parameter, so `division=3501`
+/// finds every place in that city: regional access is searched this way).
+fn platform_search_params() -> Vec<SearchParamDef> {
+    ["Patient", "Organization"]
+        .into_iter()
+        .map(|base| SearchParamDef {
+            url: format!("https://hutong.dev/fhir/SearchParameter/{base}-division"),
+            code: "division".into(),
+            base: vec![base.into()],
+            kind: ParamType::String,
+            expression: Some(format!("{base}.address.extension('{DIVISION_EXTENSION}').value")),
+            targets: Vec::new(),
+            components: Vec::new(),
+        })
+        .collect()
 }

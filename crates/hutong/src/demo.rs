@@ -56,7 +56,8 @@ pub fn reference_bundle() -> Value {
             "resourceType": "Organization", "id": id, "active": true, "name": name,
             "identifier": [{"system": "https://hutong.dev/fhir/sid/institution-code", "value": format!("{code}{}", &id[4..])}],
             "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov", "display": "医疗机构"}]}],
-            "address": [{"state": "福建省", "city": city, "district": district, "postalCode": code}],
+            "address": [{"state": "福建省", "city": city, "district": district,
+                         "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": code}]}],
         })));
     }
     let mut rng = StdRng::seed_from_u64(7);
@@ -119,7 +120,8 @@ pub fn resident_bundle(rng: &mut StdRng, extra_observations: usize) -> Value {
             "gender": if male { "male" } else { "female" },
             "birthDate": format!("{year:04}-{month:02}-{day:02}"),
             "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
-            "address": [{"use": "home", "state": "福建省", "city": city, "district": district, "postalCode": code,
+            "address": [{"use": "home", "state": "福建省", "city": city, "district": district,
+                         "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": code}],
                          "line": [format!("{}路{}号", ["八一七", "湖东", "鹭江", "中山"][rng.random_range(0..4)], rng.random_range(1..300))]}],
             "managingOrganization": {"reference": format!("Organization/{}", HOSPITALS[rng.random_range(0..HOSPITALS.len())].0)},
         }),

@@ -198,12 +198,12 @@ fn searches_are_narrowed_not_filtered() {
     let SearchConstraint::Params(params) = search_constraint(&officer, "Encounter", Some("patient"), false) else {
         panic!("regulators are narrowed to their region")
     };
-    assert_eq!(params[0], ("patient:Patient.address-postalcode".into(), "3501".into()));
+    assert_eq!(params[0], ("patient:Patient.division".into(), "3501".into()));
     assert!(params.iter().any(|(k, v)| k == "_security:not" && v.ends_with("|HIV")), "{params:?}");
     let cdc = principal(Role::CdcOfficer, "in");
     assert_eq!(
         search_constraint(&cdc, "Patient", Some("_id"), false),
-        SearchConstraint::Params(vec![("address-postalcode".into(), "350102".into())])
+        SearchConstraint::Params(vec![("division".into(), "350102".into())])
     );
     assert!(matches!(
         search_constraint(&principal(Role::Operator, "any"), "Observation", Some("patient"), false),

@@ -197,7 +197,9 @@ async fn staff_need_password_and_totp_and_are_locked_out() {
 #[tokio::test]
 async fn residents_log_in_by_sms_and_see_who_read_their_record() {
     let app = app(1 << 20).await;
-    let patient = json!({"resourceType": "Patient", "id": "p1", "address": [{"postalCode": "350102"}]}).to_string();
+    let patient = json!({"resourceType": "Patient", "id": "p1", "address": [{"extension": [{
+        "url": "https://hutong.dev/fhir/StructureDefinition/gb2260-division", "valueCode": "350102"}]}]})
+    .to_string();
     assert_eq!(send(&app, req("PUT", "/fhir/Patient/p1", FHIR, &patient)).await.0, StatusCode::CREATED);
     let other = json!({"resourceType": "Patient", "id": "p2"}).to_string();
     send(&app, req("PUT", "/fhir/Patient/p2", FHIR, &other)).await;

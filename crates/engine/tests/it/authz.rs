@@ -48,7 +48,12 @@ async fn put(e: &engine::Engine, body: Value) {
 /// Two residents in county 350102 and one in another province; one hospital has seen p1.
 async fn seed(e: &engine::Engine) {
     for (id, division) in [("p1", "350102"), ("p2", "350102"), ("p3", "110101")] {
-        put(e, json!({"resourceType": "Patient", "id": id, "address": [{"postalCode": division}]})).await;
+        put(
+            e,
+            json!({"resourceType": "Patient", "id": id, "address": [{"postalCode": "100000",
+            "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": division}]}]}),
+        )
+        .await;
         put(
             e,
             json!({"resourceType": "Observation", "id": format!("obs-{id}"), "status": "final",
