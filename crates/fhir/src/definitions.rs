@@ -309,6 +309,27 @@ fn build(files: Vec<(String, serde_json::Value)>) -> Definitions {
     Definitions { resource_types, search_params, structures, value_sets, patient_compartment }
 }
 
+/// The URL of the address extension carrying a GB/T 2260 division code (`valueCode`).
+pub const DIVISION_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/gb2260-division";
+
+/// Search parameters the platform adds to the official ones: `division` on Patient and
+/// Organization, the GB/T 2260 code of an address (a string parameter, so `division=3501`
+/// finds every place in that city: regional access is searched this way).
+fn platform_search_params() -> Vec<SearchParamDef> {
+    ["Patient", "Organization"]
+        .into_iter()
+        .map(|base| SearchParamDef {
+            url: format!("https://hutong.dev/fhir/SearchParameter/{base}-division"),
+            code: "division".into(),
+            base: vec![base.into()],
+            kind: ParamType::String,
+            expression: Some(format!("{base}.address.extension('{DIVISION_EXTENSION}').value")),
+            targets: Vec::new(),
+            components: Vec::new(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,25 +353,4 @@ mod tests {
         assert!(defs.search_param("Patient", "_lastUpdated").is_some());
         assert_eq!(defs.patient_compartment_params("Observation"), ["subject", "performer"]);
     }
-}
-
-/// The URL of the address extension carrying a GB/T 2260 division code (`valueCode`).
-pub const DIVISION_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/gb2260-division";
-
-/// Search parameters the platform adds to the official ones: `division` on Patient and
-/// Organization, the GB/T 2260 code of an address (a string parameter, so `division=3501`
-/// finds every place in that city: regional access is searched this way).
-fn platform_search_params() -> Vec<SearchParamDef> {
-    ["Patient", "Organization"]
-        .into_iter()
-        .map(|base| SearchParamDef {
-            url: format!("https://hutong.dev/fhir/SearchParameter/{base}-division"),
-            code: "division".into(),
-            base: vec![base.into()],
-            kind: ParamType::String,
-            expression: Some(format!("{base}.address.extension('{DIVISION_EXTENSION}').value")),
-            targets: Vec::new(),
-            components: Vec::new(),
-        })
-        .collect()
 }
