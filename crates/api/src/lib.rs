@@ -402,6 +402,13 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
         },
+        ["Patient", "$match"] => match method {
+            Method::POST => {
+                let parameters = json_body(&headers, &body_bytes, false)?;
+                Ok(json_response(StatusCode::OK, engine.patient_match(&ctx, parameters, &opts).await?.to_string()))
+            }
+            _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
         [t, "_history"] => match method {
             Method::GET => Ok(json_response(
                 StatusCode::OK,

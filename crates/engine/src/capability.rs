@@ -82,6 +82,7 @@ impl Engine {
             if t == "Patient" {
                 resource["operation"] = json!([
                     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                    {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
                     {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
                 ]);
             }

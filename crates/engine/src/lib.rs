@@ -11,6 +11,7 @@ mod capability;
 mod crud;
 mod error;
 mod export;
+mod matching;
 mod searchset;
 
 pub use audit::BLOCK_ACTION;
@@ -132,6 +133,8 @@ pub struct Engine {
     audit: audit::AuditSink,
     /// Care relationships and residences, cached for policy decisions.
     access: authz::AccessCache,
+    /// Patients in the registry, for `Patient/$match` (matching.rs).
+    patients_counted: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
             config,
             conditional: tokio::sync::Mutex::new(()),
             access: authz::AccessCache::default(),
+            patients_counted: std::sync::Mutex::new(None),
         }
     }
 

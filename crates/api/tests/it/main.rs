@@ -276,3 +276,26 @@ async fn search_post_search_history_lenient_and_export() {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&bytes).lines().count(), 3);
 }
+
+#[tokio::test]
+async fn patient_match_over_http() {
+    let app = app(1 << 20).await;
+    let patient = r#"{"resourceType":"Patient","id":"m1","name":[{"family":"王","given":["芳"]}],"gender":"female",
+        "birthDate":"1990-03-04","identifier":[{"system":"urn:oid:2.16.156.10011.1.3","value":"110105199003040029"}]}"#;
+    let (status, _, body) = send(&app, req("PUT", "/fhir/Patient/m1", Some("application/fhir+json"), patient)).await;
+    assert!(status.is_success(), "{body}");
+    let query = r#"{"resourceType":"Parameters","parameter":[{"name":"resource","resource":{"resourceType":"Patient",
+        "name":[{"text":"王芳"}],"birthDate":"1990-03-04","identifier":[{"value":"110105199003040029"}]}},
+        {"name":"onlyCertainMatches","valueBoolean":true}]}"#;
+    let (status, _, bundle) =
+        send(&app, req("POST", "/fhir/Patient/$match", Some("application/fhir+json"), query)).await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    assert_eq!(bundle["entry"][0]["resource"]["id"], "m1", "{bundle}");
+    assert_eq!(bundle["entry"][0]["search"]["extension"][0]["valueCode"], "certain");
+    let (status, _, outcome) =
+        send(&app, req("POST", "/fhir/Patient/$match", Some("application/fhir+json"), "{}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let (status, _, _) = send(&app, req("GET", "/fhir/Patient/$match", None, "")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}

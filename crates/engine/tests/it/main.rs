@@ -2,6 +2,7 @@
 
 mod authz;
 mod ground_truth;
+mod matching;
 
 use std::sync::Arc;
 

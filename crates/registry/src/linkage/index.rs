@@ -130,7 +130,7 @@ pub(crate) fn block_keys(p: &Prepared) -> Vec<(u8, u64)> {
 /// weights add up past any threshold. Two different valid ID numbers mean review at most; so do
 /// the twin pattern (same family name and birth date, wholly different given names) when an ID
 /// number is missing (with both present, the ID comparison decides).
-fn needs_review(g: &Gamma) -> bool {
+pub fn needs_review(g: &Gamma) -> bool {
     let id = g[Comparison::IdNumber as usize];
     let twins = g[Comparison::Given as usize] == 3
         && g[Comparison::BirthDate as usize] == 0
@@ -385,6 +385,23 @@ impl Linker {
     }
 }
 
+/// The match weight of two records under `model`, without the term-frequency adjustment an
+/// index provides (for callers that weigh a few pairs found another way, as `Patient/$match`
+/// does with the FHIR search index), with the comparison vector.
+pub fn weigh(model: &Model, a: &Record, b: &Record) -> (f64, Gamma) {
+    let g = gamma(&a.prepare(), &b.prepare());
+    (model.weight(&g), g)
+}
+
+/// A model for a registry too small (or too new) to estimate its own: trained on synthetic
+/// Chinese records (`synth`, 20,000 records, fixed seed), so it knows the platform's field
+/// error rates but not the registry's own name and birth-date frequencies.
+pub fn default_model() -> Model {
+    let data = super::synth::generate(super::synth::Settings { records: 20_000, seed: 20_261_122 });
+    let records: Vec<Record> = data.into_iter().map(|s| s.record).collect();
+    Linker::train(&records, 300_000, 500_000, 20_261_122).0
+}
+
 /// Candidate pairs (i < j) of a record set by the blocking keys (of one rule, or of all), at
 /// most `max` of them (the first records' pairs; for training, a sample suffices).
 pub(crate) fn candidate_pairs(records: &[Prepared], rule: Option<u8>, max: usize) -> Vec<(u32, u32)> {
@@ -413,4 +430,29 @@ pub(crate) fn candidate_pairs(records: &[Prepared], rule: Option<u8>, max: usize
         }
     }
     pairs
+}
+
+#[cfg(test)]
+mod weigh_tests {
+    use super::*;
+
+    #[test]
+    fn namesakes_with_different_valid_ids_are_held_back() {
+        let model = default_model();
+        let a = Record {
+            family: Some("张".into()),
+            given: Some("伟".into()),
+            birth_date: Some("1980-01-02".into()),
+            sex: Some('M'),
+            id_number: Some("110105198001020038".into()),
+            phone: Some("13800138000".into()),
+            ..Default::default()
+        };
+        let b = Record { id_number: Some("310101198001020013".into()), phone: Some("13900139000".into()), ..a.clone() };
+        let (w, g) = weigh(&model, &a, &b);
+        assert_eq!(g[Comparison::IdNumber as usize], 3, "two different valid ID numbers");
+        assert!(needs_review(&g), "{g:?}");
+        let (same, _) = weigh(&model, &a, &Record { phone: None, ..a.clone() });
+        assert!(same > w + 20.0, "the same ID number weighs far more: {same} vs {w}");
+    }
 }

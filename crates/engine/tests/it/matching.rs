@@ -1,0 +1,116 @@
+//! `Patient/$match` over stored Patients: grades, scores, parameters, who may ask, audit.
+
+use access::{Principal, Role, Scopes};
+use engine::EngineError;
+use serde_json::{Value, json};
+use store::Ctx;
+
+use super::{engine, opts};
+
+const ID: &str = "urn:oid:2.16.156.10011.1.3";
+
+fn patient(id: &str, family: &str, given: &str, birth: &str, id_number: Option<&str>, phone: &str) -> Value {
+    let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": "male", "birthDate": birth, "telecom": [{"system": "phone", "value": phone}]});
+    if let Some(n) = id_number {
+        p["identifier"] = json!([{"system": ID, "value": n}]);
+    }
+    p
+}
+
+fn params(probe: Value, extra: Value) -> Value {
+    let mut parameter = vec![json!({"name": "resource", "resource": probe})];
+    if let Some(more) = extra.as_array() {
+        parameter.extend(more.iter().cloned());
+    }
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+fn grades(bundle: &Value) -> Vec<(String, String)> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap().to_string(),
+                e["search"]["extension"][0]["valueCode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn as_role(role: Role) -> Ctx {
+    let scopes = if role == Role::Resident { "patient/*.*" } else { "user/*.*" };
+    Ctx::for_principal(
+        "req-m".into(),
+        Principal {
+            subject: format!("user/{}", role.code()),
+            role,
+            organization: Some("h1".into()),
+            region: None,
+            practitioner: None,
+            patients: if role == Role::Resident { vec!["zw".into()] } else { vec![] },
+            scopes: Scopes::parse(scopes).unwrap(),
+            purpose: role.default_purpose().into(),
+            break_glass: None,
+        },
+        None,
+    )
+}
+
+#[tokio::test]
+async fn match_grades_candidates_from_the_registry() {
+    let t = engine();
+    let e = &t.engine;
+    let sys = Ctx::system();
+    for p in [
+        patient("zw", "张", "伟", "1980-01-02", Some("110105198001020038"), "13800138000"),
+        patient("zw-namesake", "张", "伟", "1980-01-02", Some("310101198001020013"), "13900139000"),
+        patient("lf", "李", "芳", "1975-06-30", None, "13700137000"),
+    ] {
+        let id = p["id"].as_str().unwrap().to_string();
+        e.update(&sys, "Patient", &id, p, &opts()).await.unwrap();
+    }
+    // The same man, written in traditional characters by another hospital, same ID number.
+    let probe = patient("x", "張", "偉", "1980-01-02", Some("110105198001020038"), "13800138000");
+    let doctor = as_role(Role::Doctor);
+    let found = e.patient_match(&doctor, params(probe, json!([])), &opts()).await.unwrap();
+    let g = grades(&found);
+    assert_eq!(g[0], ("zw".to_string(), "certain".to_string()), "{found}");
+    assert!(found["entry"][0]["search"]["score"].as_f64().unwrap() > 0.99);
+    // The namesake with another valid ID number is never certain.
+    assert!(g.iter().all(|(id, grade)| id != "zw-namesake" || grade != "certain"), "{g:?}");
+    assert!(g.iter().all(|(id, _)| id != "lf"), "an unrelated patient is not a candidate: {g:?}");
+
+    // Name and birth date alone: two candidates, neither certain; onlyCertainMatches drops both.
+    let vague =
+        json!({"resourceType": "Patient", "name": [{"family": "张", "given": ["伟"]}], "birthDate": "1980-01-02"});
+    let found = e.patient_match(&doctor, params(vague.clone(), json!([])), &opts()).await.unwrap();
+    assert!(grades(&found).iter().all(|(_, g)| g != "certain"), "{found}");
+    let only = json!([{"name": "onlyCertainMatches", "valueBoolean": true}]);
+    let found = e.patient_match(&doctor, params(vague, only), &opts()).await.unwrap();
+    assert_eq!(found["total"], 0);
+
+    // Bad input is a 400 that says what is wrong; residents may not ask.
+    let err = e.patient_match(&doctor, json!({"resourceType": "Patient"}), &opts()).await.unwrap_err();
+    assert!(matches!(err, EngineError::BadRequest(_)), "{err:?}");
+    let err = e
+        .patient_match(
+            &doctor,
+            params(json!({"resourceType": "Patient"}), json!([{"name": "count", "valueInteger": 0}])),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("count is a valueInteger"), "{err:?}");
+    let probe = patient("y", "张", "伟", "1980-01-02", None, "13800138000");
+    let err = e.patient_match(&as_role(Role::Resident), params(probe, json!([])), &opts()).await.unwrap_err();
+    assert!(matches!(err, EngineError::Forbidden(_)), "{err:?}");
+
+    // Every call is in the audit log with the patients it returned.
+    e.flush_audit().await.unwrap();
+    let log = e.store().audit_read(0, 1000).await.unwrap();
+    assert!(log.iter().any(|a| a.record.action == "match" && a.record.patients.contains(&"zw".to_string())));
+    assert!(log.iter().any(|a| a.record.action == "match" && a.record.outcome == "denied"));
+}
