@@ -55,7 +55,20 @@ pub struct Report {
     pub last_checkpoint: Option<i64>,
     /// Entries `1..=n` were pruned under the retention policy (anchored by a signed checkpoint).
     pub pruned_through: Option<i64>,
+    /// The SM2 key ids the checkpoints name, in order of first use, with how many each signed
+    /// and whether the key is the current one (`false`: retired or unknown).
+    pub signing_keys: Vec<SigningKeyUse>,
     pub findings: Vec<Finding>,
+}
+
+/// How many checkpoints name one SM2 key id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKeyUse {
+    pub key_id: String,
+    pub checkpoints: usize,
+    pub current: bool,
+    /// The ring knows the key (current or in `sm2-retired/`).
+    pub known: bool,
 }
 
 impl Report {
@@ -64,12 +77,55 @@ impl Report {
     }
 }
 
-/// Verifies the whole log against the chain and the checkpoints signed by `public` (the
-/// platform's SM2 key; `<data>/keys/sm2.pub`).
-pub async fn verify(store: &Arc<dyn ResourceStore>, public: &Sm2VerifyingKey) -> StoreResult<Report> {
+/// Whether `cp`'s signature verifies under the key its `key_id` names among `keys`' current and
+/// retired SM2 keys (`Err` says why not).
+fn checkpoint_signed(keys: &KeyRing, cp: &AuditCheckpoint) -> Result<(), String> {
+    match keys.verifying_key_for(&cp.key_id) {
+        Some(public) if signature_verifies(&public, cp) => Ok(()),
+        Some(_) => Err("the signature does not verify".into()),
+        None => Err(format!(
+            "signed with SM2 key '{}', which is neither the current key nor a retired one in the key folder's \
+             sm2-retired/ (restore its public key there as <key id>.pub)",
+            cp.key_id
+        )),
+    }
+}
+
+/// Verifies the whole log against the chain and the signed checkpoints, each checked with the
+/// key its `key_id` names: the ring's current SM2 key or a retired one (`sm2-retired/`), so
+/// checkpoints signed before a key rotation still verify. A checkpoint under an unknown key is a
+/// [`Finding::BadCheckpoint`] that says so.
+pub async fn verify(store: &Arc<dyn ResourceStore>, keys: &KeyRing) -> StoreResult<Report> {
     let checkpoints = store.audit_checkpoints().await?;
     let n = checkpoints.len();
-    let mut verifier = Verifier::new(checkpoints, |cp| signature_verifies(public, cp));
+    let current = keys.signing_key_id();
+    let mut signing_keys: Vec<SigningKeyUse> = Vec::new();
+    for cp in &checkpoints {
+        match signing_keys.iter_mut().find(|k| k.key_id == cp.key_id) {
+            Some(used) => used.checkpoints += 1,
+            None => signing_keys.push(SigningKeyUse {
+                key_id: cp.key_id.clone(),
+                checkpoints: 1,
+                current: cp.key_id == current,
+                known: keys.verifying_key_for(&cp.key_id).is_some(),
+            }),
+        }
+    }
+    // The verifier judges signatures as valid or not; a checkpoint under an unknown key is
+    // reported here with its own reason and left out, which the verifier treats the same way
+    // as a bad signature (the checkpoint anchors nothing).
+    let mut unknown_key = Vec::new();
+    let checkpoints: Vec<AuditCheckpoint> = checkpoints
+        .into_iter()
+        .filter(|cp| {
+            let known = keys.verifying_key_for(&cp.key_id).is_some();
+            if let (false, Err(reason)) = (known, checkpoint_signed(keys, cp)) {
+                unknown_key.push((cp.seq, reason));
+            }
+            known
+        })
+        .collect();
+    let mut verifier = Verifier::new(checkpoints, |cp| checkpoint_signed(keys, cp).is_ok());
     let mut after = i64::MIN;
     loop {
         let page = store.audit_read(after, 10_000).await?;
@@ -80,12 +136,17 @@ pub async fn verify(store: &Arc<dyn ResourceStore>, public: &Sm2VerifyingKey) ->
         }
     }
     verifier.finish();
+    unknown_key.sort();
+    let mut findings: Vec<Finding> =
+        unknown_key.into_iter().map(|(seq, reason)| Finding::BadCheckpoint { seq, reason }).collect();
+    findings.extend(verifier.findings);
     Ok(Report {
         entries: verifier.entries,
         checkpoints: n,
         last_checkpoint: verifier.last_checkpoint,
         pruned_through: verifier.pruned_through,
-        findings: verifier.findings,
+        signing_keys,
+        findings,
     })
 }
 
@@ -104,7 +165,8 @@ fn days(ms: i64) -> String {
 }
 
 /// Retention: deletes the audit entries older than `older_than_ms` (at least
-/// [`MIN_RETENTION_DAYS`]), as a prefix ending exactly at a checkpoint signed with `keys`, so
+/// [`MIN_RETENTION_DAYS`]), as a prefix ending exactly at a checkpoint signed with one of `keys`'
+/// SM2 keys (current or retired, by the checkpoint's key id), so
 /// the first remaining entry stays anchored and the log still verifies. The checkpoint chosen is
 /// the newest one signed before the cutoff whose entry was also recorded before it; its entries
 /// were all appended before it was signed, so all are older than the cutoff.
@@ -124,9 +186,8 @@ pub async fn prune(store: &Arc<dyn ResourceStore>, keys: &KeyRing, older_than_ms
     }
     let now = now_ms();
     let cutoff = now - older_than_ms;
-    let public = keys.verifying_key();
     let valid: Vec<AuditCheckpoint> =
-        store.audit_checkpoints().await?.into_iter().filter(|cp| signature_verifies(&public, cp)).collect();
+        store.audit_checkpoints().await?.into_iter().filter(|cp| checkpoint_signed(keys, cp).is_ok()).collect();
     let Some(first) = store.audit_read(i64::MIN, 1).await?.pop() else { return Ok(None) };
     let refuse = |what: String| {
         AuthError::Invalid(format!(
@@ -327,7 +388,7 @@ mod tests {
         assert_eq!(seqs(&store.audit_for_patient("p1", 10).await.unwrap()), [7, 5]);
         assert!(store.audit_for_patient("p2", 10).await.unwrap().is_empty());
 
-        let report = verify(&store, &keys.verifying_key()).await.unwrap();
+        let report = verify(&store, &keys).await.unwrap();
         assert_eq!(report.pruned_through, Some(4));
         assert_eq!(
             report.findings,
@@ -335,6 +396,38 @@ mod tests {
         );
         assert_eq!(prune(&store, &keys, RETENTION).await.unwrap(), None, "nothing more is old enough");
         assert_eq!(store.audit_head().await.unwrap().0, 8, "and nothing is recorded then");
+    }
+
+    #[tokio::test]
+    async fn checkpoints_of_a_retired_key_still_anchor_and_verify() {
+        let (store, _, dir) = fixture().await;
+        let folder = dir.path().join("keys");
+        let before = KeyRing::load_or_create_with_env(&folder, |_| None).unwrap();
+        let old = now_ms() - 400 * DAY_MS;
+        append(&store, (0..4).map(|_| record(old, &[])).collect()).await;
+        seal(&store, &before, 2, old).await;
+        KeyRing::rotate_sm2_in(&folder).unwrap();
+        let after = KeyRing::load_with_env(&folder, |_| None).unwrap();
+        seal(&store, &after, 4, now_ms()).await;
+
+        let report = verify(&store, &after).await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.findings);
+        let uses: Vec<_> = report.signing_keys.iter().map(|k| (k.key_id.clone(), k.current, k.known)).collect();
+        assert_eq!(uses, [(before.signing_key_id(), false, true), (after.signing_key_id(), true, true)]);
+        let pruned = prune(&store, &after, RETENTION).await.unwrap().unwrap();
+        assert_eq!(pruned.through, 2, "a checkpoint of the retired key anchors the cut");
+
+        // A ring without the retired key names the checkpoint's key as unknown.
+        let report = verify(&store, &KeyRing::ephemeral()).await.unwrap();
+        let unknown = format!("signed with SM2 key '{}', which is neither", after.signing_key_id());
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::BadCheckpoint { seq: 4, reason } if reason.starts_with(&unknown))),
+            "{:?}",
+            report.findings
+        );
     }
 
     #[tokio::test]

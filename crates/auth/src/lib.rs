@@ -31,7 +31,7 @@ pub mod jwt;
 pub mod sms;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use access::{Principal, Role, Scopes};
@@ -239,7 +239,10 @@ pub struct NewUser {
 
 pub struct Auth {
     store: Arc<dyn ResourceStore>,
-    keys: Arc<KeyRing>,
+    /// Swapped whole by [`Auth::replace_keys`] when the key folder changes (rotation without
+    /// restart). A swap between two uses in one operation is harmless: both rings hold the
+    /// same blind-index key and every SM4 key that sealed a stored value.
+    keys: RwLock<Arc<KeyRing>>,
     config: AuthConfig,
     sms: Arc<dyn SmsSender>,
     /// Validated tokens by token text and when they were checked (clock seconds): the lookup
@@ -257,11 +260,19 @@ fn normalize_phone(phone: &str) -> String {
 
 impl Auth {
     pub fn new(store: Arc<dyn ResourceStore>, keys: Arc<KeyRing>, config: AuthConfig, sms: Arc<dyn SmsSender>) -> Self {
-        Auth { store, keys, config, sms, cache: Mutex::new(HashMap::new()) }
+        Auth { store, keys: RwLock::new(keys), config, sms, cache: Mutex::new(HashMap::new()) }
     }
 
-    pub fn keys(&self) -> &Arc<KeyRing> {
-        &self.keys
+    /// The key ring in use now (a reload may replace it at any time).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts a reloaded key ring in use (rotated SM4 or SM2 keys): new values are encrypted and
+    /// checkpoints signed with it from now on. The ring must still hold every SM4 key that
+    /// sealed stored values, and the same blind-index key.
+    pub fn replace_keys(&self, keys: Arc<KeyRing>) {
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
     }
 
     pub fn store(&self) -> &Arc<dyn ResourceStore> {
@@ -393,8 +404,8 @@ impl Auth {
         let id_number = match &new.id_number {
             Some(n) => {
                 let valid = crypto::idnum::normalize(n).map_err(|e| AuthError::Invalid(e.to_string()))?;
-                lookups.push(format!("idn:{}", self.keys.blind_index("id-number", valid.as_str())));
-                Some(self.keys.encrypt_field(valid.as_str(), "user.id_number"))
+                lookups.push(format!("idn:{}", self.keys().blind_index("id-number", valid.as_str())));
+                Some(self.keys().encrypt_field(valid.as_str(), "user.id_number"))
             }
             None if role == Role::Resident => {
                 return Err(AuthError::Invalid(
@@ -409,8 +420,8 @@ impl Auth {
                 if p.len() != 11 || !p.starts_with('1') {
                     return Err(AuthError::Invalid("a mobile number has 11 digits and starts with 1".into()));
                 }
-                lookups.push(format!("phone:{}", self.keys.blind_index("phone", &p)));
-                Some(self.keys.encrypt_field(&p, "user.phone"))
+                lookups.push(format!("phone:{}", self.keys().blind_index("phone", &p)));
+                Some(self.keys().encrypt_field(&p, "user.phone"))
             }
             None => None,
         };
@@ -438,7 +449,7 @@ impl Auth {
             practitioner: new.practitioner.clone(),
             patients: new.patients.clone(),
             password_hash: crypto::password::hash_password(&password).map_err(|e| AuthError::Invalid(e.to_string()))?,
-            totp_secret: totp.as_ref().map(|t| self.keys.encrypt_field(t, "user.totp")),
+            totp_secret: totp.as_ref().map(|t| self.keys().encrypt_field(t, "user.totp")),
             phone,
             id_number,
             failed_logins: 0,
@@ -472,14 +483,14 @@ impl Auth {
     async fn save_user(&self, user: &User) -> AuthResult<()> {
         let mut lookups = vec![format!("name:{}", user.username.to_lowercase())];
         if let Some(n) = &user.id_number
-            && let Ok(n) = self.keys.decrypt_field(n, "user.id_number")
+            && let Ok(n) = self.keys().decrypt_field(n, "user.id_number")
         {
-            lookups.push(format!("idn:{}", self.keys.blind_index("id-number", &n)));
+            lookups.push(format!("idn:{}", self.keys().blind_index("id-number", &n)));
         }
         if let Some(p) = &user.phone
-            && let Ok(p) = self.keys.decrypt_field(p, "user.phone")
+            && let Ok(p) = self.keys().decrypt_field(p, "user.phone")
         {
-            lookups.push(format!("phone:{}", self.keys.blind_index("phone", &p)));
+            lookups.push(format!("phone:{}", self.keys().blind_index("phone", &p)));
         }
         let body = serde_json::to_string(user).map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok(self.store.kv_put("user", &user.id, &body, &lookups).await?)
@@ -495,7 +506,7 @@ impl Auth {
     /// The account holding this ID number (exact match through the blind index).
     pub async fn find_by_id_number(&self, id_number: &str) -> AuthResult<Option<User>> {
         let Ok(valid) = crypto::idnum::normalize(id_number) else { return Ok(None) };
-        let lookup = format!("idn:{}", self.keys.blind_index("id-number", valid.as_str()));
+        let lookup = format!("idn:{}", self.keys().blind_index("id-number", valid.as_str()));
         Ok(self.store.kv_find("user", &lookup).await?.and_then(|(_, b)| serde_json::from_str(&b).ok()))
     }
 
@@ -799,7 +810,7 @@ impl Auth {
             let secret = user
                 .totp_secret
                 .as_deref()
-                .and_then(|s| self.keys.decrypt_field(s, "user.totp").ok())
+                .and_then(|s| self.keys().decrypt_field(s, "user.totp").ok())
                 .and_then(|s| crypto::totp::base32_decode(&s));
             match (totp, secret) {
                 (Some(code), Some(secret)) => ok = crypto::totp::verify(&secret, code, t as u64, 1),
@@ -938,7 +949,7 @@ impl Auth {
         if p.len() != 11 {
             return Err(AuthError::Invalid("a mobile number has 11 digits".into()));
         }
-        let index = self.keys.blind_index("phone", &p);
+        let index = self.keys().blind_index("phone", &p);
         // Limits per number, known or not (the reply must not tell which): one code a minute,
         // SMS_CODES_PER_DAY a day, and no new code after SMS_FAILURES_PER_DAY wrong codes a day,
         // so a new code does not give a guesser five fresh tries.
@@ -977,7 +988,7 @@ impl Auth {
         }
         let code: String = crypto::random_bytes(6).iter().map(|b| char::from(b'0' + b % 10)).collect();
         let record = json!({"code": crypto::sm3::sm3_hex(code.as_bytes()), "expires": self.now() + self.config.sms_code_ttl, "attempts": 0});
-        self.store.kv_put("sms-code", &self.keys.blind_index("phone", &p), &record.to_string(), &[]).await?;
+        self.store.kv_put("sms-code", &self.keys().blind_index("phone", &p), &record.to_string(), &[]).await?;
         self.sms
             .send(&p, &format!("【互通健康】您的登录验证码为 {code}，5分钟内有效。如非本人操作，请忽略。"))
             .map_err(|e| AuthError::Invalid(format!("the SMS could not be sent: {e}")))?;
@@ -988,7 +999,7 @@ impl Auth {
         let phone = normalize_phone(form.get("phone").map(String::as_str).unwrap_or(""));
         let code = form.get("code").map(String::as_str).unwrap_or("");
         let bad = || oauth(400, "invalid_grant", "wrong or expired code; request a new one");
-        let key = self.keys.blind_index("phone", &phone);
+        let key = self.keys().blind_index("phone", &phone);
         let Some(text) = self.store.kv_get("sms-code", &key).await? else { return Err(bad()) };
         let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let attempts = record["attempts"].as_i64().unwrap_or(99);

@@ -1,12 +1,18 @@
 //! The platform's keys. A key folder (`<data>/keys/`, created with mode 0700 and files 0600 on
 //! first start) holds:
 //! - `sm4.keys`: SM4 data keys, one `key-id hex` per line; the **last** line is the active key
-//!   for new encryption, older ones still decrypt (rotation without downtime: append a key,
-//!   restart or reload, re-encrypt at leisure).
+//!   for new encryption, older ones still decrypt (rotation without downtime: append a key and
+//!   let servers reload; old values never need re-encrypting to be read).
 //! - `blind-index.key`: the HMAC-SM3 key of blind indexes (stable across SM4 rotation).
 //! - `sm2.key`: the platform's SM2 signing key (hex secret, or a PKCS#8 PEM put there by an
 //!   operator), e.g. for audit checkpoints; `sm2.pub` (hex SEC1 point) and `sm2-public.pem`
 //!   (SPKI, for OpenSSL) next to it hold the public key for verifiers.
+//! - `sm2-retired/<key id>.pub`: the public keys (hex SEC1 point, or an SPKI PEM) of SM2 signing
+//!   keys replaced by [`KeyRing::rotate_sm2_in`], so what they signed still verifies
+//!   ([`KeyRing::verifying_key_for`]).
+//!
+//! [`KeyRing::load`] reads the folder without creating anything (a running server's reload);
+//! [`KeyRing::rotate_sm4_in`] and [`KeyRing::rotate_sm2_in`] rotate the files in place.
 //!
 //! Environment variables override the files (for containers and secret managers):
 //! `HUTONG_SM4_KEYS=kid:hex,kid:hex` (last active; `HUTONG_SM4_KEY` is accepted too),
@@ -25,6 +31,8 @@ pub struct KeyRing {
     sm4: Vec<(String, Sm4Key)>,
     blind_index: Zeroizing<Vec<u8>>,
     signing: Sm2SigningKey,
+    /// Retired SM2 public keys by key id (`sm2-retired/`).
+    retired: Vec<(String, Sm2VerifyingKey)>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -32,6 +40,7 @@ impl std::fmt::Debug for KeyRing {
         f.debug_struct("KeyRing")
             .field("sm4_key_ids", &self.sm4.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("signing", &self.signing)
+            .field("retired_sm2_key_ids", &self.retired.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -114,19 +123,31 @@ impl KeyRing {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
-        let sm4_path = dir.join("sm4.keys");
+        let sm4_path = dir.join(SM4_FILE);
         if !sm4_path.exists() {
             write_private(&sm4_path, &format!("k1 {}\n", crate::hex(&Sm4Key::generate().0)))?;
         }
-        let index_path = dir.join("blind-index.key");
+        let index_path = dir.join(BLIND_INDEX_FILE);
         if !index_path.exists() {
             write_private(&index_path, &format!("{}\n", crate::hex(&crate::random_bytes(32))))?;
         }
-        let sm2_path = dir.join("sm2.key");
+        let sm2_path = dir.join(SM2_FILE);
         if !sm2_path.exists() {
             let key = Sm2SigningKey::generate();
             write_private(&sm2_path, &format!("{}\n", key.secret_hex()))?;
         }
+        Self::load_with_env(dir, env)
+    }
+
+    /// Loads the key folder without creating anything (a missing key file is an error), then
+    /// applies the environment overrides: what a running server does to pick up rotated keys.
+    pub fn load(dir: &Path) -> Result<KeyRing, CryptoError> {
+        Self::load_with_env(dir, |name| std::env::var(name).ok())
+    }
+
+    /// [`KeyRing::load`] with the environment given as a lookup function.
+    pub fn load_with_env(dir: &Path, env: impl Fn(&str) -> Option<String>) -> Result<KeyRing, CryptoError> {
+        let (sm4_path, index_path, sm2_path) = (dir.join(SM4_FILE), dir.join(BLIND_INDEX_FILE), dir.join(SM2_FILE));
         let read = |p: &Path| std::fs::read_to_string(p).map(Zeroizing::new).map_err(|e| io(e, p));
         let mut sm4 = parse_sm4(&read(&sm4_path)?, ' ').map_err(named("sm4.keys"))?;
         let mut blind_index = Zeroizing::new(crate::unhex(&read(&index_path)?).map_err(named("blind-index.key"))?);
@@ -154,7 +175,9 @@ impl KeyRing {
         if blind_index.len() < 16 {
             return Err(CryptoError::BadKey("the blind-index key needs at least 16 bytes".into()));
         }
-        Ok(KeyRing { sm4, blind_index, signing })
+        let mut ring = KeyRing { sm4, blind_index, signing, retired: Vec::new() };
+        ring.retired = load_retired(&dir.join(RETIRED_DIR))?;
+        Ok(ring)
     }
 
     /// A key ring of fresh keys, held in memory only (tests, tools).
@@ -163,6 +186,7 @@ impl KeyRing {
             sm4: vec![("k1".into(), Sm4Key::generate())],
             blind_index: Zeroizing::new(crate::random_bytes(32)),
             signing: Sm2SigningKey::generate(),
+            retired: Vec::new(),
         }
     }
 
@@ -222,8 +246,108 @@ impl KeyRing {
 
     /// Identifier of the signing key (first 16 hex digits of the SM3 of its public key).
     pub fn signing_key_id(&self) -> String {
-        crate::sm3::sm3_hex(self.signing.public().to_hex().as_bytes())[..16].to_string()
+        key_id(&self.signing.public())
     }
+
+    /// The public key that verifies signatures made under `key_id`: the current signing key's,
+    /// or a retired one's from `sm2-retired/`. `None` for a key this ring does not know.
+    pub fn verifying_key_for(&self, key_id: &str) -> Option<Sm2VerifyingKey> {
+        if key_id == self.signing_key_id() {
+            return Some(self.verifying_key());
+        }
+        self.retired.iter().find(|(id, _)| id == key_id).map(|(_, key)| key.clone())
+    }
+
+    /// The ids of the retired SM2 keys found in `sm2-retired/`, sorted.
+    pub fn retired_signing_key_ids(&self) -> Vec<&str> {
+        self.retired.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// Appends a fresh SM4 key to `<dir>/sm4.keys`, making it the active key for new encryption;
+    /// returns its id (`k<n>`, one past the highest `k<n>` in the file). Older keys stay, so what
+    /// they encrypted still opens.
+    pub fn rotate_sm4_in(dir: &Path) -> Result<String, CryptoError> {
+        use std::io::Write;
+        let path = dir.join(SM4_FILE);
+        let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io(e, &path))?);
+        let keys = parse_sm4(&text, ' ').map_err(named("sm4.keys"))?;
+        let next = keys.iter().filter_map(|(kid, _)| kid.strip_prefix('k')?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
+        let mut n = next;
+        while keys.iter().any(|(kid, _)| *kid == format!("k{n}")) {
+            n += 1;
+        }
+        let kid = format!("k{n}");
+        let separator = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+        let line = Zeroizing::new(format!("{separator}{kid} {}\n", crate::hex(&Sm4Key::generate().0)));
+        // One write of one line, so a concurrent reader sees the file before or after it.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| io(e, &path))?;
+        file.write_all(line.as_bytes()).map_err(|e| io(e, &path))?;
+        file.sync_all().map_err(|e| io(e, &path))?;
+        Ok(kid)
+    }
+
+    /// Replaces `<dir>/sm2.key` with a fresh SM2 key, first archiving the current public key as
+    /// `<dir>/sm2-retired/<key id>.pub` (hex) so checkpoints it signed still verify. Rewrites
+    /// `sm2.pub` and `sm2-public.pem`. Returns `(retired key id, new key id)`.
+    pub fn rotate_sm2_in(dir: &Path) -> Result<(String, String), CryptoError> {
+        let path = dir.join(SM2_FILE);
+        let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io(e, &path))?);
+        let old = Sm2SigningKey::from_pem_or_hex(&text).map_err(named("sm2.key"))?.public();
+        let old_id = key_id(&old);
+        let retired = dir.join(RETIRED_DIR);
+        std::fs::create_dir_all(&retired).map_err(|e| io(e, &retired))?;
+        // The archive goes first: if anything fails after it, the old key still signs and an
+        // extra retired public key is harmless.
+        let archived = retired.join(format!("{old_id}.pub"));
+        std::fs::write(&archived, format!("{}\n", old.to_hex())).map_err(|e| io(e, &archived))?;
+        let new = Sm2SigningKey::generate();
+        let staged = dir.join("sm2.key.new");
+        let _ = std::fs::remove_file(&staged);
+        write_private(&staged, &format!("{}\n", new.secret_hex()))?;
+        // A rename replaces the file at once, so a server reloading meanwhile reads one key or the other.
+        std::fs::rename(&staged, &path).map_err(|e| io(e, &path))?;
+        let public = new.public();
+        write_public(&dir.join("sm2.pub"), &format!("{}\n", public.to_hex()))?;
+        write_public(&dir.join("sm2-public.pem"), &public.to_public_key_pem()?)?;
+        Ok((old_id, key_id(&public)))
+    }
+}
+
+const SM4_FILE: &str = "sm4.keys";
+const BLIND_INDEX_FILE: &str = "blind-index.key";
+const SM2_FILE: &str = "sm2.key";
+const RETIRED_DIR: &str = "sm2-retired";
+
+/// The files and folder whose changes mean the ring must be reloaded (relative to the key folder).
+pub const WATCHED_KEY_FILES: [&str; 4] = [SM4_FILE, BLIND_INDEX_FILE, SM2_FILE, RETIRED_DIR];
+
+/// First 16 hex digits of the SM3 of a public key's hex point.
+fn key_id(public: &Sm2VerifyingKey) -> String {
+    crate::sm3::sm3_hex(public.to_hex().as_bytes())[..16].to_string()
+}
+
+/// The retired public keys in `dir` (`*.pub`, hex or PEM), by the id computed from each key, so
+/// a renamed file cannot make a key stand for another id. No folder means none.
+fn load_retired(dir: &Path) -> Result<Vec<(String, Sm2VerifyingKey)>, CryptoError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e, dir)),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| io(e, dir))?.path();
+        if path.extension().is_none_or(|x| x != "pub") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| io(e, &path))?;
+        let key = Sm2VerifyingKey::from_pem_or_hex(&text)
+            .map_err(|e| CryptoError::BadKey(format!("{}: {e}", path.display())))?;
+        keys.push((key_id(&key), key));
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.dedup_by(|a, b| a.0 == b.0);
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -333,6 +457,46 @@ mod tests {
         std::fs::write(dir.join("sm4.keys"), "k1 nothex\n").unwrap();
         let e = KeyRing::load_or_create_with_env(&dir, |_| None).unwrap_err().to_string();
         assert!(e.contains("sm4.keys"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotated_files_keep_old_keys_and_retired_public_keys_are_found_by_id() {
+        let dir = temp_dir();
+        let first = KeyRing::load_or_create_with_env(&dir, |_| None).unwrap();
+        let sealed = first.encrypt_field("v", "c");
+        let old_id = first.signing_key_id();
+        assert_eq!(first.verifying_key_for(&old_id), Some(first.verifying_key()));
+        assert_eq!(first.verifying_key_for("0000000000000000"), None);
+
+        assert_eq!(KeyRing::rotate_sm4_in(&dir).unwrap(), "k2");
+        let (retired, new_id) = KeyRing::rotate_sm2_in(&dir).unwrap();
+        assert_eq!(retired, old_id);
+        assert!(dir.join("sm2-retired").join(format!("{old_id}.pub")).exists());
+
+        let second = KeyRing::load_with_env(&dir, |_| None).unwrap();
+        assert_eq!(second.sm4_key_ids(), ["k1", "k2"]);
+        assert!(second.encrypt_field("v", "c").starts_with("v1.k2."));
+        assert_eq!(second.decrypt_field(&sealed, "c").unwrap(), "v", "old SM4 keys stay");
+        assert_eq!(second.signing_key_id(), new_id);
+        assert_ne!(new_id, old_id);
+        assert_eq!(second.verifying_key_for(&old_id), Some(first.verifying_key()), "retired key found by id");
+        assert_eq!(second.verifying_key_for(&new_id), Some(second.verifying_key()));
+        assert_eq!(second.retired_signing_key_ids(), [old_id.as_str()]);
+        let pub_hex = std::fs::read_to_string(dir.join("sm2.pub")).unwrap();
+        assert_eq!(pub_hex.trim(), second.verifying_key().to_hex(), "public files follow the new key");
+
+        // A retired key given as PEM is found by the id of its content, whatever the file name.
+        let other = Sm2SigningKey::generate().public();
+        std::fs::write(dir.join("sm2-retired/any-name.pub"), other.to_public_key_pem().unwrap()).unwrap();
+        let third = KeyRing::load_with_env(&dir, |_| None).unwrap();
+        assert_eq!(third.verifying_key_for(&key_id(&other)), Some(other));
+
+        // Loading never creates keys.
+        std::fs::remove_file(dir.join("sm2.key")).unwrap();
+        let e = KeyRing::load_with_env(&dir, |_| None).unwrap_err().to_string();
+        assert!(e.contains("sm2.key"), "{e}");
+        assert!(!dir.join("sm2.key").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

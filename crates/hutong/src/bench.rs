@@ -524,7 +524,7 @@ async fn audit(entries: usize, args: StoreArgs) -> anyhow::Result<()> {
     let append = started.elapsed().as_secs_f64();
     println!("appended {entries} audit records in {append:.1} s ({:.0} records/s)", entries as f64 / append);
     let started = Instant::now();
-    let report = auth::audit::verify(&store, &keys.verifying_key()).await?;
+    let report = auth::audit::verify(&store, &keys).await?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "verified {} entries and {} checkpoints in {seconds:.1} s: {:.0} entries/minute, {} findings",

@@ -75,7 +75,7 @@ enum Command {
         #[command(subcommand)]
         which: bench::BenchCommand,
     },
-    /// Accounts and clients (for operators and scripts; same --data/--database as the server).
+    /// Accounts, clients and key rotation (for operators and scripts; same --data/--database as the server).
     Admin {
         #[command(subcommand)]
         which: security::AdminCommand,
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             let audit_retention = security::audit_retention_ms(audit_retention_days, "--audit-retention-days")?;
             let backend = open_store(&store).await?;
             let ring = security::key_ring(&store, &keys, &backend).await?;
-            let auth = security::auth_service(backend.clone(), &store, ring.clone())?;
+            let auth = security::auth_service(backend.clone(), &store, ring)?;
             let engine = Arc::new(engine_for(backend.clone(), &store));
             if demo {
                 let n = load_demo(&engine).await?;
@@ -177,25 +177,28 @@ async fn main() -> anyhow::Result<()> {
                     store.data.join("demo-client.json").display()
                 );
             }
-            // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head.
-            let (sealing_store, sealing_keys) = (backend.clone(), ring.clone());
+            // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
+            security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));
+            // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head,
+            // with the signing key in use at that moment.
+            let (sealing_store, sealing_auth) = (backend.clone(), auth.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
                 loop {
                     tick.tick().await;
-                    if let Err(e) = auth::audit::checkpoint(&sealing_store, &sealing_keys).await {
+                    if let Err(e) = auth::audit::checkpoint(&sealing_store, &sealing_auth.keys()).await {
                         tracing::warn!(error = %e, "could not sign an audit checkpoint");
                     }
                 }
             });
             // Audit retention, at start-up and then daily: entries older than the retention go,
             // up to a signed checkpoint, so the log still verifies. Logs counts and positions only.
-            let (pruning_store, pruning_keys) = (backend.clone(), ring.clone());
+            let (pruning_store, pruning_auth) = (backend.clone(), auth.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
                 loop {
                     tick.tick().await;
-                    match auth::audit::prune(&pruning_store, &pruning_keys, audit_retention).await {
+                    match auth::audit::prune(&pruning_store, &pruning_auth.keys(), audit_retention).await {
                         Ok(Some(p)) => {
                             tracing::info!(
                                 entries = p.entries,
@@ -210,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             let config = api::ApiConfig { max_body_bytes, base_url, ..api::ApiConfig::default() };
-            let app = api::router(api::AppState { engine: engine.clone(), auth, config });
+            let app = api::router(api::AppState { engine: engine.clone(), auth: auth.clone(), config });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
@@ -223,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             if let Err(e) = engine.flush_audit().await {
                 tracing::error!(error = %e, "queued audit records could not be committed at shutdown");
             }
-            let _ = auth::audit::checkpoint(&backend, &ring).await;
+            let _ = auth::audit::checkpoint(&backend, &auth.keys()).await;
             Ok(())
         }
         Command::Import { paths, store } => {

@@ -1,8 +1,9 @@
-//! The security side of the binary: the key ring and identity service a server uses, the
-//! `hutong admin …` and `hutong audit …` commands (working on the same `--data`/`--database`
-//! as a running server), and the demo accounts of `serve --demo`.
+//! The security side of the binary: the key ring and identity service a server uses (and its
+//! reload when the key folder changes), the `hutong admin …` and `hutong audit …` commands
+//! (working on the same `--data`/`--database` as a running server), and the demo accounts of
+//! `serve --demo`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -21,6 +22,11 @@ pub struct KeyArgs {
     pub keys: Option<PathBuf>,
 }
 
+/// The key folder: `--keys`, default `<data>/keys`.
+pub fn key_dir(store: &StoreArgs, keys: &KeyArgs) -> PathBuf {
+    keys.keys.clone().unwrap_or_else(|| store.data.join("keys"))
+}
+
 /// Loads the key ring, creating missing keys only for a store that holds nothing sealed with
 /// keys yet: new keys for a store with signed audit checkpoints or accounts would leave its ID
 /// numbers undecryptable and its audit log unverifiable, so a wrong `--keys`/`--data` or a lost
@@ -30,7 +36,7 @@ pub async fn key_ring(
     keys: &KeyArgs,
     backend: &Arc<dyn ResourceStore>,
 ) -> anyhow::Result<Arc<KeyRing>> {
-    let dir = keys.keys.clone().unwrap_or_else(|| store.data.join("keys"));
+    let dir = key_dir(store, keys);
     let set = |vars: &[&str]| vars.iter().any(|v| std::env::var_os(v).is_some());
     let missing: Vec<&str> = [
         ("sm4.keys", set(&["HUTONG_SM4_KEY", "HUTONG_SM4_KEYS"])),
@@ -68,6 +74,75 @@ pub fn auth_service(
     std::fs::create_dir_all(&store.data).with_context(|| format!("creating {}", store.data.display()))?;
     let sms = Arc::new(FileSms::new(store.data.join("sms-outbox.txt")));
     Ok(Arc::new(Auth::new(backend, keys, AuthConfig::default(), sms)))
+}
+
+/// How often a server looks for changed key files.
+const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The modification times of the key files (and of each retired public key), to notice a rotation.
+fn key_folder_stamp(dir: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut paths: Vec<PathBuf> = crypto::keyring::WATCHED_KEY_FILES.iter().map(|f| dir.join(f)).collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("sm2-retired")) {
+        let mut retired: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        retired.sort();
+        paths.extend(retired);
+    }
+    paths.into_iter().map(|p| (p.clone(), modified(&p))).collect()
+}
+
+/// Reads the key folder again (creating nothing) and checks that the new ring can still read
+/// what the current one sealed: every SM4 key id kept, the same blind-index key.
+fn reload_keys(dir: &Path, current: &KeyRing) -> anyhow::Result<KeyRing> {
+    let ring = KeyRing::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dropped: Vec<&str> =
+        current.sm4_key_ids().into_iter().filter(|kid| !ring.sm4_key_ids().contains(kid)).collect();
+    if !dropped.is_empty() {
+        anyhow::bail!(
+            "the SM4 key(s) {} are no longer in the key folder, and values they encrypted would not open; put them \
+             back (old keys are never removed)",
+            dropped.join(", ")
+        );
+    }
+    if ring.blind_index("reload-check", "x") != current.blind_index("reload-check", "x") {
+        anyhow::bail!(
+            "the blind-index key changed, which would make every ID-number and phone lookup miss; restore the old one"
+        );
+    }
+    Ok(ring)
+}
+
+/// Every [`KEY_RELOAD_INTERVAL`], reloads the key folder into `auth` when a key file's
+/// modification time changed (after `hutong admin rotate-keys` or an operator's edit). A reload
+/// that fails is logged and retried at the next tick; the keys in use stay until one succeeds.
+pub fn spawn_key_reload(auth: Arc<Auth>, dir: PathBuf) {
+    tokio::spawn(async move {
+        let mut seen = key_folder_stamp(&dir);
+        let mut tick = tokio::time::interval(KEY_RELOAD_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = key_folder_stamp(&dir);
+            if now == seen {
+                continue;
+            }
+            match reload_keys(&dir, &auth.keys()) {
+                Ok(ring) => {
+                    tracing::info!(
+                        sm4.active = ring.active_sm4_id(),
+                        sm2.key_id = %ring.signing_key_id(),
+                        sm2.retired = ring.retired_signing_key_ids().len(),
+                        "reloaded the key folder"
+                    );
+                    auth.replace_keys(Arc::new(ring));
+                    seen = now;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, folder = %dir.display(), "could not reload the key folder; the keys in use stay")
+                }
+            }
+        }
+    });
 }
 
 #[derive(clap::Subcommand)]
@@ -123,6 +198,21 @@ pub enum AdminCommand {
         /// GB 11643 ID number (required for residents).
         #[arg(long)]
         id_number: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Rotate keys in the key folder; running servers pick them up within 30 s, no restart.
+    /// Prints the new key ids as JSON.
+    RotateKeys {
+        /// Append a new SM4 data key (new id) as the active key; older keys stay and still decrypt.
+        #[arg(long)]
+        sm4: bool,
+        /// Replace the SM2 signing key, keeping the old public key in sm2-retired/ so checkpoints it
+        /// signed still verify (a checkpoint over the log is signed with the old key first).
+        #[arg(long)]
+        sm2: bool,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -246,7 +336,49 @@ pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        AdminCommand::RotateKeys { sm4, sm2, store, keys } => rotate_keys(sm4, sm2, &store, &keys).await,
     }
+}
+
+/// `hutong admin rotate-keys`: rotates the key files in place. Keys given by environment
+/// variables are not in the files, so rotating those is refused with where to do it instead.
+async fn rotate_keys(sm4: bool, sm2: bool, store: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<()> {
+    if !sm4 && !sm2 {
+        anyhow::bail!("say which keys to rotate: --sm4, --sm2 or both");
+    }
+    let from_env = |vars: &[&str]| vars.iter().find(|v| std::env::var_os(v).is_some()).map(|v| v.to_string());
+    for (wanted, vars) in
+        [(sm4, &["HUTONG_SM4_KEY", "HUTONG_SM4_KEYS"]), (sm2, &["HUTONG_SM2_KEY", "HUTONG_SM2_KEY_PEM"])]
+    {
+        if let (true, Some(var)) = (wanted, from_env(vars)) {
+            anyhow::bail!(
+                "{var} is set, so that key comes from the environment, not the key folder; rotate it where the \
+                 variable is managed (docs/OPERATIONS.md, \"Keys\")"
+            );
+        }
+    }
+    let backend = crate::open_store(store).await?;
+    let ring = key_ring(store, keys, &backend).await?;
+    let dir = key_dir(store, keys);
+    let mut out = json!({});
+    if sm4 {
+        let kid = KeyRing::rotate_sm4_in(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("rotating the SM4 key")?;
+        out["sm4_key_id"] = json!(kid);
+    }
+    if sm2 {
+        // Seal the log as it stands with the old key, so everything before the rotation is
+        // covered by a checkpoint that the retired key verifies.
+        auth::audit::checkpoint(&backend, &ring)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("signing a last checkpoint with the old SM2 key")?;
+        let (retired, new) =
+            KeyRing::rotate_sm2_in(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("rotating the SM2 key")?;
+        out["sm2_key_id"] = json!(new);
+        out["sm2_retired_key_id"] = json!(retired);
+    }
+    println!("{out}");
+    Ok(())
 }
 
 pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
@@ -255,11 +387,25 @@ pub async fn audit(which: AuditCommand) -> anyhow::Result<()> {
             let backend = crate::open_store(&store).await?;
             let ring = key_ring(&store, &keys, &backend).await?;
             let started = std::time::Instant::now();
-            let report =
-                auth::audit::verify(&backend, &ring.verifying_key()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = auth::audit::verify(&backend, &ring).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let seconds = started.elapsed().as_secs_f64();
             for finding in &report.findings {
                 println!("TAMPERED {finding}");
+            }
+            if !report.signing_keys.is_empty() {
+                let keys: Vec<String> = report
+                    .signing_keys
+                    .iter()
+                    .map(|k| {
+                        let state = match (k.current, k.known) {
+                            (true, _) => "current",
+                            (false, true) => "retired",
+                            (false, false) => "UNKNOWN",
+                        };
+                        format!("{} ({state}): {}", k.key_id, k.checkpoints)
+                    })
+                    .collect();
+                println!("checkpoints by SM2 key: {}", keys.join(", "));
             }
             println!(
                 "{} entries{}, {} checkpoints (last valid at entry {}), verified in {:.2} s ({:.0} entries/s): {}",

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 mod assertions;
 mod fuzz;
+mod keys;
 mod sessions;
 
 /// 2030-03-17T17:46:40Z: far from the real time, so nothing passes by reading the system clock.

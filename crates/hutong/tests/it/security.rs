@@ -1,7 +1,8 @@
 //! Security as operators and clients meet it through the real binary: the admin CLI's clients
 //! work at once with the standard grant, demo accounts log in, `hutong audit verify` finds
 //! every kind of tampering done directly in the database, and `hutong audit prune` keeps the
-//! legal minimum and leaves a log that still verifies, on both backends.
+//! legal minimum and leaves a log that still verifies, on both backends; `hutong admin
+//! rotate-keys` keeps old checkpoints verifiable.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -463,4 +464,61 @@ fn lost_keys_are_an_error_not_a_silent_fresh_start() {
         None,
     );
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+#[test]
+fn rotated_keys_keep_the_audit_log_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let client = |name: &str| {
+        let out = hutong(&["admin", "create-client", "--name", name, "--scopes", "system/*.read"], data, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let rotate = |which: &[&str]| {
+        let out = hutong(&[&["admin", "rotate-keys"], which].concat(), data, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    for i in 0..3 {
+        client(&format!("before{i}"));
+    }
+    let out = hutong(&["audit", "checkpoint"], data, None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed checkpoint at entry 3"), "{out:?}");
+
+    let refused = hutong(&["admin", "rotate-keys"], data, None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--sm4, --sm2 or both"));
+
+    let sm4 = rotate(&["--sm4"]);
+    assert_eq!(sm4["sm4_key_id"], "k2");
+    let lines = std::fs::read_to_string(data.join("keys/sm4.keys")).unwrap();
+    assert_eq!(lines.lines().map(|l| l.split(' ').next().unwrap()).collect::<Vec<_>>(), ["k1", "k2"]);
+
+    let sm2 = rotate(&["--sm2"]);
+    let (old, new) = (sm2["sm2_retired_key_id"].as_str().unwrap(), sm2["sm2_key_id"].as_str().unwrap());
+    assert_ne!(old, new);
+    let retired = data.join("keys/sm2-retired").join(format!("{old}.pub"));
+    assert!(retired.exists(), "the old public key is kept");
+
+    for i in 0..2 {
+        client(&format!("after{i}"));
+    }
+    let out = hutong(&["audit", "checkpoint"], data, None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed checkpoint at entry 5"), "{out:?}");
+    let (ok, report) = verify(data, None);
+    assert!(ok, "{report}");
+    assert!(report.contains("5 entries, 2 checkpoints (last valid at entry 5)"), "{report}");
+    assert!(report.contains(&format!("{old} (retired): 1, {new} (current): 1")), "{report}");
+
+    // Without the retired public key the old checkpoint cannot be checked, and verify says why.
+    std::fs::remove_file(&retired).unwrap();
+    let (ok, report) = verify(data, None);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "checkpoint at entry 3: signed with SM2 key '{old}', which is neither the current key nor a retired one"
+        )),
+        "{report}"
+    );
+    assert!(report.contains(&format!("{old} (UNKNOWN): 1")), "{report}");
 }
