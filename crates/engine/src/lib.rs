@@ -12,11 +12,13 @@ mod crud;
 mod error;
 mod export;
 mod matching;
+mod sealing;
 mod searchset;
 
 pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
+pub use sealing::{SEALED_EXTENSION, SealingStore};
 
 use std::sync::Arc;
 

@@ -69,6 +69,8 @@ enum Command {
         paths: Vec<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: security::KeyArgs,
     },
     /// Benchmarks (results go to docs/BENCHMARKS.md).
     Bench {
@@ -162,7 +164,12 @@ async fn main() -> anyhow::Result<()> {
             let backend = open_store(&store).await?;
             let ring = security::key_ring(&store, &keys, &backend).await?;
             let auth = security::auth_service(backend.clone(), &store, ring)?;
-            let engine = Arc::new(engine_for(backend.clone(), &store));
+            // ID numbers and phones in person resources are sealed at rest with the key ring the
+            // server currently holds (rotations reload it).
+            let keys_of = auth.clone();
+            let sealed: Arc<dyn ResourceStore> =
+                Arc::new(engine::SealingStore::new(backend.clone(), Arc::new(move || keys_of.keys())));
+            let engine = Arc::new(engine_for(sealed, &store));
             if demo {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
@@ -229,9 +236,13 @@ async fn main() -> anyhow::Result<()> {
             let _ = auth::audit::checkpoint(&backend, &auth.keys()).await;
             Ok(())
         }
-        Command::Import { paths, store } => {
+        Command::Import { paths, store, keys } => {
             let backend = open_store(&store).await?;
-            let engine = Arc::new(engine_for(backend, &store));
+            // The same sealing of ID numbers and phones as the server's, with the same keys.
+            let ring = security::key_ring(&store, &keys, &backend).await?;
+            let sealed: Arc<dyn ResourceStore> =
+                Arc::new(engine::SealingStore::new(backend, Arc::new(move || ring.clone())));
+            let engine = Arc::new(engine_for(sealed, &store));
             let summary = import::run(engine, &store.data, &paths, true).await?;
             println!(
                 "Imported {} resources from {} files in {:.1} s ({:.0} resources/s)",

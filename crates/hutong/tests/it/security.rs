@@ -522,3 +522,32 @@ fn rotated_keys_keep_the_audit_log_verifiable() {
     );
     assert!(report.contains(&format!("{old} (UNKNOWN): 1")), "{report}");
 }
+
+#[test]
+fn imported_id_numbers_and_phones_never_reach_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(
+        &bundle,
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "request": {"method": "PUT", "url": "Patient/sealed-1"},
+            "resource": {"resourceType": "Patient", "id": "sealed-1",
+                "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "110105198001020038"}],
+                "telecom": [{"system": "phone", "value": "13912345678"}]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = hutong(&["import", bundle.to_str().unwrap()], &data, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut bytes = Vec::new();
+    for f in std::fs::read_dir(&data).unwrap() {
+        let path = f.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("hutong.db") {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("sealed-1"), "the Patient was stored");
+    assert!(!text.contains("110105198001020038") && !text.contains("13912345678"), "numbers in clear in the database");
+}
