@@ -41,6 +41,9 @@ pub enum BenchCommand {
         /// Transactions submitted at once (as several hospitals sending at the same time).
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Seal ID numbers and phones as `serve` and `import` do (keys in `<data>/keys`).
+        #[arg(long)]
+        sealed: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -63,6 +66,9 @@ pub enum BenchCommand {
         /// decided and audited as in production.
         #[arg(long)]
         no_auth: bool,
+        /// Open sealed ID numbers and phones as `serve` does (keys in `<data>/keys`).
+        #[arg(long)]
+        sealed: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -88,15 +94,29 @@ pub enum BenchCommand {
 
 pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
     match which {
-        BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, store } => {
-            ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), store).await
+        BenchCommand::Ingest { patients, extra_observations, seed, engine_only, concurrency, sealed, store } => {
+            ingest(patients, extra_observations, seed, engine_only, concurrency.max(1), sealed, store).await
         }
-        BenchCommand::Search { clients, seconds, everything, only, no_auth, store } => {
-            search(clients, seconds, everything, only, no_auth, store).await
+        BenchCommand::Search { clients, seconds, everything, only, no_auth, sealed, store } => {
+            search(clients, seconds, everything, only, no_auth, sealed, store).await
         }
         BenchCommand::Audit { entries, store } => audit(entries, store).await,
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
     }
+}
+
+/// The store as `serve` sees it when `sealed` (ID numbers and phones sealed with the keys in
+/// `<data>/keys`), else as it is.
+fn seal(
+    store: Arc<dyn store::ResourceStore>,
+    args: &StoreArgs,
+    sealed: bool,
+) -> anyhow::Result<Arc<dyn store::ResourceStore>> {
+    if !sealed {
+        return Ok(store);
+    }
+    let ring = Arc::new(crypto::KeyRing::load_or_create(&args.data.join("keys")).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(Arc::new(engine::SealingStore::new(store, Arc::new(move || ring.clone()))))
 }
 
 fn peak_rss_mb() -> f64 {
@@ -191,10 +211,11 @@ async fn ingest(
     seed: u64,
     engine_only: bool,
     concurrency: usize,
+    sealed: bool,
     args: StoreArgs,
 ) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    let engine = Arc::new(engine_for(store.clone(), &args));
+    let engine = Arc::new(engine_for(seal(store.clone(), &args, sealed)?, &args));
     let ctx = Ctx::system();
     let opts = engine::RequestOptions {
         base_url: "urn:bench".into(),
@@ -327,6 +348,7 @@ async fn search(
     everything: Option<String>,
     only: Option<String>,
     no_auth: bool,
+    sealed: bool,
     args: StoreArgs,
 ) -> anyhow::Result<()> {
     let only = match only.as_deref() {
@@ -339,7 +361,7 @@ async fn search(
         Some(other) => anyhow::bail!("--only {other}: use read, identifier, observation, encounter or everything"),
     };
     let store = open_store(&args).await?;
-    let engine = Arc::new(engine_for(store.clone(), &args));
+    let engine = Arc::new(engine_for(seal(store.clone(), &args, sealed)?, &args));
     let auth = Arc::new(auth::Auth::new(
         store,
         Arc::new(crypto::KeyRing::ephemeral()),
