@@ -496,6 +496,72 @@ impl Auth {
         Ok(self.store.kv_put("user", &user.id, &body, &lookups).await?)
     }
 
+    /// Changes an account's standing: `active` (an operator disables or re-enables it) and, for
+    /// residents, the `patients` it acts for (a guardian's dependants). Sessions pick the change
+    /// up at their next refresh, so within the 15-minute life of an access token; a disabled
+    /// account's refresh fails.
+    pub async fn set_user(
+        &self,
+        username: &str,
+        active: Option<bool>,
+        patients: Option<Vec<String>>,
+    ) -> AuthResult<User> {
+        let mut user = self
+            .find_user(username)
+            .await?
+            .ok_or_else(|| AuthError::Invalid(format!("there is no account '{username}'")))?;
+        if let Some(patients) = patients {
+            if user.role != Role::Resident {
+                return Err(AuthError::Invalid("only resident accounts act for patients".into()));
+            }
+            if patients.is_empty() {
+                return Err(AuthError::Invalid("a resident account acts for at least one patient (its own)".into()));
+            }
+            user.patients = patients;
+        }
+        if let Some(active) = active {
+            user.active = active;
+        }
+        self.save_user(&user).await?;
+        let record = self.record(
+            "platform",
+            "operator",
+            "account-change",
+            "success",
+            json!({"user": user.id, "active": user.active, "patients": user.patients.len()}),
+        );
+        self.audit(record).await?;
+        Ok(user)
+    }
+
+    /// Deletes the security objects nobody can use any more: expired access and refresh
+    /// tokens (a used refresh token is kept until it expires, to recognise its reuse), expired
+    /// SMS codes and `jti` records, and SMS limits whose day is over. Returns how many went.
+    pub async fn purge_expired(&self) -> AuthResult<u64> {
+        let now = self.now();
+        let mut purged = 0;
+        for kind in ["access", "refresh", "sms-code", "sms-limit", "jti"] {
+            let mut after = String::new();
+            loop {
+                let page = self.store.kv_list(kind, &after, 500).await?;
+                let Some((last, _)) = page.last() else { break };
+                after = last.clone();
+                for (id, body) in &page {
+                    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                    let until = match kind {
+                        "sms-limit" => v["window"].as_i64().map(|w| w + 86_400),
+                        "jti" => v["until"].as_i64(),
+                        _ => v["expires"].as_i64(),
+                    };
+                    if until.is_none_or(|u| u < now) && self.store.kv_delete(kind, id).await? {
+                        purged += 1;
+                    }
+                }
+            }
+        }
+        Ok(purged)
+    }
+
     pub async fn find_user(&self, username: &str) -> AuthResult<Option<User>> {
         Ok(match self.store.kv_find("user", &format!("name:{}", username.trim().to_lowercase())).await? {
             Some((_, body)) => serde_json::from_str(&body).ok(),
@@ -888,12 +954,17 @@ impl Auth {
         }
         let mut principal = record.principal.clone();
         principal.scopes = Scopes::parse(&record.scopes).unwrap_or_default();
-        if let Some(user_id) = principal.subject.strip_prefix("user/") {
+        if let Some(user_id) = principal.subject.strip_prefix("user/").map(str::to_string) {
             let user: Option<User> =
-                self.store.kv_get("user", user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
-            if !user.is_some_and(|u| u.active && u.locked_until <= t) {
+                self.store.kv_get("user", &user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
+            let Some(user) = user.filter(|u| u.active && u.locked_until <= t) else {
                 return Err(oauth(400, "invalid_grant", "the account is disabled or locked"));
-            }
+            };
+            // The account as it is now, not as it was at login: a changed role, organization,
+            // region or set of patients (a guardian's child come of age) takes effect at the
+            // next refresh, and the scopes never exceed what the current role allows.
+            let scopes = principal.scopes.intersect(&Self::user_ceiling(user.role));
+            principal = self.principal_of(&user, scopes);
         }
         let (session, body) = self.issue(principal, &record.client_id, true).await?;
         // Keep the used token, marked with its successor, so that a second use is detected.
@@ -1032,6 +1103,12 @@ impl Auth {
 
     /// Validates a bearer token: the session it stands for.
     pub async fn authenticate(&self, token: &str) -> AuthResult<Session> {
+        self.check_token(token, true).await
+    }
+
+    /// [`authenticate`](Self::authenticate); `touch` records the use (a request does, an
+    /// introspection by another server does not, so it cannot keep an idle session alive).
+    async fn check_token(&self, token: &str, touch: bool) -> AuthResult<Session> {
         if token.is_empty() || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AuthError::Unauthenticated("the bearer token is malformed".into()));
         }
@@ -1057,7 +1134,7 @@ impl Auth {
             self.store.kv_delete("access", &key).await?;
             return Err(AuthError::Unauthenticated("the session timed out after inactivity; log in again".into()));
         }
-        if t - record.last_used > 60 {
+        if touch && t - record.last_used > 60 {
             record.last_used = t;
             let text = serde_json::to_string(&record).map_err(|e| AuthError::Invalid(e.to_string()))?;
             self.store.kv_put("access", &key, &text, &[]).await?;
@@ -1076,7 +1153,7 @@ impl Auth {
 
     /// RFC 7662 introspection.
     pub async fn introspect(&self, token: &str) -> AuthResult<Value> {
-        Ok(match self.authenticate(token).await {
+        Ok(match self.check_token(token, false).await {
             Ok(s) => json!({
                 "active": true,
                 "scope": s.principal.scopes.to_text(),

@@ -198,6 +198,18 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             });
+            // Expired tokens and codes are deleted hourly (counts only in the log).
+            let purging_auth = auth.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60 * 60));
+                loop {
+                    tick.tick().await;
+                    match purging_auth.purge_expired().await {
+                        Ok(n) => tracing::debug!(purged = n, "expired tokens and codes deleted"),
+                        Err(e) => tracing::warn!(error = %e, "could not delete expired tokens"),
+                    }
+                }
+            });
             // Audit retention, at start-up and then daily: entries older than the retention go,
             // up to a signed checkpoint, so the log still verifies. Logs counts and positions only.
             let (pruning_store, pruning_auth) = (backend.clone(), auth.clone());

@@ -203,6 +203,23 @@ pub enum AdminCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Disable or enable an account, or set the patients a resident acts for (a guardian's
+    /// dependants); sessions take the change at their next refresh. Prints the account as JSON.
+    SetUser {
+        #[arg(long)]
+        username: String,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+        /// Patient ids, comma-separated (replaces the list).
+        #[arg(long, value_delimiter = ',')]
+        patients: Option<Vec<String>>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Rotate keys in the key folder; running servers pick them up within 30 s, no restart.
     /// Prints the new key ids as JSON.
     RotateKeys {
@@ -337,6 +354,29 @@ pub async fn admin(which: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::RotateKeys { sm4, sm2, store, keys } => rotate_keys(sm4, sm2, &store, &keys).await,
+        AdminCommand::SetUser { username, disable, enable, patients, store, keys } => {
+            let backend = crate::open_store(&store).await?;
+            let ring = key_ring(&store, &keys, &backend).await?;
+            let auth = auth_service(backend, &store, ring)?;
+            let active = if disable {
+                Some(false)
+            } else if enable {
+                Some(true)
+            } else {
+                None
+            };
+            anyhow::ensure!(
+                active.is_some() || patients.is_some(),
+                "say what to change: --disable, --enable or --patients p1,p2"
+            );
+            let user = auth.set_user(&username, active, patients).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{}",
+                json!({"id": user.id, "username": user.username, "role": user.role.code(), "active": user.active,
+                       "patients": user.patients})
+            );
+            Ok(())
+        }
     }
 }
 

@@ -227,3 +227,48 @@ async fn sms_codes_are_rate_limited_per_number_and_wrong_codes_carry_over() {
     f.advance(86_400);
     f.auth.send_sms_code("13800138000").await.expect("a new day, a new allowance");
 }
+
+#[tokio::test]
+async fn a_refresh_takes_the_account_as_it_is_now() {
+    let f = fixture();
+    resident(&f).await;
+    let (_, refresh_token) = login(&f).await;
+    // The guardian now also acts for a child; the next refresh carries both.
+    f.auth.set_user("wang.fang", None, Some(vec!["p1".into(), "p9".into()])).await.unwrap();
+    let (access, refresh_token) = refresh(&f, &refresh_token).await.unwrap();
+    let session = f.auth.authenticate(&access).await.unwrap();
+    assert_eq!(session.principal.patients, ["p1", "p9"]);
+    // A disabled account cannot refresh.
+    f.auth.set_user("wang.fang", Some(false), None).await.unwrap();
+    let (status, code, message) = refresh(&f, &refresh_token).await.unwrap_err();
+    assert_eq!((status, code), (400, "invalid_grant"));
+    assert!(message.contains("disabled"), "{message}");
+    assert!(f.auth.set_user("nobody", Some(false), None).await.is_err());
+}
+
+#[tokio::test]
+async fn expired_tokens_are_purged_and_live_ones_kept() {
+    let f = fixture();
+    resident(&f).await;
+    let (old_access, _) = login(&f).await;
+    f.advance(9 * 3600); // past the access and refresh lifetimes
+    let (live_access, live_refresh) = login(&f).await;
+    let purged = f.auth.purge_expired().await.unwrap();
+    assert_eq!(purged, 2, "the first session's access and refresh token");
+    unauthenticated(f.auth.authenticate(&old_access).await);
+    f.auth.authenticate(&live_access).await.expect("the live session survives");
+    refresh(&f, &live_refresh).await.expect("and can refresh");
+    assert_eq!(f.auth.purge_expired().await.unwrap(), 0, "nothing else is expired");
+}
+
+#[tokio::test]
+async fn introspection_does_not_keep_an_idle_session_alive() {
+    let f = fixture_with(AuthConfig { access_ttl: 4 * 3600, ..AuthConfig::default() });
+    let token = system_token(&f).await;
+    f.advance(20 * 60);
+    assert_eq!(f.auth.introspect(&token).await.unwrap()["active"], true);
+    // 40 minutes without a request: the introspection at 20 did not count as use.
+    f.advance(20 * 60);
+    assert_eq!(f.auth.introspect(&token).await.unwrap()["active"], false);
+    unauthenticated(f.auth.authenticate(&token).await);
+}

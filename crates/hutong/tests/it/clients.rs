@@ -136,6 +136,21 @@ fn key_clients_and_guardians_made_by_the_admin_cli_work_at_once() {
     assert_eq!(get("/fhir/Patient/neighbour"), 404);
     assert_eq!(get("/fhir/Observation/neighbour-height"), 404);
 
+    // An operator disables the account: its password no longer gets a token.
+    let out = hutong(&["admin", "set-user", "--username", "li.mei", "--disable"], data.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["active"], false);
+    let (status, _) = http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "grant_type=password&username=li.mei&password=Guardian%232026",
+    );
+    assert_eq!(status, 400, "a disabled account gets no token");
+    let out = hutong(&["admin", "set-user", "--username", "li.mei"], data.path());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--disable"));
+
     // A key that is neither SM2 nor P-384 is refused with the reason.
     std::fs::write(&pem_file, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
     let out = hutong(
