@@ -417,6 +417,26 @@ async fn rotate_keys(sm4: bool, sm2: bool, store: &StoreArgs, keys: &KeyArgs) ->
         out["sm2_key_id"] = json!(new);
         out["sm2_retired_key_id"] = json!(retired);
     }
+    // The rotation is an administrative act like any other: it goes in the log (key ids only).
+    let record = store::AuditRecord {
+        recorded: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        action: "key-rotation".into(),
+        outcome: "success".into(),
+        actor: "platform".into(),
+        role: "operator".into(),
+        organization: String::new(),
+        purpose: "HSYSADMIN".into(),
+        entity: "keys".into(),
+        patients: Vec::new(),
+        detail: out.to_string(),
+    };
+    backend
+        .commit_audited(&store::Ctx::system(), Vec::new(), vec![record])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("recording the rotation in the audit log")?;
     println!("{out}");
     Ok(())
 }
