@@ -154,18 +154,13 @@ fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
     let tail = 1000.min(all.len() / 10);
     let mut linker = Linker::new(model, Thresholds::default());
     let started = Instant::now();
-    let mut persons: Vec<u32> = Vec::with_capacity(all.len());
-    for r in &all[..all.len() - tail] {
-        let (id, _) = linker.add(r);
-        persons.push(linker.person_of(id));
-    }
+    linker.link_all(&all[..all.len() - tail]);
     let linked = started.elapsed();
     let mut latencies = Vec::with_capacity(tail);
     for r in &all[all.len() - tail..] {
         let t = Instant::now();
-        let (id, _) = linker.add(r);
+        linker.add(r);
         latencies.push(t.elapsed());
-        persons.push(linker.person_of(id));
     }
     // Persons may have merged after a record was placed: read the final assignment.
     let persons: Vec<u32> = (0..all.len() as u32).map(|i| linker.person_of(i)).collect();

@@ -337,6 +337,16 @@ impl Linker {
         self.persons - 1
     }
 
+    /// Batch linkage: adds the records in order, as if they arrived one by one, and returns
+    /// each one's person at the end (after any merges a later record caused).
+    pub fn link_all(&mut self, records: &[Record]) -> Vec<u32> {
+        let first = self.records.len() as u32;
+        for r in records {
+            self.add(r);
+        }
+        (first..self.records.len() as u32).map(|i| self.person_of(i)).collect()
+    }
+
     /// Moves every record of `from` to `into`.
     pub fn merge(&mut self, from: u32, into: u32) {
         if from == into {

@@ -10,14 +10,7 @@ fn link(records: usize, seed: u64) -> Metrics {
     let records: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
     let (model, report) = Linker::train(&records, 1_000_000, 2_000_000, seed);
     eprintln!("trained: λ {:.2e}, {report:?}", model.lambda);
-    let mut linker = Linker::new(model, Thresholds::default());
-    let persons: Vec<u32> = records
-        .iter()
-        .map(|r| {
-            let (id, _) = linker.add(r);
-            linker.person_of(id)
-        })
-        .collect();
+    let persons = Linker::new(model, Thresholds::default()).link_all(&records);
     let truth: Vec<u32> = data.iter().map(|s| s.person).collect();
     Metrics::of(&persons, &truth)
 }
@@ -47,14 +40,7 @@ fn show_errors() {
         );
     }
     for link in [5.0, 6.0, 7.0, 8.0, 10.0] {
-        let mut linker = Linker::new(model.clone(), Thresholds { link, review: 3.0 });
-        let persons: Vec<u32> = records
-            .iter()
-            .map(|r| {
-                let id = linker.add(r).0;
-                linker.person_of(id)
-            })
-            .collect();
+        let persons = Linker::new(model.clone(), Thresholds { link, review: 3.0 }).link_all(&records);
         let truth: Vec<u32> = data.iter().map(|s| s.person).collect();
         eprintln!("link ≥ {link}: {}", Metrics::of(&persons, &truth));
     }

@@ -50,14 +50,7 @@ fn link(rows: &[(String, Record)]) -> Metrics {
     let records: Vec<Record> = rows.iter().map(|r| r.1.clone()).collect();
     let (model, report) = Linker::train(&records, 1_000_000, 2_000_000, 7);
     eprintln!("trained: λ {:.4}, {} EM rounds, {:?}", model.lambda, model.iterations, report);
-    let mut linker = Linker::new(model, Thresholds::default());
-    let persons: Vec<u32> = records
-        .iter()
-        .map(|r| {
-            let (id, _) = linker.add(r);
-            linker.person_of(id)
-        })
-        .collect();
+    let persons = Linker::new(model, Thresholds::default()).link_all(&records);
     let truth: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     Metrics::of(&persons, &truth)
 }
