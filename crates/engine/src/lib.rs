@@ -137,6 +137,8 @@ pub struct Engine {
     access: authz::AccessCache,
     /// Patients in the registry, for `Patient/$match` (matching.rs).
     patients_counted: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// The `$match` model and the registry size it was learned at (matching.rs).
+    match_model: tokio::sync::Mutex<Option<(u64, Arc<registry::linkage::Model>)>>,
 }
 
 impl Engine {
@@ -150,6 +152,7 @@ impl Engine {
             conditional: tokio::sync::Mutex::new(()),
             access: authz::AccessCache::default(),
             patients_counted: std::sync::Mutex::new(None),
+            match_model: tokio::sync::Mutex::new(None),
         }
     }
 

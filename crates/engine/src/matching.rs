@@ -9,7 +9,7 @@
 //! by the registry's own (one true match among its Patients), so the same evidence counts for
 //! less in a larger registry.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use fhir::IssueType;
 use registry::linkage::{self, Model, Record, Thresholds};
@@ -23,11 +23,18 @@ const PER_KEY: usize = 50;
 
 const MATCH_GRADE: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
 
-/// The model `$match` weighs with (trained once per process, `registry::linkage::default_model`).
-fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(linkage::default_model)
+/// The model for a registry too small to learn its own (trained once per process,
+/// `registry::linkage::default_model`).
+fn default_model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL.get_or_init(|| Arc::new(linkage::default_model())).clone()
 }
+
+/// A registry this large learns its own model (its own name frequencies and error rates).
+const OWN_MODEL_FROM: u64 = 1_000;
+
+/// Most Patients read to learn it.
+const TRAINING_RECORDS: usize = 50_000;
 
 fn first_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut cur = v;
@@ -107,9 +114,9 @@ pub(crate) fn record_of(patient: &Value) -> Record {
             let lines: Vec<&str> = a["line"].as_array()?.iter().filter_map(Value::as_str).collect();
             (!lines.is_empty()).then(|| lines.join(" "))
         }),
-        locality: address.and_then(|a| a["district"].as_str()).map(str::to_string),
+        locality: address.and_then(|a| a["district"].as_str().or_else(|| a["city"].as_str())).map(str::to_string),
         postcode: address.and_then(|a| a["postalCode"].as_str()).map(str::to_string),
-        region: division,
+        region: division.or_else(|| address.and_then(|a| a["state"].as_str()).map(str::to_string)),
     }
 }
 
@@ -202,14 +209,19 @@ impl Engine {
             }
         }
 
-        let prior = -(self.patient_count().await?.max(1) as f64).log2();
+        let patients = self.patient_count().await?;
+        let prior = -(patients.max(1) as f64).log2();
+        let model = self.match_model(patients).await?;
         let thresholds = Thresholds::default();
         let mut scored: Vec<(f64, &'static str, Value)> = Vec::new();
         for c in candidates {
-            let (weight, g) = linkage::weigh(model(), &record, &record_of(&c));
+            if probe["id"].is_string() && c["id"] == probe["id"] {
+                continue; // a stored Patient matched against the registry is not its own match
+            }
+            let (weight, g) = linkage::weigh(&model, &record, &record_of(&c));
             // The model's prior is its training population's; the prior here is one true match
             // among the registry's Patients.
-            let weight = weight - model().prior_weight() + prior;
+            let weight = weight - model.prior_weight() + prior;
             let grade = if weight >= thresholds.link && !linkage::needs_review(&g) {
                 "certain"
             } else if weight >= thresholds.review {
@@ -265,6 +277,51 @@ impl Engine {
             "total": entries.len(),
             "entry": entries,
         }))
+    }
+
+    /// The model `$match` weighs with: learned from the registry's own Patients (up to
+    /// [`TRAINING_RECORDS`] of them) once it holds [`OWN_MODEL_FROM`], and learned again when it
+    /// has doubled since; until then the built-in default.
+    async fn match_model(&self, patients: u64) -> EngineResult<Arc<Model>> {
+        let mut cached = self.match_model.lock().await;
+        if let Some((trained_at, model)) = cached.as_ref()
+            && (patients < OWN_MODEL_FROM || patients < 2 * trained_at.max(&OWN_MODEL_FROM))
+        {
+            return Ok(model.clone());
+        }
+        if patients < OWN_MODEL_FROM {
+            let model = default_model();
+            *cached = Some((0, model.clone()));
+            return Ok(model);
+        }
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while records.len() < TRAINING_RECORDS {
+            let query = fhir::search::SearchQuery {
+                resource_type: Some("Patient".into()),
+                count: 1000,
+                offset,
+                ..fhir::search::SearchQuery::default()
+            };
+            let page = self.store.search(&Ctx::system(), &query).await?;
+            if page.resources.is_empty() {
+                break;
+            }
+            offset += page.resources.len();
+            for r in &page.resources {
+                if let Some(body) = &r.body
+                    && let Ok(v) = serde_json::from_str::<Value>(body)
+                {
+                    records.push(record_of(&v));
+                }
+            }
+        }
+        let model = tokio::task::spawn_blocking(move || linkage::Linker::train(&records, 1_000_000, 2_000_000, 7).0)
+            .await
+            .map_err(|e| EngineError::Store(store::StoreError::Backend(format!("training the match model: {e}"))))?;
+        let model = Arc::new(model);
+        *cached = Some((patients, model.clone()));
+        Ok(model)
     }
 
     /// Patients in the registry (counted at most once a minute).

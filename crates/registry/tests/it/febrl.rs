@@ -18,32 +18,7 @@ fn febrl_dir() -> PathBuf {
 /// (entity, record) per row of a FEBRL CSV file.
 pub fn load(file: &str) -> Vec<(String, Record)> {
     let text = std::fs::read_to_string(febrl_dir().join(file)).expect("read FEBRL file");
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        assert_eq!(f.len(), 11, "{line}");
-        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let entity = f[0].trim_start_matches("rec-").split('-').next().unwrap_or_default().to_string();
-        out.push((
-            entity,
-            Record {
-                given: opt(f[1]),
-                family: opt(f[2]),
-                street_number: opt(f[3]),
-                address: match (opt(f[4]), opt(f[5])) {
-                    (Some(a), Some(b)) => Some(format!("{a} {b}")),
-                    (a, b) => a.or(b),
-                },
-                locality: opt(f[6]),
-                postcode: opt(f[7]),
-                region: opt(f[8]),
-                birth_date: opt(f[9]),
-                id_number: opt(f[10]),
-                ..Default::default()
-            },
-        ));
-    }
-    out
+    registry::linkage::parse_febrl(&text).expect("a FEBRL file")
 }
 
 fn link(rows: &[(String, Record)]) -> Metrics {
