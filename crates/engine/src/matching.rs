@@ -80,8 +80,16 @@ pub(crate) fn record_of(patient: &Value) -> Record {
     }
     let identifiers: Vec<&str> =
         patient["identifier"].as_array().into_iter().flatten().filter_map(|i| i["value"].as_str()).collect();
-    let id_number =
-        identifiers.iter().find(|v| crypto_like_id(v)).or_else(|| identifiers.first()).map(|v| v.to_string());
+    let id_number = identifiers
+        .iter()
+        // A valid number, or one whose only fault is its check character (a typo the linkage
+        // should still weigh as a near match).
+        .find(|v| {
+            crypto::idnum::normalize(v).is_ok()
+                || matches!(crypto::idnum::validate(v), Err(crypto::idnum::IdError::Check { .. }))
+        })
+        .or_else(|| identifiers.first())
+        .map(|v| v.to_string());
     let phone = patient["telecom"]
         .as_array()
         .into_iter()
@@ -118,11 +126,6 @@ pub(crate) fn record_of(patient: &Value) -> Record {
         postcode: address.and_then(|a| a["postalCode"].as_str()).map(str::to_string),
         region: division.or_else(|| address.and_then(|a| a["state"].as_str()).map(str::to_string)),
     }
-}
-
-/// 18 characters, 17 digits and a digit or X: shaped like a GB 11643 number.
-fn crypto_like_id(v: &str) -> bool {
-    v.len() == 18 && v.bytes().take(17).all(|b| b.is_ascii_digit()) && v.as_bytes()[17].is_ascii_alphanumeric()
 }
 
 fn bad(message: impl Into<String>) -> EngineError {

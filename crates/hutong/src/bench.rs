@@ -119,13 +119,9 @@ fn seal(
     Ok(Arc::new(engine::SealingStore::new(store, Arc::new(move || ring.clone()))))
 }
 
+/// Peak resident memory of this process (VmHWM), in MB.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb("VmHWM:")
 }
 
 fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
@@ -192,10 +188,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// A memory figure of `/proc/self/status` (in kB there), in MB; 0 where it cannot be read.
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
