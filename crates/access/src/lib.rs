@@ -26,12 +26,15 @@ pub enum Role {
     Regulator,
     Operator,
     Auditor,
+    /// Keeps the master patient index: resolves possible matches, links, unlinks, merges
+    /// (identity data, never clinical records).
+    DataSteward,
     /// A system client (hospital system, platform node) with `system/` scopes.
     System,
 }
 
 impl Role {
-    pub const ALL: [Role; 11] = [
+    pub const ALL: [Role; 12] = [
         Role::Resident,
         Role::Doctor,
         Role::Nurse,
@@ -42,6 +45,7 @@ impl Role {
         Role::Regulator,
         Role::Operator,
         Role::Auditor,
+        Role::DataSteward,
         Role::System,
     ];
 
@@ -57,6 +61,7 @@ impl Role {
             Role::Regulator => "regulator",
             Role::Operator => "operator",
             Role::Auditor => "auditor",
+            Role::DataSteward => "data-steward",
             Role::System => "system",
         }
     }
@@ -89,6 +94,7 @@ impl Role {
             Role::Regulator => &["HOPERAT", "HQUALIMP"],
             Role::Operator => &["HSYSADMIN"],
             Role::Auditor => &["HOPERAT"],
+            Role::DataSteward => &["RECORDMGT"],
             Role::System => &[],
         }
     }
@@ -103,6 +109,7 @@ impl Role {
             Role::Regulator => "HOPERAT",
             Role::Operator => "HSYSADMIN",
             Role::Auditor => "HOPERAT",
+            Role::DataSteward => "RECORDMGT",
             Role::System => "HOPERAT",
         }
     }

@@ -26,6 +26,9 @@
 //! - **operator**: shared reference data only (organizations, practitioners, terminology,
 //!   schedules); never clinical data (separation of duties).
 //! - **auditor**: no FHIR data at all; the audit log only.
+//! - **data steward**: identity data only ([`STEWARD_TYPES`]: Patient demographics, the master
+//!   patient index's Person records and review Tasks), for keeping the index (records
+//!   management); no clinical records, no writes outside the index's operations.
 //!
 //! Shared reference data (resources in no patient compartment) are readable by every
 //! authenticated role except auditors; only operators and system clients write them.
@@ -148,6 +151,9 @@ pub const OPERATOR_TYPES: &[&str] = &[
     "Measure",
 ];
 
+/// Types a data steward reads (identity data and the index's review queue).
+pub const STEWARD_TYPES: &[&str] = &["Patient", "Person", "Task"];
+
 /// What a resident may write in their own compartments.
 pub const RESIDENT_WRITABLE: &[&str] = &[
     "Patient",
@@ -233,6 +239,18 @@ pub fn decide(principal: &Principal, action: Action, facts: &Facts<'_>, rel: &Re
         Role::System => return Decision::permit("system client within its scopes"),
         Role::Auditor => {
             return Decision::deny("auditors read the audit log (/audit), not health records (separation of duties)");
+        }
+        Role::DataSteward => {
+            return if STEWARD_TYPES.contains(&ty) && !action.is_write() {
+                Decision::permit("data steward keeping the master patient index")
+            } else if !facts.patient_data && !action.is_write() {
+                Decision::permit("shared reference data")
+            } else {
+                Decision::deny(format!(
+                    "data stewards keep the master patient index (identity data) and may not {} {ty}",
+                    action.code()
+                ))
+            };
         }
         Role::Operator => {
             return if OPERATOR_TYPES.contains(&ty) {
@@ -411,6 +429,14 @@ pub fn search_constraint(
             ));
         }
         Role::Operator => return SearchConstraint::Unrestricted,
+        Role::DataSteward if STEWARD_TYPES.contains(&resource_type) || patient_param.is_none() => {
+            return SearchConstraint::Unrestricted;
+        }
+        Role::DataSteward => {
+            return SearchConstraint::Deny(format!(
+                "data stewards may not search {resource_type} (clinical data; they keep the master patient index)"
+            ));
+        }
         _ => {}
     }
     let Some(param) = patient_param else {

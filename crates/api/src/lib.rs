@@ -409,6 +409,22 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
         },
+        ["Patient", "$ihe-pix"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, engine.ihe_pix(&ctx, &params).await?.to_string())),
+            _ => Err(method_not_allowed(&method, &path, "GET")),
+        },
+        ["Person", op @ ("$mpi-link" | "$mpi-merge" | "$mpi-unmerge")] => match method {
+            Method::POST => {
+                let parameters = json_body(&headers, &body_bytes, false)?;
+                let result = match *op {
+                    "$mpi-link" => engine.mpi_link(&ctx, parameters).await?,
+                    "$mpi-merge" => engine.mpi_merge(&ctx, parameters).await?,
+                    _ => engine.mpi_unmerge(&ctx, parameters).await?,
+                };
+                Ok(json_response(StatusCode::OK, result.to_string()))
+            }
+            _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
         [t, "_history"] => match method {
             Method::GET => Ok(json_response(
                 StatusCode::OK,

@@ -435,7 +435,11 @@ impl Engine {
             many => format!("{} resources", many.len()),
         };
         let record = audit::record(ctx, interaction, "success", entity, patients, None);
+        let patients_written = ops.iter().any(|op| op.resource_type == "Patient");
         let result = self.store.commit_audited(ctx, ops, vec![record]).await;
+        if patients_written && result.is_ok() {
+            self.mpi_wake.notify_one();
+        }
         if relationships_change {
             self.access.clear();
         }

@@ -12,12 +12,14 @@ mod crud;
 mod error;
 mod export;
 mod matching;
+mod mpi;
 mod sealing;
 mod searchset;
 
 pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
+pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 
 use std::sync::Arc;
@@ -139,6 +141,11 @@ pub struct Engine {
     patients_counted: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// The `$match` model and the registry size it was learned at (matching.rs).
     match_model: tokio::sync::Mutex<Option<(u64, Arc<registry::linkage::Model>)>>,
+    /// The master patient index in memory (mpi.rs), loaded at first use; its lock serialises
+    /// every change of the index.
+    mpi: tokio::sync::Mutex<Option<mpi::MpiState>>,
+    /// Wakes the index's worker when this process writes a Patient.
+    mpi_wake: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -153,6 +160,8 @@ impl Engine {
             access: authz::AccessCache::default(),
             patients_counted: std::sync::Mutex::new(None),
             match_model: tokio::sync::Mutex::new(None),
+            mpi: tokio::sync::Mutex::new(None),
+            mpi_wake: tokio::sync::Notify::new(),
         }
     }
 

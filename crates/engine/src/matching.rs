@@ -36,6 +36,9 @@ const OWN_MODEL_FROM: u64 = 1_000;
 /// Most Patients read to learn it.
 const TRAINING_RECORDS: usize = 50_000;
 
+/// HL7 v2 table 0203, identifier types.
+const V2_IDENTIFIER_TYPE: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+
 fn first_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut cur = v;
     for key in path {
@@ -51,7 +54,9 @@ fn first_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// What a Patient resource says, as the linkage compares it. The national ID number is the
-/// identifier whose value is a GB 11643 number (whatever system it is filed under).
+/// identifier whose value is a GB 11643 number (whatever system it is filed under); failing
+/// that, an identifier typed (v2-0203) as person-level (SS, NI, PPN, DL, …). Hospital record
+/// numbers are never compared: they differ between sources by nature.
 pub(crate) fn record_of(patient: &Value) -> Record {
     let name =
         patient["name"].as_array().and_then(|ns| ns.iter().find(|n| n["use"] == "official").or_else(|| ns.first()));
@@ -78,17 +83,29 @@ pub(crate) fn record_of(patient: &Value) -> Record {
             given = Some(chars[split..].iter().collect());
         }
     }
-    let identifiers: Vec<&str> =
-        patient["identifier"].as_array().into_iter().flatten().filter_map(|i| i["value"].as_str()).collect();
+    let identifiers: Vec<&Value> = patient["identifier"].as_array().into_iter().flatten().collect();
     let id_number = identifiers
         .iter()
+        .filter_map(|i| i["value"].as_str())
         // A valid number, or one whose only fault is its check character (a typo the linkage
         // should still weigh as a near match).
         .find(|v| {
             crypto::idnum::normalize(v).is_ok()
                 || matches!(crypto::idnum::validate(v), Err(crypto::idnum::IdError::Check { .. }))
         })
-        .or_else(|| identifiers.first())
+        // Else a person-level identifier another source may share (social security, national
+        // id, passport, driving licence, …): never a hospital's own record number.
+        .or_else(|| {
+            identifiers
+                .iter()
+                .find(|i| {
+                    i["type"]["coding"].as_array().into_iter().flatten().any(|c| {
+                        c["system"] == V2_IDENTIFIER_TYPE
+                            && matches!(c["code"].as_str(), Some("SS" | "NI" | "NH" | "NNCHN" | "PPN" | "DL" | "CZ"))
+                    })
+                })
+                .and_then(|i| i["value"].as_str())
+        })
         .map(|v| v.to_string());
     let phone = patient["telecom"]
         .as_array()
@@ -285,7 +302,7 @@ impl Engine {
     /// The model `$match` weighs with: learned from the registry's own Patients (up to
     /// [`TRAINING_RECORDS`] of them) once it holds [`OWN_MODEL_FROM`], and learned again when it
     /// has doubled since; until then the built-in default.
-    async fn match_model(&self, patients: u64) -> EngineResult<Arc<Model>> {
+    pub(crate) async fn match_model(&self, patients: u64) -> EngineResult<Arc<Model>> {
         let mut cached = self.match_model.lock().await;
         if let Some((trained_at, model)) = cached.as_ref()
             && (patients < OWN_MODEL_FROM || patients < 2 * trained_at.max(&OWN_MODEL_FROM))

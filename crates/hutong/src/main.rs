@@ -184,6 +184,9 @@ async fn main() -> anyhow::Result<()> {
                     store.data.join("demo-client.json").display()
                 );
             }
+            // The master patient index matches Patients as they arrive (and those imported
+            // while the server was down).
+            tokio::spawn(engine.clone().mpi_run());
             // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
             security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));
             // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head,

@@ -116,7 +116,7 @@ async fn match_grades_candidates_from_the_registry() {
 }
 
 /// A FEBRL row as the Patient a source system would send.
-fn febrl_patient(id: &str, r: &registry::linkage::Record) -> Value {
+pub(super) fn febrl_patient(id: &str, r: &registry::linkage::Record) -> Value {
     let mut p = json!({"resourceType": "Patient", "id": id});
     let mut name = serde_json::Map::new();
     if let Some(f) = &r.family {
@@ -136,7 +136,8 @@ fn febrl_patient(id: &str, r: &registry::linkage::Record) -> Value {
         }
     }
     if let Some(n) = &r.id_number {
-        p["identifier"] = json!([{"system": "urn:febrl:soc-sec-id", "value": n}]);
+        p["identifier"] = json!([{"system": "urn:febrl:soc-sec-id", "value": n,
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]}}]);
     }
     let mut address = serde_json::Map::new();
     let line: Vec<&str> = [r.street_number.as_deref(), r.address.as_deref()].into_iter().flatten().collect();

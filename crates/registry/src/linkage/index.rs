@@ -139,6 +139,12 @@ pub fn needs_review(g: &Gamma) -> bool {
     id == 3 || twins
 }
 
+/// Pseudo-records of the term-frequency estimate (see `Linker::term_weight`).
+const TF_PRIOR: f64 = 1_000.0;
+
+/// The person of a retired record.
+const RETIRED: u32 = u32::MAX;
+
 /// The index.
 pub struct Linker {
     model: Model,
@@ -226,8 +232,13 @@ impl Linker {
             if let Some(name) = name
                 && total > 0
             {
+                // The name's share of the index, smoothed towards the model's average by
+                // TF_PRIOR pseudo-records: in a small index every name is "frequent" (one
+                // record of one is 100%), which says nothing about names in general.
                 let count = tf.get(&name.text).copied().unwrap_or(0).max(1) as f64;
-                let freq = (count / total as f64).max(self.model.u[c][0].min(1.0 / total as f64));
+                let average = self.model.u[c][0];
+                let freq =
+                    ((count + TF_PRIOR * average) / (total as f64 + TF_PRIOR)).max(average.min(1.0 / total as f64));
                 return (self.model.m[c][0] / freq).log2();
             }
         }
@@ -331,7 +342,8 @@ impl Linker {
         (self.insert(prepared, person), decision)
     }
 
-    fn new_person(&mut self) -> u32 {
+    /// A new person without records.
+    pub fn new_person(&mut self) -> u32 {
         self.persons += 1;
         self.members.push(Vec::new());
         self.persons - 1
@@ -383,11 +395,57 @@ impl Linker {
         id
     }
 
+    /// Adds a record to a known person without matching it (a registry reloading its links, or
+    /// a steward's decision); returns the record's number.
+    pub fn insert_linked(&mut self, record: &Record, person: u32) -> u32 {
+        assert!(person < self.persons, "person {person} does not exist");
+        self.insert(record.prepare(), person)
+    }
+
+    /// Takes a record out of the index (its source record was deleted, or is replaced by a
+    /// newer version under a new number): no probe finds it again and its person loses it. Its
+    /// number is not reused.
+    pub fn retire(&mut self, record: u32) {
+        let person = self.person_of[record as usize];
+        if person == RETIRED {
+            return;
+        }
+        let prepared = &self.records[record as usize];
+        for (_, k) in block_keys(prepared) {
+            if let Some(block) = self.blocks.get_mut(&k) {
+                block.retain(|&r| r != record);
+                if block.is_empty() {
+                    self.blocks.remove(&k);
+                }
+            }
+        }
+        if let Some(n) = &prepared.family
+            && let Some(c) = self.family_tf.get_mut(&n.text)
+        {
+            *c = c.saturating_sub(1);
+            self.family_total = self.family_total.saturating_sub(1);
+        }
+        if let Some(n) = &prepared.given
+            && let Some(c) = self.given_tf.get_mut(&n.text)
+        {
+            *c = c.saturating_sub(1);
+            self.given_total = self.given_total.saturating_sub(1);
+        }
+        self.members[person as usize].retain(|&r| r != record);
+        self.person_of[record as usize] = RETIRED;
+    }
+
+    /// Whether a record has been retired.
+    pub fn is_retired(&self, record: u32) -> bool {
+        self.person_of[record as usize] == RETIRED
+    }
+
     /// Moves a record to another person (a steward's link, or an unmerge into a new person when
     /// `person` is `None`); returns the record's person.
     pub fn relink(&mut self, record: u32, person: Option<u32>) -> u32 {
-        let p = person.unwrap_or_else(|| self.new_person());
         let old = self.person_of[record as usize];
+        assert!(old != RETIRED, "record {record} is retired");
+        let p = person.unwrap_or_else(|| self.new_person());
         self.members[old as usize].retain(|&r| r != record);
         self.person_of[record as usize] = p;
         self.members[p as usize].push(record);

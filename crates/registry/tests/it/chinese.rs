@@ -75,3 +75,30 @@ fn show_errors() {
         eprintln!("{n:5} {k}");
     }
 }
+
+#[test]
+fn retired_records_are_not_found_and_known_links_reload() {
+    let data = generate(Settings { records: 2_000, seed: 7 });
+    let records: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
+    let mut linker = Linker::new(registry::linkage::default_model(), Thresholds::default());
+    let persons = linker.link_all(&records);
+    // A person with two records: retiring one leaves the other, and the retired one is no
+    // longer a candidate for its own content.
+    let (a, b) = (0..records.len())
+        .flat_map(|i| (i + 1..records.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| persons[i] == persons[j])
+        .expect("the synthetic set has duplicates");
+    let before: Vec<u32> = linker.members(persons[b]).to_vec();
+    linker.retire(a as u32);
+    assert!(linker.is_retired(a as u32));
+    let after: Vec<u32> = before.iter().copied().filter(|&r| r != a as u32).collect();
+    assert_eq!(linker.members(persons[b]), after.as_slice());
+    let found = linker.candidates(&records[a]);
+    assert!(found.iter().all(|c| c.record != a as u32), "a retired record is never a candidate");
+    assert_eq!(found.first().map(|c| c.person), Some(persons[b]), "the other record still is");
+    // A reload: the record added under its known person, without matching.
+    let fresh = linker.new_person();
+    let again = linker.insert_linked(&records[a], fresh);
+    assert_eq!(linker.person_of(again), fresh);
+    assert_eq!(linker.members(fresh), &[again]);
+}
