@@ -83,7 +83,15 @@ impl Engine {
                 resource["operation"] = json!([
                     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                     {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
+                    {"name": "ihe-pix", "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"},
                     {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
+                ]);
+            }
+            if t == "Person" {
+                resource["operation"] = json!([
+                    {"name": "mpi-link", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-link"},
+                    {"name": "mpi-merge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-merge"},
+                    {"name": "mpi-unmerge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-unmerge"}
                 ]);
             }
             if t == "Group" {

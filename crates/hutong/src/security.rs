@@ -549,6 +549,7 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         ("regulator", "regulator", "福建省卫健委", Some("wjw-fj"), None, Some("350000")),
         ("operator", "operator", "平台运维", None, None, None),
         ("auditor", "auditor", "安全审计员", None, None, None),
+        ("steward", "data-steward", "主索引数据管理员", None, None, Some("350000")),
     ];
     for (username, role, display, org, practitioner, region) in staff {
         auth.create_user(NewUser {

@@ -299,3 +299,72 @@ async fn patient_match_over_http() {
     let (status, _, _) = send(&app, req("GET", "/fhir/Patient/$match", None, "")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// The master patient index over HTTP: PIXm answers (and its error statuses), a steward's link
+/// through `Person/$mpi-link`, and OperationOutcomes for bad calls.
+#[tokio::test]
+async fn master_patient_index_over_http() {
+    let t = app(1 << 20).await;
+    for (mrn, phone) in [("urn:hospital:h1:mrn|A1", "13800138000"), ("urn:hospital:h2:mrn|B1", "13800138000")] {
+        let (system, value) = mrn.split_once('|').unwrap();
+        let p = json!({"resourceType": "Patient", "identifier": [{"system": system, "value": value},
+            {"system": "urn:oid:2.16.156.10011.1.3", "value": "11010519491231002X"}],
+            "name": [{"family": "林", "given": ["静"]}], "gender": "female", "birthDate": "1988-08-08",
+            "telecom": [{"system": "phone", "value": phone}]});
+        let (status, _, _) = send(&t, req("POST", "/fhir/Patient", FHIR, &p.to_string())).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // PIXm syncs the index itself before answering.
+    let (status, _, body) = send(
+        &t,
+        req(
+            "GET",
+            "/fhir/Patient/$ihe-pix?sourceIdentifier=urn:hospital:h1:mrn%7CA1&targetSystem=urn:hospital:h2:mrn",
+            None,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["parameter"][0],
+        json!({"name": "targetIdentifier", "valueIdentifier": {"system": "urn:hospital:h2:mrn", "value": "B1"}})
+    );
+    let (status, _, body) =
+        send(&t, req("GET", "/fhir/Patient/$ihe-pix?sourceIdentifier=urn:hospital:h1:mrn%7CZZ", None, "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_outcome(&body, "sourceIdentifier");
+    let (status, _, body) = send(
+        &t,
+        req(
+            "GET",
+            "/fhir/Patient/$ihe-pix?sourceIdentifier=urn:hospital:h1:mrn%7CA1&targetSystem=urn:nowhere",
+            None,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_outcome(&body, "targetSystem");
+    let (status, _, _) = send(&t, req("POST", "/fhir/Patient/$ihe-pix", FHIR, "{}")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // The person of A1, found by link; a steward-style unlink through the operation.
+    let (_, _, found) = send(&t, req("GET", "/fhir/Patient?identifier=urn:hospital:h2:mrn%7CB1", None, "")).await;
+    let b = found["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let (_, _, persons) = send(&t, req("GET", &format!("/fhir/Person?link=Patient/{b}"), None, "")).await;
+    assert_eq!(persons["entry"][0]["resource"]["link"].as_array().unwrap().len(), 2, "{persons}");
+    let unlink = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "source", "valueReference": {"reference": format!("Patient/{b}")}},
+        {"name": "reason", "valueString": "different person: mother and daughter"}]});
+    let (status, _, body) = send(&t, req("POST", "/fhir/Person/$mpi-link", FHIR, &unlink.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["parameter"].as_array().unwrap().len(), 2, "both persons rewritten: {body}");
+    let (_, _, persons) = send(&t, req("GET", &format!("/fhir/Person?link=Patient/{b}"), None, "")).await;
+    assert_eq!(persons["entry"][0]["resource"]["link"].as_array().unwrap().len(), 1);
+    assert_eq!(persons["entry"][0]["resource"]["link"][0]["assurance"], "level4");
+    let bad = json!({"resourceType": "Parameters", "parameter": [{"name": "source", "valueReference": {"reference": "Observation/1"}}]});
+    let (status, _, body) = send(&t, req("POST", "/fhir/Person/$mpi-link", FHIR, &bad.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "valueReference to a Patient");
+}
