@@ -898,6 +898,7 @@ impl Engine {
         let mut records = self.store.read_many(&Ctx::system(), &keys).await?;
         records.sort_by(|a, b| a.id.cmp(&b.id));
         let mut parameters = Vec::new();
+        let mut listed: Vec<(String, String)> = Vec::new();
         for r in &records {
             let Some(body) = body_of(r) else { continue };
             let mut any = false;
@@ -907,6 +908,10 @@ impl Engine {
                     continue;
                 }
                 any = true;
+                if listed.iter().any(|(ls, lv)| ls == s && lv == v) {
+                    continue; // the same identifier on several records: listed once
+                }
+                listed.push((s.to_string(), v.to_string()));
                 let mut identifier = json!({"system": s, "value": v});
                 if !i["use"].is_null() {
                     identifier["use"] = i["use"].clone();

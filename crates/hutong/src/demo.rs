@@ -222,7 +222,54 @@ pub fn demo_bundles(residents: usize) -> Vec<Value> {
     let mut rng = StdRng::seed_from_u64(20_181_122);
     let mut out = vec![reference_bundle()];
     out.extend((0..residents).map(|_| resident_bundle(&mut rng, 0)));
+    let registrations = re_registrations(&out[1..]);
+    out.push(registrations);
     out
+}
+
+/// The same residents registered again at another hospital, as hospital systems do (their own
+/// record number; sometimes no ID number, a name written differently, a new phone), so the
+/// master patient index has records to link and possible matches for its review queue: every
+/// 10th resident with the ID number (linked), every 10th + 3 without it but with the same phone
+/// (linked on name, birth date and phone), every 10th + 6 without ID number, with a new phone
+/// and the birth date's day and month swapped where that is a date (a possible match to
+/// review, or a link when the address says enough).
+fn re_registrations(residents: &[Value]) -> Value {
+    let mut entries = Vec::new();
+    for (i, bundle) in residents.iter().enumerate() {
+        let variant = match i % 10 {
+            0 => 0,
+            3 => 1,
+            6 => 2,
+            _ => continue,
+        };
+        let original = &bundle["entry"][0]["resource"];
+        let hospital = HOSPITALS[(i / 10 + 1) % HOSPITALS.len()].0;
+        let mrn = format!("MZ{:06}", 100_000 + i * 7);
+        let mut p = json!({
+            "resourceType": "Patient", "id": format!("reg-{hospital}-{mrn}"), "active": true,
+            "identifier": [{"use": "usual", "system": format!("https://hutong.dev/fhir/sid/{hospital}/mrn"), "value": mrn,
+                            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+            "name": original["name"], "gender": original["gender"], "birthDate": original["birthDate"],
+            "telecom": original["telecom"], "address": original["address"],
+            "managingOrganization": {"reference": format!("Organization/{hospital}")},
+        });
+        match variant {
+            0 => p["identifier"].as_array_mut().expect("array").push(original["identifier"][0].clone()),
+            1 => {}
+            _ => {
+                let birth = original["birthDate"].as_str().unwrap_or("1970-01-01");
+                let swapped = format!("{}-{}-{}", &birth[..4], &birth[8..10], &birth[5..7]);
+                if swapped[5..7].parse::<u32>().unwrap_or(13) <= 12 {
+                    p["birthDate"] = json!(swapped);
+                }
+                p["telecom"] =
+                    json!([{"system": "phone", "value": format!("159{:08}", i * 7919 % 100_000_000), "use": "mobile"}]);
+            }
+        }
+        entries.push(put(p));
+    }
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
 #[cfg(test)]

@@ -174,13 +174,13 @@ async fn main() -> anyhow::Result<()> {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
                     println!(
-                        "Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents)"
+                        "Loaded the synthetic demo data set: {n} resources (4 hospitals, 12 doctors, 300 residents, 90 of them registered again at another hospital)"
                     );
                 }
                 security::demo_accounts(&auth, &engine, &store.data).await?;
                 println!(
                     "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, cdc, insurer, \
-                     regulator, operator, auditor; demo system client in {}",
+                     regulator, operator, auditor, steward; demo system client in {}",
                     store.data.join("demo-client.json").display()
                 );
             }
