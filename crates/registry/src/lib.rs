@@ -3,4 +3,9 @@
 //! (`practitioner`) registries. Pure: no IO beyond the embedded division table.
 
 pub mod division;
+pub mod facility;
 pub mod linkage;
+pub mod practitioner;
+mod rules;
+
+pub use rules::Problem;
