@@ -3,6 +3,7 @@
 mod authz;
 mod ground_truth;
 mod matching;
+mod registries;
 mod sealing;
 
 use std::sync::Arc;
