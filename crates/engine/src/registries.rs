@@ -72,19 +72,23 @@ impl Engine {
                 "organization" => {
                     let org = value.strip_prefix("Organization/").unwrap_or(value);
                     if org.is_empty() || org.contains('/') {
-                        return Err(bad(format!("organization '{value}' is not an Organization reference (Organization/{{id}})")));
+                        return Err(bad(format!(
+                            "organization '{value}' is not an Organization reference (Organization/{{id}})"
+                        )));
                     }
                     organization = Some(org.to_string());
                 }
                 "activity" => {
-                    activity = Some(Activity::parse(value).ok_or_else(|| {
-                        bad(format!("activity '{value}' is not known (consult or prescribe)"))
-                    })?)
+                    activity = Some(
+                        Activity::parse(value)
+                            .ok_or_else(|| bad(format!("activity '{value}' is not known (consult or prescribe)")))?,
+                    )
                 }
                 "date" => {
-                    date = Some(NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
-                        bad(format!("date '{value}' is not a valid date (expected YYYY-MM-DD)"))
-                    })?)
+                    date = Some(
+                        NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                            .map_err(|_| bad(format!("date '{value}' is not a valid date (expected YYYY-MM-DD)")))?,
+                    )
                 }
                 other => {
                     return Err(bad(format!(
@@ -93,7 +97,8 @@ impl Engine {
                 }
             }
         }
-        let organization = organization.ok_or_else(|| bad("the parameter organization (Organization/{id}) is required"))?;
+        let organization =
+            organization.ok_or_else(|| bad("the parameter organization (Organization/{id}) is required"))?;
         let activity = activity.ok_or_else(|| bad("the parameter activity (consult or prescribe) is required"))?;
         let date = date.unwrap_or_else(today_in_china);
         let entity = format!(
@@ -105,10 +110,8 @@ impl Engine {
         let internal = Ctx::system();
         let practitioner = self.current(&internal, "Practitioner", id).await?;
         self.current(&internal, "Organization", &organization).await?;
-        let query = [
-            ("practitioner".to_string(), format!("Practitioner/{id}")),
-            ("_count".to_string(), MAX_ROLES.to_string()),
-        ];
+        let query =
+            [("practitioner".to_string(), format!("Practitioner/{id}")), ("_count".to_string(), MAX_ROLES.to_string())];
         let inner = RequestOptions { base_url: opts.base_url.clone(), ..RequestOptions::default() };
         let bundle = self.search(&internal, Some("PractitionerRole"), &query, &inner).await?;
         let roles: Vec<Value> =

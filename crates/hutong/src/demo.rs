@@ -31,7 +31,8 @@ const HOSPITALS: &[(&str, &str, &str, &str, &str)] = &[
     ("org-4", "鼓楼区华大街道社区卫生服务中心", "350102", "community-health-centre", "1A"),
 ];
 /// The demo's 医联体: org-1 leads it, the community health centre org-4 is a member.
-const ALLIANCE: (&str, &str, &[(&str, &str)]) = ("alliance-1", "鼓楼区紧密型医联体", &[("org-1", "lead"), ("org-4", "member")]);
+const ALLIANCE: (&str, &str, &[(&str, &str)]) =
+    ("alliance-1", "鼓楼区紧密型医联体", &[("org-1", "lead"), ("org-4", "member")]);
 const SPECIALTIES: &[&str] = &["内科", "外科", "全科", "儿科", "心血管内科", "内分泌科"];
 
 /// GB 11643 check character for the first 17 digits.
@@ -100,7 +101,11 @@ pub fn reference_bundle() -> Value {
             "address": [{"state": "福建省", "city": city, "district": district,
                          "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": code}]}],
         })));
-        let (service, category) = if *kind == "hospital" { ("互联网复诊", "互联网诊疗") } else { ("家庭医生签约服务", "基本公共卫生服务") };
+        let (service, category) = if *kind == "hospital" {
+            ("互联网复诊", "互联网诊疗")
+        } else {
+            ("家庭医生签约服务", "基本公共卫生服务")
+        };
         entries.push(put(json!({
             "resourceType": "HealthcareService", "id": format!("service-{}", &id[4..]), "active": true,
             "providedBy": {"reference": format!("Organization/{id}")},
@@ -166,7 +171,14 @@ pub fn reference_bundle() -> Value {
         if n % 3 != 0 {
             codes.push("internet-practice");
         }
-        entries.push(put(practitioner_role(&format!("role-{n}"), &id, org, specialty, &format!("{}-07-01", qualified + 1), &codes)));
+        entries.push(put(practitioner_role(
+            &format!("role-{n}"),
+            &id,
+            org,
+            specialty,
+            &format!("{}-07-01", qualified + 1),
+            &codes,
+        )));
         // Multi-site practice (多点执业) for doctors 1, 2 and 5; doctor 2 also sees patients
         // online for the second institution.
         if matches!(n, 1 | 2 | 5) {
@@ -178,7 +190,14 @@ pub fn reference_bundle() -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
-fn practitioner_role(id: &str, practitioner: &str, organization: &str, specialty: &str, start: &str, codes: &[&str]) -> Value {
+fn practitioner_role(
+    id: &str,
+    practitioner: &str,
+    organization: &str,
+    specialty: &str,
+    start: &str,
+    codes: &[&str],
+) -> Value {
     let coding: Vec<Value> =
         codes.iter().map(|c| json!({"system": registry::practitioner::REGISTRATION_SYSTEM, "code": c})).collect();
     json!({
@@ -392,7 +411,8 @@ mod tests {
             .map(|(i, doctor)| {
                 let facts = registry::practitioner::facts_from_fhir(doctor, &roles);
                 let org = HOSPITALS[i % HOSPITALS.len()].0;
-                registry::practitioner::eligibility(&facts, org, registry::practitioner::Activity::Consult, day).eligible()
+                registry::practitioner::eligibility(&facts, org, registry::practitioner::Activity::Consult, day)
+                    .eligible()
             })
             .collect();
         assert_eq!(answers.iter().filter(|a| **a).count(), 6, "{answers:?}");

@@ -61,7 +61,9 @@ impl Division {
 pub enum DivisionError {
     #[error("'{code}' is not a GB/T 2260 division code (expected six digits, e.g. 350102)")]
     Format { code: String },
-    #[error("'{code}' is not in the GB/T 2260 table (2023 division codes); check the code, e.g. 350102 for 福州市鼓楼区")]
+    #[error(
+        "'{code}' is not in the GB/T 2260 table (2023 division codes); check the code, e.g. 350102 for 福州市鼓楼区"
+    )]
     Unknown { code: String },
 }
 

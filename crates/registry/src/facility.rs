@@ -81,9 +81,13 @@ const USCC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8,
 pub enum CreditCodeError {
     #[error("a unified social credit code has 18 characters, this one has {len}")]
     Length { len: usize },
-    #[error("character {position} ('{found}') is not allowed in a unified social credit code (digits and capital letters except I, O, S, V, Z)")]
+    #[error(
+        "character {position} ('{found}') is not allowed in a unified social credit code (digits and capital letters except I, O, S, V, Z)"
+    )]
     Character { position: usize, found: char },
-    #[error("the check character is '{found}' but GB 32100 gives '{expected}' for the first 17 characters: the code is mistyped")]
+    #[error(
+        "the check character is '{found}' but GB 32100 gives '{expected}' for the first 17 characters: the code is mistyped"
+    )]
     Check { expected: char, found: char },
 }
 
@@ -128,7 +132,8 @@ pub fn validate_institution_licence(number: &str) -> Result<(), String> {
 /// Whether the Organization takes part in the registry (see the module comment).
 pub fn claims_registry(org: &Value) -> bool {
     claims_profile(org, ORGANIZATION_PROFILE)
-        || items(org, "identifier").any(|(_, i)| i["system"] == USCC_SYSTEM || i["system"] == INSTITUTION_LICENCE_SYSTEM)
+        || items(org, "identifier")
+            .any(|(_, i)| i["system"] == USCC_SYSTEM || i["system"] == INSTITUTION_LICENCE_SYSTEM)
         || items(org, "type").any(|(_, t)| codes_in(t, INSTITUTION_TYPE_SYSTEM).next().is_some())
         || items(org, "extension").any(|(_, x)| x["url"] == INSTITUTION_LEVEL_EXTENSION)
 }
@@ -313,14 +318,38 @@ mod tests {
     fn organization_rules_each_name_their_element() {
         assert_eq!(paths(&hospital()), Vec::<String>::new());
         let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-            ("bad check character", Box::new(|o| o["identifier"][0]["value"] = json!("914403001922038217")), "Organization.identifier[0].value"),
+            (
+                "bad check character",
+                Box::new(|o| o["identifier"][0]["value"] = json!("914403001922038217")),
+                "Organization.identifier[0].value",
+            ),
             ("no institution identifier", Box::new(|o| o["identifier"] = json!([])), "Organization.identifier"),
-            ("bad licence number", Box::new(|o| o["identifier"][0] = json!({"system": INSTITUTION_LICENCE_SYSTEM, "value": "12-34"})), "Organization.identifier[0].value"),
-            ("unknown type", Box::new(|o| o["type"][0]["coding"][0]["code"] = json!("spa")), "Organization.type[0].coding[0].code"),
-            ("unknown level", Box::new(|o| o["extension"][0]["valueCoding"]["code"] = json!("4A")), "Organization.extension[0].valueCoding"),
-            ("unknown division", Box::new(|o| o["address"][0]["extension"][0]["valueCode"] = json!("350199")), "Organization.address[0].extension[0].valueCode"),
+            (
+                "bad licence number",
+                Box::new(|o| o["identifier"][0] = json!({"system": INSTITUTION_LICENCE_SYSTEM, "value": "12-34"})),
+                "Organization.identifier[0].value",
+            ),
+            (
+                "unknown type",
+                Box::new(|o| o["type"][0]["coding"][0]["code"] = json!("spa")),
+                "Organization.type[0].coding[0].code",
+            ),
+            (
+                "unknown level",
+                Box::new(|o| o["extension"][0]["valueCoding"]["code"] = json!("4A")),
+                "Organization.extension[0].valueCoding",
+            ),
+            (
+                "unknown division",
+                Box::new(|o| o["address"][0]["extension"][0]["valueCode"] = json!("350199")),
+                "Organization.address[0].extension[0].valueCode",
+            ),
             ("no division", Box::new(|o| o["address"] = json!([{"city": "福州市"}])), "Organization.address"),
-            ("part of itself", Box::new(|o| o["partOf"] = json!({"reference": "Organization/h1"})), "Organization.partOf"),
+            (
+                "part of itself",
+                Box::new(|o| o["partOf"] = json!({"reference": "Organization/h1"})),
+                "Organization.partOf",
+            ),
         ];
         for (what, change, path) in cases {
             let mut org = hospital();

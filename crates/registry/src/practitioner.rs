@@ -268,10 +268,7 @@ pub fn eligibility(facts: &PractitionerFacts, organization: &str, activity: Acti
         Some(_) => {}
     }
     if activity == Activity::Prescribe && !registered("prescribing-right") {
-        fail(
-            Rule::PrescribingRight,
-            format!("no prescribing right at Organization/{organization} on {day}"),
-        );
+        fail(Rule::PrescribingRight, format!("no prescribing right at Organization/{organization} on {day}"));
     }
     Eligibility { failures }
 }
@@ -283,7 +280,8 @@ pub fn validate_practitioner(practitioner: &Value) -> Vec<Problem> {
     let ours = |system: &Value| system == PRACTICE_CERTIFICATE_SYSTEM || system == QUALIFICATION_CERTIFICATE_SYSTEM;
     let claims = claims_profile(practitioner, PRACTITIONER_PROFILE)
         || items(practitioner, "identifier").any(|(_, i)| ours(&i["system"]))
-        || items(practitioner, "qualification").any(|(_, q)| codes_in(&q["code"], QUALIFICATION_TYPE_SYSTEM).next().is_some())
+        || items(practitioner, "qualification")
+            .any(|(_, q)| codes_in(&q["code"], QUALIFICATION_TYPE_SYSTEM).next().is_some())
         || items(practitioner, "extension").any(|(_, x)| x["url"] == INDEPENDENT_PRACTICE_START_EXTENSION);
     let mut problems = Vec::new();
     if !claims {
@@ -291,7 +289,10 @@ pub fn validate_practitioner(practitioner: &Value) -> Vec<Problem> {
     }
     let certificate = |path: String, value: &str, problems: &mut Vec<Problem>| {
         if !(8..=30).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            problems.push(Problem::new(path, format!("'{value}' is not a certificate number (8 to 30 letters and digits)")));
+            problems.push(Problem::new(
+                path,
+                format!("'{value}' is not a certificate number (8 to 30 letters and digits)"),
+            ));
         }
     };
     for (i, identifier) in items(practitioner, "identifier").filter(|(_, i)| ours(&i["system"])) {
@@ -395,7 +396,10 @@ mod tests {
                 end: Some(day("2030-06-30")),
             }],
             independent_practice_start: Some(day("2016-03-01")),
-            sites: vec![site("h1", &["primary-site", "internet-practice", "prescribing-right"]), site("h2", &["additional-site"])],
+            sites: vec![
+                site("h1", &["primary-site", "internet-practice", "prescribing-right"]),
+                site("h2", &["additional-site"]),
+            ],
         }
     }
 
@@ -406,13 +410,43 @@ mod tests {
         type Change = Box<dyn Fn(&mut PractitionerFacts)>;
         let cases: Vec<(&str, Change, Activity, Rule)> = vec![
             ("inactive", Box::new(|f| f.active = false), Activity::Consult, Rule::Active),
-            ("licence expired", Box::new(|f| f.licences[0].end = Some(day("2026-05-31"))), Activity::Consult, Rule::Licence),
+            (
+                "licence expired",
+                Box::new(|f| f.licences[0].end = Some(day("2026-05-31"))),
+                Activity::Consult,
+                Rule::Licence,
+            ),
             ("no licence", Box::new(|f| f.licences.clear()), Activity::Consult, Rule::Licence),
-            ("assistant only", Box::new(|f| f.licences[0].kind = "assistant-physician-practice".into()), Activity::Consult, Rule::Licence),
-            ("not registered online", Box::new(|f| f.sites[0].registrations.retain(|r| r != "internet-practice")), Activity::Consult, Rule::InternetPractice),
-            ("2 years 364 days", Box::new(|f| f.independent_practice_start = Some(day("2023-06-02"))), Activity::Consult, Rule::IndependentPractice),
-            ("start unknown", Box::new(|f| f.independent_practice_start = None), Activity::Consult, Rule::IndependentPractice),
-            ("no prescribing right", Box::new(|f| f.sites[0].registrations.retain(|r| r != "prescribing-right")), Activity::Prescribe, Rule::PrescribingRight),
+            (
+                "assistant only",
+                Box::new(|f| f.licences[0].kind = "assistant-physician-practice".into()),
+                Activity::Consult,
+                Rule::Licence,
+            ),
+            (
+                "not registered online",
+                Box::new(|f| f.sites[0].registrations.retain(|r| r != "internet-practice")),
+                Activity::Consult,
+                Rule::InternetPractice,
+            ),
+            (
+                "2 years 364 days",
+                Box::new(|f| f.independent_practice_start = Some(day("2023-06-02"))),
+                Activity::Consult,
+                Rule::IndependentPractice,
+            ),
+            (
+                "start unknown",
+                Box::new(|f| f.independent_practice_start = None),
+                Activity::Consult,
+                Rule::IndependentPractice,
+            ),
+            (
+                "no prescribing right",
+                Box::new(|f| f.sites[0].registrations.retain(|r| r != "prescribing-right")),
+                Activity::Prescribe,
+                Rule::PrescribingRight,
+            ),
         ];
         for (what, change, activity, rule) in cases {
             let mut facts = eligible();
@@ -439,10 +473,7 @@ mod tests {
             [Rule::InternetPractice, Rule::PrescribingRight]
         );
         // The role rule cannot fail alone: the registrations it would carry fail with it.
-        assert_eq!(
-            eligibility(&facts, "h9", Activity::Consult, on).failed(),
-            [Rule::Role, Rule::InternetPractice]
-        );
+        assert_eq!(eligibility(&facts, "h9", Activity::Consult, on).failed(), [Rule::Role, Rule::InternetPractice]);
         let mut ended = eligible();
         ended.sites[0].end = Some(day("2026-05-31"));
         ended.sites.push(Site { organization: "h1".into(), registrations: vec![], ..site("h1", &[]) });
@@ -495,7 +526,9 @@ mod tests {
     #[test]
     fn writes_are_checked_with_element_paths() {
         assert!(validate_practitioner(&practitioner()).is_empty());
-        assert!(validate_practitioner(&json!({"resourceType": "Practitioner", "name": [{"family": "Smith"}]})).is_empty());
+        assert!(
+            validate_practitioner(&json!({"resourceType": "Practitioner", "name": [{"family": "Smith"}]})).is_empty()
+        );
         let mut bad = practitioner();
         bad["identifier"][0]["value"] = json!("12 34");
         bad["qualification"][0]["code"]["coding"][0]["code"] = json!("wizard");

@@ -29,7 +29,9 @@ pub(crate) fn claims_profile(resource: &Value, profile: &str) -> bool {
 
 /// The codings of a CodeableConcept from one system: (index, code).
 pub(crate) fn codes_in<'a>(concept: &'a Value, system: &'a str) -> impl Iterator<Item = (usize, &'a str)> {
-    items(concept, "coding").filter(move |(_, c)| c["system"] == system).filter_map(|(i, c)| Some((i, c["code"].as_str()?)))
+    items(concept, "coding")
+        .filter(move |(_, c)| c["system"] == system)
+        .filter_map(|(i, c)| Some((i, c["code"].as_str()?)))
 }
 
 /// A FHIR date or dateTime as a day: `2020` and `2020-05` are their first day, or their last

@@ -50,13 +50,16 @@ async fn registry_writes_and_eligibility_over_http() {
         .collect();
     assert_eq!(reasons, ["independent-practice", "prescribing-right"], "{body}");
 
-    let (status, _, body) =
-        send(&app, req("GET", "/fhir/Practitioner/d1/$eligibility?organization=h1&activity=consult&date=1.6.2026", None, ""))
-            .await;
+    let (status, _, body) = send(
+        &app,
+        req("GET", "/fhir/Practitioner/d1/$eligibility?organization=h1&activity=consult&date=1.6.2026", None, ""),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_outcome(&body, "YYYY-MM-DD");
     let (status, _, body) =
-        send(&app, req("GET", "/fhir/Practitioner/nobody/$eligibility?organization=h1&activity=consult", None, "")).await;
+        send(&app, req("GET", "/fhir/Practitioner/nobody/$eligibility?organization=h1&activity=consult", None, ""))
+            .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, _, _) = send(&app, req("POST", uri, FHIR, "{}")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

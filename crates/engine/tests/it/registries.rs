@@ -58,7 +58,8 @@ async fn organization_writes_follow_the_registry_rules() {
     assert!(matches!(e.read(&ctx(), "Organization", "h3").await, Err(EngineError::NotFound(_))));
 
     // $validate reports the same rules without writing.
-    let outcome = e.validate(&ctx(), Some("Organization"), hospital("h4", "12350100MB0000001X", "350102")).await.unwrap();
+    let outcome =
+        e.validate(&ctx(), Some("Organization"), hospital("h4", "12350100MB0000001X", "350102")).await.unwrap();
     assert_eq!(outcome["issue"][0]["expression"][0], "Organization.identifier[0].value");
 
     // A plain FHIR Organization (as Synthea sends) is not a registry institution.
@@ -97,8 +98,10 @@ async fn organizations_are_found_by_division_hierarchy() {
         ("11", vec!["dongcheng"]),
         ("44", vec![]),
     ] {
-        let bundle =
-            e.search(&ctx(), Some("Organization"), &pairs(&[("division", query), ("_sort", "_id")]), &opts()).await.unwrap();
+        let bundle = e
+            .search(&ctx(), Some("Organization"), &pairs(&[("division", query), ("_sort", "_id")]), &opts())
+            .await
+            .unwrap();
         let ids: Vec<&str> =
             bundle["entry"].as_array().into_iter().flatten().filter_map(|x| x["resource"]["id"].as_str()).collect();
         assert_eq!(ids, expected, "division={query}");
@@ -120,9 +123,10 @@ async fn registry_with_doctor(e: &engine::Engine, since: &str) {
             "extension": [{"url": INDEPENDENT_PRACTICE_START_EXTENSION, "valueDate": since}],
             "qualification": [licence]}),
     ];
-    for (id, org, codes) in
-        [("r1", "h1", vec!["primary-site", "internet-practice", "prescribing-right"]), ("r2", "h2", vec!["additional-site"])]
-    {
+    for (id, org, codes) in [
+        ("r1", "h1", vec!["primary-site", "internet-practice", "prescribing-right"]),
+        ("r2", "h2", vec!["additional-site"]),
+    ] {
         let coding: Vec<Value> = codes.iter().map(|c| json!({"system": REGISTRATION_SYSTEM, "code": c})).collect();
         resources.push(json!({"resourceType": "PractitionerRole", "id": id, "active": true,
             "practitioner": {"reference": "Practitioner/d1"}, "organization": {"reference": format!("Organization/{org}")},
@@ -172,11 +176,13 @@ async fn eligibility_answers_with_one_reason_per_failed_rule() {
     let t = engine();
     let e = &t.engine;
     registry_with_doctor(e, "2016-03-01").await;
-    let ask = |org: &str, activity: &str, date: &str| {
-        pairs(&[("organization", org), ("activity", activity), ("date", date)])
-    };
+    let ask =
+        |org: &str, activity: &str, date: &str| pairs(&[("organization", org), ("activity", activity), ("date", date)]);
     let doctor = as_role(Role::Doctor);
-    let yes = e.practitioner_eligibility(&doctor, "d1", &ask("Organization/h1", "prescribe", "2026-06-01"), &opts()).await.unwrap();
+    let yes = e
+        .practitioner_eligibility(&doctor, "d1", &ask("Organization/h1", "prescribe", "2026-06-01"), &opts())
+        .await
+        .unwrap();
     assert!(eligible(&yes), "{yes}");
     assert!(reasons(&yes).is_empty());
     assert_eq!(yes["parameter"][1], json!({"name": "date", "valueDate": "2026-06-01"}));
@@ -197,7 +203,8 @@ async fn eligibility_answers_with_one_reason_per_failed_rule() {
     // Fewer than three years of independent practice.
     let t2 = engine();
     registry_with_doctor(&t2.engine, "2024-01-01").await;
-    let junior = t2.engine.practitioner_eligibility(&ctx(), "d1", &ask("h1", "consult", "2026-06-01"), &opts()).await.unwrap();
+    let junior =
+        t2.engine.practitioner_eligibility(&ctx(), "d1", &ask("h1", "consult", "2026-06-01"), &opts()).await.unwrap();
     assert_eq!(reasons(&junior), ["independent-practice"]);
 
     // Bad requests.
@@ -212,9 +219,11 @@ async fn eligibility_answers_with_one_reason_per_failed_rule() {
         assert_eq!(err.http_status(), 400, "{query:?}");
         assert!(err.issues()[0].diagnostics.contains(words), "{:?} should mention {words}", err.issues());
     }
-    let err = e.practitioner_eligibility(&doctor, "nobody", &ask("h1", "consult", "2026-06-01"), &opts()).await.unwrap_err();
+    let err =
+        e.practitioner_eligibility(&doctor, "nobody", &ask("h1", "consult", "2026-06-01"), &opts()).await.unwrap_err();
     assert_eq!(err.http_status(), 404);
-    let err = e.practitioner_eligibility(&doctor, "d1", &ask("h9", "consult", "2026-06-01"), &opts()).await.unwrap_err();
+    let err =
+        e.practitioner_eligibility(&doctor, "d1", &ask("h9", "consult", "2026-06-01"), &opts()).await.unwrap_err();
     assert_eq!(err.http_status(), 404);
 }
 
@@ -248,6 +257,9 @@ async fn eligibility_is_for_staff_regulators_operators_and_systems_and_audited()
     assert_eq!(calls.len(), 9, "{calls:?}");
     assert!(calls.contains(&("regulator", "success")) && calls.contains(&("resident", "denied")));
     let entry = log.iter().find(|a| a.record.action == "eligibility").unwrap();
-    assert_eq!(entry.record.entity, "Practitioner/d1/$eligibility?organization=Organization/h1&activity=consult&date=2026-06-01");
+    assert_eq!(
+        entry.record.entity,
+        "Practitioner/d1/$eligibility?organization=Organization/h1&activity=consult&date=2026-06-01"
+    );
     assert!(entry.record.patients.is_empty());
 }
