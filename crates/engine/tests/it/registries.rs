@@ -2,7 +2,7 @@
 //! paths, plain FHIR Organizations still accepted), division search by hierarchy, and
 //! `Practitioner/$eligibility` (answers, parameters, who may ask, audit).
 
-use access::{Principal, Role, Scopes};
+use access::{Role, Scopes};
 use engine::EngineError;
 use registry::facility::{
     ALLIANCE_ROLE_SYSTEM, INSTITUTION_LEVEL_EXTENSION, INSTITUTION_LEVEL_SYSTEM, INSTITUTION_TYPE_SYSTEM, USCC_SYSTEM,
@@ -13,6 +13,7 @@ use registry::practitioner::{
 use serde_json::{Value, json};
 use store::Ctx;
 
+use super::matching::as_role;
 use super::{ctx, engine, opts, pairs};
 
 fn hospital(id: &str, credit_code: &str, division: &str) -> Value {
@@ -150,25 +151,6 @@ fn reasons(parameters: &Value) -> Vec<String> {
 
 fn eligible(parameters: &Value) -> bool {
     parameters["parameter"][0]["valueBoolean"].as_bool().unwrap()
-}
-
-fn as_role(role: Role) -> Ctx {
-    let scopes = if role == Role::Resident { "patient/*.*" } else { "user/*.*" };
-    Ctx::for_principal(
-        "req-elig".into(),
-        Principal {
-            subject: format!("user/{}", role.code()),
-            role,
-            organization: Some("h1".into()),
-            region: None,
-            practitioner: None,
-            patients: vec![],
-            scopes: Scopes::parse(scopes).unwrap(),
-            purpose: role.default_purpose().into(),
-            break_glass: None,
-        },
-        None,
-    )
 }
 
 #[tokio::test]
