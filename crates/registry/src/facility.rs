@@ -317,7 +317,8 @@ mod tests {
     #[test]
     fn organization_rules_each_name_their_element() {
         assert_eq!(paths(&hospital()), Vec::<String>::new());
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change, &str)> = vec![
             (
                 "bad check character",
                 Box::new(|o| o["identifier"][0]["value"] = json!("914403001922038217")),
