@@ -1,8 +1,8 @@
 //! FHIR R4 interactions written once over the storage contract ([`store::ResourceStore`]):
 //! create/read/vread/update/patch/delete and their conditional forms, versioning (If-Match),
 //! batch and transaction Bundles, search Bundles (includes, paging, summary, elements),
-//! history, `Patient/$everything`, Bulk Data `$export`, `$validate`, the capability statement,
-//! and the registries' operations (`Patient/$match`, `Practitioner/$eligibility`). Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
+//! history, `Patient/$everything`, Bulk Data `$export`, `$validate` and the capability
+//! statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
 
 mod audit;
 mod authz;
