@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 use crate::division::divisions;
-use crate::rules::{Problem, check_period, claims_profile, codes_in, items};
+use crate::rules::{Problem, check_code, check_period, claims_profile, codes_in, items};
 
 /// The profile an Organization claims to be checked as a registry institution.
 pub const ORGANIZATION_PROFILE: &str = "https://hutong.dev/fhir/StructureDefinition/registry-organization";
@@ -195,15 +195,11 @@ pub fn validate_organization(org: &Value) -> Vec<Problem> {
             ),
         ));
     }
+    let known: Vec<&str> = INSTITUTION_TYPES.iter().map(|k| k.0).collect();
     for (t, concept) in items(org, "type") {
         for (c, code) in codes_in(concept, INSTITUTION_TYPE_SYSTEM) {
-            if !INSTITUTION_TYPES.iter().any(|k| k.0 == code) {
-                let known: Vec<&str> = INSTITUTION_TYPES.iter().map(|k| k.0).collect();
-                problems.push(Problem::new(
-                    format!("Organization.type[{t}].coding[{c}].code"),
-                    format!("'{code}' is not an institution type of {INSTITUTION_TYPE_SYSTEM} ({})", known.join(", ")),
-                ));
-            }
+            let path = format!("Organization.type[{t}].coding[{c}].code");
+            check_code(code, &known, "an institution type", INSTITUTION_TYPE_SYSTEM, path, &mut problems);
         }
     }
     if types.is_empty() {
@@ -250,12 +246,9 @@ pub fn validate_affiliation(affiliation: &Value) -> Vec<Problem> {
     for (c, concept) in items(affiliation, "code") {
         for (k, code) in codes_in(concept, ALLIANCE_ROLE_SYSTEM) {
             membership = true;
-            if !ALLIANCE_ROLES.iter().any(|r| r.0 == code) {
-                problems.push(Problem::new(
-                    format!("OrganizationAffiliation.code[{c}].coding[{k}].code"),
-                    format!("'{code}' is not an alliance role of {ALLIANCE_ROLE_SYSTEM} (lead, member)"),
-                ));
-            }
+            let known: Vec<&str> = ALLIANCE_ROLES.iter().map(|r| r.0).collect();
+            let path = format!("OrganizationAffiliation.code[{c}].coding[{k}].code");
+            check_code(code, &known, "an alliance role", ALLIANCE_ROLE_SYSTEM, path, &mut problems);
         }
     }
     if !membership {

@@ -10,7 +10,9 @@
 use chrono::{Datelike, NaiveDate};
 use serde_json::Value;
 
-use crate::rules::{Problem, check_period, claims_profile, codes_in, fhir_date, items, period, reference_id};
+use crate::rules::{
+    Problem, check_code, check_period, claims_profile, codes_in, fhir_date, items, period, reference_id,
+};
 
 /// The profile a Practitioner claims to be checked as a registry practitioner.
 pub const PRACTITIONER_PROFILE: &str = "https://hutong.dev/fhir/StructureDefinition/registry-practitioner";
@@ -303,14 +305,10 @@ pub fn validate_practitioner(practitioner: &Value) -> Vec<Problem> {
         );
     }
     for (q, qualification) in items(practitioner, "qualification") {
+        let known: Vec<&str> = QUALIFICATION_TYPES.iter().map(|t| t.0).collect();
         for (c, code) in codes_in(&qualification["code"], QUALIFICATION_TYPE_SYSTEM) {
-            if !QUALIFICATION_TYPES.iter().any(|t| t.0 == code) {
-                let known: Vec<&str> = QUALIFICATION_TYPES.iter().map(|t| t.0).collect();
-                problems.push(Problem::new(
-                    format!("Practitioner.qualification[{q}].code.coding[{c}].code"),
-                    format!("'{code}' is not a licence type of {QUALIFICATION_TYPE_SYSTEM} ({})", known.join(", ")),
-                ));
-            }
+            let path = format!("Practitioner.qualification[{q}].code.coding[{c}].code");
+            check_code(code, &known, "a licence type", QUALIFICATION_TYPE_SYSTEM, path, &mut problems);
         }
         for (i, identifier) in items(qualification, "identifier") {
             certificate(
@@ -343,14 +341,10 @@ pub fn validate_practitioner_role(role: &Value) -> Vec<Problem> {
     if registrations.is_empty() && !claims_profile(role, PRACTITIONER_ROLE_PROFILE) {
         return problems;
     }
+    let known: Vec<&str> = REGISTRATIONS.iter().map(|r| r.0).collect();
     for (c, k, code) in registrations {
-        if !REGISTRATIONS.iter().any(|r| r.0 == code) {
-            let known: Vec<&str> = REGISTRATIONS.iter().map(|r| r.0).collect();
-            problems.push(Problem::new(
-                format!("PractitionerRole.code[{c}].coding[{k}].code"),
-                format!("'{code}' is not a practice registration of {REGISTRATION_SYSTEM} ({})", known.join(", ")),
-            ));
-        }
+        let path = format!("PractitionerRole.code[{c}].coding[{k}].code");
+        check_code(code, &known, "a practice registration", REGISTRATION_SYSTEM, path, &mut problems);
     }
     for (element, target) in [("practitioner", "Practitioner"), ("organization", "Organization")] {
         if reference_id(&role[element], target).is_none() {

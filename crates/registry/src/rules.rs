@@ -17,6 +17,21 @@ impl Problem {
     }
 }
 
+/// A code of one of the registry's CodeSystems that is not in it: a problem at `path` that lists
+/// the known codes.
+pub(crate) fn check_code(
+    code: &str,
+    known: &[&str],
+    what: &str,
+    system: &str,
+    path: String,
+    problems: &mut Vec<Problem>,
+) {
+    if !known.contains(&code) {
+        problems.push(Problem::new(path, format!("'{code}' is not {what} of {system} ({})", known.join(", "))));
+    }
+}
+
 /// The items of an array element with their index (none when absent or not an array).
 pub(crate) fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = (usize, &'a Value)> {
     v[key].as_array().into_iter().flatten().enumerate()
