@@ -469,6 +469,13 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             Method::GET => Ok(json_response(StatusCode::OK, engine.everything_json(&ctx, id, &params, &opts).await?)),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
+        ["Practitioner", id, "$eligibility"] => match method {
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                engine.practitioner_eligibility(&ctx, id, &params, &opts).await?.to_string(),
+            )),
+            _ => Err(method_not_allowed(&method, &path, "GET")),
+        },
         [t, id, "_history"] => match method {
             Method::GET => Ok(json_response(
                 StatusCode::OK,

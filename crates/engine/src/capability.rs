@@ -94,6 +94,11 @@ impl Engine {
                     {"name": "mpi-unmerge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-unmerge"}
                 ]);
             }
+            if t == "Practitioner" {
+                resource["operation"] = json!([
+                    {"name": "eligibility", "definition": "https://hutong.dev/fhir/OperationDefinition/Practitioner-eligibility"}
+                ]);
+            }
             if t == "Group" {
                 resource["operation"] = json!([
                     {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}

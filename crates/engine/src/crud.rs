@@ -70,7 +70,7 @@ impl Engine {
                 ));
             }
         }
-        let issues: Vec<fhir::Issue> = fhir::validate::validate(self.defs, body)
+        let mut issues: Vec<fhir::Issue> = fhir::validate::validate(self.defs, body)
             .into_iter()
             .filter(|i| matches!(i.severity, fhir::IssueSeverity::Error | fhir::IssueSeverity::Fatal))
             .map(|mut i| {
@@ -80,6 +80,7 @@ impl Engine {
                 i
             })
             .collect();
+        issues.extend(crate::registries::registry_issues(resource_type, body, location));
         if issues.is_empty() { Ok(()) } else { Err(EngineError::Unprocessable(issues)) }
     }
 

@@ -13,6 +13,7 @@ mod error;
 mod export;
 mod matching;
 mod mpi;
+mod registries;
 mod sealing;
 mod searchset;
 

@@ -23,12 +23,16 @@ const DIVISIONS: &[(&str, &str, &str)] = &[
     ("350206", "厦门市", "湖里区"),
     ("350502", "泉州市", "鲤城区"),
 ];
-const HOSPITALS: &[(&str, &str, &str)] = &[
-    ("org-1", "福州市第一医院", "350102"),
-    ("org-2", "厦门市中心医院", "350203"),
-    ("org-3", "泉州市人民医院", "350502"),
-    ("org-4", "鼓楼区华大街道社区卫生服务中心", "350102"),
+/// (id, name, division, institution type, level): the demo's institutions.
+const HOSPITALS: &[(&str, &str, &str, &str, &str)] = &[
+    ("org-1", "福州市第一医院", "350102", "hospital", "3A"),
+    ("org-2", "厦门市中心医院", "350203", "hospital", "3A"),
+    ("org-3", "泉州市人民医院", "350502", "hospital", "3B"),
+    ("org-4", "鼓楼区华大街道社区卫生服务中心", "350102", "community-health-centre", "1A"),
 ];
+/// The demo's 医联体: org-1 leads it, the community health centre org-4 is a member.
+const ALLIANCE: (&str, &str, &[(&str, &str)]) =
+    ("alliance-1", "鼓楼区紧密型医联体", &[("org-1", "lead"), ("org-4", "member")]);
 const SPECIALTIES: &[&str] = &["内科", "外科", "全科", "儿科", "心血管内科", "内分泌科"];
 
 /// GB 11643 check character for the first 17 digits.
@@ -46,18 +50,83 @@ fn division(code: &str) -> (&'static str, &'static str) {
     DIVISIONS.iter().find(|d| d.0 == code).map_or(("福州市", "鼓楼区"), |d| (d.1, d.2))
 }
 
-/// The reference data every demo or bench data set starts with: organizations, practitioners
-/// and their roles, as one transaction with fixed ids.
+/// GB 11714 check character of an 8-character organization code body (digits here).
+fn organization_code_check(body8: &str) -> char {
+    const WEIGHTS: [u32; 8] = [3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = body8.chars().zip(WEIGHTS).map(|(c, w)| c.to_digit(36).unwrap_or(0) * w).sum();
+    match 11 - sum % 11 {
+        10 => 'X',
+        11 => '0',
+        d => char::from_digit(d, 10).unwrap_or('0'),
+    }
+}
+
+/// A synthetic 统一社会信用代码 of a public institution (registration authority 1, category 2
+/// 事业单位): its division, a made-up organization code with a valid GB 11714 check character,
+/// and a valid GB 32100 check character. Also the institution's made-up licence registration
+/// number (organization code, division, class, serial).
+pub fn institution_codes(division: &str, serial: u32) -> (String, String) {
+    let body = format!("{:08}", 48_800_000 + serial * 7_919);
+    let organization_code = format!("{body}{}", organization_code_check(&body));
+    let first17 = format!("12{division}{organization_code}");
+    let check = registry::facility::credit_code_check_char(&first17).unwrap_or('0');
+    (format!("{first17}{check}"), format!("{organization_code}{division}11A{serial:04}"))
+}
+
+fn coding(system: &str, code: &str) -> Value {
+    json!({"coding": [{"system": system, "code": code}]})
+}
+
+/// The reference data every demo or bench data set starts with: the facility registry
+/// (institutions with codes, types, levels and divisions, a 医联体 and its members, the services
+/// offered) and the practitioner registry (licences, qualifications, independent-practice start
+/// dates, PractitionerRoles with multi-site practice and internet-practice registration), as one
+/// transaction with fixed ids. Doctors 3 and 8 have practised independently for less than three
+/// years and doctor 11's practising licence has expired, so `$eligibility` has something to say.
 pub fn reference_bundle() -> Value {
+    use registry::facility as f;
+    use registry::practitioner as p;
     let mut entries = Vec::new();
-    for (id, name, code) in HOSPITALS {
+    for (serial, (id, name, code, kind, level)) in (1..).zip(HOSPITALS) {
         let (city, district) = division(code);
+        let (credit_code, licence) = institution_codes(code, serial);
         entries.push(put(json!({
             "resourceType": "Organization", "id": id, "active": true, "name": name,
-            "identifier": [{"system": "https://hutong.dev/fhir/sid/institution-code", "value": format!("{code}{}", &id[4..])}],
-            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov", "display": "医疗机构"}]}],
+            "meta": {"profile": [f::ORGANIZATION_PROFILE]},
+            "identifier": [{"system": f::USCC_SYSTEM, "value": credit_code},
+                           {"system": f::INSTITUTION_LICENCE_SYSTEM, "value": licence}],
+            "type": [coding(f::INSTITUTION_TYPE_SYSTEM, kind),
+                     {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov", "display": "医疗机构"}]}],
+            "extension": [{"url": f::INSTITUTION_LEVEL_EXTENSION, "valueCoding": {"system": f::INSTITUTION_LEVEL_SYSTEM, "code": level}}],
             "address": [{"state": "福建省", "city": city, "district": district,
                          "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": code}]}],
+        })));
+        let (service, category) = if *kind == "hospital" {
+            ("互联网复诊", "互联网诊疗")
+        } else {
+            ("家庭医生签约服务", "基本公共卫生服务")
+        };
+        entries.push(put(json!({
+            "resourceType": "HealthcareService", "id": format!("service-{}", &id[4..]), "active": true,
+            "providedBy": {"reference": format!("Organization/{id}")},
+            "category": [{"text": category}], "type": [{"text": service}], "name": format!("{name}{service}"),
+        })));
+    }
+    let (alliance, alliance_name, members) = ALLIANCE;
+    entries.push(put(json!({
+        "resourceType": "Organization", "id": alliance, "active": true, "name": alliance_name,
+        "meta": {"profile": [f::ORGANIZATION_PROFILE]},
+        "type": [coding(f::INSTITUTION_TYPE_SYSTEM, "medical-alliance")],
+        "address": [{"state": "福建省", "city": "福州市", "district": "鼓楼区",
+                     "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": "350102"}]}],
+    })));
+    for (member, role) in members {
+        entries.push(put(json!({
+            "resourceType": "OrganizationAffiliation", "id": format!("{alliance}-{member}"), "active": true,
+            "period": {"start": "2023-01-01"},
+            "organization": {"reference": format!("Organization/{alliance}")},
+            "participatingOrganization": {"reference": format!("Organization/{member}")},
+            "code": [coding(f::ALLIANCE_ROLE_SYSTEM, role)],
         })));
     }
     let mut rng = StdRng::seed_from_u64(7);
@@ -65,21 +134,80 @@ pub fn reference_bundle() -> Value {
         let family = FAMILY[rng.random_range(0..FAMILY.len())];
         let given = GIVEN[rng.random_range(0..GIVEN.len())];
         let id = format!("doc-{n}");
+        let (org, _, org_division, _, _) = HOSPITALS[(n - 1) % HOSPITALS.len()];
+        let specialty = SPECIALTIES[n % SPECIALTIES.len()];
+        let practice_number = format!("1103501{:08}", n * 7919);
+        let qualified = 2000 + n;
+        let independent = match n {
+            3 => "2024-09-01".to_string(),
+            8 => "2025-03-01".to_string(),
+            _ => format!("{}-07-01", qualified + 3),
+        };
+        let licence_end = if n == 11 { json!("2025-12-31") } else { Value::Null };
+        let mut licence_period = json!({"start": format!("{}-07-01", qualified + 1)});
+        if !licence_end.is_null() {
+            licence_period["end"] = licence_end;
+        }
         entries.push(put(json!({
             "resourceType": "Practitioner", "id": id, "active": true,
+            "meta": {"profile": [p::PRACTITIONER_PROFILE]},
             "name": [{"text": format!("{family}{given}"), "family": family, "given": [given]}],
-            "identifier": [{"system": "https://hutong.dev/fhir/sid/practitioner-licence", "value": format!("1103501{:08}", n * 7919)}],
+            "identifier": [{"system": p::PRACTICE_CERTIFICATE_SYSTEM, "value": practice_number},
+                           {"system": p::QUALIFICATION_CERTIFICATE_SYSTEM, "value": format!("{qualified}11{org_division}{:012}", n * 104_729)}],
             "gender": if n % 2 == 0 { "female" } else { "male" },
+            "extension": [{"url": p::INDEPENDENT_PRACTICE_START_EXTENSION, "valueDate": independent}],
+            "qualification": [
+                {"code": coding(p::QUALIFICATION_TYPE_SYSTEM, "physician-qualification"),
+                 "identifier": [{"system": p::QUALIFICATION_CERTIFICATE_SYSTEM, "value": format!("{qualified}11{org_division}{:012}", n * 104_729)}],
+                 "period": {"start": format!("{qualified}-12-01")}, "issuer": {"display": "国家卫生健康委员会"}},
+                {"code": coding(p::QUALIFICATION_TYPE_SYSTEM, p::PRACTISING_LICENCE),
+                 "identifier": [{"system": p::PRACTICE_CERTIFICATE_SYSTEM, "value": practice_number}],
+                 "period": licence_period, "issuer": {"display": "福建省卫生健康委员会"},
+                 "extension": [{"url": p::PRACTICE_SCOPE_EXTENSION, "valueCodeableConcept": {"text": format!("临床类别 {specialty}专业")}}]},
+            ],
         })));
-        let org = HOSPITALS[(n - 1) % HOSPITALS.len()].0;
-        entries.push(put(json!({
-            "resourceType": "PractitionerRole", "id": format!("role-{n}"), "active": true,
-            "practitioner": {"reference": format!("Practitioner/{id}")},
-            "organization": {"reference": format!("Organization/{org}")},
-            "specialty": [{"text": SPECIALTIES[n % SPECIALTIES.len()]}],
-        })));
+        // The primary site: prescribing right everywhere, internet practice for two in three.
+        let mut codes = vec!["primary-site", "prescribing-right"];
+        if n % 3 != 0 {
+            codes.push("internet-practice");
+        }
+        entries.push(put(practitioner_role(
+            &format!("role-{n}"),
+            &id,
+            org,
+            specialty,
+            &format!("{}-07-01", qualified + 1),
+            &codes,
+        )));
+        // Multi-site practice (多点执业) for doctors 1, 2 and 5; doctor 2 also sees patients
+        // online for the second institution.
+        if matches!(n, 1 | 2 | 5) {
+            let second = HOSPITALS[n % HOSPITALS.len()].0;
+            let codes: &[&str] = if n == 2 { &["additional-site", "internet-practice"] } else { &["additional-site"] };
+            entries.push(put(practitioner_role(&format!("role-{n}-2"), &id, second, specialty, "2024-03-01", codes)));
+        }
     }
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn practitioner_role(
+    id: &str,
+    practitioner: &str,
+    organization: &str,
+    specialty: &str,
+    start: &str,
+    codes: &[&str],
+) -> Value {
+    let coding: Vec<Value> =
+        codes.iter().map(|c| json!({"system": registry::practitioner::REGISTRATION_SYSTEM, "code": c})).collect();
+    json!({
+        "resourceType": "PractitionerRole", "id": id, "active": true,
+        "period": {"start": start},
+        "practitioner": {"reference": format!("Practitioner/{practitioner}")},
+        "organization": {"reference": format!("Organization/{organization}")},
+        "code": [{"coding": coding}],
+        "specialty": [{"text": specialty}],
+    })
 }
 
 fn put(resource: Value) -> Value {
@@ -295,6 +423,46 @@ mod tests {
                 assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);
             }
         }
+    }
+
+    #[test]
+    fn demo_reference_data_follows_the_registry_rules() {
+        let bundle = reference_bundle();
+        let mut practitioners = Vec::new();
+        let mut roles = Vec::new();
+        for entry in bundle["entry"].as_array().unwrap() {
+            let r = &entry["resource"];
+            let problems = match r["resourceType"].as_str().unwrap() {
+                "Organization" => registry::facility::validate_organization(r),
+                "OrganizationAffiliation" => registry::facility::validate_affiliation(r),
+                "Practitioner" => {
+                    practitioners.push(r.clone());
+                    registry::practitioner::validate_practitioner(r)
+                }
+                "PractitionerRole" => {
+                    roles.push(r.clone());
+                    registry::practitioner::validate_practitioner_role(r)
+                }
+                _ => Vec::new(),
+            };
+            assert!(problems.is_empty(), "{r}: {problems:?}");
+        }
+        let (credit_code, _) = institution_codes("350102", 1);
+        assert_eq!(registry::facility::validate_credit_code(&credit_code), Ok(()));
+        // Some doctors may consult online for their first institution, some may not, each for
+        // a stated reason.
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let answers: Vec<bool> = practitioners
+            .iter()
+            .enumerate()
+            .map(|(i, doctor)| {
+                let facts = registry::practitioner::facts_from_fhir(doctor, &roles);
+                let org = HOSPITALS[i % HOSPITALS.len()].0;
+                registry::practitioner::eligibility(&facts, org, registry::practitioner::Activity::Consult, day)
+                    .eligible()
+            })
+            .collect();
+        assert_eq!(answers.iter().filter(|a| **a).count(), 6, "{answers:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod authz;
 mod ground_truth;
 mod matching;
 mod mpi;
+mod registries;
 mod sealing;
 
 use std::sync::Arc;

@@ -40,7 +40,8 @@ fn grades(bundle: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn as_role(role: Role) -> Ctx {
+/// A staff or resident caller of organization `h1` (used by the registry tests too).
+pub(super) fn as_role(role: Role) -> Ctx {
     let scopes = if role == Role::Resident { "patient/*.*" } else { "user/*.*" };
     Ctx::for_principal(
         "req-m".into(),
