@@ -98,7 +98,25 @@ fn serve_demo_answers_fhir_requests() {
     let (status, body) = get("/fhir/Patient?_summary=count");
     assert_eq!(status, 200);
     let bundle: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(bundle["total"], 300, "the demo data set has 300 residents");
+    assert_eq!(bundle["total"], 390, "the demo data set has 300 residents, 90 of them registered at two hospitals");
+    // The master patient index links the records of each resident to one Person as the server
+    // starts: 300 persons.
+    let persons = "/fhir/Person?_tag=https://hutong.dev/fhir/CodeSystem/mpi%7Cgolden&_summary=count";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, body) = get(persons);
+        let total = serde_json::from_str::<Value>(&body).unwrap()["total"].clone();
+        if total == 300 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the index made {total} persons, not 300");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, body) =
+        get("/fhir/Patient/$ihe-pix?sourceIdentifier=https://hutong.dev/fhir/sid/org-2/mrn%7CMZ100000");
+    assert_eq!(status, 200, "{body}");
+    let pix: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pix["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "targetId").count(), 2, "{pix}");
     let (_, body) = get("/fhir/Organization?name=福州");
     let orgs: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(orgs["total"], 1);
@@ -117,7 +135,7 @@ fn serve_demo_answers_fhir_requests() {
     let bearer = demo_bearer(&server, data.path());
     let (_, body) =
         super::security::http(&server.addr, "GET", "/fhir/Patient?_summary=count", &[("Authorization", &bearer)], "");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 300);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["total"], 390);
 }
 
 #[test]
