@@ -1,8 +1,8 @@
 //! FHIR R4 interactions written once over the storage contract ([`store::ResourceStore`]):
 //! create/read/vread/update/patch/delete and their conditional forms, versioning (If-Match),
 //! batch and transaction Bundles, search Bundles (includes, paging, summary, elements),
-//! history, `Patient/$everything`, Bulk Data `$export`, `$validate` and the capability
-//! statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
+//! history, `Patient/$everything`, Bulk Data `$export`, `$validate`, the terminology
+//! operations and the capability statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
 
 mod audit;
 mod authz;
@@ -14,6 +14,7 @@ mod export;
 mod matching;
 mod sealing;
 mod searchset;
+mod terminology;
 
 pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
@@ -139,6 +140,8 @@ pub struct Engine {
     patients_counted: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// The `$match` model and the registry size it was learned at (matching.rs).
     match_model: tokio::sync::Mutex<Option<(u64, Arc<registry::linkage::Model>)>>,
+    /// Stored CodeSystems, ValueSets and ConceptMaps over the preloaded terminology (terminology.rs).
+    terminology: terminology::TerminologyLayer,
 }
 
 impl Engine {
@@ -153,6 +156,7 @@ impl Engine {
             access: authz::AccessCache::default(),
             patients_counted: std::sync::Mutex::new(None),
             match_model: tokio::sync::Mutex::new(None),
+            terminology: terminology::TerminologyLayer::default(),
         }
     }
 

@@ -101,8 +101,10 @@ impl Terminology {
         if let Some(found) = self.expansions.lock().ok().and_then(|c| c.get(&cache_key).cloned()) {
             return Ok(found);
         }
-        // The parent expands what it holds on its own, and caches it for every layer above it.
+        // The parent expands what it holds on its own (unless this layer holds its own version
+        // of the set), and caches it for every layer above it.
         if let Some(parent) = &self.parent
+            && !self.value_sets.contains_key(crate::model::strip_version(url))
             && parent.has_value_set(url)
         {
             match parent.expansion_at(url, version, depth) {

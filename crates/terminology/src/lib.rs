@@ -35,7 +35,7 @@ mod preload;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use expand::{ExpandParams, Expansion, Member};
+pub use expand::{ExpandParams, Expansion, MAX_PAGE, Member, render};
 pub use model::{CodeSystem, Concept, ConceptMap, Designation, Resource, ValueSet};
 pub use ops::{Coding, Validation};
 

@@ -4,6 +4,7 @@ mod authz;
 mod ground_truth;
 mod matching;
 mod sealing;
+mod terminology;
 
 use std::sync::Arc;
 
