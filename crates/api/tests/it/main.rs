@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod security;
+mod terminology;
 
 struct TestApp {
     app: axum::Router,
