@@ -1,4 +1,4 @@
-//! The `hutong` binary: `serve`, `import`, `bench`, `admin` and `audit`.
+//! The `hutong` binary: `serve`, `import`, `bench`, `admin`, `audit` and `terminology`.
 
 /// mimalloc: the write path allocates many small JSON nodes and strings; glibc malloc spent a
 /// fifth of ingest time in malloc/free (perf), mimalloc much less.
@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod import;
 mod security;
+mod terminology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         which: security::AuditCommand,
+    },
+    /// Terminology content: load code systems from CSV.
+    Terminology {
+        #[command(subcommand)]
+        which: terminology::TerminologyCommand,
     },
 }
 
@@ -278,5 +284,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { which } => bench::run(which).await,
         Command::Admin { which } => security::admin(which).await,
         Command::Audit { which } => security::audit(which).await,
+        Command::Terminology { which } => terminology::run(which).await,
     }
 }

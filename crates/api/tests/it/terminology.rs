@@ -12,18 +12,17 @@ const FHIR: &str = "application/fhir+json";
 async fn terminology_operations_over_http() {
     let t = app(1 << 20).await;
     // GET $validate-code with the OID form of the GB/T 2261.1 system.
-    let (status, _, body) = send(
-        &t,
-        req("GET", "/fhir/CodeSystem/$validate-code?url=urn:oid:2.16.156.10011.2.3.3.4&code=2", None, ""),
-    )
-    .await;
+    let (status, _, body) =
+        send(&t, req("GET", "/fhir/CodeSystem/$validate-code?url=urn:oid:2.16.156.10011.2.3.3.4&code=2", None, ""))
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["parameter"][0], json!({"name": "result", "valueBoolean": true}));
     assert_eq!(body["parameter"][1]["valueString"], "女");
 
     // GET $lookup on ICD-10.
     let (status, _, body) =
-        send(&t, req("GET", "/fhir/CodeSystem/$lookup?system=http://hl7.org/fhir/sid/icd-10&code=J45.0", None, "")).await;
+        send(&t, req("GET", "/fhir/CodeSystem/$lookup?system=http://hl7.org/fhir/sid/icd-10&code=J45.0", None, ""))
+            .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("Predominantly allergic asthma"), "{body}");
 
@@ -46,7 +45,8 @@ async fn terminology_operations_over_http() {
     assert_eq!(status, StatusCode::CREATED);
     let location = headers["location"].to_str().unwrap();
     let id = location.split("/ValueSet/").nth(1).unwrap().split('/').next().unwrap();
-    let (status, _, body) = send(&t, req("GET", &format!("/fhir/ValueSet/{id}/$expand?displayLanguage=en"), None, "")).await;
+    let (status, _, body) =
+        send(&t, req("GET", &format!("/fhir/ValueSet/{id}/$expand?displayLanguage=en"), None, "")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["expansion"]["total"], 2);
     assert_eq!(body["expansion"]["contains"][0]["display"], "Male");
@@ -54,7 +54,9 @@ async fn terminology_operations_over_http() {
         &t,
         req(
             "GET",
-            &format!("/fhir/ValueSet/{id}/$validate-code?system=http://hutong.health/fhir/CodeSystem/gb-t-2261.1-sex&code=9"),
+            &format!(
+                "/fhir/ValueSet/{id}/$validate-code?system=http://hutong.health/fhir/CodeSystem/gb-t-2261.1-sex&code=9"
+            ),
             None,
             "",
         ),
@@ -72,7 +74,8 @@ async fn terminology_operations_over_http() {
     assert!(body.to_string().contains("\"code\":\"male\""), "{body}");
 
     // Errors: unknown value set (404), bad parameter (400), wrong method (405).
-    let (status, _, body) = send(&t, req("GET", "/fhir/ValueSet/$expand?url=http://example.org/vs/none", None, "")).await;
+    let (status, _, body) =
+        send(&t, req("GET", "/fhir/ValueSet/$expand?url=http://example.org/vs/none", None, "")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_outcome(&body, "is not known to this server");
     let (status, _, body) = send(
@@ -88,6 +91,7 @@ async fn terminology_operations_over_http() {
     // The CapabilityStatement lists the operations.
     let (_, _, cap) = send(&t, req("GET", "/fhir/metadata", None, "")).await;
     let value_set = cap["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "ValueSet").unwrap();
-    let names: Vec<&str> = value_set["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        value_set["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["expand", "validate-code"]);
 }
