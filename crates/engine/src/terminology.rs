@@ -89,7 +89,7 @@ impl OpParams {
         operation: &'static str,
         query: &[(String, String)],
         body: Option<Value>,
-        allowed: &[&str],
+        allowed: &str,
     ) -> EngineResult<OpParams> {
         let mut values: Vec<(String, Value)> =
             query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
@@ -110,10 +110,10 @@ impl OpParams {
             }
         }
         for (name, _) in &values {
-            if !allowed.contains(&name.as_str()) {
+            if !allowed.split(' ').any(|a| a == name) {
                 return Err(bad(format!(
                     "${operation} has no parameter '{name}' here (supported: {})",
-                    allowed.join(", ")
+                    allowed.replace(' ', ", ")
                 )));
             }
         }
@@ -240,12 +240,8 @@ impl Engine {
                 if instance.is_some() {
                     return Err(bad("$lookup is a type-level operation: GET CodeSystem/$lookup?system=…&code=…"));
                 }
-                let p = OpParams::new(
-                    "lookup",
-                    query,
-                    body,
-                    &["system", "code", "version", "coding", "date", "displayLanguage", "property"],
-                )?;
+                let p =
+                    OpParams::new("lookup", query, body, "system code version coding date displayLanguage property")?;
                 let coding = match p.coding("coding")? {
                     Some(c) => c,
                     None => Coding {
@@ -267,18 +263,7 @@ impl Engine {
                     "validate-code",
                     query,
                     body,
-                    &[
-                        "url",
-                        "codeSystem",
-                        "code",
-                        "version",
-                        "display",
-                        "coding",
-                        "codeableConcept",
-                        "date",
-                        "abstract",
-                        "displayLanguage",
-                    ],
+                    "url system codeSystem code version display coding codeableConcept date abstract displayLanguage",
                 )?;
                 if p.value("codeSystem").is_some() {
                     return Err(EngineError::NotSupported(
@@ -324,21 +309,7 @@ impl Engine {
                     "validate-code",
                     query,
                     body,
-                    &[
-                        "url",
-                        "valueSetVersion",
-                        "valueSet",
-                        "context",
-                        "code",
-                        "system",
-                        "systemVersion",
-                        "display",
-                        "coding",
-                        "codeableConcept",
-                        "date",
-                        "abstract",
-                        "displayLanguage",
-                    ],
+                    "url valueSetVersion valueSet context code system systemVersion display coding codeableConcept date abstract displayLanguage",
                 )?;
                 if p.value("valueSet").is_some() {
                     return Err(EngineError::NotSupported(
@@ -361,21 +332,7 @@ impl Engine {
                     "expand",
                     query,
                     body,
-                    &[
-                        "url",
-                        "valueSetVersion",
-                        "valueSet",
-                        "context",
-                        "filter",
-                        "date",
-                        "offset",
-                        "count",
-                        "includeDesignations",
-                        "displayLanguage",
-                        "activeOnly",
-                        "includeDefinition",
-                        "excludeNested",
-                    ],
+                    "url valueSetVersion valueSet context filter date offset count includeDesignations displayLanguage activeOnly includeDefinition excludeNested",
                 )?;
                 let params = ExpandParams {
                     filter: p.text("filter")?,
@@ -405,21 +362,7 @@ impl Engine {
                     "translate",
                     query,
                     body,
-                    &[
-                        "url",
-                        "conceptMap",
-                        "conceptMapVersion",
-                        "code",
-                        "system",
-                        "version",
-                        "source",
-                        "coding",
-                        "codeableConcept",
-                        "target",
-                        "targetsystem",
-                        "dependency",
-                        "reverse",
-                    ],
+                    "url conceptMap conceptMapVersion code system version source coding codeableConcept target targetsystem dependency reverse",
                 )?;
                 if p.flag("reverse")? {
                     return Err(EngineError::NotSupported("$translate with reverse=true".into()));

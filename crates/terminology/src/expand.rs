@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::model::{CodeSystem, ConceptSetRule, Designation, Filter, ValueSet, search_text};
+use crate::model::{CodeSystem, ConceptSetRule, Designation, Filter, ValueSet, put, search_text};
 use crate::{MAX_EXPANSION, Terminology, TerminologyError};
 
 /// Value sets including value sets deeper than this are taken to be circular.
@@ -271,12 +271,8 @@ pub fn render(vs: &ValueSet, expansion: &Expansion, params: &ExpandParams) -> Va
             continue;
         }
         let mut item = json!({"system": &*m.system, "code": m.code});
-        if let Some(v) = &m.version {
-            item["version"] = json!(&**v);
-        }
-        if let Some(d) = m.display_in(language) {
-            item["display"] = json!(d);
-        }
+        put(&mut item, "version", m.version.as_deref());
+        put(&mut item, "display", m.display_in(language));
         if m.is_abstract {
             item["abstract"] = json!(true);
         }
@@ -301,19 +297,11 @@ pub fn render(vs: &ValueSet, expansion: &Expansion, params: &ExpandParams) -> Va
         parameters.push(json!({"name": "includeDesignations", "valueBoolean": true}));
     }
     let mut out = json!({"resourceType": "ValueSet"});
-    if let Some(id) = &vs.resource_id {
-        out["id"] = json!(id);
-    }
+    put(&mut out, "id", vs.resource_id.as_deref());
     out["url"] = json!(vs.url);
-    if let Some(v) = &vs.version {
-        out["version"] = json!(v);
-    }
-    if let Some(n) = &vs.name {
-        out["name"] = json!(n);
-    }
-    if let Some(t) = &vs.title {
-        out["title"] = json!(t);
-    }
+    put(&mut out, "version", vs.version.as_deref());
+    put(&mut out, "name", vs.name.as_deref());
+    put(&mut out, "title", vs.title.as_deref());
     out["status"] = json!("active");
     out["expansion"] = json!({
         "total": total,
@@ -326,9 +314,7 @@ pub fn render(vs: &ValueSet, expansion: &Expansion, params: &ExpandParams) -> Va
 
 pub(crate) fn designation_json(d: &Designation) -> Value {
     let mut v = json!({});
-    if let Some(l) = &d.language {
-        v["language"] = json!(l);
-    }
+    put(&mut v, "language", d.language.as_deref());
     if let Some(u) = &d.use_code {
         v["use"] = json!({"code": u});
     }
@@ -383,7 +369,7 @@ fn select(cs: &CodeSystem, filters: &[Filter]) -> Result<Vec<u32>, TerminologyEr
             "exists" => {
                 let want = f.value != "false";
                 (0..cs.concepts.len() as u32)
-                    .filter(|i| !property_values(cs, *i, &f.property).is_empty() == want)
+                    .filter(|i| property_values(cs, *i, &f.property).is_empty() != want)
                     .collect()
             }
             op => {

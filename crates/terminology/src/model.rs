@@ -130,12 +130,7 @@ pub struct CodeSystem {
 
 impl CodeSystem {
     pub fn from_json(doc: &Value) -> Result<CodeSystem, TerminologyError> {
-        if doc["resourceType"] != "CodeSystem" {
-            return Err(TerminologyError::Invalid("expected a CodeSystem resource".into()));
-        }
-        let url = doc["url"]
-            .as_str()
-            .ok_or_else(|| TerminologyError::Invalid("the CodeSystem has no url; terminology needs one".into()))?;
+        let url = canonical_of(doc, "CodeSystem")?;
         let mut cs = CodeSystem {
             url: url.to_string(),
             version: str_of(doc, "version"),
@@ -284,12 +279,7 @@ pub struct ValueSet {
 
 impl ValueSet {
     pub fn from_json(doc: &Value) -> Result<ValueSet, TerminologyError> {
-        if doc["resourceType"] != "ValueSet" {
-            return Err(TerminologyError::Invalid("expected a ValueSet resource".into()));
-        }
-        let url = doc["url"]
-            .as_str()
-            .ok_or_else(|| TerminologyError::Invalid("the ValueSet has no url; terminology needs one".into()))?;
+        let url = canonical_of(doc, "ValueSet")?;
         let rules = |key: &str| -> Vec<ConceptSetRule> {
             doc["compose"][key]
                 .as_array()
@@ -403,12 +393,7 @@ pub struct ConceptMap {
 
 impl ConceptMap {
     pub fn from_json(doc: &Value) -> Result<ConceptMap, TerminologyError> {
-        if doc["resourceType"] != "ConceptMap" {
-            return Err(TerminologyError::Invalid("expected a ConceptMap resource".into()));
-        }
-        let url = doc["url"]
-            .as_str()
-            .ok_or_else(|| TerminologyError::Invalid("the ConceptMap has no url; terminology needs one".into()))?;
+        let url = canonical_of(doc, "ConceptMap")?;
         let groups = doc["group"]
             .as_array()
             .into_iter()
@@ -468,6 +453,23 @@ impl Resource {
                 other.unwrap_or("a resource without resourceType")
             ))),
         }
+    }
+}
+
+/// The `url` of a resource that must be of type `kind`.
+fn canonical_of<'a>(doc: &'a Value, kind: &str) -> Result<&'a str, TerminologyError> {
+    if doc["resourceType"] != kind {
+        return Err(TerminologyError::Invalid(format!("expected a {kind} resource")));
+    }
+    doc["url"]
+        .as_str()
+        .ok_or_else(|| TerminologyError::Invalid(format!("the {kind} has no url; terminology needs one")))
+}
+
+/// Sets `key` on a JSON object when there is a value.
+pub(crate) fn put(target: &mut Value, key: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        target[key] = Value::String(v.to_string());
     }
 }
 

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::expand::designation_json;
-use crate::model::CodeSystem;
+use crate::model::{CodeSystem, put};
 use crate::{Terminology, TerminologyError};
 
 /// A coding given to `$validate-code` or `$translate`.
@@ -278,15 +278,9 @@ impl Terminology {
                     let mut part = vec![json!({"name": "equivalence", "valueCode": t.equivalence})];
                     if let Some(code) = &t.code {
                         let mut concept = json!({"code": code});
-                        if let Some(gt) = &group.target {
-                            concept["system"] = json!(gt);
-                        }
-                        if let Some(v) = &group.target_version {
-                            concept["version"] = json!(v);
-                        }
-                        if let Some(d) = &t.display {
-                            concept["display"] = json!(d);
-                        }
+                        put(&mut concept, "system", group.target.as_deref());
+                        put(&mut concept, "version", group.target_version.as_deref());
+                        put(&mut concept, "display", t.display.as_deref());
                         part.push(json!({"name": "concept", "valueCoding": concept}));
                     }
                     part.push(json!({"name": "source", "valueUri": map.url}));

@@ -64,17 +64,7 @@ async fn stored_code_system_value_set_and_concept_map_are_used() {
     let cm_id = e.create(&ctx(), "ConceptMap", cm, &opts()).await.unwrap().resource.id;
 
     // $lookup by URL and by the OID identifier, with the hierarchy.
-    let p = e
-        .terminology_operation(
-            &ctx(),
-            "CodeSystem",
-            None,
-            "lookup",
-            &pairs(&[("system", LOCAL), ("code", "GLU")]),
-            None,
-        )
-        .await
-        .unwrap();
+    let p = call(e, "CodeSystem", "lookup", &[("system", LOCAL), ("code", "GLU")]).await.unwrap();
     assert_eq!(param(&p, "display")["valueString"], "Glucose");
     assert!(
         p["parameter"]
@@ -83,17 +73,7 @@ async fn stored_code_system_value_set_and_concept_map_are_used() {
             .iter()
             .any(|x| x["name"] == "property" && x["part"][1]["valueCode"] == "CHEM")
     );
-    let by_oid = e
-        .terminology_operation(
-            &ctx(),
-            "CodeSystem",
-            None,
-            "lookup",
-            &pairs(&[("system", "urn:oid:1.2.3.4.5"), ("code", "NA")]),
-            None,
-        )
-        .await
-        .unwrap();
+    let by_oid = call(e, "CodeSystem", "lookup", &[("system", "urn:oid:1.2.3.4.5"), ("code", "NA")]).await.unwrap();
     assert_eq!(param(&by_oid, "display")["valueString"], "Sodium");
 
     // CodeSystem/$validate-code at instance level, with a display that is not the code's.
@@ -163,17 +143,7 @@ async fn stored_code_system_value_set_and_concept_map_are_used() {
     changed["id"] = json!(cs.resource.id);
     changed["concept"][1]["display"] = json!("Hematology");
     e.update(&ctx(), "CodeSystem", &cs.resource.id, changed, &opts()).await.unwrap();
-    let p = e
-        .terminology_operation(
-            &ctx(),
-            "CodeSystem",
-            None,
-            "lookup",
-            &pairs(&[("system", LOCAL), ("code", "HEME")]),
-            None,
-        )
-        .await
-        .unwrap();
+    let p = call(e, "CodeSystem", "lookup", &[("system", LOCAL), ("code", "HEME")]).await.unwrap();
     assert_eq!(param(&p, "display")["valueString"], "Hematology");
 }
 
@@ -181,47 +151,33 @@ async fn stored_code_system_value_set_and_concept_map_are_used() {
 async fn preloaded_content_through_the_engine() {
     let t = engine();
     let e = &t.engine;
-    let p = e
-        .terminology_operation(
-            &ctx(),
-            "ValueSet",
-            None,
-            "expand",
-            &pairs(&[("url", "http://hl7.org/fhir/sid/icd-10?vs"), ("filter", "asthma"), ("count", "3")]),
-            None,
-        )
-        .await
-        .unwrap();
+    let p = call(
+        e,
+        "ValueSet",
+        "expand",
+        &[("url", "http://hl7.org/fhir/sid/icd-10?vs"), ("filter", "asthma"), ("count", "3")],
+    )
+    .await
+    .unwrap();
     assert!(p["expansion"]["total"].as_u64().unwrap() >= 3);
     assert_eq!(p["expansion"]["contains"].as_array().unwrap().len(), 3);
-    let sex = e
-        .terminology_operation(
-            &ctx(),
-            "CodeSystem",
-            None,
-            "validate-code",
-            &pairs(&[("url", "urn:oid:2.16.156.10011.2.3.3.4"), ("code", "1")]),
-            None,
-        )
+    let sex = call(e, "CodeSystem", "validate-code", &[("url", "urn:oid:2.16.156.10011.2.3.3.4"), ("code", "1")])
         .await
         .unwrap();
     assert_eq!(param(&sex, "result")["valueBoolean"], true);
     assert_eq!(param(&sex, "display")["valueString"], "男");
-    let tr = e
-        .terminology_operation(
-            &ctx(),
-            "ConceptMap",
-            None,
-            "translate",
-            &pairs(&[
-                ("system", "http://hutong.health/fhir/CodeSystem/gb-t-2261.1-sex"),
-                ("code", "2"),
-                ("targetsystem", "http://hl7.org/fhir/administrative-gender"),
-            ]),
-            None,
-        )
-        .await
-        .unwrap();
+    let tr = call(
+        e,
+        "ConceptMap",
+        "translate",
+        &[
+            ("system", "http://hutong.health/fhir/CodeSystem/gb-t-2261.1-sex"),
+            ("code", "2"),
+            ("targetsystem", "http://hl7.org/fhir/administrative-gender"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(param(&tr, "match")["part"][1]["valueCoding"]["code"], "female");
 }
 
