@@ -176,6 +176,9 @@ async fn main() -> anyhow::Result<()> {
             let sealed: Arc<dyn ResourceStore> =
                 Arc::new(engine::SealingStore::new(backend.clone(), Arc::new(move || keys_of.keys())));
             let engine = Arc::new(engine_for(sealed, &store));
+            // Build the preloaded terminology (R4 package, national systems, ICD-10; under a
+            // second) in the background, so the first terminology request does not wait for it.
+            tokio::task::spawn_blocking(::terminology::Terminology::preloaded);
             if demo {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
