@@ -242,3 +242,40 @@ async fn callers_need_read_scopes_and_every_call_is_audited() {
     assert!(log.iter().any(|a| a.record.outcome == "denied" && a.record.entity == "CodeSystem/$lookup"));
     assert!(log.iter().all(|a| a.record.patients.is_empty()));
 }
+
+#[tokio::test]
+async fn stored_value_sets_include_stored_value_sets_and_versions_are_kept_apart() {
+    let t = engine();
+    let e = &t.engine;
+    let mut v1 = code_system();
+    v1["id"] = json!("lab-1");
+    e.update(&ctx(), "CodeSystem", "lab-1", v1, &opts()).await.unwrap();
+    let mut v2 = code_system();
+    v2["id"] = json!("lab-2");
+    v2["version"] = json!("2");
+    v2["concept"][1]["code"] = json!("HAEM");
+    e.update(&ctx(), "CodeSystem", "lab-2", v2, &opts()).await.unwrap();
+    // An outer set that includes an inner one (both only in the store), minus one code.
+    let inner = json!({"resourceType": "ValueSet", "url": "http://example.org/fhir/ValueSet/inner", "status": "active",
+        "compose": {"include": [{"system": LOCAL, "version": "1"}]}});
+    let outer = json!({"resourceType": "ValueSet", "url": "http://example.org/fhir/ValueSet/outer", "status": "active",
+        "compose": {"include": [{"valueSet": ["http://example.org/fhir/ValueSet/inner"]}],
+                    "exclude": [{"system": LOCAL, "concept": [{"code": "NA"}]}]}});
+    e.create(&ctx(), "ValueSet", inner, &opts()).await.unwrap();
+    e.create(&ctx(), "ValueSet", outer, &opts()).await.unwrap();
+    let x = call(e, "ValueSet", "expand", &[("url", "http://example.org/fhir/ValueSet/outer")]).await.unwrap();
+    let codes: Vec<&str> =
+        x["expansion"]["contains"].as_array().unwrap().iter().map(|c| c["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["CHEM", "GLU", "HEME"]);
+
+    let in_v1 =
+        call(e, "CodeSystem", "validate-code", &[("url", LOCAL), ("version", "1"), ("code", "HEME")]).await.unwrap();
+    assert_eq!(param(&in_v1, "result")["valueBoolean"], true);
+    let in_v2 =
+        call(e, "CodeSystem", "validate-code", &[("url", LOCAL), ("version", "2"), ("code", "HEME")]).await.unwrap();
+    assert_eq!(param(&in_v2, "result")["valueBoolean"], false);
+    let missing =
+        call(e, "CodeSystem", "lookup", &[("system", LOCAL), ("version", "3"), ("code", "GLU")]).await.unwrap_err();
+    assert_eq!(missing.http_status(), 400);
+    assert!(issue_text(&missing).contains("has no version '3'"), "{missing:?}");
+}
