@@ -144,7 +144,7 @@ impl Terminology {
         let property = |code: &str, kind: &str, value: &Value| {
             json!({"name": "property", "part": [
                 {"name": "code", "valueCode": code},
-                {"name": format!("value{kind}"), format!("value{kind}"): value},
+                {"name": "value", format!("value{kind}"): value},
             ]})
         };
         for p in &concept.parents {

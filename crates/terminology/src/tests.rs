@@ -45,7 +45,7 @@ fn lookup_returns_display_designations_and_hierarchy() {
         .iter()
         .find(|x| x["name"] == "property" && x["part"][0]["valueCode"] == "parent")
         .unwrap();
-    assert_eq!(parent["part"][1]["valueCode"], "A00");
+    assert_eq!(parent["part"][1], json!({"name": "value", "valueCode": "A00"}));
     let a00 = t().lookup(ICD10, None, "A00", None).unwrap();
     let children: Vec<&Value> = a00["parameter"]
         .as_array()
