@@ -363,6 +363,19 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             export_kickoff(engine, &ctx, &headers, &method, &path, ExportScope::Group(id.to_string()), &params, &opts)
                 .await
         }
+        // Terminology operations (engine/src/terminology.rs), type and instance level.
+        [t @ ("CodeSystem" | "ValueSet" | "ConceptMap"), .., op]
+            if op.starts_with('$') && *op != "$validate" && segs.len() <= 3 =>
+        {
+            let id = if segs.len() == 3 { Some(segs[1]) } else { None };
+            let body = match method {
+                Method::GET => None,
+                Method::POST => Some(json_body(&headers, &body_bytes, false)?),
+                _ => return Err(method_not_allowed(&method, &path, "GET, POST")),
+            };
+            let result = engine.terminology_operation(&ctx, t, id, &op[1..], &params, body).await?;
+            Ok(json_response(StatusCode::OK, result.to_string()))
+        }
         [t, ..] if !is_type(t) => Err(unknown_type(t)),
         [t] => match method {
             Method::GET => Ok(json_response(StatusCode::OK, engine.search_json(&ctx, Some(t), &params, &opts).await?)),

@@ -300,6 +300,34 @@ impl Engine {
         EngineError::Forbidden(reason)
     }
 
+    /// Decides a read of shared reference data that is about no stored resource in particular
+    /// (the terminology operations): the caller's scopes and role decide; permitted calls are
+    /// audited in queued mode, refusals durably (403).
+    pub(crate) async fn authorize_reference_read(
+        &self,
+        ctx: &Ctx,
+        resource_type: &str,
+        entity: &str,
+    ) -> EngineResult<()> {
+        let Some(principal) = ctx.principal.as_deref() else { return Ok(()) };
+        let decision = policy::decide(
+            principal,
+            Action::Read,
+            &Facts { resource_type, patient_data: false, patients: &[], labels: &[], region: None },
+            &Relationship::default(),
+        );
+        if !decision.permit {
+            return Err(self.deny(ctx, "operation", entity.to_string(), decision.reason).await);
+        }
+        let record = audit::record(ctx, "operation", "success", entity.to_string(), Vec::new(), None);
+        if self.config.audit_reads == crate::AuditMode::Queued {
+            self.audit.queue(record).await?;
+        } else {
+            self.audit.append(record).await?;
+        }
+        Ok(())
+    }
+
     /// Checks an action that is not about one resource (type/system history, export).
     pub(crate) async fn authorize_bulk(&self, ctx: &Ctx, action: Action, resource_type: &str) -> EngineResult<()> {
         let Some(principal) = ctx.principal.as_deref() else { return Ok(()) };
@@ -421,6 +449,8 @@ impl Engine {
             self.authorize_writes(ctx, principal, &ops, interaction).await?;
         }
         let relationships_change = ops.iter().any(|op| RELATIONSHIP_TYPES.contains(&op.resource_type.as_str()));
+        let terminology_changes =
+            ops.iter().any(|op| crate::terminology::TERMINOLOGY_TYPES.contains(&op.resource_type.as_str()));
         let mut patients: Vec<String> = Vec::new();
         for op in &ops {
             if let Some(p) = op.compartments.first()
@@ -442,6 +472,9 @@ impl Engine {
         }
         if relationships_change {
             self.access.clear();
+        }
+        if terminology_changes {
+            self.terminology.clear();
         }
         Ok(result?)
     }

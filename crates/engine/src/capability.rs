@@ -104,6 +104,9 @@ impl Engine {
                     {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}
                 ]);
             }
+            if let Some(operations) = crate::terminology::capability_operations(t) {
+                resource["operation"] = operations;
+            }
             resources.push(resource);
         }
         json!({

@@ -18,6 +18,10 @@ pub enum EngineError {
     /// 404.
     #[error("{0} is not known")]
     NotFound(String),
+    /// 404 whose message says in full what is missing and what to do (e.g. an unknown code
+    /// system named by a terminology operation).
+    #[error("{0}")]
+    NotFoundExplained(String),
     /// Deleted resource: 410.
     #[error("{0} has been deleted")]
     Gone(String),
@@ -50,7 +54,7 @@ impl EngineError {
     /// | BadRequest | 400 |
     /// | Unprocessable | 422 |
     /// | Forbidden | 403 |
-    /// | NotFound | 404 |
+    /// | NotFound, NotFoundExplained | 404 |
     /// | Gone | 410 |
     /// | Conflict (race) | 409 |
     /// | Conflict (If-Match failed) | 412 |
@@ -65,7 +69,7 @@ impl EngineError {
             EngineError::BadRequest(_) | EngineError::TooCostly(_) => 400,
             EngineError::Unprocessable(_) => 422,
             EngineError::Forbidden(_) => 403,
-            EngineError::NotFound(_) => 404,
+            EngineError::NotFound(_) | EngineError::NotFoundExplained(_) => 404,
             EngineError::Gone(_) => 410,
             EngineError::Conflict { precondition: true, .. } | EngineError::MultipleMatches(_) => 412,
             EngineError::Conflict { precondition: false, .. } => 409,
@@ -84,6 +88,7 @@ impl EngineError {
             EngineError::BadRequest(issues) | EngineError::Unprocessable(issues) => issues.clone(),
             EngineError::Forbidden(why) => vec![Issue::error(T::Forbidden, why.clone())],
             EngineError::NotFound(what) => vec![Issue::error(T::NotFound, format!("{what} is not known"))],
+            EngineError::NotFoundExplained(message) => vec![Issue::error(T::NotFound, message.clone())],
             EngineError::Gone(what) => vec![Issue::error(T::Deleted, format!("{what} has been deleted"))],
             EngineError::Conflict { message, .. } => vec![Issue::error(T::Conflict, message.clone())],
             EngineError::MultipleMatches(message) => vec![Issue::error(T::Multiple, message.clone())],

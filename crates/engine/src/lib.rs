@@ -1,8 +1,8 @@
 //! FHIR R4 interactions written once over the storage contract ([`store::ResourceStore`]):
 //! create/read/vread/update/patch/delete and their conditional forms, versioning (If-Match),
 //! batch and transaction Bundles, search Bundles (includes, paging, summary, elements),
-//! history, `Patient/$everything`, Bulk Data `$export`, `$validate` and the capability
-//! statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
+//! history, `Patient/$everything`, Bulk Data `$export`, `$validate`, the terminology
+//! operations and the capability statement. Knows nothing of HTTP: the `api` crate maps [`EngineError`] to statuses.
 
 mod audit;
 mod authz;
@@ -16,6 +16,7 @@ mod mpi;
 mod registries;
 mod sealing;
 mod searchset;
+mod terminology;
 
 pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
@@ -147,6 +148,8 @@ pub struct Engine {
     mpi: tokio::sync::Mutex<Option<mpi::MpiState>>,
     /// Wakes the index's worker when this process writes a Patient.
     mpi_wake: tokio::sync::Notify,
+    /// Stored CodeSystems, ValueSets and ConceptMaps over the preloaded terminology (terminology.rs).
+    terminology: terminology::TerminologyLayer,
 }
 
 impl Engine {
@@ -163,6 +166,7 @@ impl Engine {
             match_model: tokio::sync::Mutex::new(None),
             mpi: tokio::sync::Mutex::new(None),
             mpi_wake: tokio::sync::Notify::new(),
+            terminology: terminology::TerminologyLayer::default(),
         }
     }
 

@@ -129,10 +129,36 @@ pub struct Definitions {
     pub(crate) patient_compartment: HashMap<String, Vec<String>>,
 }
 
+/// The vendored official R4 package (`data/hl7.fhir.r4.core.tgz`), for other crates that read
+/// more of it than [`Definitions`] keeps (the terminology service reads its CodeSystems,
+/// ValueSets and ConceptMaps with [`package_files`]).
+pub const R4_PACKAGE: &[u8] = include_bytes!("../data/hl7.fhir.r4.core.tgz");
+
 static R4: once_cell::sync::Lazy<Definitions> = once_cell::sync::Lazy::new(|| {
-    Definitions::from_package(include_bytes!("../data/hl7.fhir.r4.core.tgz"))
-        .expect("the vendored hl7.fhir.r4.core.tgz is readable")
+    Definitions::from_package(R4_PACKAGE).expect("the vendored hl7.fhir.r4.core.tgz is readable")
 });
+
+/// The JSON files at the top of a FHIR NPM package (`package/*.json`) whose names start with
+/// one of `prefixes` (e.g. `"CodeSystem-"`), parsed, with their file names, in package order.
+pub fn package_files(tgz: &[u8], prefixes: &[&str]) -> Result<Vec<(String, serde_json::Value)>, DefinitionsError> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    let mut files: Vec<(String, serde_json::Value)> = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let Some(name) = path.strip_prefix("package/") else { continue };
+        if name.contains('/') || !name.ends_with(".json") || !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let mut text = String::new();
+        entry.read_to_string(&mut text)?;
+        let value =
+            serde_json::from_str(&text).map_err(|source| DefinitionsError::Json { file: name.to_string(), source })?;
+        files.push((name.to_string(), value));
+    }
+    Ok(files)
+}
 
 /// Error reading a definitions package.
 #[derive(Debug, thiserror::Error)]
@@ -151,28 +177,8 @@ impl Definitions {
 
     /// Reads a FHIR NPM package (`.tgz`) holding the core definitions.
     pub fn from_package(tgz: &[u8]) -> Result<Definitions, DefinitionsError> {
-        use std::io::Read;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
-        let mut files: Vec<(String, serde_json::Value)> = Vec::new();
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().into_owned();
-            let Some(name) = path.strip_prefix("package/") else { continue };
-            if name.contains('/') || !name.ends_with(".json") {
-                continue;
-            }
-            let wanted =
-                ["StructureDefinition-", "SearchParameter-", "ValueSet-", "CodeSystem-", "CompartmentDefinition-"];
-            if !wanted.iter().any(|p| name.starts_with(p)) {
-                continue;
-            }
-            let mut text = String::new();
-            entry.read_to_string(&mut text)?;
-            let value = serde_json::from_str(&text)
-                .map_err(|source| DefinitionsError::Json { file: name.to_string(), source })?;
-            files.push((name.to_string(), value));
-        }
-        Ok(build(files))
+        let wanted = ["StructureDefinition-", "SearchParameter-", "ValueSet-", "CodeSystem-", "CompartmentDefinition-"];
+        Ok(build(package_files(tgz, &wanted)?))
     }
 
     /// Every concrete (non-abstract) R4 resource type, sorted.

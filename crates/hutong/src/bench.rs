@@ -4,7 +4,8 @@
 //! Bundles, the stages separately (JSON parsing; validation + index extraction; commits of the
 //! prepared rows alone) and end to end through the engine, so the result shows how close
 //! ingest comes to its physical limits. `search` serves a loaded store on a loopback port and
-//! drives it over HTTP with concurrent clients.
+//! drives it over HTTP with concurrent clients. `terminology` times the terminology operations
+//! over HTTP.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2026)]
         seed: u64,
     },
+    /// The terminology operations over HTTP (system client token, audited): `$validate-code`
+    /// of random ICD-10 and national codes, and `$expand` of ICD-10 with a text filter.
+    Terminology {
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -102,6 +114,7 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Audit { entries, store } => audit(entries, store).await,
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
+        BenchCommand::Terminology { requests, seed, store } => terminology(requests, seed, store).await,
     }
 }
 
@@ -338,6 +351,28 @@ enum Kind {
     Everything,
 }
 
+/// The auth service over `store` and the `Authorization` header of a new system client with
+/// `system/*.read` (requests are authenticated, decided and audited as in production).
+async fn bench_client(store: Arc<dyn store::ResourceStore>) -> anyhow::Result<(Arc<auth::Auth>, Arc<String>)> {
+    let auth = Arc::new(auth::Auth::new(
+        store,
+        Arc::new(crypto::KeyRing::ephemeral()),
+        auth::AuthConfig::default(),
+        Arc::new(auth::FileSms::new(std::env::temp_dir().join("hutong-bench-sms.txt"))),
+    ));
+    let (client_id, secret) =
+        auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let form: std::collections::HashMap<String, String> = [
+        ("grant_type".to_string(), "client_credentials".to_string()),
+        ("client_id".to_string(), client_id),
+        ("client_secret".to_string(), secret),
+    ]
+    .into();
+    let token = auth.token(&form, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bearer = Arc::new(format!("Bearer {}", token["access_token"].as_str().unwrap_or_default()));
+    Ok((auth, bearer))
+}
+
 async fn search(
     clients: usize,
     seconds: u64,
@@ -358,22 +393,7 @@ async fn search(
     };
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(seal(store.clone(), &args, sealed)?, &args));
-    let auth = Arc::new(auth::Auth::new(
-        store,
-        Arc::new(crypto::KeyRing::ephemeral()),
-        auth::AuthConfig::default(),
-        Arc::new(auth::FileSms::new(std::env::temp_dir().join("hutong-bench-sms.txt"))),
-    ));
-    let (client_id, secret) =
-        auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let form: std::collections::HashMap<String, String> = [
-        ("grant_type".to_string(), "client_credentials".to_string()),
-        ("client_id".to_string(), client_id),
-        ("client_secret".to_string(), secret),
-    ]
-    .into();
-    let token = auth.token(&form, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let bearer = Arc::new(format!("Bearer {}", token["access_token"].as_str().unwrap_or_default()));
+    let (auth, bearer) = bench_client(store).await?;
     let ctx = Ctx::system();
     let opts = engine::RequestOptions {
         base_url: "urn:bench".into(),
@@ -509,6 +529,125 @@ async fn search(
             percentile(&lat, 0.99).as_secs_f64() * 1e3
         );
     }
+    Ok(())
+}
+
+/// `hutong bench terminology`: one client on loopback, so the figures are latencies, not
+/// throughput under contention. Codes and filter words come from the ICD-10 table itself.
+async fn terminology(requests: usize, seed: u64, args: StoreArgs) -> anyhow::Result<()> {
+    use rand::Rng;
+    let started = Instant::now();
+    let preloaded = tokio::task::spawn_blocking(terminology::Terminology::preloaded).await?;
+    println!("preloaded terminology built in {:.2} s: {:?}", started.elapsed().as_secs_f64(), preloaded.counts());
+    let icd = preloaded.code_system(terminology::ICD10, None).context("ICD-10 is preloaded")?;
+    let codes: Vec<&str> = icd.concepts.iter().map(|c| c.code.as_str()).collect();
+    let mut words: Vec<String> = icd
+        .concepts
+        .iter()
+        .filter_map(|c| c.display.as_deref())
+        .flat_map(|d| d.split(|ch: char| !ch.is_alphabetic()).map(str::to_lowercase).collect::<Vec<_>>())
+        .filter(|w| w.len() >= 5)
+        .collect();
+    words.sort();
+    words.dedup();
+
+    let store = open_store(&args).await?;
+    let engine = Arc::new(engine_for(store.clone(), &args));
+    let (auth, bearer) = bench_client(store).await?;
+    let app = api::router(api::AppState { engine, auth, config: api::ApiConfig::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let get = |path: String| {
+        let (client, bearer) = (client.clone(), bearer.clone());
+        async move {
+            let uri: hyper::Uri = format!("http://{addr}{path}").parse()?;
+            let request = hyper::Request::get(uri).header("authorization", bearer.as_str()).body(Empty::new())?;
+            let started = Instant::now();
+            let response = client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::ensure!(status.is_success(), "{path}: {status} {}", String::from_utf8_lossy(&body));
+            Ok::<_, anyhow::Error>((started.elapsed(), body))
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sex = "http://hutong.health/fhir/CodeSystem/gb-t-2261.1-sex";
+    let mut runs: Vec<(&str, Vec<Duration>, usize)> = Vec::new();
+    for kind in [
+        "CodeSystem/$validate-code (ICD-10)",
+        "ValueSet/$validate-code (GB/T 2261.1)",
+        "ValueSet/$expand ICD-10 filter",
+    ] {
+        // Warm-up: the first call builds the expansion and connections.
+        let mut lat = Vec::with_capacity(requests);
+        let mut matched = 0usize;
+        for i in 0..requests + 20 {
+            let path = match kind {
+                "CodeSystem/$validate-code (ICD-10)" => {
+                    let code = codes[rng.random_range(0..codes.len())];
+                    format!("/fhir/CodeSystem/$validate-code?url={}&code={code}", terminology::ICD10)
+                }
+                "ValueSet/$validate-code (GB/T 2261.1)" => {
+                    let code = ["0", "1", "2", "9", "3"][rng.random_range(0..5)];
+                    format!(
+                        "/fhir/ValueSet/$validate-code?url=http://hutong.health/fhir/ValueSet/gb-t-2261.1-sex&system={sex}&code={code}"
+                    )
+                }
+                _ => {
+                    let word = &words[rng.random_range(0..words.len())];
+                    format!("/fhir/ValueSet/$expand?url={}&filter={word}&count=20", terminology::ICD10_VALUE_SET)
+                }
+            };
+            let (elapsed, body) = get(path).await?;
+            if i >= 20 {
+                lat.push(elapsed);
+                let v: Value = serde_json::from_slice(&body)?;
+                if v["parameter"][0]["valueBoolean"] == true || v["expansion"]["total"].as_u64().unwrap_or(0) > 0 {
+                    matched += 1;
+                }
+            }
+        }
+        lat.sort();
+        runs.push((kind, lat, matched));
+    }
+    for (kind, lat, matched) in &runs {
+        println!(
+            "  {kind:<44} {requests} requests  p50 {:>6.3} ms  p99 {:>6.3} ms  max {:>6.2} ms  ({matched} true/non-empty)",
+            percentile(lat, 0.5).as_secs_f64() * 1e3,
+            percentile(lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+    }
+    // The model alone (no HTTP, authorization or audit), for comparison.
+    for kind in ["validate-code GB/T 2261.1, in-process model", "expand ICD-10 filter, in-process model"] {
+        let mut lat = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let word = &words[rng.random_range(0..words.len())];
+            let code = ["0", "1", "2", "9", "3"][rng.random_range(0..5)];
+            let started = Instant::now();
+            if kind.starts_with("validate") {
+                let coding = terminology::Coding { system: Some(sex.into()), code: code.into(), ..Default::default() };
+                preloaded
+                    .validate_in_value_set("http://hutong.health/fhir/ValueSet/gb-t-2261.1-sex", None, &[coding], None)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            } else {
+                let params =
+                    terminology::ExpandParams { filter: Some(word.clone()), count: Some(20), ..Default::default() };
+                preloaded.expand(terminology::ICD10_VALUE_SET, None, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            lat.push(started.elapsed());
+        }
+        lat.sort();
+        println!(
+            "  {kind:<44} {requests} calls     p50 {:>6.3} ms  p99 {:>6.3} ms",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    println!("resident memory: {:.0} MB", rss_mb());
     Ok(())
 }
 

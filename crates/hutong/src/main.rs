@@ -1,4 +1,4 @@
-//! The `hutong` binary: `serve`, `import`, `bench`, `admin` and `audit`.
+//! The `hutong` binary: `serve`, `import`, `bench`, `admin`, `audit` and `terminology`.
 
 /// mimalloc: the write path allocates many small JSON nodes and strings; glibc malloc spent a
 /// fifth of ingest time in malloc/free (perf), mimalloc much less.
@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod import;
 mod security;
+mod terminology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         which: security::AuditCommand,
+    },
+    /// Terminology content: load code systems from CSV.
+    Terminology {
+        #[command(subcommand)]
+        which: terminology::TerminologyCommand,
     },
 }
 
@@ -170,6 +176,9 @@ async fn main() -> anyhow::Result<()> {
             let sealed: Arc<dyn ResourceStore> =
                 Arc::new(engine::SealingStore::new(backend.clone(), Arc::new(move || keys_of.keys())));
             let engine = Arc::new(engine_for(sealed, &store));
+            // Build the preloaded terminology (R4 package, national systems, ICD-10; under a
+            // second) in the background, so the first terminology request does not wait for it.
+            tokio::task::spawn_blocking(::terminology::Terminology::preloaded);
             if demo {
                 let n = load_demo(&engine).await?;
                 if n > 0 {
@@ -281,5 +290,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { which } => bench::run(which).await,
         Command::Admin { which } => security::admin(which).await,
         Command::Audit { which } => security::audit(which).await,
+        Command::Terminology { which } => terminology::run(which).await,
     }
 }

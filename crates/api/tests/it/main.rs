@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 mod registries;
 mod security;
+mod terminology;
 
 struct TestApp {
     app: axum::Router,

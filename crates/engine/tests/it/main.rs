@@ -6,6 +6,7 @@ mod matching;
 mod mpi;
 mod registries;
 mod sealing;
+mod terminology;
 
 use std::sync::Arc;
 

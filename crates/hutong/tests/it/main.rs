@@ -4,3 +4,4 @@ mod clients;
 mod crash;
 mod security;
 mod serve;
+mod terminology;
