@@ -426,12 +426,13 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             Method::GET => Ok(json_response(StatusCode::OK, engine.ihe_pix(&ctx, &params).await?.to_string())),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
-        ["Person", op @ ("$mpi-link" | "$mpi-merge" | "$mpi-unmerge")] => match method {
+        ["Person", op @ ("$mpi-link" | "$mpi-merge" | "$mpi-unmerge" | "$mpi-relink")] => match method {
             Method::POST => {
                 let parameters = json_body(&headers, &body_bytes, false)?;
                 let result = match *op {
                     "$mpi-link" => engine.mpi_link(&ctx, parameters).await?,
                     "$mpi-merge" => engine.mpi_merge(&ctx, parameters).await?,
+                    "$mpi-relink" => engine.mpi_relink(&ctx, parameters).await?,
                     _ => engine.mpi_unmerge(&ctx, parameters).await?,
                 };
                 Ok(json_response(StatusCode::OK, result.to_string()))

@@ -91,7 +91,8 @@ impl Engine {
                 resource["operation"] = json!([
                     {"name": "mpi-link", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-link"},
                     {"name": "mpi-merge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-merge"},
-                    {"name": "mpi-unmerge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-unmerge"}
+                    {"name": "mpi-unmerge", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-unmerge"},
+                    {"name": "mpi-relink", "definition": "https://hutong.dev/fhir/OperationDefinition/Person-mpi-relink"}
                 ]);
             }
             if t == "Practitioner" {

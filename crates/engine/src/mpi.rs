@@ -62,6 +62,9 @@ const CURSOR: &str = "mpi";
 /// Outbox events read per step.
 const STEP_EVENTS: usize = 500;
 
+/// Most entries in one transaction of index changes.
+const COMMIT_ENTRIES: usize = 2000;
+
 /// Resources read per page when the index loads.
 const LOAD_PAGE: usize = 1000;
 
@@ -244,6 +247,9 @@ impl MpiState {
             }
             Decision::New => (keep.unwrap_or_else(|| self.new_person(None)), Assurance::Auto, None, None),
         };
+        if Some(person) == keep {
+            self.merged_into.remove(&person);
+        }
         if let Some(prev) = previous
             && prev != person
             && self.linker.members(prev).is_empty()
@@ -610,12 +616,90 @@ impl Engine {
         for (id, task) in changes.tasks {
             entries.push(json!({"resource": task, "request": {"method": "PUT", "url": format!("Task/{id}")}}));
         }
-        if entries.is_empty() {
-            return Ok(());
+        // One transaction per step (a link, a merge, a few hundred Patients); only a batch
+        // re-link of a large registry is split, in transactions of COMMIT_ENTRIES.
+        for chunk in entries.chunks(COMMIT_ENTRIES) {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": chunk});
+            self.bundle(&Ctx::system(), bundle, &RequestOptions::default()).await?;
         }
-        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-        self.bundle(&Ctx::system(), bundle, &RequestOptions::default()).await?;
         Ok(())
+    }
+
+    /// `POST Person/$mpi-relink` (`reason`): batch mode. Every record is matched again, in the
+    /// order the index first saw them, against a fresh index with a model learned again from the
+    /// registry: a steward's links stay as they are, automatic links follow the new result.
+    /// Persons keep their ids where their records stay together; a person whose records all
+    /// went elsewhere points to where the first went. Persons whose content is unchanged get no
+    /// new version. Answers counts (Parameters `records`, `persons`, `reviews`).
+    pub async fn mpi_relink(&self, ctx: &Ctx, parameters: Value) -> EngineResult<Value> {
+        let params = Params::parse(&parameters, "$mpi-relink", &["reason"])?;
+        let reason = params.string("reason");
+        self.authorize_steward(ctx, "$mpi-relink").await?;
+        let mut guard = self.mpi.lock().await;
+        let result = async {
+            self.mpi_sync_locked(&mut guard).await?;
+            let old = guard.take().expect("loaded");
+            let patients = self.scan("Patient", &[]).await?;
+            *self.match_model.lock().await = None;
+            let model = self.match_model(patients.len() as u64).await?;
+            let mut fresh = MpiState::new(Linker::new((*model).clone(), Thresholds::default()));
+            for id in &old.person_ids {
+                fresh.new_person(Some(id.clone()));
+            }
+            fresh.merged_into = old.merged_into.clone();
+            fresh.reviews = old.reviews;
+            let mut ordered: Vec<(u32, String, Value)> = patients
+                .iter()
+                .filter_map(|r| {
+                    let order = old.sources.get(&r.id).map(|s| s.record).unwrap_or(u32::MAX);
+                    Some((order, r.id.clone(), body_of(r)?))
+                })
+                .collect();
+            ordered.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let mut changes = Changes::default();
+            for (_, id, body) in &ordered {
+                let record = record_of(body);
+                // A steward's link, as it is.
+                if let Some(src) = old.sources.get(id).filter(|s| s.assurance == Assurance::Manual) {
+                    let person = old.linker.person_of(src.record);
+                    let r = fresh.linker.insert_linked(&record, person);
+                    let (assurance, weight, content) = (src.assurance, src.weight, fingerprint(&record));
+                    fresh.sources.insert(id.clone(), Source { record: r, assurance, weight, content });
+                    fresh.merged_into.remove(&person);
+                    continue;
+                }
+                // The record's old person, to keep when it starts a person again.
+                let previous = old
+                    .sources
+                    .get(id)
+                    .map(|s| old.linker.person_of(s.record))
+                    .filter(|&p| fresh.linker.members(p).is_empty());
+                fresh.place(id, &record, fingerprint(&record), previous, &mut changes);
+            }
+            changes.persons = (0..fresh.person_ids.len() as u32).collect();
+            let summary = json!({"resourceType": "Parameters", "parameter": [
+                {"name": "records", "valueInteger": fresh.sources.len()},
+                {"name": "persons", "valueInteger": (0..fresh.person_ids.len() as u32).filter(|&p| !fresh.linker.members(p).is_empty()).count()},
+                {"name": "reviews", "valueInteger": fresh.reviews.len()},
+            ]});
+            let sources: Vec<String> = Vec::new();
+            self.mpi_commit(&fresh, changes).await?;
+            *guard = Some(fresh);
+            Ok::<_, EngineError>((summary, sources))
+        }
+        .await;
+        let (summary, sources) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                *guard = None;
+                return Err(e);
+            }
+        };
+        drop(guard);
+        let record =
+            audit::record(ctx, "$mpi-relink", "success", "Person/$mpi-relink".into(), sources, reason.as_deref());
+        self.audit.append(record).await?;
+        Ok(summary)
     }
 
     /// Who may change the index: data stewards, and system clients allowed to write Persons.

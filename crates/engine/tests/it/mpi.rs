@@ -413,3 +413,28 @@ async fn febrl_linked_by_the_index() {
         assert!(m.f1() >= min_f1, "{name}: {m}");
     }
 }
+
+#[tokio::test]
+async fn batch_relink_keeps_persons_stewards_and_versions() {
+    let t = engine();
+    let e = &t.engine;
+    let a = create(e, patient("h1:A1", "许", "冬", "1960-12-01", Some("11010519491231002X"), "13800138000")).await;
+    let b = create(e, patient("h2:B1", "许", "冬", "1960-12-01", Some("11010519491231002X"), "13800138000")).await;
+    let c = create(e, patient("h3:C1", "蔡", "琳", "1999-03-03", None, "13100000000")).await;
+    e.mpi_sync().await.unwrap();
+    // A steward says C is A's person (whatever the scores say).
+    let (pa, _) = person_of(e, &a).await;
+    e.mpi_link(&as_role(Role::DataSteward), link_params(&c, Some(&pa))).await.unwrap();
+    let (_, before) = person_of(e, &a).await;
+    let relink = json!({"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "new model"}]});
+    let denied = e.mpi_relink(&as_role(Role::Doctor), relink.clone()).await.unwrap_err();
+    assert!(matches!(denied, EngineError::Forbidden(_)));
+    let summary = e.mpi_relink(&as_role(Role::DataSteward), relink).await.unwrap();
+    assert_eq!(summary["parameter"][0], json!({"name": "records", "valueInteger": 3}));
+    assert_eq!(summary["parameter"][1], json!({"name": "persons", "valueInteger": 1}));
+    let (after_id, after) = person_of(e, &b).await;
+    assert_eq!(after_id, pa, "the person keeps its id");
+    assert_eq!(person_of(e, &c).await.0, pa, "the steward's link stays");
+    assert_eq!(after["meta"]["versionId"], before["meta"]["versionId"], "unchanged content, no new version");
+    assert_eq!(linked(&after).len(), 3);
+}
