@@ -688,18 +688,7 @@ impl Engine {
             Ok::<_, EngineError>((summary, sources))
         }
         .await;
-        let (summary, sources) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                *guard = None;
-                return Err(e);
-            }
-        };
-        drop(guard);
-        let record =
-            audit::record(ctx, "$mpi-relink", "success", "Person/$mpi-relink".into(), sources, reason.as_deref());
-        self.audit.append(record).await?;
-        Ok(summary)
+        self.mpi_settle(guard, ctx, "$mpi-relink", reason.as_deref(), result).await
     }
 
     /// Who may change the index: data stewards, and system clients allowed to write Persons.
@@ -758,7 +747,23 @@ impl Engine {
             Ok::<_, EngineError>((written, sources))
         }
         .await;
-        let (written, sources) = match result {
+        let result =
+            result.map(|(written, sources)| (json!({"resourceType": "Parameters", "parameter": written}), sources));
+        self.mpi_settle(guard, ctx, operation, reason, result).await
+    }
+
+    /// Ends a steward's operation: on failure the index reloads from the store at its next
+    /// use (the store is the truth); on success the operation is audited with the records it
+    /// touched.
+    async fn mpi_settle(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<MpiState>>,
+        ctx: &Ctx,
+        operation: &str,
+        reason: Option<&str>,
+        result: EngineResult<(Value, Vec<String>)>,
+    ) -> EngineResult<Value> {
+        let (answer, sources) = match result {
             Ok(done) => done,
             Err(e) => {
                 *guard = None;
@@ -768,7 +773,7 @@ impl Engine {
         drop(guard);
         let entity = format!("Person/{operation}");
         self.audit.append(audit::record(ctx, operation, "success", entity, sources, reason)).await?;
-        Ok(json!({"resourceType": "Parameters", "parameter": written}))
+        Ok(answer)
     }
 
     /// `POST Person/$mpi-link` (`source`: the Patient; `person`: the Person to link it to, or

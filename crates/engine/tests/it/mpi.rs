@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use store::Ctx;
 use store_sqlite::SqliteStore;
 
-use super::matching::febrl_patient;
+use super::matching::{febrl_patient, read_febrl, store_patients};
 use super::{engine, opts};
 
 const ID: &str = "urn:oid:2.16.156.10011.1.3";
@@ -351,12 +351,6 @@ async fn pixm_lists_every_identifier_of_the_person() {
 /// links them as they arrive; precision, recall and F1 over record pairs from the Persons.
 #[tokio::test]
 async fn febrl_linked_by_the_index() {
-    let dir = std::env::var_os("HUTONG_TESTDATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hutong-testdata"))
-        .join("febrl");
-    assert!(dir.join(".done").exists(), "FEBRL data missing: run scripts/fetch-test-data.sh");
-    let read = |f: &str| registry::linkage::parse_febrl(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
     for (name, files, min_f1) in [
         ("FEBRL1", &["dataset1.csv"][..], 0.99),
         ("FEBRL2", &["dataset2.csv"][..], 0.99),
@@ -368,21 +362,13 @@ async fn febrl_linked_by_the_index() {
         let mut entity_of: HashMap<String, String> = HashMap::new();
         let mut stored = Vec::new();
         for (f, file) in files.iter().enumerate() {
-            for (i, (entity, record)) in read(file).iter().enumerate() {
+            for (i, (entity, record)) in read_febrl(file).iter().enumerate() {
                 let id = format!("f{f}r{i}");
                 entity_of.insert(id.clone(), entity.clone());
                 stored.push(febrl_patient(&id, record));
             }
         }
-        for chunk in stored.chunks(500) {
-            let entries: Vec<Value> = chunk
-                .iter()
-                .map(|p| json!({"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", p["id"].as_str().unwrap())}}))
-                .collect();
-            e.bundle(&sys(), json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}), &opts())
-                .await
-                .unwrap();
-        }
+        store_patients(e, &stored).await;
         assert_eq!(e.mpi_sync().await.unwrap(), stored.len());
         let mut person_of: HashMap<String, String> = HashMap::new();
         let q = vec![("_tag".to_string(), format!("{MPI_SYSTEM}|golden")), ("_count".to_string(), "1000".to_string())];
