@@ -122,6 +122,8 @@ pub(crate) struct MpiState {
     /// Merged-away persons and the person each went into.
     merged_into: HashMap<u32, u32>,
     reviews: HashMap<String, Review>,
+    /// Open ID-number flags by source id.
+    id_flags: HashMap<String, Review>,
 }
 
 /// What one step changed: the Persons to write again and the Tasks to write.
@@ -164,6 +166,7 @@ impl MpiState {
             persons: HashMap::new(),
             merged_into: HashMap::new(),
             reviews: HashMap::new(),
+            id_flags: HashMap::new(),
         }
     }
 
@@ -199,13 +202,24 @@ impl MpiState {
                 ch.persons.insert(person);
                 ch.sources.insert(id.to_string());
                 self.close_review(id, "cancelled", "the source record was deleted", None, ch);
+                if let Some(flag) = self.id_flags.remove(id) {
+                    let mut task = task(TaskKind::IdCheck, id, &flag, "cancelled");
+                    task["businessStatus"] = json!({"text": "the source record was deleted"});
+                    ch.tasks.insert(flag.task, task);
+                }
             }
             return;
         };
         let record = record_of(body);
         let content = fingerprint(&record);
+        if self.sources.get(id).is_some_and(|src| src.content == content) {
+            return;
+        }
+        let problem = id_problem(body);
+        if problem.is_some() || self.id_flags.contains_key(id) {
+            self.flag_id(id, problem, ch);
+        }
         let previous = match self.sources.get(id) {
-            Some(src) if src.content == content => return,
             Some(src) => {
                 let person = self.linker.person_of(src.record);
                 self.linker.retire(src.record);
@@ -301,40 +315,21 @@ impl MpiState {
                 })
             })
             .collect();
-        let task = json!({
-            "resourceType": "Task",
-            "id": review.task,
-            "meta": {"tag": [{"system": MPI_SYSTEM, "code": "review"}]},
-            "status": "requested",
-            "intent": "proposal",
-            "priority": "routine",
-            "code": {"coding": [{"system": MPI_SYSTEM, "code": "review", "display": "疑似同一人，待核对 (possible match to review)"}]},
-            "description": "The master patient index found persons this record may belong to, but not surely enough to link it: link it to one of them or confirm it is a person of its own (Person/$mpi-link).",
-            "focus": {"reference": format!("Patient/{source}")},
-            "for": {"reference": format!("Patient/{source}")},
-            "authoredOn": review.authored,
-            "lastModified": now,
-            "input": inputs,
-        });
+        let mut task = task(TaskKind::Review, source, review, "requested");
+        task["priority"] = json!("routine");
+        task["description"] = json!(
+            "The master patient index found persons this record may belong to, but not surely enough to link it: \
+             link it to one of them or confirm it is a person of its own (Person/$mpi-link)."
+        );
+        task["input"] = Value::Array(inputs);
         ch.tasks.insert(review.task.clone(), task);
     }
 
     /// Closes the open review of a source, if any (`status` completed or cancelled).
     fn close_review(&mut self, source: &str, status: &str, why: &str, decided: Option<u32>, ch: &mut Changes) {
         let Some(review) = self.reviews.remove(source) else { return };
-        let mut task = json!({
-            "resourceType": "Task",
-            "id": review.task,
-            "meta": {"tag": [{"system": MPI_SYSTEM, "code": "review"}]},
-            "status": status,
-            "intent": "proposal",
-            "code": {"coding": [{"system": MPI_SYSTEM, "code": "review", "display": "疑似同一人，待核对 (possible match to review)"}]},
-            "focus": {"reference": format!("Patient/{source}")},
-            "for": {"reference": format!("Patient/{source}")},
-            "authoredOn": review.authored,
-            "lastModified": fhir::normalize::format_instant(now_ms()),
-            "businessStatus": {"text": why},
-        });
+        let mut task = task(TaskKind::Review, source, &review, status);
+        task["businessStatus"] = json!({"text": why});
         if let Some(p) = decided {
             task["output"] = json!([{
                 "type": {"coding": [{"system": MPI_SYSTEM, "code": "linked-to", "display": "linked to person"}]},
@@ -342,6 +337,35 @@ impl MpiState {
             }]);
         }
         ch.tasks.insert(review.task, task);
+    }
+
+    /// Flags a record whose national ID number is invalid (a Task for the data steward and the
+    /// sending institution; the number is never corrected), or closes the flag once an update
+    /// made it valid (`problem` None).
+    fn flag_id(&mut self, source: &str, problem: Option<String>, ch: &mut Changes) {
+        match problem {
+            Some(problem) => {
+                let now = fhir::normalize::format_instant(now_ms());
+                let flag = self.id_flags.entry(source.to_string()).or_insert_with(|| Review {
+                    task: new_id(),
+                    authored: now,
+                    candidates: Vec::new(),
+                });
+                let mut task = task(TaskKind::IdCheck, source, flag, "requested");
+                task["priority"] = json!("routine");
+                task["description"] = json!(format!(
+                    "{problem}. The record is matched with the number as it is (never corrected): ask the sending \
+                     institution to check it with the resident's ID card and send a corrected record."
+                ));
+                ch.tasks.insert(flag.task.clone(), task);
+            }
+            None => {
+                let Some(flag) = self.id_flags.remove(source) else { return };
+                let mut task = task(TaskKind::IdCheck, source, &flag, "completed");
+                task["businessStatus"] = json!({"text": "the record now carries a valid ID number"});
+                ch.tasks.insert(flag.task, task);
+            }
+        }
     }
 
     /// The surviving person a (possibly merged-away) person leads to.
@@ -368,6 +392,59 @@ impl MpiState {
         ids.sort();
         ids.into_iter().map(|(_, id)| id.clone()).collect()
     }
+}
+
+/// The index's Task kinds (`Task.code`).
+#[derive(Clone, Copy)]
+enum TaskKind {
+    /// A possible match for a steward to decide.
+    Review,
+    /// A record whose national ID number is invalid.
+    IdCheck,
+}
+
+impl TaskKind {
+    fn code(self) -> &'static str {
+        match self {
+            TaskKind::Review => "review",
+            TaskKind::IdCheck => "id-check",
+        }
+    }
+
+    fn display(self) -> &'static str {
+        match self {
+            TaskKind::Review => "疑似同一人，待核对 (possible match to review)",
+            TaskKind::IdCheck => "身份证号校验未通过 (ID number fails its check)",
+        }
+    }
+}
+
+/// An index Task about a source record.
+fn task(kind: TaskKind, source: &str, open: &Review, status: &str) -> Value {
+    json!({
+        "resourceType": "Task",
+        "id": open.task,
+        "meta": {"tag": [{"system": MPI_SYSTEM, "code": kind.code()}]},
+        "status": status,
+        "intent": "proposal",
+        "code": {"coding": [{"system": MPI_SYSTEM, "code": kind.code(), "display": kind.display()}]},
+        "focus": {"reference": format!("Patient/{source}")},
+        "for": {"reference": format!("Patient/{source}")},
+        "authoredOn": open.authored,
+        "lastModified": fhir::normalize::format_instant(now_ms()),
+    })
+}
+
+/// The national ID number system (GB 11643, OID 2.16.156.10011.1.3).
+const ID_NUMBER_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+
+/// What is wrong with a record's national ID number, if anything (an identifier in
+/// [`ID_NUMBER_SYSTEM`] that is not a valid 18-character or old 15-digit number).
+fn id_problem(body: &Value) -> Option<String> {
+    body["identifier"].as_array()?.iter().filter(|i| i["system"] == ID_NUMBER_SYSTEM).find_map(|i| {
+        let value = i["value"].as_str()?;
+        crypto::idnum::normalize(value).err().map(|e| format!("the ID number of this record is not valid: {e}"))
+    })
 }
 
 fn round2(w: f64) -> f64 {
@@ -515,6 +592,15 @@ impl Engine {
                 .collect();
             let authored = task["authoredOn"].as_str().unwrap_or_default().to_string();
             state.reviews.insert(source.to_string(), Review { task: stored.id.clone(), authored, candidates });
+        }
+        let id_check = format!("{MPI_SYSTEM}|{}", TaskKind::IdCheck.code());
+        for stored in self.scan("Task", &[("code", id_check.as_str()), ("status", "requested")]).await? {
+            let Some(task) = body_of(&stored) else { continue };
+            let Some(source) = reference_id(&task["focus"], "Patient") else { continue };
+            let authored = task["authoredOn"].as_str().unwrap_or_default().to_string();
+            state
+                .id_flags
+                .insert(source.to_string(), Review { task: stored.id.clone(), authored, candidates: Vec::new() });
         }
         if !unlinked.is_empty() {
             let mut changes = Changes::default();

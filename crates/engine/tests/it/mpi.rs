@@ -424,3 +424,38 @@ async fn batch_relink_keeps_persons_stewards_and_versions() {
     assert_eq!(after["meta"]["versionId"], before["meta"]["versionId"], "unchanged content, no new version");
     assert_eq!(linked(&after).len(), 3);
 }
+
+#[tokio::test]
+async fn invalid_id_numbers_are_flagged_never_fixed() {
+    let t = engine();
+    let e = &t.engine;
+    // 11010519491231002X with a wrong check character.
+    let a = create(e, patient("h1:A1", "孙", "丽", "1949-12-31", Some("110105194912310021"), "13800138000")).await;
+    e.mpi_sync().await.unwrap();
+    let q =
+        vec![("code".to_string(), format!("{MPI_SYSTEM}|id-check")), ("status".to_string(), "requested".to_string())];
+    let open = e.search(&sys(), Some("Task"), &q, &opts()).await.unwrap();
+    let flags: Vec<&Value> = open["entry"].as_array().unwrap().iter().map(|x| &x["resource"]).collect();
+    assert_eq!(flags.len(), 1, "{open}");
+    assert_eq!(flags[0]["focus"]["reference"], format!("Patient/{a}"));
+    assert!(
+        flags[0]["description"].as_str().unwrap().contains('X'),
+        "names the expected check character: {}",
+        flags[0]["description"]
+    );
+    let task_id = flags[0]["id"].as_str().unwrap().to_string();
+    // The stored number is as sent.
+    let stored: Value =
+        serde_json::from_str(e.read(&sys(), "Patient", &a).await.unwrap().body.as_deref().unwrap()).unwrap();
+    assert_eq!(stored["identifier"][1]["value"], "110105194912310021");
+    // The institution sends the corrected record: the flag closes.
+    let mut fixed = stored.clone();
+    fixed["identifier"][1]["value"] = json!("11010519491231002X");
+    e.update(&sys(), "Patient", &a, fixed, &opts()).await.unwrap();
+    e.mpi_sync().await.unwrap();
+    let task: Value =
+        serde_json::from_str(e.read(&sys(), "Task", &task_id).await.unwrap().body.as_deref().unwrap()).unwrap();
+    assert_eq!(task["status"], "completed");
+    let open = e.search(&sys(), Some("Task"), &q, &opts()).await.unwrap();
+    assert!(open["entry"].as_array().is_none_or(|x| x.is_empty()));
+}
