@@ -292,6 +292,22 @@ impl Engine {
     }
 
     /// Records a denied request and returns the 403 to answer with.
+    /// An operation's own access rule: `allowed` decides (a caller without a principal is the
+    /// platform itself); a refusal is audited and answered with `reason`.
+    pub(crate) async fn require(
+        &self,
+        ctx: &Ctx,
+        allowed: impl FnOnce(&access::Principal) -> bool,
+        action: &str,
+        entity: String,
+        reason: &str,
+    ) -> EngineResult<()> {
+        match ctx.principal.as_deref() {
+            Some(p) if !allowed(p) => Err(self.deny(ctx, action, entity, reason.to_string()).await),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) async fn deny(&self, ctx: &Ctx, action: &str, entity: String, reason: String) -> EngineError {
         if let Err(e) = self.audit.append(audit::record(ctx, action, "denied", entity, Vec::new(), Some(&reason))).await
         {

@@ -365,21 +365,11 @@ impl Engine {
     /// The candidates' demographics are shown whatever the care relationship, since finding the
     /// person is what starts one; every call is audited with the patients it returned.
     async fn authorize_match(&self, ctx: &Ctx) -> EngineResult<()> {
-        let Some(p) = ctx.principal.as_deref() else { return Ok(()) };
-        let allowed = p.scopes.allows("Patient", access::Perm::Search)
-            && (p.role.is_clinical() || p.role == access::Role::System);
-        if allowed {
-            Ok(())
-        } else {
-            Err(self
-                .deny(
-                    ctx,
-                    "match",
-                    "Patient/$match".into(),
-                    "Patient/$match is for clinical staff and system clients that may search Patients".into(),
-                )
-                .await)
-        }
+        let allowed = |p: &access::Principal| {
+            p.scopes.allows("Patient", access::Perm::Search) && (p.role.is_clinical() || p.role == access::Role::System)
+        };
+        let reason = "Patient/$match is for clinical staff and system clients that may search Patients";
+        self.require(ctx, allowed, "match", "Patient/$match".into(), reason).await
     }
 }
 

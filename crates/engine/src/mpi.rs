@@ -779,26 +779,16 @@ impl Engine {
 
     /// Who may change the index: data stewards, and system clients allowed to write Persons.
     async fn authorize_steward(&self, ctx: &Ctx, operation: &str) -> EngineResult<()> {
-        let Some(p) = ctx.principal.as_deref() else { return Ok(()) };
-        let allowed = match p.role {
+        let allowed = |p: &access::Principal| match p.role {
             access::Role::DataSteward => true,
             access::Role::System => p.scopes.allows("Person", access::Perm::Update),
             _ => false,
         };
-        if allowed {
-            return Ok(());
-        }
-        Err(self
-            .deny(
-                ctx,
-                operation,
-                format!("Person/{operation}"),
-                format!(
-                    "Person/{operation} changes the master patient index: it is for data stewards and system clients \
-                     that may write Person"
-                ),
-            )
-            .await)
+        let reason = format!(
+            "Person/{operation} changes the master patient index: it is for data stewards and system clients that \
+             may write Person"
+        );
+        self.require(ctx, allowed, operation, format!("Person/{operation}"), &reason).await
     }
 
     /// Runs a steward's change of the index: authorised, current (pending Patients matched
@@ -1108,22 +1098,14 @@ impl Engine {
     /// Who may ask which records are one person: clinical staff, data stewards, and system
     /// clients that may read Patients.
     async fn authorize_identity_query(&self, ctx: &Ctx, operation: &str) -> EngineResult<()> {
-        let Some(p) = ctx.principal.as_deref() else { return Ok(()) };
-        let allowed = p.scopes.allows("Patient", access::Perm::Read)
-            && (p.role.is_clinical() || matches!(p.role, access::Role::DataSteward | access::Role::System));
-        if allowed {
-            return Ok(());
-        }
-        Err(self
-            .deny(
-                ctx,
-                operation,
-                format!("Patient/{operation}"),
-                format!(
-                    "Patient/{operation} is for clinical staff, data stewards and system clients that may read Patients"
-                ),
-            )
-            .await)
+        let allowed = |p: &access::Principal| {
+            p.scopes.allows("Patient", access::Perm::Read)
+                && (p.role.is_clinical() || matches!(p.role, access::Role::DataSteward | access::Role::System))
+        };
+        let reason = format!(
+            "Patient/{operation} is for clinical staff, data stewards and system clients that may read Patients"
+        );
+        self.require(ctx, allowed, operation, format!("Patient/{operation}"), &reason).await
     }
 }
 

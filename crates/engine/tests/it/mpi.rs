@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use access::{Principal, Role, Scopes};
+use access::Role;
 use engine::{Engine, EngineConfig, EngineError, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 use serde_json::{Value, json};
 use store::Ctx;
 use store_sqlite::SqliteStore;
 
-use super::matching::{febrl_patient, read_febrl, store_patients};
+use super::matching::{as_role, febrl_patient, read_febrl, store_patients};
 use super::{engine, opts};
 
 const ID: &str = "urn:oid:2.16.156.10011.1.3";
@@ -55,24 +55,6 @@ fn linked(person: &Value) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
-}
-
-fn as_role(role: Role) -> Ctx {
-    Ctx::for_principal(
-        "req-mpi".into(),
-        Principal {
-            subject: format!("user/{}", role.code()),
-            role,
-            organization: Some("h1".into()),
-            region: None,
-            practitioner: None,
-            patients: vec![],
-            scopes: Scopes::parse("user/*.*").unwrap(),
-            purpose: role.default_purpose().into(),
-            break_glass: None,
-        },
-        None,
-    )
 }
 
 fn link_params(source: &str, person: Option<&str>) -> Value {
