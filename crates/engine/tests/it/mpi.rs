@@ -441,3 +441,24 @@ async fn invalid_id_numbers_are_flagged_never_fixed() {
     let open = e.search(&sys(), Some("Task"), &q, &opts()).await.unwrap();
     assert!(open["entry"].as_array().is_none_or(|x| x.is_empty()));
 }
+
+#[tokio::test]
+async fn persons_are_patient_data_for_the_access_rules() {
+    let t = engine();
+    let e = &t.engine;
+    let a = create(e, patient("h1:A1", "冯", "涛", "1977-07-07", Some("11010519491231002X"), "13800138000")).await;
+    e.mpi_sync().await.unwrap();
+    let (pa, _) = person_of(e, &a).await;
+    // A person's golden record is in the patient compartment of each of its records: a doctor
+    // without a care relationship cannot list or read it; a data steward can.
+    let all = e.search(&as_role(Role::Doctor), Some("Person"), &[], &opts()).await;
+    assert!(matches!(all, Err(EngineError::Forbidden(_))), "{all:?}");
+    // A refused read is answered as not found (existence is not revealed).
+    let read = e.read(&as_role(Role::Doctor), "Person", &pa).await;
+    assert!(matches!(read, Err(EngineError::NotFound(_))), "{read:?}");
+    let operator = e.read(&as_role(Role::Operator), "Person", &pa).await;
+    assert!(matches!(operator, Err(EngineError::NotFound(_))), "{operator:?}");
+    assert!(e.read(&as_role(Role::DataSteward), "Person", &pa).await.is_ok());
+    let listed = e.search(&as_role(Role::DataSteward), Some("Person"), &[], &opts()).await.unwrap();
+    assert_eq!(listed["entry"].as_array().unwrap().len(), 1);
+}
