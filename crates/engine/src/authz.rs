@@ -291,7 +291,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// Records a denied request and returns the 403 to answer with.
     /// An operation's own access rule: `allowed` decides (a caller without a principal is the
     /// platform itself); a refusal is audited and answered with `reason`.
     pub(crate) async fn require(
@@ -308,6 +307,7 @@ impl Engine {
         }
     }
 
+    /// Records a denied request and returns the 403 to answer with.
     pub(crate) async fn deny(&self, ctx: &Ctx, action: &str, entity: String, reason: String) -> EngineError {
         if let Err(e) = self.audit.append(audit::record(ctx, action, "denied", entity, Vec::new(), Some(&reason))).await
         {
