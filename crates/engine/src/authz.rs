@@ -460,10 +460,16 @@ impl Engine {
 
     /// Decides every write of a commit (new content and the version it replaces), then commits
     /// the writes with their audit record in one transaction.
+    /// Slot bookings that Appointment writes imply (booking.rs) join the same transaction; they
+    /// are consequences of the authorized Appointment write, not writes of the caller's own.
     pub(crate) async fn commit_checked(&self, ctx: &Ctx, ops: Vec<WriteOp>, interaction: &str) -> EngineResult<()> {
         if let Some(principal) = ctx.principal.as_deref() {
             self.authorize_writes(ctx, principal, &ops, interaction).await?;
         }
+        let effects = self.booking_effects(&ops).await?;
+        let booked: Vec<String> = effects.iter().map(|op| op.id.clone()).collect();
+        let mut ops = ops;
+        ops.extend(effects);
         let relationships_change = ops.iter().any(|op| RELATIONSHIP_TYPES.contains(&op.resource_type.as_str()));
         let terminology_changes =
             ops.iter().any(|op| crate::terminology::TERMINOLOGY_TYPES.contains(&op.resource_type.as_str()));
@@ -492,7 +498,7 @@ impl Engine {
         if terminology_changes {
             self.terminology.clear();
         }
-        Ok(result?)
+        result.map_err(|e| Self::booking_conflict(&booked, e))
     }
 
     async fn authorize_writes(

@@ -6,6 +6,7 @@
 
 mod audit;
 mod authz;
+mod booking;
 mod bundle;
 mod capability;
 mod crud;

@@ -115,7 +115,7 @@ async fn inferno_and_synthea_bundles_round_trip_on_sqlite() {
     }
 }
 
-async fn fresh_postgres() -> Option<Arc<dyn ResourceStore>> {
+pub(super) async fn fresh_postgres() -> Option<Arc<dyn ResourceStore>> {
     let store: Arc<dyn ResourceStore> = Arc::new(store_postgres::testing::fresh_store().await?);
     Some(store)
 }

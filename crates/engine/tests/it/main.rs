@@ -1,6 +1,7 @@
 //! Engine behaviour over a real SQLite store.
 
 mod authz;
+mod booking;
 mod ground_truth;
 mod matching;
 mod mpi;
