@@ -93,6 +93,22 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Booking over HTTP: concurrent clients POST Appointments for published Slots (most for a
+    /// free slot, some racing for one already taken); bookings/s, latency, and a check that no
+    /// Slot was booked twice.
+    Booking {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Slots published (each client request books one).
+        #[arg(long, default_value_t = 20_000)]
+        slots: usize,
+        /// Share of requests that race for a slot already taken (answered 409).
+        #[arg(long, default_value_t = 0.1)]
+        contended: f64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -115,6 +131,7 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audit { entries, store } => audit(entries, store).await,
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
         BenchCommand::Terminology { requests, seed, store } => terminology(requests, seed, store).await,
+        BenchCommand::Booking { clients, slots, contended, store } => booking(clients, slots, contended, store).await,
     }
 }
 
@@ -353,7 +370,10 @@ enum Kind {
 
 /// The auth service over `store` and the `Authorization` header of a new system client with
 /// `system/*.read` (requests are authenticated, decided and audited as in production).
-async fn bench_client(store: Arc<dyn store::ResourceStore>) -> anyhow::Result<(Arc<auth::Auth>, Arc<String>)> {
+async fn bench_client(
+    store: Arc<dyn store::ResourceStore>,
+    scopes: &str,
+) -> anyhow::Result<(Arc<auth::Auth>, Arc<String>)> {
     let auth = Arc::new(auth::Auth::new(
         store,
         Arc::new(crypto::KeyRing::ephemeral()),
@@ -361,7 +381,7 @@ async fn bench_client(store: Arc<dyn store::ResourceStore>) -> anyhow::Result<(A
         Arc::new(auth::FileSms::new(std::env::temp_dir().join("hutong-bench-sms.txt"))),
     ));
     let (client_id, secret) =
-        auth.create_client("bench", "system/*.read", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        auth.create_client("bench", scopes, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let form: std::collections::HashMap<String, String> = [
         ("grant_type".to_string(), "client_credentials".to_string()),
         ("client_id".to_string(), client_id),
@@ -393,7 +413,7 @@ async fn search(
     };
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(seal(store.clone(), &args, sealed)?, &args));
-    let (auth, bearer) = bench_client(store).await?;
+    let (auth, bearer) = bench_client(store, "system/*.read").await?;
     let ctx = Ctx::system();
     let opts = engine::RequestOptions {
         base_url: "urn:bench".into(),
@@ -553,7 +573,7 @@ async fn terminology(requests: usize, seed: u64, args: StoreArgs) -> anyhow::Res
 
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(store.clone(), &args));
-    let (auth, bearer) = bench_client(store).await?;
+    let (auth, bearer) = bench_client(store, "system/*.read").await?;
     let app = api::router(api::AppState { engine, auth, config: api::ApiConfig::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -690,5 +710,116 @@ async fn audit(entries: usize, args: StoreArgs) -> anyhow::Result<()> {
         report.entries as f64 / seconds * 60.0,
         report.findings.len()
     );
+    Ok(())
+}
+
+async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) -> anyhow::Result<()> {
+    use rand::Rng;
+    use std::sync::atomic::AtomicUsize;
+    let store = open_store(&args).await?;
+    let engine = Arc::new(engine_for(store.clone(), &args));
+    // The pool: one schedule, `slots` free slots, published in transactions of 1,000.
+    let sys = Ctx::system();
+    let published = Instant::now();
+    let schedule = serde_json::json!({"resourceType": "Schedule", "id": "bench-schedule", "active": true,
+        "actor": [{"reference": "Practitioner/bench-doctor"}]});
+    engine.update(&sys, "Schedule", "bench-schedule", schedule, &engine::RequestOptions::default()).await?;
+    for chunk in (0..slots).collect::<Vec<_>>().chunks(1000) {
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                let id = format!("bench-slot-{i}");
+                let minutes = i * 10;
+                let slot = serde_json::json!({"resourceType": "Slot", "id": id, "status": "free",
+                    "schedule": {"reference": "Schedule/bench-schedule"},
+                    "start": fhir::normalize::format_instant(1_800_000_000_000 + minutes as i64 * 60_000),
+                    "end": fhir::normalize::format_instant(1_800_000_000_000 + (minutes as i64 + 10) * 60_000)});
+                serde_json::json!({"resource": slot, "request": {"method": "PUT", "url": format!("Slot/{id}")}})
+            })
+            .collect();
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        engine.bundle(&sys, bundle, &engine::RequestOptions::default()).await?;
+    }
+    println!("{slots} slots published in {:.1} s", published.elapsed().as_secs_f64());
+
+    let (auth, bearer) = bench_client(store.clone(), "system/*.*").await?;
+    let app = api::router(api::AppState { engine: engine.clone(), auth, config: api::ApiConfig::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, bearer, next) = (client.clone(), bearer.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(c as u64);
+            let (mut latencies, mut booked, mut refused) = (Vec::new(), 0usize, 0usize);
+            loop {
+                let taken = next.load(Ordering::Relaxed);
+                let slot = if taken > 0 && rng.random_bool(contended) {
+                    rng.random_range(0..taken.min(slots))
+                } else {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= slots {
+                        break;
+                    }
+                    n
+                };
+                let body = serde_json::json!({"resourceType": "Appointment", "status": "booked",
+                    "slot": [{"reference": format!("Slot/bench-slot-{slot}")}],
+                    "participant": [{"actor": {"reference": format!("Patient/bench-{c}-{slot}")}, "status": "accepted"}]});
+                let request = hyper::Request::post(format!("http://{addr}/fhir/Appointment"))
+                    .header("authorization", bearer.as_str())
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(http_body_util::Full::new(Bytes::from(body.to_string())))?;
+                let t = Instant::now();
+                let response = client.request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                latencies.push(t.elapsed());
+                match status.as_u16() {
+                    201 => booked += 1,
+                    409 => refused += 1,
+                    other => anyhow::bail!("booking answered {other}"),
+                }
+            }
+            Ok::<_, anyhow::Error>((latencies, booked, refused))
+        }));
+    }
+    let (mut latencies, mut booked, mut refused) = (Vec::new(), 0, 0);
+    for t in tasks {
+        let (l, b, r) = t.await??;
+        latencies.extend(l);
+        booked += b;
+        refused += r;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "{booked} bookings and {refused} refusals (409) from {clients} clients in {elapsed:.1} s: {:.0} bookings/s, \
+         {:.0} requests/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        booked as f64 / elapsed,
+        (booked + refused) as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    // No slot booked twice: every slot is busy exactly when one booked Appointment holds it.
+    let count = |resource_type: &'static str, status: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let params = [("status".to_string(), status.to_string()), ("_summary".to_string(), "count".to_string())];
+            let bundle =
+                engine.search(&Ctx::system(), Some(resource_type), &params, &engine::RequestOptions::default()).await?;
+            Ok::<_, anyhow::Error>(bundle["total"].as_u64().unwrap_or(0))
+        }
+    };
+    let busy = count("Slot", "busy").await?;
+    let appointments = count("Appointment", "booked").await?;
+    println!("check: {busy} busy slots, {appointments} booked appointments, {booked} bookings answered 201");
+    anyhow::ensure!(busy as usize == booked && appointments as usize == booked, "overbooking or a lost booking");
     Ok(())
 }
