@@ -7,7 +7,10 @@
 //! PostgreSQL, or set `HUTONG_SQLITE_SYNCHRONOUS=FULL`, where that matters).
 //!
 //! Concurrency: one writer connection behind a mutex (SQLite has a single writer anyway) and a
-//! pool of reader connections, which WAL lets run alongside the writer. rusqlite is blocking,
+//! pool of reader connections, which WAL lets run alongside the writer. Commits that queue up
+//! while the writer is busy are committed together in one transaction, each in its own
+//! savepoint (group commit: one failing commit is rolled back alone; each is answered after the
+//! transaction holding it has committed). rusqlite is blocking,
 //! so every call runs on tokio's blocking pool. Each connection keeps an 8 MiB page cache and no
 //! memory map, so the server's resident memory stays bounded whatever the database size; the
 //! operating system's page cache does the rest.
@@ -34,6 +37,8 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Commits waiting for the writer (group commit, see `commit_audited`).
+    pending: Mutex<Vec<PendingCommit>>,
     readers: Mutex<Vec<Connection>>,
     /// Bounds the reads running at once (and so the connections and their page caches): on a
     /// small machine more parallel reads than a few per core only add memory and cache misses.
@@ -96,6 +101,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
+                pending: Mutex::new(Vec::new()),
                 readers: Mutex::new(Vec::new()),
                 reading: Arc::new(tokio::sync::Semaphore::new(reader_limit())),
             }),
@@ -189,8 +195,62 @@ fn to_sql(values: &[SqlValue]) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
+/// A commit waiting for the writer connection, and where its outcome goes.
+struct PendingCommit {
+    ops: Vec<WriteOp>,
+    audit: Vec<AuditRecord>,
+    done: tokio::sync::oneshot::Sender<StoreResult<()>>,
+}
+
+/// Group commit: the commits queued while the writer was busy go into one database transaction,
+/// each inside its own savepoint, so one that fails (a version conflict) is rolled back alone
+/// and the others still commit. Each is answered only after the transaction that holds it has
+/// committed, so the durability of an answered commit is unchanged; what is saved is the
+/// per-transaction cost (the WAL frames of pages that every small commit dirties again).
+fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
+    if group.len() == 1 {
+        let PendingCommit { ops, audit, done } = group.into_iter().next().expect("one");
+        let _ = done.send(commit_ops(conn, &ops, audit));
+        return;
+    }
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = format!("sqlite: {e}");
+            for p in group {
+                let _ = p.done.send(Err(StoreError::Backend(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut outcomes = Vec::with_capacity(group.len());
+    for PendingCommit { ops, audit, done } in group {
+        let outcome = tx.execute_batch("SAVEPOINT one_commit").map_err(backend).and_then(|()| {
+            let applied = apply_ops(&tx, &ops, audit);
+            let end = if applied.is_ok() { "RELEASE one_commit" } else { "ROLLBACK TO one_commit; RELEASE one_commit" };
+            tx.execute_batch(end).map_err(backend)?;
+            applied
+        });
+        outcomes.push((outcome, done));
+    }
+    let committed = tx.commit().map_err(|e| format!("sqlite: {e}"));
+    for (outcome, done) in outcomes {
+        let outcome = match &committed {
+            Ok(()) => outcome,
+            Err(message) => Err(StoreError::Backend(message.clone())),
+        };
+        let _ = done.send(outcome);
+    }
+}
+
 fn commit_ops(conn: &mut Connection, ops: &[WriteOp], audit: Vec<AuditRecord>) -> StoreResult<()> {
     let tx = conn.transaction().map_err(backend)?;
+    apply_ops(&tx, ops, audit)?;
+    tx.commit().map_err(backend)
+}
+
+/// The rows of one commit, inside the caller's transaction.
+fn apply_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], audit: Vec<AuditRecord>) -> StoreResult<()> {
     for op in ops {
         let current: Option<(i64, i64)> = tx
             .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")
@@ -309,9 +369,9 @@ fn commit_ops(conn: &mut Connection, ops: &[WriteOp], audit: Vec<AuditRecord>) -
             .map_err(backend)?;
     }
     if !audit.is_empty() {
-        append_audit(&tx, audit)?;
+        append_audit(tx, audit)?;
     }
-    tx.commit().map_err(backend)
+    Ok(())
 }
 
 /// Appends audit records after the current head (the writer connection serialises appends).
@@ -429,7 +489,22 @@ impl ResourceStore for SqliteStore {
         if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        self.write_with(move |conn| commit_ops(conn, &ops, audit)).await
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.inner.pending.lock().map_err(|_| poisoned())?.push(PendingCommit { ops, audit, done });
+        // Whoever gets the writer next commits everything queued by then, ours included (or
+        // finds it already committed by an earlier holder).
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
+            let group = std::mem::take(&mut *inner.pending.lock().map_err(|_| poisoned())?);
+            if !group.is_empty() {
+                commit_group(&mut conn, group);
+            }
+            Ok::<(), StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))??;
+        outcome.await.map_err(|_| StoreError::Backend("the commit was dropped by the writer".into()))?
     }
 
     async fn audit_read(&self, after: i64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
