@@ -20,6 +20,7 @@ mod searchset;
 mod terminology;
 
 pub use audit::BLOCK_ACTION;
+pub use booking::BookingRules;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub export_dir: std::path::PathBuf,
     /// How permitted reads and searches are audited (see `audit.rs`).
     pub audit_reads: AuditMode,
+    /// Residents' booking limits (booking.rs).
+    pub booking: BookingRules,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             max_bundle_entries: 10_000,
             export_dir: std::path::PathBuf::from("hutong-data/export"),
             audit_reads: AuditMode::default(),
+            booking: BookingRules::default(),
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Engine {
     mpi: tokio::sync::Mutex<Option<mpi::MpiState>>,
     /// Wakes the index's worker when this process writes a Patient.
     mpi_wake: tokio::sync::Notify,
+    /// Serialises residents' bookings (booking.rs).
+    booking: tokio::sync::Mutex<()>,
     /// Stored CodeSystems, ValueSets and ConceptMaps over the preloaded terminology (terminology.rs).
     terminology: terminology::TerminologyLayer,
 }
@@ -167,6 +173,7 @@ impl Engine {
             match_model: tokio::sync::Mutex::new(None),
             mpi: tokio::sync::Mutex::new(None),
             mpi_wake: tokio::sync::Notify::new(),
+            booking: tokio::sync::Mutex::new(()),
             terminology: terminology::TerminologyLayer::default(),
         }
     }

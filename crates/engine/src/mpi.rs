@@ -512,7 +512,7 @@ impl Engine {
     }
 
     /// Every resource of a type matching `params`, page by page (internal, unrestricted).
-    async fn scan(&self, resource_type: &str, params: &[(&str, &str)]) -> EngineResult<Vec<StoredResource>> {
+    pub(crate) async fn scan(&self, resource_type: &str, params: &[(&str, &str)]) -> EngineResult<Vec<StoredResource>> {
         let pairs: Vec<(String, String)> = params.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         let mut query = fhir::search::parse(self.defs, Some(resource_type), &pairs, &self.parse_options(false))
             .map_err(EngineError::BadRequest)?

@@ -768,8 +768,10 @@ async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) 
                     }
                     n
                 };
+                let start = 1_800_000_000_000 + slot as i64 * 600_000;
                 let body = serde_json::json!({"resourceType": "Appointment", "status": "booked",
                     "slot": [{"reference": format!("Slot/bench-slot-{slot}")}],
+                    "start": fhir::normalize::format_instant(start), "end": fhir::normalize::format_instant(start + 600_000),
                     "participant": [{"actor": {"reference": format!("Patient/bench-{c}-{slot}")}, "status": "accepted"}]});
                 let request = hyper::Request::post(format!("http://{addr}/fhir/Appointment"))
                     .header("authorization", bearer.as_str())

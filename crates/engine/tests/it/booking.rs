@@ -30,8 +30,11 @@ async fn publish(e: &Engine, slots: usize) -> Vec<String> {
     ids
 }
 
+/// A booking of `slot-{i}` (published by `publish`, so its times are known).
 fn appointment(slot: &str, patient: &str) -> Value {
+    let i: usize = slot.strip_prefix("slot-").and_then(|n| n.parse().ok()).unwrap_or(0);
     json!({"resourceType": "Appointment", "status": "booked", "slot": [{"reference": format!("Slot/{slot}")}],
+        "start": format!("2026-12-01T08:{:02}:00+08:00", i * 10), "end": format!("2026-12-01T08:{:02}:00+08:00", i * 10 + 10),
         "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]})
 }
 
@@ -55,10 +58,12 @@ async fn a_slot_is_booked_once_and_freed_by_cancelling() {
         other => panic!("expected 409, got {other:?}"),
     }
     assert_eq!(second.http_status(), 409);
-    // A waiting-list entry holds nothing.
-    let mut wait = appointment(&slots[0], "p2");
+    // A waiting-list entry holds nothing (for a slot no one holds it stays free).
+    let mut wait = appointment(&slots[1], "p2");
     wait["status"] = json!("waitlist");
-    e.create(&sys(), "Appointment", wait, &opts()).await.unwrap();
+    let waiting = e.create(&sys(), "Appointment", wait, &opts()).await.unwrap();
+    assert_eq!(slot_status(e, &slots[1]).await, "free");
+    e.delete(&sys(), "Appointment", &waiting.resource.id, &opts()).await.unwrap();
     // Cancelling frees the slot; it can be booked again.
     let mut body: Value = serde_json::from_str(first.resource.body.as_deref().unwrap()).unwrap();
     body["status"] = json!("cancelled");
@@ -68,7 +73,10 @@ async fn a_slot_is_booked_once_and_freed_by_cancelling() {
     assert_eq!(slot_status(e, &slots[0]).await, "busy");
     // Moving the booking to another slot frees the first and takes the second, atomically.
     let mut moved: Value = serde_json::from_str(again.resource.body.as_deref().unwrap()).unwrap();
-    moved["slot"] = json!([{"reference": format!("Slot/{}", slots[1])}]);
+    let target = appointment(&slots[1], "p2");
+    moved["slot"] = target["slot"].clone();
+    moved["start"] = target["start"].clone();
+    moved["end"] = target["end"].clone();
     e.update(&sys(), "Appointment", &again.resource.id, moved, &opts()).await.unwrap();
     assert_eq!((slot_status(e, &slots[0]).await, slot_status(e, &slots[1]).await), ("free".into(), "busy".into()));
     // Deleting the appointment frees its slot.
@@ -77,6 +85,14 @@ async fn a_slot_is_booked_once_and_freed_by_cancelling() {
     // A slot that does not exist is named; a transaction that books one slot twice writes nothing.
     let missing = e.create(&sys(), "Appointment", appointment("nope", "p3"), &opts()).await.unwrap_err();
     assert_eq!(missing.http_status(), 422, "{missing:?}");
+    // A booking carries its Slot's times (FHIR app-3).
+    let mut untimed = appointment(&slots[1], "p3");
+    untimed.as_object_mut().unwrap().remove("start");
+    let err = e.create(&sys(), "Appointment", untimed, &opts()).await.unwrap_err();
+    assert_eq!(err.http_status(), 422, "{err:?}");
+    let mut wrong = appointment(&slots[1], "p3");
+    wrong["start"] = json!("2026-12-01T09:00:00+08:00");
+    assert_eq!(e.create(&sys(), "Appointment", wrong, &opts()).await.unwrap_err().http_status(), 422);
     let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": appointment(&slots[1], "p4"), "request": {"method": "POST", "url": "Appointment"}},
         {"resource": appointment(&slots[1], "p5"), "request": {"method": "POST", "url": "Appointment"}}]});
@@ -125,4 +141,101 @@ async fn five_hundred_clients_never_overbook_on_postgres() {
     let Some(store) = super::ground_truth::fresh_postgres().await else { return };
     let dir = tempfile::tempdir().unwrap();
     race(store, dir.path()).await;
+}
+
+fn resident(patient: &str) -> Ctx {
+    Ctx::for_principal(
+        "req-booking".into(),
+        access::Principal {
+            subject: "user/resident".into(),
+            role: access::Role::Resident,
+            organization: None,
+            region: None,
+            practitioner: None,
+            patients: vec![patient.into()],
+            scopes: access::Scopes::parse("patient/*.*").unwrap(),
+            purpose: "PATRQT".into(),
+            break_glass: None,
+        },
+        None,
+    )
+}
+
+async fn slot_at(e: &Engine, id: &str, schedule: &str, start_ms: i64) {
+    let schedule_body = json!({"resourceType": "Schedule", "id": schedule, "active": true,
+        "actor": [{"reference": format!("Practitioner/{schedule}")}]});
+    e.update(&sys(), "Schedule", schedule, schedule_body, &opts()).await.unwrap();
+    let slot = json!({"resourceType": "Slot", "id": id, "schedule": {"reference": format!("Schedule/{schedule}")},
+        "status": "free", "start": fhir::normalize::format_instant(start_ms),
+        "end": fhir::normalize::format_instant(start_ms + 600_000)});
+    e.update(&sys(), "Slot", id, slot, &opts()).await.unwrap();
+}
+
+async fn book(e: &Engine, ctx: &Ctx, slot: &str, patient: &str, status: &str) -> Result<String, EngineError> {
+    let s: Value = serde_json::from_str(e.read(&sys(), "Slot", slot).await.unwrap().body.as_deref().unwrap()).unwrap();
+    let body = json!({"resourceType": "Appointment", "status": status, "slot": [{"reference": format!("Slot/{slot}")}],
+        "start": s["start"], "end": s["end"],
+        "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]});
+    e.create(ctx, "Appointment", body, &opts()).await.map(|o| o.resource.id)
+}
+
+async fn cancel(e: &Engine, ctx: &Ctx, id: &str) -> Result<(), EngineError> {
+    let mut body: Value =
+        serde_json::from_str(e.read(&sys(), "Appointment", id).await.unwrap().body.as_deref().unwrap()).unwrap();
+    body["status"] = json!("cancelled");
+    e.update(ctx, "Appointment", id, body, &opts()).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn residents_book_within_the_rules_and_the_waiting_list_fills_freed_slots() {
+    let t = engine();
+    let e = &t.engine;
+    let me = resident("p-me");
+    let day = 1_800_000_000_000; // a day far ahead
+    for (i, schedule) in ["dr-a", "dr-b", "dr-c", "dr-d"].iter().enumerate() {
+        slot_at(e, &format!("s-{schedule}-1"), schedule, day + i as i64 * 3_600_000).await;
+        slot_at(e, &format!("s-{schedule}-2"), schedule, day + i as i64 * 3_600_000 + 600_000).await;
+    }
+    // One per doctor per day.
+    book(e, &me, "s-dr-a-1", "p-me", "booked").await.unwrap();
+    let twice = book(e, &me, "s-dr-a-2", "p-me", "booked").await.unwrap_err();
+    assert!(matches!(&twice, EngineError::Conflict { message, .. } if message.contains("per doctor")), "{twice:?}");
+    // At most three a day.
+    book(e, &me, "s-dr-b-1", "p-me", "booked").await.unwrap();
+    book(e, &me, "s-dr-c-1", "p-me", "booked").await.unwrap();
+    let fourth = book(e, &me, "s-dr-d-1", "p-me", "booked").await.unwrap_err();
+    assert!(matches!(&fourth, EngineError::Conflict { message, .. } if message.contains("at most 3")), "{fourth:?}");
+    // Staff are not bound by a resident's limits.
+    book(e, &sys(), "s-dr-d-1", "p-me", "booked").await.unwrap();
+
+    // The waiting list: another resident waits for dr-a's first slot; a cancellation gives it to them.
+    let other = resident("p-other");
+    let waiting = book(e, &other, "s-dr-a-1", "p-other", "waitlist").await.unwrap();
+    let mine = e
+        .search(
+            &sys(),
+            Some("Appointment"),
+            &[("patient".into(), "Patient/p-me".into()), ("slot".into(), "Slot/s-dr-a-1".into())],
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let mine = mine["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    cancel(e, &me, &mine).await.unwrap();
+    let promoted: Value =
+        serde_json::from_str(e.read(&sys(), "Appointment", &waiting).await.unwrap().body.as_deref().unwrap()).unwrap();
+    assert_eq!(promoted["status"], "booked");
+    assert_eq!(slot_status(e, "s-dr-a-1").await, "busy");
+
+    // Too close to the visit: a resident cannot cancel; the hospital can.
+    slot_at(e, "soon", "dr-e", now() + 30 * 60_000).await;
+    let soon = book(e, &me, "soon", "p-me", "booked").await.unwrap();
+    let late = cancel(e, &me, &soon).await.unwrap_err();
+    assert!(matches!(&late, EngineError::Conflict { message, .. } if message.contains("120 minutes")), "{late:?}");
+    cancel(e, &sys(), &soon).await.unwrap();
+    assert_eq!(slot_status(e, "soon").await, "free");
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
