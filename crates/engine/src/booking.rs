@@ -17,7 +17,8 @@
 //! resident cannot cancel less than `cancel_before_minutes` before the visit (staff can); a freed
 //! Slot goes to the earliest `waitlist` Appointment that names it, which becomes `booked` in the
 //! same transaction. A resident's bookings are serialised, so two at once cannot both pass the
-//! daily limit.
+//! daily limit. Residents with `no_show_limit` no-shows in `no_show_days` cannot book online for
+//! `suspension_days`. A Slot's quota channel ([`CHANNEL_EXTENSION`]) says who may book it.
 
 use serde_json::{Value, json};
 use store::{Ctx, StoreError, WriteMethod, WriteOp};
@@ -27,6 +28,11 @@ use crate::{Engine, EngineError, EngineResult};
 
 const HOLDING: &[&str] = &["pending", "booked", "arrived", "checked-in", "fulfilled", "noshow"];
 
+/// On a Slot: the channel its quota belongs to (`valueCode`): `platform` (residents book it
+/// online; the default), `window` (kept for the hospital's own registration window),
+/// `referral` (号源下沉: reserved for referrals by family doctors).
+pub const CHANNEL_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/booking-channel";
+
 /// Booking rules (documented defaults; a deployment sets its own in `EngineConfig`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BookingRules {
@@ -34,11 +40,53 @@ pub struct BookingRules {
     pub per_patient_per_day: usize,
     /// A resident cannot cancel later than this before the Slot's start.
     pub cancel_before_minutes: i64,
+    /// No-shows (Appointments marked `noshow`) within `no_show_days` that suspend a resident's
+    /// online booking …
+    pub no_show_limit: usize,
+    pub no_show_days: i64,
+    /// … for this many days after the last of them.
+    pub suspension_days: i64,
 }
 
 impl Default for BookingRules {
     fn default() -> Self {
-        BookingRules { per_patient_per_day: 3, cancel_before_minutes: 120 }
+        BookingRules {
+            per_patient_per_day: 3,
+            cancel_before_minutes: 120,
+            no_show_limit: 3,
+            no_show_days: 90,
+            suspension_days: 30,
+        }
+    }
+}
+
+/// Who may book a Slot of a channel: residents book `platform` Slots, family doctors also
+/// `referral` Slots, hospital staff and systems any.
+fn channel_allows(ctx: &Ctx, slot: &Value) -> Result<(), String> {
+    let channel = slot["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["url"] == CHANNEL_EXTENSION)
+        .and_then(|x| x["valueCode"].as_str())
+        .unwrap_or("platform");
+    let Some(role) = ctx.principal.as_deref().map(|p| p.role) else { return Ok(()) };
+    let allowed = match channel {
+        "platform" => true,
+        "referral" => role != access::Role::Resident,
+        _ => !matches!(role, access::Role::Resident | access::Role::FamilyDoctor),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(match channel {
+            "referral" => {
+                "this slot is reserved for family-doctor referrals (该号源为家庭医生转诊预留号源)".to_string()
+            }
+            _ => format!(
+                "this slot belongs to the hospital's '{channel}' quota and is not bookable online (该号源不对外开放预约)"
+            ),
+        })
     }
 }
 
@@ -171,10 +219,12 @@ impl Engine {
             if current.body["status"] != "free" {
                 return Err(taken(slot));
             }
+            channel_allows(ctx, &current.body).map_err(|why| refused(format!("Slot/{slot}: {why}")))?;
             if resident
                 && let Some(patient) = patient_of(appointment)
                 && !checked_patients.contains(&patient)
             {
+                self.check_standing(&patient, now).await?;
                 self.check_daily_limits(&patient, appointment, ops).await?;
                 checked_patients.push(patient);
             }
@@ -242,6 +292,39 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A resident with `no_show_limit` no-shows in `no_show_days` cannot book online until
+    /// `suspension_days` after the last one.
+    async fn check_standing(&self, patient: &str, now: i64) -> EngineResult<()> {
+        let rules = self.config.booking;
+        let since = fhir::normalize::format_instant(now - rules.no_show_days * 86_400_000);
+        let patient_ref = format!("Patient/{patient}");
+        let from = format!("ge{since}");
+        let missed = self
+            .scan("Appointment", &[("patient", patient_ref.as_str()), ("status", "noshow"), ("date", from.as_str())])
+            .await?;
+        if missed.len() < rules.no_show_limit {
+            return Ok(());
+        }
+        let last = missed
+            .iter()
+            .filter_map(|r| parse(r.body.as_deref()))
+            .filter_map(|b| b["start"].as_str().and_then(instant))
+            .max()
+            .unwrap_or(now);
+        let until = last + rules.suspension_days * 86_400_000;
+        if now >= until {
+            return Ok(());
+        }
+        Err(refused(format!(
+            "online booking is suspended until {} after {} missed appointments in {} days              (爽约{}次，暂停在线预约至{})",
+            &fhir::normalize::format_instant(until)[..10],
+            missed.len(),
+            rules.no_show_days,
+            missed.len(),
+            &fhir::normalize::format_instant(until)[..10],
+        )))
     }
 
     /// A resident's limits for the day of the booking: `per_patient_per_day` Slots, one per

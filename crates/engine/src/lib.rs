@@ -20,7 +20,7 @@ mod searchset;
 mod terminology;
 
 pub use audit::BLOCK_ACTION;
-pub use booking::BookingRules;
+pub use booking::{BookingRules, CHANNEL_EXTENSION};
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};

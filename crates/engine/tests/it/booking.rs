@@ -239,3 +239,42 @@ async fn residents_book_within_the_rules_and_the_waiting_list_fills_freed_slots(
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+#[tokio::test]
+async fn quota_channels_and_no_show_suspension() {
+    let t = engine();
+    let e = &t.engine;
+    let day = 1_800_000_000_000;
+    // A slot reserved for family-doctor referrals (号源下沉) and one for the hospital window.
+    for (id, channel) in [("ref-1", "referral"), ("win-1", "window")] {
+        slot_at(e, id, &format!("dr-{id}"), day).await;
+        let mut slot: Value =
+            serde_json::from_str(e.read(&sys(), "Slot", id).await.unwrap().body.as_deref().unwrap()).unwrap();
+        slot["extension"] = json!([{"url": engine::CHANNEL_EXTENSION, "valueCode": channel}]);
+        e.update(&sys(), "Slot", id, slot, &opts()).await.unwrap();
+    }
+    let me = resident("p-me");
+    for slot in ["ref-1", "win-1"] {
+        let err = book(e, &me, slot, "p-me", "booked").await.unwrap_err();
+        assert_eq!(err.http_status(), 409, "{err:?}");
+    }
+    // The hospital books its window slot (a staff or system caller).
+    book(e, &sys(), "win-1", "p-me", "booked").await.unwrap();
+
+    // Three no-shows in the last 90 days suspend online booking.
+    let start = now() - 5 * 86_400_000;
+    for i in 0..3 {
+        let id = format!("past-{i}");
+        slot_at(e, &id, &format!("dr-past-{i}"), start + i * 3_600_000).await;
+        let appt = book(e, &sys(), &id, "p-me", "booked").await.unwrap();
+        let mut body: Value =
+            serde_json::from_str(e.read(&sys(), "Appointment", &appt).await.unwrap().body.as_deref().unwrap()).unwrap();
+        body["status"] = json!("noshow");
+        e.update(&sys(), "Appointment", &appt, body, &opts()).await.unwrap();
+    }
+    slot_at(e, "later", "dr-later", day).await;
+    let err = book(e, &me, "later", "p-me", "booked").await.unwrap_err();
+    assert!(matches!(&err, EngineError::Conflict { message, .. } if message.contains("suspended")), "{err:?}");
+    // Another resident is not affected.
+    book(e, &resident("p-other"), "later", "p-other", "booked").await.unwrap();
+}
