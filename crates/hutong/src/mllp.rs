@@ -73,6 +73,10 @@ async fn connection(
                     let nak = hl7::ack_unparsed(AckCode::Reject, &[error], &control_id(), &now());
                     stream.write_all(&hl7::frame(&nak.to_bytes())).await?;
                     stream.shutdown().await?;
+                    // Read what the sender still sends for a moment before closing: closing
+                    // with unread bytes resets the connection, and the sender could lose the NAK.
+                    let drain = async { while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {} };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
                     return Ok(());
                 }
             }

@@ -1,7 +1,7 @@
 //! The HL7 v2 listener of the real binary over loopback: ADT^A04 in UTF-8 and GBK acknowledged
 //! after the commit and found by FHIR search, a resend that updates rather than duplicates,
-//! unknown types rejected, invalid content NAKed and kept, garbage that closes only its own
-//! connection.
+//! unknown types rejected, invalid content NAKed and kept, garbage and oversized messages that
+//! close only their own connection.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -53,11 +53,16 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     let data = tempfile::tempdir().unwrap();
     let mllp_addr = Arc::new(Mutex::new(String::new()));
     let seen = mllp_addr.clone();
-    let server = super::serve::start_with(data.path(), true, &["--mllp-listen", "127.0.0.1:0"], move |line| {
-        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
-            *seen.lock().unwrap() = a.to_string();
-        }
-    });
+    let server = super::serve::start_with(
+        data.path(),
+        true,
+        &["--mllp-listen", "127.0.0.1:0", "--mllp-max-message-bytes", "4096"],
+        move |line| {
+            if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
+                *seen.lock().unwrap() = a.to_string();
+            }
+        },
+    );
     let mllp_addr = mllp_addr.lock().unwrap().clone();
     assert!(!mllp_addr.is_empty(), "the server printed the MLLP address");
     let bearer = super::serve::demo_bearer(&server, data.path());
@@ -127,6 +132,14 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     let nak = read_ack(&mut garbage).expect("a NAK before the close");
     assert_eq!(nak.get("MSA-1").as_deref(), Some("AR"));
     assert_eq!(read_ack(&mut garbage), None, "the connection is closed");
+    // Over the size limit: refused and closed, before the whole frame has even arrived.
+    let mut large = TcpStream::connect(&mllp_addr).unwrap();
+    large.write_all(&[0x0B]).unwrap();
+    large.write_all(&vec![b'x'; 8192]).unwrap();
+    let nak = read_ack(&mut large).expect("a NAK before the close");
+    assert_eq!(nak.get("MSA-1").as_deref(), Some("AR"));
+    assert!(nak.get("ERR-8").unwrap().contains("4096 bytes"), "{:?}", nak.get("ERR-8"));
+    assert_eq!(read_ack(&mut large), None, "the connection is closed");
     let ack = exchange(&mut stream, a04("MSG-U3", "MZ900004", "李雷", "").as_bytes());
     assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"));
     let mut fresh = TcpStream::connect(&mllp_addr).unwrap();
