@@ -119,12 +119,19 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     assert_eq!(ack.get("MSA-1").as_deref(), Some("AE"));
     assert!(ack.get("ERR-8").unwrap().contains("PID-7"), "{:?}", ack.get("ERR-8"));
     assert!(search(&mrn_query("MZ900003")).is_empty());
+    // The mapping lets 30 February through; the engine's validation does not, and its
+    // OperationOutcome text comes back in ERR-8.
+    let invalid = a04("MSG-U5", "MZ900006", "王芳", "").replace("19900307", "19900230");
+    let ack = exchange(&mut stream, invalid.as_bytes());
+    assert_eq!((ack.get("MSA-1").as_deref(), ack.get("ERR-3-1").as_deref()), (Some("AE"), Some("102")));
+    assert!(ack.get("ERR-8").unwrap().contains("1990-02-30"), "{:?}", ack.get("ERR-8"));
+    assert!(search(&mrn_query("MZ900006")).is_empty());
     let kept: Vec<String> = std::fs::read_dir(data.path().join("hl7-quarantine"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".hl7"))
         .collect();
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
 
     // Garbage: the sender gets a NAK and its connection is closed; others carry on.
     let mut garbage = TcpStream::connect(&mllp_addr).unwrap();
