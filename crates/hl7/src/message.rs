@@ -333,7 +333,7 @@ fn delimiters(field: char, encoding: &str) -> Result<Delimiters, Hl7Error> {
 }
 
 /// Resolves escape sequences: `\F\ \S\ \T\ \R\ \E\` to the delimiters, `\Xhh..\` to the bytes
-/// they name (as UTF-8; invalid bytes become U+FFFD), `\.br\` to a line break. Other sequences
+/// they name (as UTF-8, else as ISO 8859-1), `\.br\` to a line break. Other sequences
 /// (formatting such as `\H\`) and unterminated ones are kept as sent.
 pub fn unescape(s: &str, d: &Delimiters) -> String {
     let Some(esc) = d.escape else { return s.to_string() };
@@ -358,7 +358,11 @@ pub fn unescape(s: &str, d: &Delimiters) -> String {
             "E" => out.push(esc),
             ".br" => out.push('\n'),
             _ => match hex_bytes(body) {
-                Some(bytes) => out.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => out.push_str(&text),
+                    // Not UTF-8: single bytes of ISO 8859-1, as other HL7 libraries read them.
+                    Err(e) => out.extend(e.into_bytes().into_iter().map(char::from)),
+                },
                 None => {
                     out.push(esc);
                     out.push_str(body);

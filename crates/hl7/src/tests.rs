@@ -226,3 +226,40 @@ fn no_panic_on_random_or_mutated_input() {
         }
     }
 }
+
+/// Messages and expectations from the test suite of python-hl7 (PyPI `hl7==0.4.5`,
+/// `tests/samples.py` and `tests/test_parse.py`, BSD-3-Clause, (C) 2009-2020 John Paulett): the
+/// HL7 normative edition's sample ORU and the medical-objects repetition example.
+#[test]
+fn python_hl7_samples_read_the_same() {
+    let sample = "MSH|^~\\&|GHH LAB|ELAB-3|GHH OE|BLDG4|200202150930||ORU^R01|CNTRL-3456|P|2.4\r\
+PID|||555-44-4444||EVERYWOMAN^EVE^E^^^^L|JONES|196203520|F|||153 FERNWOOD DR.^^STATESVILLE^OH^35292||(206)3345232|(206)752-121||||AC555444444||67-A4335^OH^20030520\r\
+OBR|1|845439^GHH OE|1045813^GHH LAB|1554-5^GLUCOSE|||200202150730||||||||555-55-5555^PRIMARY^PATRICIA P^^^^MD^^LEVEL SEVEN HEALTHCARE, INC.|||||||||F||||||444-44-4444^HIPPOCRATES^HOWARD H^^^^MD\r\
+OBX|1|SN|1554-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H|||F\r\
+OBX|2|FN|1553-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H|||F\r";
+    let m = Message::parse(sample.as_bytes()).unwrap();
+    assert_eq!(m.segments.len(), 5);
+    assert_eq!(m.segments[3].id(), "OBX");
+    assert_eq!(m.get("MSH-1").as_deref(), Some("|"));
+    assert_eq!(m.get("MSH-2").as_deref(), Some("^~\\&"));
+    assert_eq!((m.get("MSH-9-1").as_deref(), m.get("MSH-9-2").as_deref()), (Some("ORU"), Some("R01")));
+    assert_eq!(m.get("PID-5-2").as_deref(), Some("EVE"));
+    assert_eq!(m.to_text(), sample);
+    let reps = "MSH|^~\\&|GHH LAB|ELAB-3|GHH OE|BLDG4|200202150930||ORU^R01|CNTRL-3456|P|2.4\r\
+PID|Field1|Component1^Component2|Component1^Sub-Component1&Sub-Component2^Component3|Repeat1~Repeat2\r";
+    let m = Message::parse(reps.as_bytes()).unwrap();
+    assert_eq!(m.get("PID-1").as_deref(), Some("Field1"));
+    assert_eq!(m.get("PID-3-2-2").as_deref(), Some("Sub-Component2"));
+    assert_eq!(m.get("PID-3-2").as_deref(), Some("Sub-Component1&Sub-Component2"));
+    assert_eq!(m.get("PID-4(2)").as_deref(), Some("Repeat2"));
+    let values: Vec<String> = m.field_repetitions("PID-4").iter().map(|f| f.value()).collect();
+    assert_eq!(values, ["Repeat1", "Repeat2"]);
+    // test_unescape / test_escape.
+    let d = m.delimiters;
+    for (escaped, plain) in [("\\E\\", "\\"), ("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~")] {
+        assert_eq!(unescape(escaped, &d), plain);
+        assert_eq!(crate::escape(plain, &d), escaped);
+    }
+    assert_eq!(unescape("\\X20202020\\", &d), "    ");
+    assert_eq!(unescape("\\Xe1\\\\Xe9\\\\Xed\\\\Xf3\\\\Xfa\\", &d), "áéíóú");
+}
