@@ -258,6 +258,10 @@ impl Message {
         let component = parts.next().map(str::parse::<usize>).transpose().ok()?;
         let subcomponent = parts.next().map(str::parse::<usize>).transpose().ok()?;
         let segment = self.segment(id)?;
+        if id == "MSH" && field <= 2 {
+            // The delimiters themselves: never split or unescaped.
+            return Some(segment.raw(field).to_string()).filter(|v| !v.is_empty());
+        }
         let repetitions = self.repetitions(segment, field);
         let f = repetitions.get(repetition.checked_sub(1)?)?;
         let value = match (component, subcomponent) {

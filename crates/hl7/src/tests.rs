@@ -171,6 +171,27 @@ fn names_sexes_dates_and_identifier_rules() {
 }
 
 #[test]
+fn adt_a01_admits_an_inpatient_and_a05_has_no_encounter() {
+    let a01 = A04.replace("ADT^A04^ADT_A01", "ADT^A01^ADT_A01").replace("PV1|1|O|", "PV1|1|I|");
+    let bundle = adt::to_bundle(&Message::parse(a01.as_bytes()).unwrap()).unwrap();
+    let encounter = &bundle["entry"][1]["resource"];
+    assert_eq!((encounter["status"].as_str(), encounter["class"]["code"].as_str()), (Some("in-progress"), Some("IMP")));
+    let a05 = A04.replace("ADT^A04^ADT_A01", "ADT^A05^ADT_A05");
+    let bundle = adt::to_bundle(&Message::parse(a05.as_bytes()).unwrap()).unwrap();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), 1);
+    // Without a visit number the Encounter is keyed on the message control id.
+    let no_visit = A04.replace("V20261130001", "");
+    let bundle = adt::to_bundle(&Message::parse(no_visit.as_bytes()).unwrap()).unwrap();
+    assert_eq!(
+        bundle["entry"][1]["request"],
+        json!({"method": "POST", "url": "Encounter", "ifNoneExist": "identifier=https://hutong.dev/fhir/sid/FZ-HOSP/hl7-message|MSG0001"})
+    );
+    let bad_class = A04.replace("PV1|1|O|", "PV1|1|X|");
+    let error = adt::to_bundle(&Message::parse(bad_class.as_bytes()).unwrap()).unwrap_err();
+    assert!(matches!(&error, Hl7Error::InvalidField { field, .. } if field == "PV1-2"), "{error:?}");
+}
+
+#[test]
 fn unsupported_types_are_rejected_with_their_codes() {
     let m = Message::parse(b"MSH|^~\\&|LIS|H1|||||ORU^R01|9|P|2.5").unwrap();
     let e = adt::to_bundle(&m).unwrap_err();
