@@ -276,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
                 let config = mllp::MllpConfig {
                     max_message_bytes: mllp_max_message_bytes,
                     quarantine: store.data.join("hl7-quarantine"),
+                    principal: Arc::new(mllp::listener_principal()),
                 };
                 tokio::spawn(mllp::serve(listener, engine.clone(), config));
             }

@@ -20,6 +20,27 @@ pub struct MllpConfig {
     pub max_message_bytes: usize,
     /// Where messages that were not committed are kept (`<data>/hl7-quarantine`).
     pub quarantine: PathBuf,
+    /// Who writes: [`listener_principal`].
+    pub principal: Arc<access::Principal>,
+}
+
+/// The listener writes as a system client of its own, `client/hl7-listener`, whose scopes allow
+/// only what the mapping writes (Patients and Encounters), so the policy decision point and the
+/// audit trail see it like any other client. MLLP carries no credentials: the sender is named in
+/// the audit trail by its address.
+pub fn listener_principal() -> access::Principal {
+    access::Principal {
+        subject: "client/hl7-listener".to_string(),
+        role: access::Role::System,
+        organization: None,
+        region: None,
+        practitioner: None,
+        patients: Vec::new(),
+        scopes: access::Scopes::parse("system/Patient.crus system/Encounter.crus")
+            .expect("the listener's scopes are valid SMART scopes"),
+        purpose: access::Role::System.default_purpose().to_string(),
+        break_glass: None,
+    }
 }
 
 /// Accepts connections until the process ends; each connection is served on its own task, so
@@ -105,9 +126,7 @@ async fn process(bytes: &[u8], peer: SocketAddr, engine: &Engine, config: &MllpC
             return nak(&e);
         }
     };
-    // The platform writes on the listener's behalf; the sender is named in the audit trail by
-    // its address (MLLP carries no credentials).
-    let ctx = Ctx { request_id: Ctx::next_request_id(), principal: None, source: Some(peer.to_string()) };
+    let ctx = Ctx::for_shared(Ctx::next_request_id(), config.principal.clone(), Some(peer.to_string()));
     match engine.bundle(&ctx, bundle, &RequestOptions::default()).await {
         Ok(_) => {
             tracing::info!(peer = %peer, control_id = %message.control_id(), "HL7 message committed");
@@ -176,4 +195,37 @@ fn now() -> String {
 /// MSH-10 of an ACK: unique, at most 20 characters (ST in 2.5).
 fn control_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use access::Perm;
+
+    #[test]
+    fn the_listener_may_write_patients_and_encounters_only() {
+        let scopes = listener_principal().scopes;
+        for ty in ["Patient", "Encounter"] {
+            assert!(
+                scopes.allows(ty, Perm::Create) && scopes.allows(ty, Perm::Update) && scopes.allows(ty, Perm::Search)
+            );
+            assert!(!scopes.allows(ty, Perm::Delete));
+        }
+        assert!(!scopes.allows("Observation", Perm::Create));
+    }
+
+    #[test]
+    fn engine_errors_name_their_table_0357_code_without_internals() {
+        let invalid = EngineError::Unprocessable(vec![
+            fhir::Issue::error(fhir::IssueType::Value, "Patient.birthDate \"1990-02-30\" is not a valid date"),
+            fhir::Issue::error(fhir::IssueType::Value, "second"),
+        ]);
+        assert_eq!(
+            engine_error(&invalid),
+            (("102", "Data type error"), "Patient.birthDate \"1990-02-30\" is not a valid date; second".to_string())
+        );
+        let ((code, _), text) = engine_error(&EngineError::Store(store::StoreError::Backend("SELECT secret".into())));
+        assert_eq!(code, "207");
+        assert!(!text.contains("SELECT"), "{text}");
+    }
 }
