@@ -71,6 +71,12 @@ fn gbk_and_gb18030_messages_decode_and_round_trip() {
         assert_eq!(m.get("PID-5-1").as_deref(), Some("欧阳娜娜"));
         assert_eq!(m.to_bytes(), bytes.into_owned(), "{charset}: written back in the same charset");
     }
+    // A rare character of a name (U+4DAE, CJK extension A) outside GBK takes four bytes in GB 18030.
+    let rare = A04.replace("UNICODE UTF-8", "GB 18030-2000").replace("欧阳娜娜", "王䶮");
+    let (bytes, _, _) = encoding_rs::GB18030.encode(&rare);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.get("PID-5-1").as_deref(), Some("王䶮"));
+    assert_eq!(m.to_bytes(), bytes.into_owned());
     // GBK bytes declared as UTF-8 are refused rather than garbled.
     let (bytes, _, _) = encoding_rs::GB18030.encode(A04);
     assert_eq!(Message::parse(&bytes), Err(Hl7Error::InvalidText { charset: "UTF-8".into() }));
