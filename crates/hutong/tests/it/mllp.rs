@@ -149,6 +149,28 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     assert_eq!(read_ack(&mut large), None, "the connection is closed");
     let ack = exchange(&mut stream, a04("MSG-U3", "MZ900004", "李雷", "").as_bytes());
     assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"));
+    // Two messages in one write, the second split from its end marker: two ACKs, in order.
+    let mut both = hl7::frame(a04("MSG-P1", "MZ900007", "张伟", "").as_bytes());
+    both.extend(hl7::frame(a04("MSG-P2", "MZ900008", "刘洋", "").as_bytes()));
+    let (head, tail) = both.split_at(both.len() - 1);
+    stream.write_all(head).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stream.write_all(tail).unwrap();
+    let mut decoder = hl7::MllpDecoder::new(1 << 20);
+    let mut acks = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while acks.len() < 2 {
+        while let Some(frame) = decoder.next_message() {
+            acks.push(Message::parse(&frame.unwrap()).unwrap().get("MSA-2").unwrap_or_default());
+        }
+        if acks.len() < 2 {
+            let n = stream.read(&mut buffer).unwrap();
+            assert!(n > 0, "two ACKs before the close");
+            decoder.push(&buffer[..n]);
+        }
+    }
+    assert_eq!(acks, ["MSG-P1", "MSG-P2"]);
     let mut fresh = TcpStream::connect(&mllp_addr).unwrap();
     let ack = exchange(&mut fresh, a04("MSG-U4", "MZ900005", "韩梅梅", "").as_bytes());
     assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"));
