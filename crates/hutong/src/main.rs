@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod demo;
 mod import;
+mod mllp;
 mod security;
 mod terminology;
 
@@ -62,6 +63,12 @@ enum Command {
         audit_retention_days: i64,
         #[command(flatten)]
         keys: security::KeyArgs,
+        /// Address of the HL7 v2 (MLLP) listener, or `off`.
+        #[arg(long, env = "HUTONG_MLLP_LISTEN", default_value = "127.0.0.1:2575")]
+        mllp_listen: String,
+        /// Largest HL7 v2 message accepted, in bytes; a larger one is refused and its connection closed.
+        #[arg(long, env = "HUTONG_MLLP_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+        mllp_max_message_bytes: usize,
     },
     /// Import FHIR Bundles, resources and NDJSON files or folders (idempotent, resumable).
     Import {
@@ -163,9 +170,25 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, store, demo, max_body_bytes, base_url, audit_retention_days, keys } => {
+        Command::Serve {
+            listen,
+            store,
+            demo,
+            max_body_bytes,
+            base_url,
+            audit_retention_days,
+            keys,
+            mllp_listen,
+            mllp_max_message_bytes,
+        } => {
             let addr: SocketAddr =
                 listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
+            let mllp_addr: Option<SocketAddr> = match mllp_listen.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| {
+                    format!("--mllp-listen '{a}' is not an address like 127.0.0.1:2575 (or 'off')")
+                })?),
+            };
             let audit_retention = security::audit_retention_ms(audit_retention_days, "--audit-retention-days")?;
             let backend = open_store(&store).await?;
             let ring = security::key_ring(&store, &keys, &backend).await?;
@@ -243,6 +266,20 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             });
+            if let Some(mllp_addr) = mllp_addr {
+                let listener = tokio::net::TcpListener::bind(mllp_addr).await.with_context(|| {
+                    format!(
+                        "cannot listen on {mllp_addr} for HL7 v2 (is the port in use? --mllp-listen off disables it)"
+                    )
+                })?;
+                println!("Hutong HL7 v2 listener on mllp://{}", listener.local_addr()?);
+                let config = mllp::MllpConfig {
+                    max_message_bytes: mllp_max_message_bytes,
+                    quarantine: store.data.join("hl7-quarantine"),
+                    principal: Arc::new(mllp::listener_principal()),
+                };
+                tokio::spawn(mllp::serve(listener, engine.clone(), config));
+            }
             let config = api::ApiConfig { max_body_bytes, base_url, ..api::ApiConfig::default() };
             let app = api::router(api::AppState { engine: engine.clone(), auth: auth.clone(), config });
             let listener = tokio::net::TcpListener::bind(addr)

@@ -2,6 +2,7 @@
 
 mod clients;
 mod crash;
+mod mllp;
 mod security;
 mod serve;
 mod terminology;

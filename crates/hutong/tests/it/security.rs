@@ -276,6 +276,7 @@ fn seed_old_log(data: &Path, database: Option<&str>) {
 fn serve_refuses(data: &Path, database: Option<&str>, extra: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
     cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra).arg("--data").arg(data);
+    cmd.env("HUTONG_MLLP_LISTEN", "off");
     if let Some(db) = database {
         cmd.args(["--database", db]);
     }

@@ -24,9 +24,16 @@ pub fn start(data: &std::path::Path, demo: bool) -> Server {
 }
 
 /// Starts the server, passing every line it prints before the URL line to `check`.
-fn start_expecting(data: &std::path::Path, demo: bool, check: impl Fn(&str)) -> Server {
+fn start_expecting(data: &std::path::Path, demo: bool, check: impl FnMut(&str)) -> Server {
+    start_with(data, demo, &[], check)
+}
+
+/// [`start_expecting`] with more arguments. The HL7 v2 listener is off unless they turn it on,
+/// so that tests running side by side do not compete for its default port.
+pub fn start_with(data: &std::path::Path, demo: bool, extra: &[&str], mut check: impl FnMut(&str)) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutong"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).args(extra);
+    cmd.env("HUTONG_MLLP_LISTEN", "off").stdout(Stdio::piped()).stderr(Stdio::null());
     if demo {
         cmd.arg("--demo");
     }
@@ -70,7 +77,7 @@ pub fn dechunk(mut body: &str) -> String {
 }
 
 /// A system client's bearer token, from the demo client the server wrote.
-fn demo_bearer(server: &Server, data: &std::path::Path) -> String {
+pub fn demo_bearer(server: &Server, data: &std::path::Path) -> String {
     let demo: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-client.json")).unwrap()).unwrap();
     let form = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}",
