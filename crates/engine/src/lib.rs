@@ -12,6 +12,7 @@ mod capability;
 mod crud;
 mod error;
 mod export;
+mod healthcard;
 mod matching;
 mod mpi;
 mod registries;
@@ -22,6 +23,7 @@ mod terminology;
 pub use audit::BLOCK_ACTION;
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
+pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 
@@ -44,6 +46,8 @@ pub struct EngineConfig {
     pub export_dir: std::path::PathBuf,
     /// How permitted reads and searches are audited (see `audit.rs`).
     pub audit_reads: AuditMode,
+    /// The electronic health card service (healthcard.rs).
+    pub health_card: HealthCardConfig,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             max_bundle_entries: 10_000,
             export_dir: std::path::PathBuf::from("hutong-data/export"),
             audit_reads: AuditMode::default(),
+            health_card: HealthCardConfig::default(),
         }
     }
 }
