@@ -45,10 +45,9 @@ async fn begin(state: &AppState, request: Request) -> Result<(Ctx, Value), Respo
 }
 
 /// A required string member of the body.
-fn text<'a>(body: &'a Value, name: &str) -> Result<&'a str, Response> {
+fn text<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body[name].as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
         ApiError::http(StatusCode::BAD_REQUEST, IssueType::Required, format!("the body needs a string \"{name}\""))
-            .into_response()
     })
 }
 
@@ -70,7 +69,7 @@ pub async fn register(State(state): State<AppState>, request: Request) -> Respon
     };
     let patient = match text(&body, "patient") {
         Ok(p) => p.trim_start_matches("Patient/").to_string(),
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let subject = ctx.principal.as_deref().map(|p| p.subject.clone()).unwrap_or_default();
     let verified = match state.auth.verified_id_number(&subject).await {
@@ -154,7 +153,7 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Response
     };
     let (code, step, terminal) = match (text(&body, "code"), text(&body, "careStep"), text(&body, "terminal")) {
         (Ok(c), Ok(s), Ok(t)) => (c, s, t),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
     let keys = state.auth.keys();
     let result = state.engine.healthcard_verify(&ctx, &keys, code, step, terminal).await;
@@ -177,7 +176,7 @@ pub async fn report_use(State(state): State<AppState>, Path(card): Path<String>,
     };
     let (step, terminal) = match (text(&body, "careStep"), text(&body, "terminal")) {
         (Ok(s), Ok(t)) => (s, t),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
     let result = state.engine.healthcard_report_use(&ctx, &card, step, terminal).await;
     answer(result.map(|c| card_json(&c)), StatusCode::OK)
