@@ -16,6 +16,7 @@
 //! it shows in "who accessed my record"; care-step code and terminal in the reason).
 
 use crate::audit;
+use crate::mpi::ID_NUMBER_SYSTEM;
 use crate::{Engine, EngineError, EngineResult};
 use access::Role;
 use crypto::KeyRing;
@@ -26,8 +27,6 @@ use store::{Ctx, StoreError};
 
 pub const CARD_KIND: &str = "healthcard";
 pub const USED_CODE_KIND: &str = "healthcard-code";
-/// GB 11643 ID numbers on Patient.identifier (as in `mpi.rs`).
-const ID_NUMBER_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
 /// A child below this age gets a card through a guardian.
 const GUARDIAN_AGE: i32 = 14;
 
