@@ -217,3 +217,35 @@ async fn a_code_issued_before_a_key_rotation_still_verifies() {
     let unknown = e.healthcard_verify(&hospital(), &stranger, &new_code.payload, "0101011", "T-01").await.unwrap_err();
     assert!(format!("{unknown:?}").contains("does not know"), "{unknown:?}");
 }
+
+/// 50 terminals scan the same code at once: exactly one is accepted, every other one is a
+/// replay (409), and every attempt is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_racing_with_one_code_accept_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
+    let config = engine::EngineConfig { export_dir: dir.path().join("export"), ..engine::EngineConfig::default() };
+    let e = std::sync::Arc::new(Engine::new(store, config));
+    let keys = std::sync::Arc::new(KeyRing::ephemeral());
+    let (card_id, holder) = registered(&e, &keys).await;
+    let code = e.healthcard_code(&holder, &keys, &card_id, None, None).await.unwrap();
+    let mut tasks = Vec::new();
+    for terminal in 0..50 {
+        let (e, keys, payload) = (e.clone(), keys.clone(), code.payload.clone());
+        tasks.push(tokio::spawn(async move {
+            e.healthcard_verify(&hospital(), &keys, &payload, "0101012", &format!("T-{terminal}")).await
+        }));
+    }
+    let (mut accepted, mut replays) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(error) if error.http_status() == 409 => replays += 1,
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!((accepted, replays), (1, 49));
+    let log = audited(e.store().as_ref(), "healthcard-verify").await;
+    assert_eq!(log.iter().filter(|(o, _)| o == "success").count(), 1);
+    assert_eq!(log.len(), 50);
+}
