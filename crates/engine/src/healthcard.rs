@@ -63,8 +63,9 @@ impl CardStatus {
     }
 }
 
-/// A card as stored and as answered.
+/// A card as stored and as answered (JSON members in camelCase, like the rest of the API).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthCard {
     pub card_id: String,
     /// The holder's Patient id.

@@ -39,10 +39,10 @@ async fn register_code_verify_replay_and_suspend_over_http() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, _, card) = send(&app, with_token(register(), &resident)).await;
     assert_eq!(status, StatusCode::CREATED, "{card}");
-    let card_id = card["card_id"].as_str().unwrap().to_string();
-    assert_eq!(card["static_code"], format!("{card_id}:1::350000"));
+    let card_id = card["cardId"].as_str().unwrap().to_string();
+    assert_eq!(card["staticCode"], format!("{card_id}:1::350000"));
     let (status, _, found) = send(&app, with_token(req("GET", "/healthcard?patient=p1", None, ""), &resident)).await;
-    assert_eq!((status, found["card_id"].as_str()), (StatusCode::OK, Some(card_id.as_str())));
+    assert_eq!((status, found["cardId"].as_str()), (StatusCode::OK, Some(card_id.as_str())));
 
     let code_uri = format!("/healthcard/{card_id}/code");
     let mut svg_request = with_token(req("POST", &code_uri, JSON, ""), &resident);
