@@ -81,6 +81,16 @@ pub struct HealthCard {
     pub static_code: String,
 }
 
+/// A card as stored: the card and the keyed hash of its holder's ID number
+/// (`KeyRing::blind_index("health-card-holder", …)`), the unique lookup that gives one open card
+/// per person even when the person has several Patient records. Never answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredCard {
+    #[serde(flatten)]
+    card: HealthCard,
+    holder: String,
+}
+
 /// A freshly issued dynamic code.
 #[derive(Debug, Clone)]
 pub struct IssuedCode {
@@ -186,6 +196,10 @@ impl Engine {
     }
 
     async fn load_card(&self, card_id: &str) -> EngineResult<HealthCard> {
+        Ok(self.load_stored(card_id).await?.card)
+    }
+
+    async fn load_stored(&self, card_id: &str) -> EngineResult<StoredCard> {
         let Ok(card_id) = CardId::parse(card_id) else {
             return Err(EngineError::NotFound(format!("HealthCard/{card_id}: a card id is 64 hex characters")));
         };
@@ -197,13 +211,17 @@ impl Engine {
         serde_json::from_str(&body).map_err(|e| EngineError::Store(StoreError::Backend(format!("health card: {e}"))))
     }
 
-    async fn save_card(&self, card: &HealthCard) -> EngineResult<()> {
-        let lookups =
-            if card.status == CardStatus::Closed { Vec::new() } else { vec![format!("patient:{}", card.patient)] };
-        let body = serde_json::to_string(card).expect("a card serialises");
+    async fn save_card(&self, stored: &StoredCard) -> EngineResult<()> {
+        let card = &stored.card;
+        let lookups = if card.status == CardStatus::Closed {
+            Vec::new()
+        } else {
+            vec![format!("patient:{}", card.patient), format!("holder:{}", stored.holder)]
+        };
+        let body = serde_json::to_string(stored).expect("a card serialises");
         match self.store.kv_put(CARD_KIND, &card.card_id, &body, &lookups).await {
             Err(StoreError::Duplicate { .. }) => Err(conflict(format!(
-                "Patient/{} already holds an open health card: query it, or close it before registering anew",
+                "Patient/{} or the person it records already holds an open health card (one person, one card): query it, or close it before registering anew",
                 card.patient
             ))),
             other => Ok(other?),
@@ -296,7 +314,8 @@ impl Engine {
                 created: now,
                 updated: now,
             };
-            self.save_card(&card).await?;
+            let holder = keys.blind_index("health-card-holder", holder.as_str());
+            self.save_card(&StoredCard { card: card.clone(), holder }).await?;
             return Ok(card);
         }
         unreachable!("the counter space is not exhausted")
@@ -527,10 +546,11 @@ impl Engine {
             CardStatus::Suspended => "healthcard-suspend",
             CardStatus::Closed => "healthcard-close",
         };
-        let mut card = match self.load_card(card_id).await {
-            Ok(card) => card,
+        let mut stored = match self.load_stored(card_id).await {
+            Ok(stored) => stored,
             Err(e) => return Err(self.card_refused(ctx, action, card_id, None, e).await),
         };
+        let card = &mut stored.card;
         let checked = if !ctx.principal.as_deref().is_some_and(|p| p.role == Role::Operator) {
             Err(EngineError::Forbidden("cards are suspended, resumed and closed by operators".into()))
         } else if card.status == CardStatus::Closed {
@@ -538,8 +558,9 @@ impl Engine {
         } else {
             card.status = status;
             card.updated = now_seconds();
-            self.save_card(&card).await
+            self.save_card(&stored).await
         };
+        let card = stored.card;
         match checked {
             Ok(()) => {
                 self.card_audit(ctx, action, "success", card_id, Some(&card.patient), reason).await?;

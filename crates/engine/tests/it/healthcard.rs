@@ -81,6 +81,11 @@ async fn registration_needs_real_name_verification_and_a_valid_id_number() {
     // One open card per Patient.
     let again = e.healthcard_register(&resident(&["p-adult"]), &keys, "p-adult", Some(&adult)).await.unwrap_err();
     assert_eq!(again.http_status(), 409);
+    // One person, one card: another Patient record of the same person gets none.
+    put_patient(e, "p-adult-elsewhere", Some(&adult)).await;
+    let both = resident(&["p-adult", "p-adult-elsewhere"]);
+    let again = e.healthcard_register(&both, &keys, "p-adult-elsewhere", Some(&adult)).await.unwrap_err();
+    assert!(matches!(&again, EngineError::Conflict { message, .. } if message.contains("one person, one card")));
 
     // A guardian registers a card for a child under 14.
     let child = id_number("20200601", "111");
@@ -92,7 +97,7 @@ async fn registration_needs_real_name_verification_and_a_valid_id_number() {
     let outcomes: Vec<String> =
         audited(e.store().as_ref(), "healthcard-register").await.into_iter().map(|(o, _)| o).collect();
     assert_eq!(outcomes.iter().filter(|o| *o == "success").count(), 2);
-    assert_eq!(outcomes.len(), 9, "{outcomes:?}");
+    assert_eq!(outcomes.len(), 10, "{outcomes:?}");
 }
 
 async fn registered(e: &Engine, keys: &KeyRing) -> (String, Ctx) {
