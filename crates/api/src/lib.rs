@@ -7,6 +7,7 @@
 //! in `engine`.
 
 pub mod error;
+pub mod healthcard;
 pub mod security;
 
 use std::sync::Arc;
@@ -61,6 +62,14 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/.well-known/smart-configuration", get(security::smart_configuration))
         .route("/audit/patient/{id}", get(security::patient_log))
         .route("/audit/log", get(security::log))
+        .route("/healthcard", get(healthcard::query))
+        .route("/healthcard/keys", get(healthcard::keys))
+        .route("/healthcard/register", axum::routing::post(healthcard::register))
+        .route("/healthcard/verify", axum::routing::post(healthcard::verify))
+        .route("/healthcard/{card}", get(healthcard::read))
+        .route("/healthcard/{card}/code", axum::routing::post(healthcard::code))
+        .route("/healthcard/{card}/use", axum::routing::post(healthcard::report_use))
+        .route("/healthcard/{card}/{action}", axum::routing::post(healthcard::set_status))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

@@ -576,6 +576,18 @@ impl Auth {
         Ok(self.store.kv_find("user", &lookup).await?.and_then(|(_, b)| serde_json::from_str(&b).ok()))
     }
 
+    /// The real-name-verified ID number of the account behind `subject` (`user/{id}`): the
+    /// GB 11643 number checked when a resident account was made, decrypted. `None` for
+    /// clients, staff and inactive accounts. The health card service asks this before issuing.
+    pub async fn verified_id_number(&self, subject: &str) -> AuthResult<Option<String>> {
+        let Some(user_id) = subject.strip_prefix("user/") else { return Ok(None) };
+        let user: Option<User> = self.store.kv_get("user", user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        Ok(user
+            .filter(|u| u.active && u.role == Role::Resident)
+            .and_then(|u| u.id_number)
+            .and_then(|sealed| self.keys().decrypt_field(&sealed, "user.id_number").ok()))
+    }
+
     fn principal_of(&self, user: &User, scopes: Scopes) -> Principal {
         Principal {
             subject: format!("user/{}", user.id),

@@ -12,6 +12,7 @@ mod capability;
 mod crud;
 mod error;
 mod export;
+mod healthcard;
 mod matching;
 mod mpi;
 mod registries;
@@ -23,6 +24,7 @@ pub use audit::BLOCK_ACTION;
 pub use booking::{BookingRules, CHANNEL_EXTENSION};
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use error::{EngineError, EngineResult};
+pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 
@@ -47,6 +49,8 @@ pub struct EngineConfig {
     pub audit_reads: AuditMode,
     /// Residents' booking limits (booking.rs).
     pub booking: BookingRules,
+    /// The electronic health card service (healthcard.rs).
+    pub health_card: HealthCardConfig,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
             export_dir: std::path::PathBuf::from("hutong-data/export"),
             audit_reads: AuditMode::default(),
             booking: BookingRules::default(),
+            health_card: HealthCardConfig::default(),
         }
     }
 }

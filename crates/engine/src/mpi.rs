@@ -436,7 +436,7 @@ fn task(kind: TaskKind, source: &str, open: &Review, status: &str) -> Value {
 }
 
 /// The national ID number system (GB 11643, OID 2.16.156.10011.1.3).
-const ID_NUMBER_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
+pub(crate) const ID_NUMBER_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
 
 /// What is wrong with a record's national ID number, if anything (an identifier in
 /// [`ID_NUMBER_SYSTEM`] that is not a valid 18-character or old 15-digit number).

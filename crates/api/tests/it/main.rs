@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod healthcard;
 mod registries;
 mod security;
 mod terminology;

@@ -21,7 +21,7 @@ fn form(uri: &str, body: &str) -> Request<Body> {
         .unwrap()
 }
 
-fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+pub(super) fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
     request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
     request
 }
@@ -30,7 +30,7 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-async fn token(app: &TestApp, body: &str) -> (StatusCode, Value) {
+pub(super) async fn token(app: &TestApp, body: &str) -> (StatusCode, Value) {
     let (status, _, body) = send(app, form("/oauth2/token", body)).await;
     (status, body)
 }

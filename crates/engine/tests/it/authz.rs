@@ -10,7 +10,7 @@ use store::Ctx;
 
 use super::{engine, opts, pairs};
 
-fn as_role(role: Role, org: Option<&str>, patients: &[&str]) -> Ctx {
+pub(super) fn as_role(role: Role, org: Option<&str>, patients: &[&str]) -> Ctx {
     let scopes = match role {
         Role::System => "system/*.*",
         Role::Resident => "patient/*.*",

@@ -3,6 +3,7 @@
 mod authz;
 mod booking;
 mod ground_truth;
+mod healthcard;
 mod matching;
 mod mpi;
 mod registries;

@@ -1,0 +1,44 @@
+//! Offline verification throughput: `cargo run --release -p healthcard --example verify_bench`.
+//! Issues one dynamic code with both 三码融合 tokens, then verifies it repeatedly on one thread
+//! and on every core (results in docs/BENCHMARKS.md).
+
+use crypto::sm2::Sm2SigningKey;
+use healthcard::{CardId, DynamicCode, payload::verify_offline};
+use std::time::Instant;
+
+fn main() {
+    let key = Sm2SigningKey::generate();
+    let key_id = "0123456789abcdef";
+    let now = 1_800_000_000;
+    let code = DynamicCode {
+        card_id: CardId::derive(b"benchmark holder"),
+        issuer: "350000".into(),
+        issued_at: now,
+        lifetime: 60,
+        insurance_token: Some("EC-VOUCHER-000001".into()),
+        payment_token: Some("PAY-000001".into()),
+    };
+    let (payload, _) = code.issue(&key, key_id).expect("issue");
+    let public = key.public();
+    let lookup = |id: &str| (id == key_id).then(|| public.clone());
+    let n = 5_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        verify_offline(&payload, lookup, now + 1).expect("verifies");
+    }
+    let one = n as f64 / start.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..n {
+                    verify_offline(&payload, lookup, now + 1).expect("verifies");
+                }
+            });
+        }
+    });
+    let all = (n * threads) as f64 / start.elapsed().as_secs_f64();
+    println!("payload {} characters", payload.len());
+    println!("offline verification: {one:.0}/s on one thread, {all:.0}/s on {threads} threads");
+}
