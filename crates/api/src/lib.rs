@@ -435,6 +435,18 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             Method::GET => Ok(json_response(StatusCode::OK, engine.ihe_pix(&ctx, &params).await?.to_string())),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
+        // Check-in by health card code (engine/src/checkin.rs).
+        ["Appointment", "$check-in"] => match method {
+            Method::POST => {
+                let parameters = json_body(&headers, &body_bytes, false)?;
+                let keys = state.auth.keys();
+                Ok(json_response(
+                    StatusCode::OK,
+                    engine.appointment_check_in(&ctx, &keys, parameters).await?.to_string(),
+                ))
+            }
+            _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
         ["Person", op @ ("$mpi-link" | "$mpi-merge" | "$mpi-unmerge" | "$mpi-relink")] => match method {
             Method::POST => {
                 let parameters = json_body(&headers, &body_bytes, false)?;

@@ -318,7 +318,7 @@ impl Engine {
             return Ok(());
         }
         Err(refused(format!(
-            "online booking is suspended until {} after {} missed appointments in {} days              (爽约{}次，暂停在线预约至{})",
+            "online booking is suspended until {} after {} missed appointments in {} days (爽约{}次，暂停在线预约至{})",
             &fhir::normalize::format_instant(until)[..10],
             missed.len(),
             rules.no_show_days,

@@ -195,6 +195,12 @@ impl Engine {
         }
     }
 
+    /// The holder (Patient id) of a card, for other services that identify a resident by a
+    /// verified code (check-in). Not found for an unknown card id.
+    pub(crate) async fn healthcard_holder(&self, card_id: &str) -> EngineResult<String> {
+        Ok(self.load_card(card_id).await?.patient)
+    }
+
     async fn load_card(&self, card_id: &str) -> EngineResult<HealthCard> {
         Ok(self.load_stored(card_id).await?.card)
     }

@@ -532,6 +532,21 @@ impl Engine {
         Ok(out)
     }
 
+    /// The Patient ids of the person `patient` belongs to (itself first), as the index links
+    /// them now; just `patient` when the index does not know it yet.
+    pub(crate) async fn same_person_patients(&self, patient: &str) -> EngineResult<Vec<String>> {
+        self.mpi_sync().await?;
+        let guard = self.mpi.lock().await;
+        let mut ids = vec![patient.to_string()];
+        if let Some(state) = guard.as_ref()
+            && let Some(src) = state.sources.get(patient)
+        {
+            let person = state.linker.person_of(src.record);
+            ids.extend(state.source_ids_of(person).into_iter().filter(|id| id != patient));
+        }
+        Ok(ids)
+    }
+
     /// Loads the index from the store: its Persons and their links, the source Patients, the
     /// open reviews. Patients not linked yet are matched now.
     async fn mpi_load(&self) -> EngineResult<MpiState> {

@@ -260,3 +260,92 @@ async fn terminals_racing_with_one_code_accept_it_once() {
     assert_eq!(log.iter().filter(|(o, _)| o == "success").count(), 1);
     assert_eq!(log.len(), 50);
 }
+
+/// A booked Appointment of `patient` starting `from_now_ms` from now, lasting an hour.
+async fn visit(e: &Engine, patient: &str, from_now_ms: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let start = (now + from_now_ms) / 1000 * 1000;
+    let body = json!({"resourceType": "Appointment", "status": "booked",
+        "start": fhir::normalize::format_instant(start), "end": fhir::normalize::format_instant(start + 3_600_000),
+        "participant": [{"actor": {"reference": format!("Patient/{patient}")}, "status": "accepted"}]});
+    e.create(&Ctx::system(), "Appointment", body, &opts()).await.unwrap().resource.id
+}
+
+fn check_in_parameters(code: &str, appointment: Option<&str>) -> serde_json::Value {
+    let mut parameter =
+        vec![json!({"name": "code", "valueString": code}), json!({"name": "terminal", "valueString": "KIOSK-3"})];
+    if let Some(id) = appointment {
+        parameter.push(json!({"name": "appointment", "valueReference": {"reference": format!("Appointment/{id}")}}));
+    }
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+async fn status_of(e: &Engine, id: &str) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(e.read(&Ctx::system(), "Appointment", id).await.unwrap().body.as_deref().unwrap())
+            .unwrap();
+    body["status"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn check_in_by_code_marks_todays_booked_visit_arrived() {
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    let (card_id, holder) = registered(e, &keys).await;
+    put_patient(e, "p2", Some(&id_number("19851111", "345"))).await;
+    let now_visit = visit(e, "p1", 0).await;
+    let later_visit = visit(e, "p1", 60_000).await;
+    let tomorrow = visit(e, "p1", 86_400_000 + 60_000).await;
+    let someone_elses = visit(e, "p2", 0).await;
+
+    // A visit of somebody else, or not for today, is refused and the code is not consumed.
+    let code = e.healthcard_code(&holder, &keys, &card_id, None, None).await.unwrap();
+    let refused =
+        e.appointment_check_in(&hospital(), &keys, check_in_parameters(&code.payload, Some(&someone_elses))).await;
+    assert_eq!(refused.unwrap_err().http_status(), 403);
+    let refused = e.appointment_check_in(&hospital(), &keys, check_in_parameters(&code.payload, Some(&tomorrow))).await;
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.http_status(), 409);
+    assert!(refused.to_string().contains("not for today"), "{refused}");
+    // A resident's own app cannot check in (terminals and staff verify codes).
+    let refused = e.appointment_check_in(&holder, &keys, check_in_parameters(&code.payload, None)).await.unwrap_err();
+    assert_eq!(refused.http_status(), 403);
+
+    // The earliest of today's booked visits is checked in.
+    let answer = e.appointment_check_in(&hospital(), &keys, check_in_parameters(&code.payload, None)).await.unwrap();
+    assert_eq!(answer["parameter"][0]["resource"]["id"], now_visit.as_str());
+    assert_eq!(answer["parameter"][0]["resource"]["status"], "arrived");
+    assert_eq!(answer["parameter"][1]["valueReference"]["reference"], "Patient/p1");
+    assert_eq!(answer["parameter"][2]["valueString"], card_id.as_str());
+    assert_eq!(status_of(e, &now_visit).await, "arrived");
+    // The same code again is a replay, even though another visit is waiting.
+    let replay =
+        e.appointment_check_in(&hospital(), &keys, check_in_parameters(&code.payload, None)).await.unwrap_err();
+    assert!(replay.to_string().contains("already used"), "{replay}");
+    assert_eq!(status_of(e, &later_visit).await, "booked");
+    // A tampered code is refused with its reason.
+    let fresh = e.healthcard_code(&holder, &keys, &card_id, None, None).await.unwrap();
+    let mut tampered = fresh.payload.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'Q' } else { 'A' });
+    assert!(e.appointment_check_in(&hospital(), &keys, check_in_parameters(&tampered, None)).await.is_err());
+    // Named, a fresh code checks in the later visit; nothing is left to check in today.
+    e.appointment_check_in(&hospital(), &keys, check_in_parameters(&fresh.payload, Some(&later_visit))).await.unwrap();
+    assert_eq!(status_of(e, &later_visit).await, "arrived");
+    let third = e.healthcard_code(&holder, &keys, &card_id, None, None).await.unwrap();
+    let none = e.appointment_check_in(&hospital(), &keys, check_in_parameters(&third.payload, None)).await.unwrap_err();
+    assert_eq!(none.http_status(), 404);
+    assert_eq!(status_of(e, &tomorrow).await, "booked");
+    // Bad parameters.
+    let bad = e.appointment_check_in(&hospital(), &keys, json!({"resourceType": "Parameters"})).await.unwrap_err();
+    assert_eq!(bad.http_status(), 400);
+
+    // Every attempt is in the audit log: verifications (with the care step) and the refusals before them.
+    let verified = audited(e.store().as_ref(), "healthcard-verify").await;
+    let outcomes: Vec<&str> = verified.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["denied", "success", "failure", "failure", "success"], "{verified:?}");
+    assert!(verified[1].1.contains("0101012"), "{}", verified[1].1);
+    let refusals = audited(e.store().as_ref(), "appointment-check-in").await;
+    assert_eq!(refusals.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(), ["denied", "failure", "failure"]);
+}
