@@ -44,7 +44,10 @@ impl SmsSender for FileSms {
             options.mode(0o600);
         }
         let mut file = options.open(&self.path)?;
-        writeln!(file, "{phone}\t{}", text.replace(['\n', '\t'], " "))?;
+        // One write per message: with O_APPEND, writers in other processes or other instances
+        // (sign-in codes and appointment notifications share the outbox) never interleave lines.
+        let line = format!("{phone}\t{}\n", text.replace(['\n', '\t'], " "));
+        file.write_all(line.as_bytes())?;
         file.sync_data()
     }
 }

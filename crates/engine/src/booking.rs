@@ -46,6 +46,8 @@ pub struct BookingRules {
     pub no_show_days: i64,
     /// … for this many days after the last of them.
     pub suspension_days: i64,
+    /// A reminder is sent this long before a booked visit (notify.rs).
+    pub reminder_before_hours: i64,
 }
 
 impl Default for BookingRules {
@@ -56,6 +58,7 @@ impl Default for BookingRules {
             no_show_limit: 3,
             no_show_days: 90,
             suspension_days: 30,
+            reminder_before_hours: 24,
         }
     }
 }

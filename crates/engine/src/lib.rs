@@ -16,6 +16,7 @@ mod export;
 mod healthcard;
 mod matching;
 mod mpi;
+mod notify;
 mod registries;
 mod sealing;
 mod searchset;
@@ -28,6 +29,7 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
+pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 
 use std::sync::Arc;

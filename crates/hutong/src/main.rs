@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod import;
 mod mllp;
+mod notify;
 mod security;
 mod terminology;
 
@@ -219,6 +220,9 @@ async fn main() -> anyhow::Result<()> {
             // The master patient index matches Patients as they arrive (and those imported
             // while the server was down).
             tokio::spawn(engine.clone().mpi_run());
+            // Booking confirmations, cancellations, waiting-list promotions and visit reminders
+            // (engine/src/notify.rs) through the local SMS and app outboxes.
+            tokio::spawn(engine.clone().notify_run(Arc::new(notify::FileNotifier::new(&store.data))));
             // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
             security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));
             // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head,

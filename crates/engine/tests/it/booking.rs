@@ -278,3 +278,88 @@ async fn quota_channels_and_no_show_suspension() {
     // Another resident is not affected.
     book(e, &resident("p-other"), "later", "p-other", "booked").await.unwrap();
 }
+
+/// Notifications as the delivery adapter received them: `(channel, address, text)`.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(engine::Channel, String, String)>>, std::sync::atomic::AtomicBool);
+
+impl engine::Notifier for Recorder {
+    fn send(&self, channel: engine::Channel, address: &str, text: &str) -> std::io::Result<()> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("gateway down"));
+        }
+        self.0.lock().unwrap().push((channel, address.to_string(), text.to_string()));
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<(engine::Channel, String, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// The notifications about an Appointment (found, as the portal finds them, by recipient).
+async fn communications_about(e: &Engine, appointment: &str) -> Vec<Value> {
+    let stored = e.read(&sys(), "Appointment", appointment).await.unwrap();
+    let body: Value = serde_json::from_str(stored.body.as_deref().unwrap()).unwrap();
+    let patient = body["participant"][0]["actor"]["reference"].as_str().unwrap().to_string();
+    let found = e.search(&sys(), Some("Communication"), &[("recipient".into(), patient)], &opts()).await.unwrap();
+    let about = format!("Appointment/{appointment}");
+    let all = found["entry"].as_array().into_iter().flatten().map(|x| x["resource"].clone());
+    all.filter(|c| c["about"][0]["reference"] == about.as_str()).collect()
+}
+
+#[tokio::test]
+async fn bookings_cancellations_promotions_and_reminders_are_notified_once() {
+    let t = engine();
+    let e = &t.engine;
+    let with_phone =
+        json!({"resourceType": "Patient", "id": "p-phone", "telecom": [{"system": "phone", "value": "13800000001"}]});
+    e.update(&sys(), "Patient", "p-phone", with_phone, &opts()).await.unwrap();
+    e.update(&sys(), "Patient", "p-app", json!({"resourceType": "Patient", "id": "p-app"}), &opts()).await.unwrap();
+    let hour = 3_600_000;
+    slot_at(e, "in-3h", "dr-wu", now() + 3 * hour).await;
+    slot_at(e, "in-3d", "dr-zhao", now() + 72 * hour).await;
+    let notifier = Recorder::default();
+    // Whatever the fixtures wrote is consumed first.
+    e.notify_step(&notifier, now()).await.unwrap();
+    notifier.take();
+
+    // A booking within the reminder window: a confirmation and a reminder, by SMS.
+    let soon = book(e, &resident("p-phone"), "in-3h", "p-phone", "booked").await.unwrap();
+    // A booking three days ahead: a confirmation only; a waiting-list entry for it: nothing yet.
+    let later = book(e, &resident("p-phone"), "in-3d", "p-phone", "booked").await.unwrap();
+    let waiting = book(e, &sys(), "in-3d", "p-app", "waitlist").await.unwrap();
+    assert_eq!(e.notify_step(&notifier, now()).await.unwrap(), 3);
+    let sent = notifier.take();
+    assert!(sent.iter().all(|(c, a, _)| *c == engine::Channel::Sms && a == "13800000001"), "{sent:?}");
+    assert_eq!(sent.iter().filter(|(_, _, m)| m.contains("预约成功")).count(), 2, "{sent:?}");
+    assert_eq!(sent.iter().filter(|(_, _, m)| m.contains("就诊提醒")).count(), 1, "{sent:?}");
+    let notices = communications_about(e, &soon).await;
+    assert_eq!(notices.len(), 2);
+    assert!(notices.iter().all(|c| c["status"] == "completed" && c["recipient"][0]["reference"] == "Patient/p-phone"));
+    // Nothing is sent twice.
+    assert_eq!(e.notify_step(&notifier, now()).await.unwrap(), 0);
+    assert!(notifier.take().is_empty());
+
+    // Cancelling the later visit: its holder is told, and the waiting resident gets the Slot
+    // (app channel: no phone on record).
+    cancel(e, &resident("p-phone"), &later).await.unwrap();
+    assert_eq!(e.notify_step(&notifier, now()).await.unwrap(), 2);
+    let sent = notifier.take();
+    assert!(sent.iter().any(|(c, a, m)| *c == engine::Channel::Sms && a == "13800000001" && m.contains("已取消")));
+    assert!(sent.iter().any(|(c, a, m)| *c == engine::Channel::App && a == "Patient/p-app" && m.contains("候补成功")));
+    assert_eq!(communications_about(e, &waiting).await[0]["category"][0]["coding"][0]["code"], "promoted");
+
+    // Three days on, the promoted visit is within a day: one reminder; a failed delivery is kept
+    // as not-done and not retried.
+    notifier.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(e.notify_step(&notifier, now() + 50 * hour).await.unwrap(), 0);
+    let notices = communications_about(e, &waiting).await;
+    let reminder = notices.iter().find(|c| c["category"][0]["coding"][0]["code"] == "reminder").unwrap();
+    assert_eq!(reminder["status"], "not-done");
+    notifier.1.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(e.notify_step(&notifier, now() + 50 * hour).await.unwrap(), 0);
+    assert!(notifier.take().is_empty());
+}
