@@ -9,6 +9,7 @@
 pub mod error;
 pub mod healthcard;
 pub mod security;
+pub mod services;
 
 use std::sync::Arc;
 
@@ -70,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthcard/{card}/code", axum::routing::post(healthcard::code))
         .route("/healthcard/{card}/use", axum::routing::post(healthcard::report_use))
         .route("/healthcard/{card}/{action}", axum::routing::post(healthcard::set_status))
+        .route("/guidance", get(services::guidance))
+        .route("/kpi/booking-rate", get(services::booking_rate))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

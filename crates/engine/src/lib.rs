@@ -13,7 +13,9 @@ mod checkin;
 mod crud;
 mod error;
 mod export;
+mod guidance;
 mod healthcard;
+mod kpi;
 mod matching;
 mod mpi;
 mod notify;
@@ -27,7 +29,9 @@ pub use booking::{BookingRules, CHANNEL_EXTENSION};
 pub use capability::UNSUPPORTED_PARAM_EXTENSION;
 pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
+pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
+pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
@@ -55,6 +59,8 @@ pub struct EngineConfig {
     pub booking: BookingRules,
     /// The electronic health card service (healthcard.rs).
     pub health_card: HealthCardConfig,
+    /// The smart guidance rule table (guidance.rs).
+    pub guidance: std::sync::Arc<GuidanceRules>,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -77,6 +83,7 @@ impl Default for EngineConfig {
             audit_reads: AuditMode::default(),
             booking: BookingRules::default(),
             health_card: HealthCardConfig::default(),
+            guidance: GuidanceRules::builtin(),
         }
     }
 }

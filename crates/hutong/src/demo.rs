@@ -263,18 +263,34 @@ pub fn resident_bundle(rng: &mut StdRng, extra_observations: usize) -> Value {
         let doctor = rng.random_range(1..=12);
         let date = format!("2024-{:02}-{:02}", rng.random_range(1..=12), rng.random_range(1..=28));
         let start = format!("{date}T{:02}:{:02}:00+08:00", rng.random_range(8..17), rng.random_range(0..60));
-        entries.push(post(
-            &encounter_url,
-            json!({
-                "resourceType": "Encounter", "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "门诊"},
-                "type": [{"text": "门诊就诊"}],
-                "subject": {"reference": patient_url},
-                "participant": [{"individual": {"reference": format!("Practitioner/doc-{doctor}")}}],
-                "period": {"start": start, "end": start},
-                "serviceProvider": {"reference": format!("Organization/{org}")},
-            }),
-        ));
+        // Most visits were booked ahead (fewer at the community health centre): the booking-rate
+        // KPI has something to count. Decided without the random generator, so the rest of the
+        // data set stays as it was.
+        let booked_ahead = if org == "org-4" { (doctor + v) % 2 == 0 } else { (doctor + v) % 7 != 0 };
+        let mut encounter = json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "门诊"},
+            "type": [{"text": "门诊就诊"}],
+            "serviceType": {"text": SPECIALTIES[doctor % SPECIALTIES.len()]},
+            "subject": {"reference": patient_url},
+            "participant": [{"individual": {"reference": format!("Practitioner/doc-{doctor}")}}],
+            "period": {"start": start, "end": start},
+            "serviceProvider": {"reference": format!("Organization/{org}")},
+        });
+        if booked_ahead {
+            let appointment_id = format!("appt-{}", &encounter_url["urn:uuid:".len()..]);
+            encounter["appointment"] = json!([{"reference": format!("Appointment/{appointment_id}")}]);
+            entries.push(put(json!({
+                "resourceType": "Appointment", "id": appointment_id, "status": "fulfilled",
+                "serviceType": [{"text": SPECIALTIES[doctor % SPECIALTIES.len()]}],
+                "start": start, "end": start,
+                "participant": [
+                    {"actor": {"reference": patient_url}, "status": "accepted"},
+                    {"actor": {"reference": format!("Practitioner/doc-{doctor}")}, "status": "accepted"}
+                ],
+            })));
+        }
+        entries.push(post(&encounter_url, encounter));
         let systolic = rng.random_range(100..170);
         let diastolic = rng.random_range(60..105);
         entries.push(post(

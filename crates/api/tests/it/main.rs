@@ -14,6 +14,7 @@ use tower::ServiceExt;
 mod healthcard;
 mod registries;
 mod security;
+mod services;
 mod terminology;
 
 struct TestApp {

@@ -1,0 +1,66 @@
+//! Resident and management services outside FHIR (JSON, bearer tokens like `/fhir`; errors are
+//! OperationOutcomes):
+//!
+//! - `GET /guidance?symptoms=…&age=…&sex=male|female` → smart guidance (engine/src/guidance.rs)
+//! - `GET /kpi/booking-rate?from=YYYY-MM-DD&to=YYYY-MM-DD` → the booking-rate KPI (engine/src/kpi.rs)
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhir::IssueType;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::security::authenticate;
+
+fn json_answer(result: Result<serde_json::Value, engine::EngineError>) -> Response {
+    match result {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn bad(message: String) -> Response {
+    ApiError::http(StatusCode::BAD_REQUEST, IssueType::Value, message).into_response()
+}
+
+pub async fn guidance(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    if let Some(unknown) = query.keys().find(|k| !["symptoms", "age", "sex"].contains(&k.as_str())) {
+        return bad(format!("/guidance has no parameter '{unknown}' (symptoms, age, sex)"));
+    }
+    let age = match query.get("age").map(|a| a.parse::<u32>()) {
+        None => None,
+        Some(Ok(a)) if a <= 130 => Some(a),
+        Some(_) => return bad("age must be whole years between 0 and 130".into()),
+    };
+    let symptoms = query.get("symptoms").map(String::as_str).unwrap_or("");
+    json_answer(state.engine.guidance(&ctx, symptoms, age, query.get("sex").map(String::as_str)).await)
+}
+
+pub async fn booking_rate(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    if let Some(unknown) = query.keys().find(|k| !["from", "to"].contains(&k.as_str())) {
+        return bad(format!("/kpi/booking-rate has no parameter '{unknown}' (from, to)"));
+    }
+    let (Some(from), Some(to)) = (query.get("from"), query.get("to")) else {
+        return bad("/kpi/booking-rate needs from=YYYY-MM-DD and to=YYYY-MM-DD".into());
+    };
+    json_answer(state.engine.booking_rate(&ctx, from, to).await)
+}

@@ -1,0 +1,150 @@
+//! Smart guidance, the booking-rate KPI and check-in by health card over HTTP: answers from the
+//! stored data, OperationOutcomes for bad input, and who may ask.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::security::{token, with_token};
+use super::{FHIR, TestApp, app, assert_outcome, req, send};
+
+async fn put(app: &TestApp, resource: serde_json::Value) {
+    let url = format!("/fhir/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+    let (status, _, body) = send(app, req("PUT", &url, FHIR, &resource.to_string())).await;
+    assert!(status.is_success(), "{url}: {body}");
+}
+
+fn hospital(id: &str, level: &str) -> serde_json::Value {
+    json!({"resourceType": "Organization", "id": id, "name": format!("示例医院{id}"),
+        "identifier": [{"system": "https://hutong.dev/fhir/sid/uscc", "value": "12350100MB0000001Y"}],
+        "type": [{"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/institution-type", "code": "hospital"}]}],
+        "extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/institution-level",
+                       "valueCoding": {"system": "https://hutong.dev/fhir/CodeSystem/institution-level", "code": level}}],
+        "address": [{"extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/gb2260-division", "valueCode": "350102"}]}]})
+}
+
+fn visit(id: &str, org: &str, class: &str, department: &str, booked: bool) -> serde_json::Value {
+    let mut e = json!({"resourceType": "Encounter", "id": id, "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class},
+        "serviceType": {"text": department}, "period": {"start": "2026-11-03T09:00:00+08:00"},
+        "serviceProvider": {"reference": format!("Organization/{org}")}});
+    if booked {
+        e["appointment"] = json!([{"reference": format!("Appointment/a-{id}")}]);
+    }
+    e
+}
+
+async fn resident_token(app: &TestApp) -> String {
+    app.auth
+        .create_user(auth::NewUser {
+            username: "r-services".into(),
+            role: "resident".into(),
+            password: Some("Pass#word1".into()),
+            patients: vec!["p1".into()],
+            id_number: Some("11010519491231002X".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, body) = token(app, "grant_type=password&username=r-services&password=Pass%23word1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn guidance_suggests_departments_and_doctors() {
+    let app = app(1 << 20).await;
+    put(&app, hospital("h1", "3A")).await;
+    put(&app, json!({"resourceType": "Practitioner", "id": "d1", "name": [{"text": "陈医生"}]})).await;
+    put(
+        &app,
+        json!({"resourceType": "PractitionerRole", "id": "r1", "active": true,
+        "practitioner": {"reference": "Practitioner/d1"}, "organization": {"reference": "Organization/h1"},
+        "specialty": [{"text": "内科"}]}),
+    )
+    .await;
+    let resident = resident_token(&app).await;
+
+    // 胸闷心慌 → cardiology; no cardiologist on the platform, so the internal-medicine doctor.
+    let uri = "/guidance?symptoms=%E8%83%B8%E9%97%B7%E5%BF%83%E6%85%8C&age=60&sex=male";
+    let (status, _, body) = send(&app, with_token(req("GET", uri, None, ""), &resident)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["departments"][0]["department"], "心血管内科");
+    assert_eq!(body["departments"][0]["matched"], json!(["胸闷", "心慌"]));
+    assert_eq!(body["departments"][0]["doctors"][0]["practitionerRole"], "PractitionerRole/r1");
+    assert_eq!(body["departments"][0]["doctors"][0]["specialty"], "内科");
+    assert_eq!(body["alerts"], json!([]));
+    // 胸痛 + 大汗: a red flag.
+    let uri = "/guidance?symptoms=%E8%83%B8%E7%97%9B%E5%A4%A7%E6%B1%97&age=60";
+    let (_, _, body) = send(&app, with_token(req("GET", uri, None, ""), &resident)).await;
+    assert!(body["alerts"][0].as_str().unwrap().contains("120"), "{body}");
+
+    for (uri, words) in [
+        ("/guidance?age=30", "symptoms"),
+        ("/guidance?symptoms=x&age=old", "age"),
+        ("/guidance?symptoms=x&sex=x", "sex"),
+        ("/guidance?symptom=x", "no parameter 'symptom'"),
+    ] {
+        let (status, _, body) = send(&app, with_token(req("GET", uri, None, ""), &resident)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_outcome(&body, words);
+    }
+    let mut anonymous = req("GET", "/guidance?symptoms=x", None, "");
+    anonymous.headers_mut().insert(axum::http::header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+    assert_eq!(send(&app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn booking_rate_counts_outpatient_visits_booked_ahead() {
+    let app = app(1 << 20).await;
+    put(&app, hospital("h3", "3A")).await;
+    put(&app, hospital("h1", "1A")).await;
+    for e in [
+        visit("e1", "h3", "AMB", "内科", true),
+        visit("e2", "h3", "AMB", "内科", true),
+        visit("e3", "h3", "AMB", "儿科", true),
+        visit("e4", "h3", "AMB", "儿科", false),
+        visit("e5", "h3", "EMER", "急诊科", false),
+        visit("e6", "h1", "AMB", "全科", false),
+    ] {
+        put(&app, e).await;
+    }
+    let (status, _, body) = send(&app, req("GET", "/kpi/booking-rate?from=2026-11-01&to=2026-11-30", None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tertiary"]["visits"], 4);
+    assert_eq!(body["tertiary"]["bookedAhead"], 3);
+    assert_eq!(body["tertiary"]["rate"], 0.75);
+    assert_eq!(body["tertiary"]["met"], false);
+    let h3 = body["hospitals"].as_array().unwrap().iter().find(|h| h["organization"] == "Organization/h3").unwrap();
+    assert_eq!(h3["departments"][0], json!({"department": "儿科", "visits": 2, "bookedAhead": 1, "rate": 0.5}));
+    assert_eq!(h3["departments"][1]["rate"], 1.0);
+    let h1 = body["hospitals"].as_array().unwrap().iter().find(|h| h["organization"] == "Organization/h1").unwrap();
+    assert_eq!((h1["tertiary"].as_bool(), h1["rate"].as_f64()), (Some(false), Some(0.0)));
+    // Outside the range: nothing.
+    let (_, _, body) = send(&app, req("GET", "/kpi/booking-rate?from=2026-10-01&to=2026-10-31", None, "")).await;
+    assert_eq!((body["tertiary"]["visits"].as_u64(), body["tertiary"]["rate"].is_null()), (Some(0), true));
+
+    let (status, _, body) = send(&app, req("GET", "/kpi/booking-rate?from=2026-11-31&to=2026-12-01", None, "")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "2026-11-31");
+    let (status, _, _) = send(&app, req("GET", "/kpi/booking-rate?from=2026-11-01", None, "")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let resident = resident_token(&app).await;
+    let uri = "/kpi/booking-rate?from=2026-11-01&to=2026-11-30";
+    assert_eq!(send(&app, with_token(req("GET", uri, None, ""), &resident)).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn check_in_rejects_bad_parameters_with_an_outcome() {
+    let app = app(1 << 20).await;
+    let (status, _, body) =
+        send(&app, req("POST", "/fhir/Appointment/$check-in", FHIR, r#"{"resourceType": "Parameters"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "code");
+    let forged = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "code", "valueString": "HC1:AAAA"}, {"name": "terminal", "valueString": "K-1"}]});
+    let (status, _, body) = send(&app, req("POST", "/fhir/Appointment/$check-in", FHIR, &forged.to_string())).await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let (status, _, _) = send(&app, req("GET", "/fhir/Appointment/$check-in", None, "")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
