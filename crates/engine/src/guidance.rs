@@ -188,6 +188,12 @@ impl GuidanceRules {
 }
 
 impl Engine {
+    /// This engine with another rule table (`hutong serve --guidance-rules FILE`).
+    pub fn with_guidance(mut self, rules: Arc<GuidanceRules>) -> Self {
+        self.config.guidance = rules;
+        self
+    }
+
     /// `GET /guidance?symptoms=…&age=…&sex=…`: the advice, with up to `DOCTORS` active
     /// PractitionerRoles per department (the department itself, else its fallback). Any signed-in
     /// caller; audited without the description (it may be health information).

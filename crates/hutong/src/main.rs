@@ -70,6 +70,9 @@ enum Command {
         /// Largest HL7 v2 message accepted, in bytes; a larger one is refused and its connection closed.
         #[arg(long, env = "HUTONG_MLLP_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
         mllp_max_message_bytes: usize,
+        /// Smart guidance rule table (TSV, format in docs/API.md) instead of the built-in one.
+        #[arg(long, env = "HUTONG_GUIDANCE_RULES")]
+        guidance_rules: Option<PathBuf>,
     },
     /// Import FHIR Bundles, resources and NDJSON files or folders (idempotent, resumable).
     Import {
@@ -181,7 +184,16 @@ async fn main() -> anyhow::Result<()> {
             keys,
             mllp_listen,
             mllp_max_message_bytes,
+            guidance_rules,
         } => {
+            let guidance = match &guidance_rules {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading --guidance-rules {}", path.display()))?;
+                    Some(Arc::new(engine::GuidanceRules::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?))
+                }
+                None => None,
+            };
             let addr: SocketAddr =
                 listen.parse().with_context(|| format!("--listen '{listen}' is not an address like 127.0.0.1:8080"))?;
             let mllp_addr: Option<SocketAddr> = match mllp_listen.as_str() {
@@ -199,7 +211,11 @@ async fn main() -> anyhow::Result<()> {
             let keys_of = auth.clone();
             let sealed: Arc<dyn ResourceStore> =
                 Arc::new(engine::SealingStore::new(backend.clone(), Arc::new(move || keys_of.keys())));
-            let engine = Arc::new(engine_for(sealed, &store));
+            let mut engine = engine_for(sealed, &store);
+            if let Some(rules) = guidance {
+                engine = engine.with_guidance(rules);
+            }
+            let engine = Arc::new(engine);
             // Build the preloaded terminology (R4 package, national systems, ICD-10; under a
             // second) in the background, so the first terminology request does not wait for it.
             tokio::task::spawn_blocking(::terminology::Terminology::preloaded);
