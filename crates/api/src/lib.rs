@@ -438,6 +438,38 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             Method::GET => Ok(json_response(StatusCode::OK, engine.ihe_pix(&ctx, &params).await?.to_string())),
             _ => Err(method_not_allowed(&method, &path, "GET")),
         },
+        // The internet hospital (engine/src/internet.rs).
+        ["Encounter", "$request-follow-up"]
+        | ["Encounter", _, "$visit-status"]
+        | ["MedicationRequest", "$prescribe" | "$dispense"]
+        | ["Task", _, "$review-prescription"] => match method {
+            Method::POST => {
+                let parameters = json_body(&headers, &body_bytes, false)?;
+                let keys = state.auth.keys();
+                let result = match segs.as_slice() {
+                    ["Encounter", "$request-follow-up"] => {
+                        let visit = engine.request_follow_up(&ctx, parameters).await?;
+                        return Ok(json_response(StatusCode::CREATED, visit.to_string()));
+                    }
+                    ["Encounter", id, _] => engine.visit_status(&ctx, id, parameters).await?,
+                    ["MedicationRequest", "$prescribe"] => engine.prescribe(&ctx, &keys, parameters).await?,
+                    ["MedicationRequest", _] => engine.dispense(&ctx, parameters).await?,
+                    [_, id, _] => engine.review_prescription(&ctx, &keys, id, parameters).await?,
+                    _ => unreachable!("matched above"),
+                };
+                Ok(json_response(StatusCode::OK, result.to_string()))
+            }
+            _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
+        ["MedicationRequest", "$verify-prescription"] => match method {
+            Method::GET => {
+                let number = params.iter().find(|(k, _)| k == "number").map(|(_, v)| v.as_str()).ok_or_else(|| {
+                    ApiError::http(StatusCode::BAD_REQUEST, IssueType::Required, "number=RX… is required")
+                })?;
+                Ok(json_response(StatusCode::OK, engine.verify_prescription(&ctx, number).await?.to_string()))
+            }
+            _ => Err(method_not_allowed(&method, &path, "GET")),
+        },
         // Check-in by health card code (engine/src/checkin.rs).
         ["Appointment", "$check-in"] => match method {
             Method::POST => {

@@ -15,6 +15,7 @@ mod error;
 mod export;
 mod guidance;
 mod healthcard;
+mod internet;
 mod kpi;
 mod matching;
 mod mpi;
@@ -31,6 +32,7 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
+pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, VISIT_TAG};
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
@@ -61,6 +63,8 @@ pub struct EngineConfig {
     pub health_card: HealthCardConfig,
     /// The smart guidance rule table (guidance.rs).
     pub guidance: std::sync::Arc<GuidanceRules>,
+    /// The internet hospital's drug catalogue and interaction knowledge base (internet.rs).
+    pub rx: RxConfig,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -84,6 +88,7 @@ impl Default for EngineConfig {
             booking: BookingRules::default(),
             health_card: HealthCardConfig::default(),
             guidance: GuidanceRules::builtin(),
+            rx: RxConfig::default(),
         }
     }
 }

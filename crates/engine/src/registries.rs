@@ -138,6 +138,25 @@ impl Engine {
 
     /// The current version of a resource (404 when unknown, 410 when deleted), read without a
     /// policy decision: registry reference data for an operation that has been authorized.
+    /// Whether practitioner `id` may do `activity` online for `organization` today (the same
+    /// facts and rules as `Practitioner/$eligibility`), for the internet hospital's own checks.
+    pub(crate) async fn practitioner_may(
+        &self,
+        id: &str,
+        organization: &str,
+        activity: Activity,
+    ) -> EngineResult<practitioner::Eligibility> {
+        let internal = Ctx::system();
+        let practitioner = self.current(&internal, "Practitioner", id).await?;
+        let query =
+            [("practitioner".to_string(), format!("Practitioner/{id}")), ("_count".to_string(), MAX_ROLES.to_string())];
+        let bundle = self.search(&internal, Some("PractitionerRole"), &query, &RequestOptions::default()).await?;
+        let roles: Vec<Value> =
+            bundle["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()).collect();
+        let facts = practitioner::facts_from_fhir(&practitioner, &roles);
+        Ok(practitioner::eligibility(&facts, organization, activity, today_in_china()))
+    }
+
     async fn current(&self, ctx: &Ctx, resource_type: &str, id: &str) -> EngineResult<Value> {
         match self.store.read(ctx, resource_type, id).await? {
             Some(r) if !r.deleted => Ok(body_json(&r)),

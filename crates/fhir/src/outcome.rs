@@ -38,6 +38,8 @@ pub enum IssueType {
     TooLong,
     TooCostly,
     Processing,
+    /// A business rule (e.g. a prescription rule) forbids the action.
+    BusinessRule,
     Exception,
     Security,
     Forbidden,
@@ -61,6 +63,7 @@ impl IssueType {
             IssueType::TooLong => "too-long",
             IssueType::TooCostly => "too-costly",
             IssueType::Processing => "processing",
+            IssueType::BusinessRule => "business-rule",
             IssueType::Exception => "exception",
             IssueType::Security => "security",
             IssueType::Forbidden => "forbidden",

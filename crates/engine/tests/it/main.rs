@@ -4,6 +4,7 @@ mod authz;
 mod booking;
 mod ground_truth;
 mod healthcard;
+mod internet;
 mod matching;
 mod mpi;
 mod registries;

@@ -112,7 +112,7 @@ async fn organizations_are_found_by_division_hierarchy() {
 /// A practitioner `d1` with a practising licence, independent practice since `since`, a primary
 /// site at `h1` registered for internet practice with the prescribing right, and a second site
 /// (多点执业) at `h2`.
-async fn registry_with_doctor(e: &engine::Engine, since: &str) {
+pub(super) async fn registry_with_doctor(e: &engine::Engine, since: &str) {
     let licence = json!({"identifier": [{"system": PRACTICE_CERTIFICATE_SYSTEM, "value": "110350100012345"}],
         "code": {"coding": [{"system": QUALIFICATION_TYPE_SYSTEM, "code": "physician-practice"}]},
         "period": {"start": "2015-07-01", "end": "2030-06-30"}});

@@ -1,0 +1,302 @@
+//! The internet hospital over a real SQLite store: a follow-up visit only for an offline
+//! diagnosis with an eligible doctor, prescriptions only by the treating doctor during the visit,
+//! hard stops and overridable warnings, SM2 signatures that fail on altered prescriptions,
+//! pharmacist review, and a prescription dispensed exactly once by racing pharmacies.
+
+use std::sync::Arc;
+
+use access::{Principal, Role, Scopes};
+use crypto::KeyRing;
+use engine::{Engine, EngineError};
+use serde_json::{Value, json};
+use store::{Ctx, ResourceStore};
+
+use super::registries::registry_with_doctor;
+use super::{engine, opts};
+
+fn principal(role: Role, org: Option<&str>, practitioner: Option<&str>, patients: &[&str]) -> Ctx {
+    let scopes = match role {
+        Role::System => "system/*.*",
+        Role::Resident => "patient/*.*",
+        _ => "user/*.*",
+    };
+    Ctx::for_principal(
+        "req-ih".into(),
+        Principal {
+            subject: format!("user/{}-{}", role.code(), practitioner.unwrap_or("x")),
+            role,
+            organization: org.map(str::to_string),
+            region: Some("350102".into()),
+            practitioner: practitioner.map(str::to_string),
+            patients: patients.iter().map(|p| p.to_string()).collect(),
+            scopes: Scopes::parse(scopes).unwrap(),
+            purpose: role.default_purpose().into(),
+            break_glass: None,
+        },
+        None,
+    )
+}
+
+fn resident() -> Ctx {
+    principal(Role::Resident, None, None, &["p1"])
+}
+
+fn doctor() -> Ctx {
+    principal(Role::Doctor, Some("h1"), Some("d1"), &[])
+}
+
+fn pharmacist(org: &str, id: &str) -> Ctx {
+    principal(Role::Pharmacist, Some(org), Some(id), &[])
+}
+
+async fn put(e: &Engine, r: Value) {
+    let (ty, id) = (r["resourceType"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string());
+    e.update(&Ctx::system(), &ty, &id, r, &opts()).await.unwrap();
+}
+
+/// Patient p1 (55, male) with hypertension diagnosed at an in-person visit, and a Condition
+/// diagnosed online (not a basis for a follow-up).
+async fn fixtures(e: &Engine) {
+    registry_with_doctor(e, "2015-07-01").await;
+    put(e, json!({"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1971-03-02"})).await;
+    put(
+        e,
+        json!({"resourceType": "Encounter", "id": "offline-1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p1"}}),
+    )
+    .await;
+    put(
+        e,
+        json!({"resourceType": "Encounter", "id": "online-1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+        "subject": {"reference": "Patient/p1"}}),
+    )
+    .await;
+    for (id, encounter, icd) in [("htn", "offline-1", "I10"), ("online-dx", "online-1", "J06.9")] {
+        put(e, json!({"resourceType": "Condition", "id": id,
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": icd}]},
+            "subject": {"reference": "Patient/p1"}, "encounter": {"reference": format!("Encounter/{encounter}")}})).await;
+    }
+}
+
+fn request(role: &str, condition: Option<&str>) -> Value {
+    let mut parameter = vec![
+        json!({"name": "patient", "valueReference": {"reference": "Patient/p1"}}),
+        json!({"name": "practitionerRole", "valueReference": {"reference": format!("PractitionerRole/{role}")}}),
+        json!({"name": "reason", "valueString": "高血压复诊配药"}),
+    ];
+    if let Some(c) = condition {
+        parameter.push(json!({"name": "condition", "valueReference": {"reference": format!("Condition/{c}")}}));
+    }
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+fn status(s: &str) -> Value {
+    json!({"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": s}]})
+}
+
+fn item(drug: &str, dose: f64, times: u32, days: u32) -> Value {
+    json!({"name": "item", "part": [{"name": "drug", "valueCode": drug}, {"name": "doseMg", "valueDecimal": dose},
+        {"name": "timesPerDay", "valueInteger": times}, {"name": "days", "valueInteger": days}]})
+}
+
+fn prescribe(visit: &str, mut extra: Vec<Value>) -> Value {
+    extra.insert(0, json!({"name": "encounter", "valueReference": {"reference": format!("Encounter/{visit}")}}));
+    json!({"resourceType": "Parameters", "parameter": extra})
+}
+
+fn issues(e: &EngineError) -> String {
+    match e {
+        EngineError::Unprocessable(issues) | EngineError::BadRequest(issues) => {
+            issues.iter().map(|i| i.diagnostics.clone()).collect::<Vec<_>>().join("\n")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn param<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["parameter"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap()
+}
+
+async fn audited(store: &dyn ResourceStore, action: &str) -> Vec<String> {
+    let entries = store.audit_read(0, 10_000).await.unwrap();
+    entries.into_iter().filter(|e| e.record.action == action).map(|e| e.record.outcome).collect()
+}
+
+/// A visit in progress with doctor d1 at h1.
+async fn visit_in_progress(e: &Engine) -> String {
+    let visit = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
+    let id = visit["id"].as_str().unwrap().to_string();
+    e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
+    let t = engine();
+    let e = &t.engine;
+    fixtures(e).await;
+    // No first visits: a diagnosis is required, and it must be offline, confirmed and the patient's.
+    let err = e.request_follow_up(&resident(), request("r1", None)).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("复诊"), "{}", issues(&err));
+    let err = e.request_follow_up(&resident(), request("r1", Some("online-dx"))).await.unwrap_err();
+    assert!(issues(&err).contains("offline"), "{}", issues(&err));
+    // Someone else's patient.
+    let stranger = principal(Role::Resident, None, None, &["p2"]);
+    assert_eq!(e.request_follow_up(&stranger, request("r1", Some("htn"))).await.unwrap_err().http_status(), 403);
+    // r2 is the doctor's second site, not registered for internet practice.
+    let err = e.request_follow_up(&resident(), request("r2", Some("htn"))).await.unwrap_err();
+    assert!(issues(&err).contains("may not consult online"), "{}", issues(&err));
+
+    let visit = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
+    assert_eq!((visit["status"].as_str(), visit["class"]["code"].as_str()), (Some("planned"), Some("VR")));
+    let id = visit["id"].as_str().unwrap().to_string();
+    // Only the treating doctor starts it; it cannot finish before it starts.
+    let other_doctor = principal(Role::Doctor, Some("h1"), Some("d9"), &[]);
+    assert_eq!(e.visit_status(&other_doctor, &id, status("in-progress")).await.unwrap_err().http_status(), 403);
+    assert_eq!(e.visit_status(&doctor(), &id, status("finished")).await.unwrap_err().http_status(), 409);
+    let started = e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap();
+    assert_eq!(started["status"], "in-progress");
+    // The patient cannot cancel a started visit (409) nor finish one (403); the doctor refers it
+    // offline when the condition changes.
+    assert_eq!(e.visit_status(&resident(), &id, status("cancelled")).await.unwrap_err().http_status(), 409);
+    assert_eq!(e.visit_status(&resident(), &id, status("finished")).await.unwrap_err().http_status(), 403);
+    let referred = e.visit_status(&doctor(), &id, status("referred")).await.unwrap();
+    assert_eq!(referred["status"], "finished");
+    assert!(referred["hospitalization"]["dischargeDisposition"]["text"].as_str().unwrap().contains("转线下"));
+    // No prescription after the visit ended.
+    let err = e.prescribe(&doctor(), &KeyRing::ephemeral(), prescribe(&id, vec![item("D0001", 30.0, 1, 7)])).await;
+    assert_eq!(err.unwrap_err().http_status(), 409);
+
+    let outcomes = audited(e.store().as_ref(), "internet-visit-request").await;
+    assert_eq!(outcomes, ["failure", "failure", "denied", "failure", "success"]);
+}
+
+#[tokio::test]
+async fn prescriptions_are_checked_signed_reviewed_and_dispensed_once() {
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    fixtures(e).await;
+    put(
+        e,
+        json!({"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
+        "code": {"text": "penicillin"}}),
+    )
+    .await;
+    let visit = visit_in_progress(e).await;
+
+    // Only the treating doctor.
+    let nurse = principal(Role::Nurse, Some("h1"), Some("n1"), &[]);
+    let err = e.prescribe(&nurse, &keys, prescribe(&visit, vec![item("D0001", 30.0, 1, 7)])).await.unwrap_err();
+    assert_eq!(err.http_status(), 403);
+    // Hard stops: a narcotic; an allergy from the patient's record; more than 7 days without a reason.
+    for (items, words) in [
+        (vec![item("D0019", 30.0, 2, 3)], "controlled"),
+        (vec![item("D0010", 500.0, 3, 5)], "allergy"),
+        (vec![item("D0001", 30.0, 1, 28)], "supply-days"),
+    ] {
+        let err = e.prescribe(&doctor(), &keys, prescribe(&visit, items)).await.unwrap_err();
+        assert_eq!(err.http_status(), 422);
+        assert!(issues(&err).contains(words) && issues(&err).contains("hard stop"), "{}", issues(&err));
+    }
+    // The live check lists alerts without signing.
+    let check = prescribe(
+        &visit,
+        vec![item("D0001", 30.0, 1, 7), item("D0002", 5.0, 1, 7), json!({"name": "check", "valueBoolean": true})],
+    );
+    let alerts = e.prescribe(&doctor(), &keys, check).await.unwrap();
+    let alerts: Value = serde_json::from_str(param(&alerts, "alerts")["valueString"].as_str().unwrap()).unwrap();
+    assert_eq!(alerts[0]["key"], "duplicate-therapy:D0001+D0002");
+    assert_eq!(alerts[0]["level"], "warning");
+    // A warning needs a reason.
+    let two_ccbs = vec![item("D0001", 30.0, 1, 7), item("D0002", 5.0, 1, 7)];
+    let err = e.prescribe(&doctor(), &keys, prescribe(&visit, two_ccbs.clone())).await.unwrap_err();
+    assert!(
+        issues(&err).contains("duplicate-therapy:D0001+D0002") && issues(&err).contains("reason"),
+        "{}",
+        issues(&err)
+    );
+    let mut with_reason = two_ccbs;
+    with_reason
+        .push(json!({"name": "override", "part": [{"name": "alert", "valueString": "duplicate-therapy:D0001+D0002"},
+        {"name": "reason", "valueString": "换药过渡期，一周后停用氨氯地平"}]}));
+    with_reason.push(json!({"name": "chronicReason", "valueString": "高血压长期用药"}));
+    let signed = e.prescribe(&doctor(), &keys, prescribe(&visit, with_reason)).await.unwrap();
+    let number = param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string();
+    let task =
+        param(&signed, "task")["valueReference"]["reference"].as_str().unwrap().trim_start_matches("Task/").to_string();
+    let mr1: Value = serde_json::from_str(
+        e.read(&Ctx::system(), "MedicationRequest", &format!("{number}-1")).await.unwrap().body.as_deref().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(mr1["status"], "on-hold", "no effect before review");
+    assert_eq!(mr1["extension"][0]["extension"][1]["valueString"], "换药过渡期，一周后停用氨氯地平");
+    let verified = e.verify_prescription(&Ctx::system(), &number).await.unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+
+    // Not dispensable before approval; a pharmacist of another hospital cannot review.
+    let dispense = json!({"resourceType": "Parameters", "parameter": [{"name": "prescription", "valueString": number},
+        {"name": "pharmacy", "valueReference": {"reference": "Organization/h1"}}]});
+    assert_eq!(e.dispense(&Ctx::system(), dispense.clone()).await.unwrap_err().http_status(), 409);
+    let approve = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approve"}]});
+    let err = e.review_prescription(&pharmacist("h2", "ph2"), &keys, &task, approve.clone()).await.unwrap_err();
+    assert_eq!(err.http_status(), 403);
+    let reject = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "reject"}]});
+    assert_eq!(
+        e.review_prescription(&pharmacist("h1", "ph1"), &keys, &task, reject).await.unwrap_err().http_status(),
+        400
+    );
+
+    // An altered prescription no longer verifies, and the pharmacist cannot approve it.
+    let mut altered = mr1.clone();
+    altered["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = json!(60);
+    e.update(&Ctx::system(), "MedicationRequest", &format!("{number}-1"), altered, &opts()).await.unwrap();
+    let verified = e.verify_prescription(&Ctx::system(), &number).await.unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], false);
+    let err = e.review_prescription(&pharmacist("h1", "ph1"), &keys, &task, approve.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    e.update(&Ctx::system(), "MedicationRequest", &format!("{number}-1"), mr1, &opts()).await.unwrap();
+
+    let approved = e.review_prescription(&pharmacist("h1", "ph1"), &keys, &task, approve.clone()).await.unwrap();
+    assert_eq!(param(&approved, "status")["valueCode"], "active");
+    let verified = e.verify_prescription(&Ctx::system(), &number).await.unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+    let signatures: Vec<&Value> =
+        verified["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "signature").collect();
+    assert_eq!(signatures.len(), 2, "doctor and pharmacist");
+    assert_eq!(
+        e.review_prescription(&pharmacist("h1", "ph1"), &keys, &task, approve).await.unwrap_err().http_status(),
+        409
+    );
+
+    // Two pharmacies race: exactly one dispenses.
+    let engine = Arc::new(t.engine);
+    let mut racers = Vec::new();
+    for _ in 0..8 {
+        let (engine, body) = (engine.clone(), dispense.clone());
+        racers.push(tokio::spawn(async move { engine.dispense(&Ctx::system(), body).await }));
+    }
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.http_status(), 409, "{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let dispensed = engine.search(&Ctx::system(), Some("MedicationDispense"), &[], &opts()).await.unwrap();
+    assert_eq!(dispensed["entry"].as_array().unwrap().len(), 2, "one dispense per drug line");
+    assert_eq!(
+        audited(engine.store().as_ref(), "rx-prescribe").await,
+        ["denied", "failure", "failure", "failure", "failure", "success"]
+    );
+    assert_eq!(
+        audited(engine.store().as_ref(), "rx-review").await,
+        ["denied", "failure", "failure", "success", "failure"]
+    );
+}
