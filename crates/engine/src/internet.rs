@@ -984,7 +984,9 @@ impl Engine {
             match mr["status"].as_str() {
                 Some("active") => {}
                 Some("completed") => {
-                    return Err(conflict(format!("处方 {number} 已调配 / prescription {number} was already dispensed")));
+                    return Err(conflict(format!(
+                        "处方 {number} 已调配 / prescription {number} was already dispensed"
+                    )));
                 }
                 Some("on-hold") => {
                     return Err(conflict(format!(

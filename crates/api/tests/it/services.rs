@@ -148,3 +148,43 @@ async fn check_in_rejects_bad_parameters_with_an_outcome() {
     let (status, _, _) = send(&app, req("GET", "/fhir/Appointment/$check-in", None, "")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn internet_hospital_operations_answer_outcomes() {
+    let app = app(1 << 20).await;
+    let post = |uri: &str, body: serde_json::Value| req("POST", uri, FHIR, &body.to_string());
+    // Not Parameters; an unknown parameter; a visit that does not exist.
+    let (status, _, body) =
+        send(&app, post("/fhir/Encounter/$request-follow-up", json!({"resourceType": "Patient"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "Parameters");
+    let unknown = json!({"resourceType": "Parameters", "parameter": [{"name": "doctor", "valueString": "x"}]});
+    let (status, _, body) = send(&app, post("/fhir/Encounter/$request-follow-up", unknown)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "no parameter 'doctor'");
+    let visit = json!({"resourceType": "Parameters", "parameter": [{"name": "encounter", "valueReference": {"reference": "Encounter/nope"}}]});
+    let (status, _, body) = send(&app, post("/fhir/MedicationRequest/$prescribe", visit)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = send(
+        &app,
+        post(
+            "/fhir/Encounter/nope/$visit-status",
+            json!({"resourceType": "Parameters",
+        "parameter": [{"name": "status", "valueCode": "in-progress"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = send(&app, req("GET", "/fhir/MedicationRequest/$verify-prescription", None, "")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_outcome(&body, "number");
+    let (status, _, _) =
+        send(&app, req("GET", "/fhir/MedicationRequest/$verify-prescription?number=RX0", None, "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = send(&app, req("GET", "/fhir/MedicationRequest/$prescribe", None, "")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let review = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approve"}]});
+    let (status, _, body) = send(&app, post("/fhir/Task/nope/$review-prescription", review)).await;
+    assert!(status == StatusCode::NOT_FOUND || status == StatusCode::FORBIDDEN, "{status} {body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+}
