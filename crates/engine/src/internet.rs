@@ -155,6 +155,13 @@ fn alert_issues(alerts: &[&rx::Alert], prefix: &str) -> Vec<Issue> {
 }
 
 impl Engine {
+    /// This engine with another drug catalogue and knowledge base (`hutong serve
+    /// --drug-catalogue FILE --drug-interactions FILE`).
+    pub fn with_rx(mut self, rx: RxConfig) -> Self {
+        self.config.rx = rx;
+        self
+    }
+
     fn caller(ctx: &Ctx) -> Option<&access::Principal> {
         ctx.principal.as_deref()
     }

@@ -109,6 +109,26 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The internet hospital's prescribing path (sign + checks + store) and review-queue listing.
+    Rx {
+        /// Prescriptions to sign.
+        #[arg(long, default_value_t = 2000)]
+        prescriptions: usize,
+        /// Concurrent prescribing requests.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Drugs in the catalogue.
+        #[arg(long, default_value_t = 5000)]
+        drugs: usize,
+        /// Interaction pairs in the knowledge base.
+        #[arg(long, default_value_t = 50_000)]
+        pairs: usize,
+        /// Extra pending review Tasks before listing the queue.
+        #[arg(long, default_value_t = 100_000)]
+        pending: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -132,6 +152,9 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
         BenchCommand::Terminology { requests, seed, store } => terminology(requests, seed, store).await,
         BenchCommand::Booking { clients, slots, contended, store } => booking(clients, slots, contended, store).await,
+        BenchCommand::Rx { prescriptions, concurrency, drugs, pairs, pending, store } => {
+            crate::bench_rx::rx(prescriptions, concurrency.max(1), drugs.max(30), pairs, pending, store).await
+        }
     }
 }
 

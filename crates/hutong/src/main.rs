@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_rx;
 mod demo;
 mod import;
 mod mllp;
@@ -73,6 +74,13 @@ enum Command {
         /// Smart guidance rule table (TSV, format in docs/API.md) instead of the built-in one.
         #[arg(long, env = "HUTONG_GUIDANCE_RULES")]
         guidance_rules: Option<PathBuf>,
+        /// The internet hospital's drug catalogue (TSV, format in docs/INTERNET-HOSPITAL.md)
+        /// instead of the synthetic demo one.
+        #[arg(long, env = "HUTONG_DRUG_CATALOGUE")]
+        drug_catalogue: Option<PathBuf>,
+        /// The drug interaction table (TSV) instead of the synthetic demo one.
+        #[arg(long, env = "HUTONG_DRUG_INTERACTIONS")]
+        drug_interactions: Option<PathBuf>,
     },
     /// Import FHIR Bundles, resources and NDJSON files or folders (idempotent, resumable).
     Import {
@@ -185,7 +193,21 @@ async fn main() -> anyhow::Result<()> {
             mllp_listen,
             mllp_max_message_bytes,
             guidance_rules,
+            drug_catalogue,
+            drug_interactions,
         } => {
+            let read = |path: &PathBuf, what: &str| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+            };
+            let mut rx = engine::RxConfig::default();
+            if let Some(path) = &drug_catalogue {
+                let text = read(path, "--drug-catalogue")?;
+                rx.catalogue = Arc::new(::rx::Catalogue::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+            if let Some(path) = &drug_interactions {
+                let text = read(path, "--drug-interactions")?;
+                rx.knowledge = Arc::new(::rx::Knowledge::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
             let guidance = match &guidance_rules {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -215,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(rules) = guidance {
                 engine = engine.with_guidance(rules);
             }
+            engine = engine.with_rx(rx);
             let engine = Arc::new(engine);
             // Build the preloaded terminology (R4 package, national systems, ICD-10; under a
             // second) in the background, so the first terminology request does not wait for it.
