@@ -169,8 +169,8 @@ pub async fn rx(
         let (engine, keys, work, visit) = (engine.clone(), keys.clone(), work.clone(), visit.clone());
         tasks.push(tokio::spawn(async move {
             let mut out: Vec<(Duration, bool)> = Vec::new();
-            loop {
-                let Some(drugs) = work.lock().ok().and_then(|mut w| w.pop()) else { break };
+            // The guard is dropped inside `and_then`, before the request.
+            while let Some(drugs) = work.lock().ok().and_then(|mut w| w.pop()) {
                 let mut parameter = vec![json!({"name": "encounter", "valueReference": {"reference": format!("Encounter/{visit}")}})];
                 for d in drugs {
                     parameter.push(json!({"name": "item", "part": [{"name": "drug", "valueCode": d},
