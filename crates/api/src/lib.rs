@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthcard/{card}/{action}", axum::routing::post(healthcard::set_status))
         .route("/guidance", get(services::guidance))
         .route("/kpi/booking-rate", get(services::booking_rate))
+        .route("/supervision/feed", get(services::supervision_feed))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

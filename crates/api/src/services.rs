@@ -3,6 +3,8 @@
 //!
 //! - `GET /guidance?symptoms=…&age=…&sex=male|female` → smart guidance (engine/src/guidance.rs)
 //! - `GET /kpi/booking-rate?from=YYYY-MM-DD&to=YYYY-MM-DD` → the booking-rate KPI (engine/src/kpi.rs)
+//! - `GET /supervision/feed?after=SEQ&_count=N` → the internet hospital's supervision feed
+//!   (engine/src/supervision.rs)
 
 use std::collections::HashMap;
 
@@ -63,4 +65,29 @@ pub async fn booking_rate(
         return bad("/kpi/booking-rate needs from=YYYY-MM-DD and to=YYYY-MM-DD".into());
     };
     json_answer(state.engine.booking_rate(&ctx, from, to).await)
+}
+
+pub async fn supervision_feed(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    if let Some(unknown) = query.keys().find(|k| !["after", "_count"].contains(&k.as_str())) {
+        return bad(format!("/supervision/feed has no parameter '{unknown}' (after, _count)"));
+    }
+    let after = match query.get("after").map(|a| a.parse::<i64>()) {
+        None => 0,
+        Some(Ok(a)) if a >= 0 => a,
+        Some(_) => return bad("after must be an outbox position (a whole number ≥ 0)".into()),
+    };
+    let count = match query.get("_count").map(|c| c.parse::<usize>()) {
+        None => 100,
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return bad("_count must be a whole number".into()),
+    };
+    json_answer(state.engine.supervision_feed(&ctx, after, count).await)
 }

@@ -595,6 +595,31 @@ impl Engine {
         }
         let hard: Vec<&rx::Alert> = alerts.iter().filter(|a| a.level == Level::HardStop).collect();
         if !hard.is_empty() {
+            // Kept for the regulator's supervision feed: the attempt broke a rule.
+            let now = now_ms();
+            let mut ops = Vec::new();
+            for a in &hard {
+                let issue = detected_issue(
+                    a.rule,
+                    &a.key(),
+                    "high",
+                    &format!("{} / {}", a.zh, a.en),
+                    &patient,
+                    encounter_id,
+                    &doctor,
+                    None,
+                    now,
+                );
+                ops.push(self.build_op(
+                    "DetectedIssue",
+                    &uuid::Uuid::new_v4().to_string(),
+                    1,
+                    now,
+                    WriteMethod::Create,
+                    issue,
+                )?);
+            }
+            self.store.commit(&Ctx::system(), ops).await?;
             return Err(EngineError::Unprocessable(alert_issues(&hard, "不可开具 / hard stop ")));
         }
         let unreasoned: Vec<&rx::Alert> =
@@ -698,6 +723,28 @@ impl Engine {
             ops.push(self.build_op("MedicationRequest", &id, 1, now, WriteMethod::Create, mr.clone())?);
         }
         ops.push(self.build_op("Provenance", &format!("{number}-doctor"), 1, now, WriteMethod::Create, provenance)?);
+        for (key, reason) in overrides {
+            let rule = key.split(':').next().unwrap_or_default();
+            let issue = detected_issue(
+                rule,
+                key,
+                "moderate",
+                &format!("prescription {number}"),
+                patient,
+                encounter,
+                doctor,
+                Some(reason),
+                now,
+            );
+            ops.push(self.build_op(
+                "DetectedIssue",
+                &uuid::Uuid::new_v4().to_string(),
+                1,
+                now,
+                WriteMethod::Create,
+                issue,
+            )?);
+        }
         ops.push(self.build_op("Task", &format!("{number}-review"), 1, now, WriteMethod::Create, task)?);
         let reason =
             format!("prescription {number}: {} drug(s), {} warning(s) overridden", requests.len(), overrides.len());
@@ -1059,6 +1106,42 @@ impl Engine {
             patient,
         ))
     }
+}
+
+/// `meta.tag` of the DetectedIssues the internet hospital records for supervision.
+pub const SUPERVISION_TAG: (&str, &str) = ("https://hutong.dev/fhir/CodeSystem/internet-hospital", "supervision");
+
+/// A rule violation (`mitigation` none: refused) or an overridden warning (`mitigation` the
+/// doctor's reason), as a DetectedIssue for the supervision feed.
+#[allow(clippy::too_many_arguments)]
+fn detected_issue(
+    rule: &str,
+    key: &str,
+    severity: &str,
+    detail: &str,
+    patient: &str,
+    encounter: &str,
+    doctor: &str,
+    mitigation: Option<&str>,
+    now: i64,
+) -> Value {
+    let instant = fhir::normalize::format_instant(now);
+    let mut issue = json!({
+        "resourceType": "DetectedIssue", "status": "final",
+        "meta": {"tag": [{"system": SUPERVISION_TAG.0, "code": SUPERVISION_TAG.1}]},
+        "code": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/rx-rule", "code": rule}], "text": key},
+        "severity": severity,
+        "patient": {"reference": format!("Patient/{patient}")},
+        "identifiedDateTime": instant,
+        "author": {"reference": format!("Practitioner/{doctor}")},
+        "implicated": [{"reference": format!("Encounter/{encounter}")}],
+        "detail": detail,
+    });
+    if let Some(reason) = mitigation {
+        issue["mitigation"] = json!([{"action": {"text": format!("医生说明理由后开具 / prescribed with the doctor's reason: {reason}")},
+            "date": instant, "author": {"reference": format!("Practitioner/{doctor}")}}]);
+    }
+    issue
 }
 
 /// The signed content of a prescription: what must not change after signing (no statuses).

@@ -23,6 +23,7 @@ mod notify;
 mod registries;
 mod sealing;
 mod searchset;
+mod supervision;
 mod terminology;
 
 pub use audit::BLOCK_ACTION;
@@ -32,11 +33,12 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
-pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, VISIT_TAG};
+pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, VISIT_TAG};
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
+pub use supervision::MAX_FEED_COUNT;
 
 use std::sync::Arc;
 

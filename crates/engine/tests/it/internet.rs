@@ -299,4 +299,30 @@ async fn prescriptions_are_checked_signed_reviewed_and_dispensed_once() {
         audited(engine.store().as_ref(), "rx-review").await,
         ["denied", "failure", "failure", "success", "failure"]
     );
+
+    // The regulator's supervision feed has all of it, violations included, in outbox order.
+    let regulator = principal(Role::Regulator, None, None, &[]);
+    assert_eq!(engine.supervision_feed(&resident(), 0, 100).await.unwrap_err().http_status(), 403);
+    let mut records = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = engine.supervision_feed(&regulator, after, 7).await.unwrap();
+        let batch = page["records"].as_array().unwrap().clone();
+        after = page["next"].as_i64().unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        records.extend(batch);
+    }
+    let count = |kind: &str| records.iter().filter(|r| r["kind"] == kind).count();
+    assert_eq!(count("visit"), 2, "requested, started");
+    assert_eq!(count("prescription"), 2 + 1 + 1 + 2 + 2, "signed, altered, restored, approved, dispensed");
+    assert_eq!(count("review"), 2, "requested, completed");
+    assert_eq!(count("dispense"), 2);
+    let violations: Vec<&Value> = records.iter().filter(|r| r["kind"] == "violation").collect();
+    let rules: Vec<&str> = violations.iter().map(|v| v["detail"]["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["controlled", "allergy", "supply-days", "duplicate-therapy"]);
+    assert!(violations[3]["detail"]["overridden"].as_str().unwrap().contains("换药过渡期"));
+    assert!(records.iter().all(|r| r["patient"] == "p1"), "{records:?}");
+    assert!(records.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
 }
