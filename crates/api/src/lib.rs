@@ -442,8 +442,8 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         // The internet hospital (engine/src/internet.rs).
         ["Encounter", "$request-follow-up"]
         | ["Encounter", _, "$visit-status"]
-        | ["MedicationRequest", "$prescribe" | "$dispense"]
-        | ["Task", _, "$review-prescription"] => match method {
+        | ["MedicationRequest", "$prescribe" | "$dispense" | "$route"]
+        | ["Task", _, "$review-prescription" | "$delivery"] => match method {
             Method::POST => {
                 let parameters = json_body(&headers, &body_bytes, false)?;
                 let keys = state.auth.keys();
@@ -454,13 +454,19 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                     }
                     ["Encounter", id, _] => engine.visit_status(&ctx, id, parameters).await?,
                     ["MedicationRequest", "$prescribe"] => engine.prescribe(&ctx, &keys, parameters).await?,
+                    ["MedicationRequest", "$route"] => engine.route_prescription(&ctx, parameters).await?,
                     ["MedicationRequest", _] => engine.dispense(&ctx, parameters).await?,
+                    [_, id, "$delivery"] => engine.delivery_update(&ctx, id, parameters).await?,
                     [_, id, _] => engine.review_prescription(&ctx, &keys, id, parameters).await?,
                     _ => unreachable!("matched above"),
                 };
                 Ok(json_response(StatusCode::OK, result.to_string()))
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
+        ["MedicationRequest", "$pharmacy-queue"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, engine.pharmacy_queue(&ctx).await?.to_string())),
+            _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         ["MedicationRequest", "$verify-prescription"] => match method {
             Method::GET => {

@@ -1092,6 +1092,22 @@ impl Engine {
                 mr,
             )?);
         }
+        let home = requests.first().map(body).is_some_and(|b| delivery_of(&b).0 == "home");
+        if home {
+            let first = requests.first().map(body).unwrap_or_default();
+            let task = json!({
+                "resourceType": "Task", "id": format!("{number}-delivery"), "status": "ready", "intent": "order",
+                "businessStatus": {"text": "待发货 / awaiting dispatch"},
+                "code": {"coding": [{"system": REVIEW_CODE.split_once('|').map_or("", |x| x.0), "code": "rx-delivery"}], "text": "处方配送"},
+                "focus": {"reference": format!("MedicationRequest/{number}-1")},
+                "for": first["subject"],
+                "owner": {"reference": format!("Organization/{pharmacy}")},
+                "authoredOn": fhir::normalize::format_instant(now),
+                "input": [{"type": {"text": "prescription"}, "valueIdentifier": {"system": RX_SYSTEM, "value": number}},
+                          {"type": {"text": "address"}, "valueString": delivery_of(&first).1}],
+            });
+            ops.push(self.build_op("Task", &format!("{number}-delivery"), 1, now, WriteMethod::Create, task)?);
+        }
         self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } | StoreError::Duplicate { .. } => conflict(format!(
                 "处方 {number} 已被其他药房调配 / prescription {number} was dispensed elsewhere first"
@@ -1107,6 +1123,29 @@ impl Engine {
         ))
     }
 }
+
+/// On the MedicationRequests: how the resident gets the drugs (`method` pickup | home, and the
+/// delivery `address`). Not part of the signed content.
+pub const DELIVERY_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-delivery";
+
+/// The delivery method and address of a prescription line (`pickup` when none was chosen).
+fn delivery_of(mr: &Value) -> (String, String) {
+    let ext = mr["extension"].as_array().into_iter().flatten().find(|x| x["url"] == DELIVERY_EXTENSION);
+    let part = |name: &str| {
+        ext.and_then(|x| x["extension"].as_array())
+            .into_iter()
+            .flatten()
+            .find(|p| p["url"] == name)
+            .and_then(|p| p["valueString"].as_str().or_else(|| p["valueCode"].as_str()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let method = part("method");
+    (if method.is_empty() { "pickup".into() } else { method }, part("address"))
+}
+
+/// The carrier's tracking states, in order.
+pub const DELIVERY_STATES: &[&str] = &["dispatched", "in-transit", "delivered"];
 
 /// `meta.tag` of the DetectedIssues the internet hospital records for supervision.
 pub const SUPERVISION_TAG: (&str, &str) = ("https://hutong.dev/fhir/CodeSystem/internet-hospital", "supervision");
@@ -1144,6 +1183,223 @@ fn detected_issue(
     issue
 }
 
+impl Engine {
+    /// `POST MedicationRequest/$route` (the resident or guardian, before dispensing):
+    /// `prescription`, `pharmacy` (a hospital or a retail pharmacy on the facility registry),
+    /// `delivery` pickup | home, `address` (for home delivery). Sends the prescription there;
+    /// only that pharmacy can then dispense it.
+    pub async fn route_prescription(&self, ctx: &Ctx, parameters: Value) -> EngineResult<Value> {
+        const ACTION: &str = "rx-route";
+        let p = Params::parse(
+            &parameters,
+            "MedicationRequest/$route",
+            &["prescription", "pharmacy", "delivery", "address"],
+        )?;
+        let number = p.text("prescription").ok_or_else(|| bad("'prescription' (the number) is required"))?.to_string();
+        let result = self.route_checked(ctx, &p, &number).await;
+        match result {
+            Ok((answer, patient)) => {
+                let record = audit::record(
+                    ctx,
+                    ACTION,
+                    "success",
+                    format!("MedicationRequest?identifier={number}"),
+                    vec![patient],
+                    None,
+                );
+                self.audit.append(record).await?;
+                Ok(answer)
+            }
+            Err(e) => Err(self.refuse(ctx, ACTION, format!("MedicationRequest?identifier={number}"), None, e).await),
+        }
+    }
+
+    async fn route_checked(&self, ctx: &Ctx, p: &Params<'_>, number: &str) -> EngineResult<(Value, String)> {
+        let pharmacy = p
+            .text("pharmacy")
+            .and_then(|r| reference_id(r, "Organization"))
+            .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))?
+            .to_string();
+        let delivery = p.text("delivery").unwrap_or("pickup");
+        if delivery != "pickup" && delivery != "home" {
+            return Err(bad(format!("delivery '{delivery}' is not pickup or home")));
+        }
+        let address = p.text("address").map(str::trim).filter(|a| !a.is_empty());
+        if delivery == "home" && address.is_none() {
+            return Err(bad("送药上门须填写地址 / home delivery needs an 'address'"));
+        }
+        let requests = self.prescription_requests(number).await?;
+        let patient = body(&requests[0])["subject"]["reference"]
+            .as_str()
+            .and_then(|r| reference_id(r, "Patient"))
+            .unwrap_or_default()
+            .to_string();
+        if Self::caller(ctx)
+            .is_some_and(|c| c.role != Role::System && !(c.role == Role::Resident && c.patients.contains(&patient)))
+        {
+            return Err(EngineError::Forbidden("the resident (or guardian) chooses where to get the drugs".into()));
+        }
+        let (_, org) = self.current_body("Organization", &pharmacy).await?;
+        let kinds: Vec<&str> = org["type"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t["coding"].as_array().into_iter().flatten())
+            .filter_map(|c| c["code"].as_str())
+            .collect();
+        if !kinds.iter().any(|k| *k == "pharmacy" || *k == "hospital") || org["active"] == false {
+            return Err(rule(format!(
+                "Organization/{pharmacy} 不是可接收处方的药店或医院 / is not an active pharmacy or hospital"
+            )));
+        }
+        let now = now_ms();
+        let mut ops = Vec::new();
+        for stored in &requests {
+            let mut mr = body(stored);
+            if !matches!(mr["status"].as_str(), Some("on-hold" | "active")) {
+                let s = mr["status"].as_str().unwrap_or("").to_string();
+                return Err(conflict(format!(
+                    "处方 {number} 状态为 {s}，不能更改取药方式 / prescription {number} is {s}: it can no longer be sent elsewhere"
+                )));
+            }
+            mr["dispenseRequest"]["performer"] = json!({"reference": format!("Organization/{pharmacy}")});
+            let mut extensions: Vec<Value> = mr["extension"].as_array().cloned().unwrap_or_default();
+            extensions.retain(|x| x["url"] != DELIVERY_EXTENSION);
+            let mut parts = vec![json!({"url": "method", "valueCode": delivery})];
+            parts.extend(address.map(|a| json!({"url": "address", "valueString": a})));
+            extensions.push(json!({"url": DELIVERY_EXTENSION, "extension": parts}));
+            mr["extension"] = json!(extensions);
+            ops.push(self.build_op(
+                "MedicationRequest",
+                &stored.id,
+                stored.version + 1,
+                now,
+                WriteMethod::Update,
+                mr,
+            )?);
+        }
+        self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
+            StoreError::VersionConflict { .. } => conflict("the prescription changed meanwhile: try again"),
+            other => other.into(),
+        })?;
+        Ok((
+            json!({"resourceType": "Parameters", "parameter": [
+                {"name": "prescription", "valueIdentifier": {"system": RX_SYSTEM, "value": number}},
+                {"name": "pharmacy", "valueReference": {"reference": format!("Organization/{pharmacy}")}},
+                {"name": "delivery", "valueCode": delivery}]}),
+            patient,
+        ))
+    }
+
+    /// `POST Task/{number}-delivery/$delivery` (the dispensing pharmacy or its carrier's system
+    /// client): `state` dispatched | in-transit | delivered (in that order), `carrier`,
+    /// `trackingNumber`. Delivered completes the Task.
+    pub async fn delivery_update(&self, ctx: &Ctx, task_id: &str, parameters: Value) -> EngineResult<Value> {
+        const ACTION: &str = "rx-delivery";
+        let p = Params::parse(&parameters, "Task/$delivery", &["state", "carrier", "trackingNumber"])?;
+        let state = p.text("state").ok_or_else(|| bad("'state' (dispatched, in-transit, delivered) is required"))?;
+        let Some(position) = DELIVERY_STATES.iter().position(|s| *s == state) else {
+            return Err(bad(format!("state '{state}' is not dispatched, in-transit or delivered")));
+        };
+        let (stored, mut task) = self.current_body("Task", task_id).await?;
+        if task["code"]["coding"][0]["code"] != "rx-delivery" {
+            return Err(EngineError::NotFound(format!("Task/{task_id} (a prescription delivery)")));
+        }
+        let pharmacy = task["owner"]["reference"]
+            .as_str()
+            .and_then(|r| reference_id(r, "Organization"))
+            .unwrap_or_default()
+            .to_string();
+        let patient =
+            task["for"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or_default().to_string();
+        let allowed = Self::caller(ctx).is_none_or(|c| {
+            matches!(c.role, Role::Pharmacist | Role::System) && c.organization.as_deref().is_none_or(|o| o == pharmacy)
+        });
+        let done: Vec<String> = task["output"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["valueString"].as_str().map(str::to_string))
+            .collect();
+        let last = done.last().and_then(|s| DELIVERY_STATES.iter().position(|x| x == s));
+        let checked = if !allowed {
+            Err(EngineError::Forbidden(
+                "delivery states are reported by the dispensing pharmacy and its carrier".into(),
+            ))
+        } else if last.is_some_and(|l| position <= l) || (last.is_none() && position != 0) {
+            let from = done.last().cloned().unwrap_or_else(|| "awaiting dispatch".into());
+            Err(conflict(format!("配送状态不能从 {from} 变为 {state} / the delivery cannot go from {from} to {state}")))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = checked {
+            return Err(self.refuse(ctx, ACTION, format!("Task/{task_id}"), Some(&patient), e).await);
+        }
+        let now = now_ms();
+        let label = match state {
+            "dispatched" => "已发货 / dispatched",
+            "in-transit" => "配送中 / in transit",
+            _ => "已送达 / delivered",
+        };
+        task["businessStatus"] = json!({"text": label});
+        task["status"] = json!(if state == "delivered" { "completed" } else { "in-progress" });
+        task["lastModified"] = json!(fhir::normalize::format_instant(now));
+        let mut output = task["output"].as_array().cloned().unwrap_or_default();
+        output.push(json!({"type": {"text": fhir::normalize::format_instant(now)}, "valueString": state}));
+        task["output"] = json!(output);
+        if let Some(carrier) = p.text("carrier") {
+            task["note"] =
+                json!([{"text": format!("carrier: {carrier}; tracking: {}", p.text("trackingNumber").unwrap_or("-"))}]);
+        }
+        let op = self.build_op("Task", task_id, stored.version + 1, now, WriteMethod::Update, task)?;
+        let record = audit::record(ctx, ACTION, "success", format!("Task/{task_id}"), vec![patient], Some(state));
+        self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await.map_err(|e| match e {
+            StoreError::VersionConflict { .. } => conflict("the delivery changed meanwhile: try again"),
+            other => other.into(),
+        })?;
+        Ok(body(&self.current_body("Task", task_id).await?.0))
+    }
+
+    /// `GET MedicationRequest/$pharmacy-queue`: the approved prescriptions sent to the caller's
+    /// pharmacy (a pharmacist's organization) and not yet dispensed, oldest first. A pharmacy
+    /// sees only what was sent to it.
+    pub async fn pharmacy_queue(&self, ctx: &Ctx) -> EngineResult<Value> {
+        let Some(pharmacy) =
+            Self::caller(ctx).filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.clone())
+        else {
+            return Err(EngineError::Forbidden("the queue is a pharmacy's pharmacists'".into()));
+        };
+        let dispenser = format!("Organization/{pharmacy}");
+        let mut prescriptions: Vec<Value> = Vec::new();
+        for r in
+            self.scan("MedicationRequest", &[("status", "active"), ("intended-dispenser", dispenser.as_str())]).await?
+        {
+            let b = body(&r);
+            let Some(number) =
+                b["groupIdentifier"]["value"].as_str().filter(|_| b["groupIdentifier"]["system"] == RX_SYSTEM)
+            else {
+                continue;
+            };
+            let drug = b["medicationCodeableConcept"]["text"].clone();
+            match prescriptions.iter_mut().find(|p| p["number"] == number) {
+                Some(p) => {
+                    if let Some(drugs) = p["drugs"].as_array_mut() {
+                        drugs.push(drug);
+                    }
+                }
+                None => prescriptions.push(
+                    json!({"number": number, "patient": b["subject"]["reference"], "authoredOn": b["authoredOn"],
+                    "delivery": delivery_of(&b).0, "drugs": [drug]}),
+                ),
+            }
+        }
+        prescriptions.sort_by(|a, b| a["authoredOn"].as_str().cmp(&b["authoredOn"].as_str()));
+        let record = audit::record(ctx, "rx-pharmacy-queue", "success", dispenser.clone(), Vec::new(), None);
+        self.audit.append(record).await?;
+        Ok(json!({"pharmacy": dispenser, "prescriptions": prescriptions}))
+    }
+}
+
 /// The signed content of a prescription: what must not change after signing (no statuses).
 fn prescription_content(number: &str, requests: &[Value]) -> Value {
     let first = requests.first().cloned().unwrap_or(Value::Null);
@@ -1166,7 +1422,12 @@ fn prescription_content(number: &str, requests: &[Value]) -> Value {
         "prescriber": first["requester"]["reference"],
         "authoredOn": first["authoredOn"],
         "items": items,
-        "overrides": first["extension"],
+        // Only the overrides: the delivery choice (another extension) may change after signing.
+        "overrides": first["extension"]
+            .as_array()
+            .map(|x| Value::Array(x.iter().filter(|e| e["url"] == OVERRIDE_EXTENSION).cloned().collect()))
+            .filter(|x| x.as_array().is_some_and(|a| !a.is_empty()))
+            .unwrap_or(Value::Null),
         "note": first["note"],
     })
 }

@@ -326,3 +326,95 @@ async fn prescriptions_are_checked_signed_reviewed_and_dispensed_once() {
     assert!(records.iter().all(|r| r["patient"] == "p1"), "{records:?}");
     assert!(records.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
 }
+
+#[tokio::test]
+async fn residents_send_prescriptions_to_a_pharmacy_which_alone_dispenses_and_delivers() {
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    fixtures(e).await;
+    let mut shop = json!({"resourceType": "Organization", "id": "shop-1", "name": "鼓楼大药房",
+        "identifier": [{"system": "https://hutong.dev/fhir/sid/uscc", "value": "12350100MB0000001Y"}],
+        "type": [{"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/institution-type", "code": "pharmacy"}]}],
+        "address": [{"extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/gb2260-division", "valueCode": "350102"}]}]});
+    put(e, shop.clone()).await;
+    shop["id"] = json!("clinic-x");
+    shop["type"][0]["coding"][0]["code"] = json!("community-health-centre");
+    put(e, shop).await;
+    let visit = visit_in_progress(e).await;
+    let signed = e.prescribe(&doctor(), &keys, prescribe(&visit, vec![item("D0004", 500.0, 2, 7)])).await.unwrap();
+    let number = param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string();
+    let task = format!("{number}-review");
+
+    let route = |pharmacy: &str, delivery: &str, address: Option<&str>| {
+        let mut parameter = vec![
+            json!({"name": "prescription", "valueString": number}),
+            json!({"name": "pharmacy", "valueReference": {"reference": format!("Organization/{pharmacy}")}}),
+            json!({"name": "delivery", "valueCode": delivery}),
+        ];
+        if let Some(a) = address {
+            parameter.push(json!({"name": "address", "valueString": a}));
+        }
+        json!({"resourceType": "Parameters", "parameter": parameter})
+    };
+    // The resident chooses; not to a place that is no pharmacy; home delivery needs an address.
+    assert_eq!(e.route_prescription(&doctor(), route("shop-1", "pickup", None)).await.unwrap_err().http_status(), 403);
+    assert_eq!(
+        e.route_prescription(&resident(), route("clinic-x", "pickup", None)).await.unwrap_err().http_status(),
+        422
+    );
+    assert_eq!(e.route_prescription(&resident(), route("shop-1", "home", None)).await.unwrap_err().http_status(), 400);
+    e.route_prescription(&resident(), route("shop-1", "home", Some("福州市鼓楼区示例路1号"))).await.unwrap();
+    // Routing does not touch the signed content.
+    let verified = e.verify_prescription(&Ctx::system(), &number).await.unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+    let approve = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approve"}]});
+    e.review_prescription(&pharmacist("h1", "ph1"), &keys, &task, approve).await.unwrap();
+
+    // Only the chosen pharmacy sees and dispenses it.
+    let hospital_queue = e.pharmacy_queue(&pharmacist("h1", "ph1")).await.unwrap();
+    assert_eq!(hospital_queue["prescriptions"], json!([]));
+    let queue = e.pharmacy_queue(&pharmacist("shop-1", "ph-shop")).await.unwrap();
+    assert_eq!(queue["prescriptions"][0]["number"], number.as_str());
+    assert_eq!(queue["prescriptions"][0]["delivery"], "home");
+    let dispense = |pharmacy: &str| {
+        json!({"resourceType": "Parameters", "parameter": [{"name": "prescription", "valueString": number},
+        {"name": "pharmacy", "valueReference": {"reference": format!("Organization/{pharmacy}")}}]})
+    };
+    assert_eq!(e.dispense(&pharmacist("h1", "ph1"), dispense("h1")).await.unwrap_err().http_status(), 403);
+    e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap();
+    assert_eq!(e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap_err().http_status(), 409);
+    assert_eq!(e.route_prescription(&resident(), route("h1", "pickup", None)).await.unwrap_err().http_status(), 409);
+
+    // The carrier's states, in order, by the dispensing pharmacy only.
+    let delivery = format!("{number}-delivery");
+    let state = |s: &str| {
+        json!({"resourceType": "Parameters", "parameter": [{"name": "state", "valueCode": s},
+        {"name": "carrier", "valueString": "同城快递"}, {"name": "trackingNumber", "valueString": "SF000001"}]})
+    };
+    let shop_pharmacist = pharmacist("shop-1", "ph-shop");
+    assert_eq!(
+        e.delivery_update(&shop_pharmacist, &delivery, state("delivered")).await.unwrap_err().http_status(),
+        409
+    );
+    assert_eq!(
+        e.delivery_update(&pharmacist("h1", "ph1"), &delivery, state("dispatched")).await.unwrap_err().http_status(),
+        403
+    );
+    e.delivery_update(&shop_pharmacist, &delivery, state("dispatched")).await.unwrap();
+    assert_eq!(
+        e.delivery_update(&shop_pharmacist, &delivery, state("dispatched")).await.unwrap_err().http_status(),
+        409
+    );
+    e.delivery_update(&shop_pharmacist, &delivery, state("in-transit")).await.unwrap();
+    let done = e.delivery_update(&shop_pharmacist, &delivery, state("delivered")).await.unwrap();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["businessStatus"]["text"], "已送达 / delivered");
+    // The sale links back to the prescription.
+    let sold = e.search(&Ctx::system(), Some("MedicationDispense"), &[], &opts()).await.unwrap();
+    assert_eq!(
+        sold["entry"][0]["resource"]["authorizingPrescription"][0]["reference"],
+        format!("MedicationRequest/{number}-1")
+    );
+    assert_eq!(sold["entry"][0]["resource"]["performer"][0]["actor"]["reference"], "Organization/shop-1");
+}
