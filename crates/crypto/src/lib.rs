@@ -127,6 +127,37 @@ pub fn unbase64url(text: &str) -> Result<Vec<u8>, CryptoError> {
     Ok(out)
 }
 
+/// Standard base64 with padding (FHIR `base64Binary`).
+pub fn base64(data: &[u8]) -> String {
+    let mut out: String = base64url(data)
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional; whitespace ignored).
+pub fn unbase64(text: &str) -> Result<Vec<u8>, CryptoError> {
+    let url: String = text
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            '-' | '_' => '!',
+            c => c,
+        })
+        .collect();
+    unbase64url(&url).map_err(|_| CryptoError::Malformed("not base64".into()))
+}
+
 /// Compares in time independent of where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -134,6 +165,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn standard_base64_round_trips_with_padding() {
+        for text in ["", "a", "ab", "abc", "abcd", "签名 signature"] {
+            let encoded = super::base64(text.as_bytes());
+            assert_eq!(encoded.len() % 4, 0);
+            assert_eq!(super::unbase64(&encoded).unwrap(), text.as_bytes());
+        }
+        assert_eq!(super::base64(b"abcd"), "YWJjZA==");
+        assert_eq!(super::base64(&[0xfb, 0xff]), "+/8=");
+        assert!(super::unbase64("-_8").is_err(), "base64url characters are not standard base64");
+    }
+
     use super::*;
 
     #[test]

@@ -862,7 +862,7 @@ impl Engine {
             .to_string();
         let doctor_signature = doctor_provenance["signature"][0]["data"]
             .as_str()
-            .and_then(base64_decode)
+            .and_then(|d| crypto::unbase64(d).ok())
             .map(|b| crypto::base64url(&b))
             .unwrap_or_default();
         rx::sign::verify(&self.verifying_key(&doctor).await?, &content, &doctor_signature)
@@ -955,7 +955,7 @@ impl Engine {
                 .to_string();
             let signature = provenance["signature"][0]["data"]
                 .as_str()
-                .and_then(base64_decode)
+                .and_then(|d| crypto::unbase64(d).ok())
                 .map(|b| crypto::base64url(&b))
                 .unwrap_or_default();
             let signed = if who == "doctor" {
@@ -1456,64 +1456,15 @@ fn signature_provenance(
             "who": {"reference": format!("Practitioner/{signer}")},
             "sigFormat": "application/sm2-signature",
             "targetFormat": "application/json",
-            "data": base64_encode(&crypto::unbase64url(signature).unwrap_or_default()),
+            "data": crypto::base64(&crypto::unbase64url(signature).unwrap_or_default()),
         }],
         "extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/signed-digest", "valueString": rx::sign::digest(content)}],
     })
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        for s in ["", "a", "ab", "abc", "abcd", "签名 signature"] {
-            assert_eq!(base64_decode(&base64_encode(s.as_bytes())).unwrap(), s.as_bytes());
-        }
-        assert_eq!(base64_encode(b"abcd"), "YWJjZA==");
-    }
 
     #[test]
     fn ages_are_whole_years() {
