@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/guidance", get(services::guidance))
         .route("/kpi/booking-rate", get(services::booking_rate))
         .route("/supervision/feed", get(services::supervision_feed))
+        .route("/cda", axum::routing::post(services::cda))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

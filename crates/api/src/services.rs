@@ -3,6 +3,8 @@
 //!
 //! - `GET /guidance?symptoms=…&age=…&sex=male|female` → smart guidance (engine/src/guidance.rs)
 //! - `GET /kpi/booking-rate?from=YYYY-MM-DD&to=YYYY-MM-DD` → the booking-rate KPI (engine/src/kpi.rs)
+//! - `POST /cda` (a CDA R2 / WS/T 500 document, `application/hl7-cda+xml`) → the
+//!   transaction-response Bundle of what was stored (engine/src/documents.rs)
 //! - `GET /supervision/feed?after=SEQ&_count=N` → the internet hospital's supervision feed
 //!   (engine/src/supervision.rs)
 
@@ -90,4 +92,35 @@ pub async fn supervision_feed(
         Some(Err(_)) => return bad("_count must be a whole number".into()),
     };
     json_answer(state.engine.supervision_feed(&ctx, after, count).await)
+}
+
+pub async fn cda(State(state): State<AppState>, request: Request) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !["application/hl7-cda+xml", "application/xml", "text/xml"].contains(&media.as_str()) {
+        return ApiError::http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueType::NotSupported,
+            format!("POST /cda takes application/hl7-cda+xml (or application/xml), not '{content_type}'"),
+        )
+        .into_response();
+    }
+    let opts = engine::RequestOptions { base_url: crate::base_url(&state, request.headers()), ..Default::default() };
+    let bytes = match axum::body::to_bytes(request.into_body(), cda::MAX_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueType::TooLong,
+                format!("a CDA document is at most {} bytes", cda::MAX_BYTES),
+            )
+            .into_response();
+        }
+    };
+    json_answer(state.engine.ingest_cda(&ctx, &bytes, &opts).await)
 }

@@ -580,10 +580,12 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
         }
         add(format!("urn:uuid:00000000-0000-4000-8003-{n:012}"), s, condition(&id));
     }
-    let binary_url = "urn:uuid:00000000-0000-4000-8000-000000000003".to_string();
-    let binary = json!({"resourceType": "Binary", "contentType": "application/hl7-cda+xml",
+    // A Binary has no identifier: its id is derived from the document id, and writing the same
+    // content again makes no new version.
+    let binary_id = format!("cda-{}", &crypto::sm3::sm3_hex(format!("{doc_system}|{doc_key}").as_bytes())[..40]);
+    let binary_url = format!("Binary/{binary_id}");
+    let binary = json!({"resourceType": "Binary", "id": binary_id, "contentType": "application/hl7-cda+xml",
         "data": crypto::base64(xml.as_bytes())});
-    // A Binary has no identifier: created with its DocumentReference, which is conditional.
     let type_coding = if doc.type_code.starts_with("C00") {
         json!({"system": format!("urn:oid:{WST500_TYPE_SYSTEM}"), "code": doc.type_code, "display": doc.type_display})
     } else {
@@ -608,7 +610,7 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
         reference["context"] = json!({"encounter": [{"reference": encounter_url}]});
     }
     let cond = format!("identifier=urn:hutong:cda:{}|{doc_key}#document", doc.id_root);
-    entries.push(json!({"fullUrl": binary_url, "resource": binary, "request": {"method": "POST", "url": "Binary"}}));
+    entries.push(json!({"resource": binary, "request": {"method": "PUT", "url": binary_url}}));
     entries.push(json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000004", "resource": reference,
         "request": {"method": "POST", "url": "DocumentReference", "ifNoneExist": cond}}));
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})

@@ -11,6 +11,7 @@ mod bundle;
 mod capability;
 mod checkin;
 mod crud;
+mod documents;
 mod error;
 mod export;
 mod guidance;

@@ -188,3 +188,61 @@ async fn internet_hospital_operations_answer_outcomes() {
     assert!(status == StatusCode::NOT_FOUND || status == StatusCode::FORBIDDEN, "{status} {body}");
     assert_eq!(body["resourceType"], "OperationOutcome");
 }
+
+#[tokio::test]
+async fn cda_documents_are_stored_once_with_what_they_say() {
+    let app = app(16 << 20).await;
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cda/tests/fixtures/C0002-outpatient.xml");
+    let xml = std::fs::read_to_string(path).unwrap();
+    let cda_type = Some("application/hl7-cda+xml");
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, &xml)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["type"], "transaction-response");
+    let created: Vec<&str> =
+        body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert!(created.iter().all(|s| s.starts_with("201")), "{created:?}");
+    // Found as a document of the patient, with the extracted diagnosis.
+    let (_, _, patients) =
+        send(&app, req("GET", "/fhir/Patient?identifier=urn:oid:2.16.156.10011.1.3|350102198002031231", None, ""))
+            .await;
+    let patient = patients["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let (_, _, docs) = send(&app, req("GET", &format!("/fhir/DocumentReference?patient={patient}"), None, "")).await;
+    assert_eq!(docs["entry"][0]["resource"]["type"]["coding"][0]["code"], "C0002");
+    let (_, _, conditions) =
+        send(&app, req("GET", &format!("/fhir/Condition?patient={patient}&code=I10"), None, "")).await;
+    assert_eq!(conditions["entry"].as_array().map(Vec::len), Some(1));
+    // Sent again: nothing new.
+    let (status, _, again) = send(&app, req("POST", "/cda", cda_type, &xml)).await;
+    assert_eq!(status, StatusCode::OK);
+    let created = again["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["response"]["status"].as_str().unwrap().starts_with("201"))
+        .count();
+    assert_eq!(created, 0, "{again}");
+    let binary = again["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["response"]["location"].as_str().is_some_and(|l| l.contains("Binary/")))
+        .unwrap();
+    assert!(
+        binary["response"]["location"].as_str().unwrap().ends_with("/_history/1"),
+        "the same content makes no new version: {binary}"
+    );
+    let (_, _, conditions) = send(&app, req("GET", &format!("/fhir/Condition?patient={patient}"), None, "")).await;
+    assert_eq!(conditions["entry"].as_array().map(Vec::len), Some(1));
+
+    // Hostile and broken documents.
+    let xxe = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><ClinicalDocument xmlns="urn:hl7-org:v3">&e;</ClinicalDocument>"#;
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, xxe)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["issue"][0]["code"], "security");
+    let (status, _, body) =
+        send(&app, req("POST", "/cda", cda_type, r#"<ClinicalDocument xmlns="urn:hl7-org:v3"/>"#)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["issue"].as_array().unwrap().len() >= 5, "{body}");
+    let (status, _, _) = send(&app, req("POST", "/cda", Some("application/json"), "{}")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
