@@ -5,6 +5,9 @@
 //! - `GET /kpi/booking-rate?from=YYYY-MM-DD&to=YYYY-MM-DD` → the booking-rate KPI (engine/src/kpi.rs)
 //! - `POST /cda` (a CDA R2 / WS/T 500 document, `application/hl7-cda+xml`) → the
 //!   transaction-response Bundle of what was stored (engine/src/documents.rs)
+//! - `GET /quality/scorecard?organization=…&from=…&to=…`, `GET /quality/quarantine?organization=…`,
+//!   `POST /quality/quarantine/{id}/reprocess`, `DELETE /quality/quarantine/{id}` → data quality
+//!   (engine/src/quality.rs)
 //! - `GET /supervision/feed?after=SEQ&_count=N` → the internet hospital's supervision feed
 //!   (engine/src/supervision.rs)
 
@@ -123,4 +126,85 @@ pub async fn cda(State(state): State<AppState>, request: Request) -> Response {
         }
     };
     json_answer(state.engine.ingest_cda(&ctx, &bytes, &opts).await)
+}
+
+pub async fn quality_scorecard(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let (Some(org), Some(from), Some(to)) = (query.get("organization"), query.get("from"), query.get("to")) else {
+        return bad("/quality/scorecard needs organization, from=YYYY-MM-DD and to=YYYY-MM-DD".into());
+    };
+    json_answer(state.engine.quality_scorecard(&ctx, org.trim_start_matches("Organization/"), from, to).await)
+}
+
+pub async fn quality_quarantine(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    let Some(org) = query.get("organization") else {
+        return bad("/quality/quarantine needs organization".into());
+    };
+    json_answer(state.engine.quality_quarantine(&ctx, org.trim_start_matches("Organization/")).await)
+}
+
+pub async fn quality_held(
+    State(state): State<AppState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    if action != "reprocess" {
+        return ApiError::http(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("/quality/quarantine/{{id}}/{action} is not an endpoint (reprocess)"),
+        )
+        .into_response();
+    }
+    let opts = engine::RequestOptions { base_url: crate::base_url(&state, request.headers()), ..Default::default() };
+    let bytes = match axum::body::to_bytes(request.into_body(), 4 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, IssueType::TooLong, "the body exceeds 4 MiB")
+                .into_response();
+        }
+    };
+    let corrected = if bytes.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) if v.is_object() => Some(v),
+            _ => return bad("the body must be the corrected resource (JSON), or empty to retry it as held".into()),
+        }
+    };
+    json_answer(state.engine.quality_reprocess(&ctx, &id, corrected, &opts).await)
+}
+
+pub async fn quality_discard(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    let ctx = match authenticate(&state, &request).await {
+        Ok(ctx) => ctx,
+        Err(r) => return r,
+    };
+    match state.engine.quality_discard(&ctx, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

@@ -466,6 +466,8 @@ impl Engine {
         if let Some(principal) = ctx.principal.as_deref() {
             self.authorize_writes(ctx, principal, &ops, interaction).await?;
         }
+        // Hospital feeds pass the data-quality gate (quality.rs).
+        self.quality_gate(ctx, &ops).await?;
         let _booking = self.booking_guard(ctx, &ops).await;
         let effects = self.booking_effects(ctx, &ops).await?;
         let booked: Vec<String> = effects.iter().map(|op| op.id.clone()).collect();

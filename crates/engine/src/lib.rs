@@ -21,6 +21,7 @@ mod kpi;
 mod matching;
 mod mpi;
 mod notify;
+mod quality;
 mod registries;
 mod sealing;
 mod searchset;
@@ -38,6 +39,7 @@ pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxCo
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
+pub use quality::{Finding, REPORTING_DEADLINE_HOURS};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 pub use supervision::MAX_FEED_COUNT;
 
@@ -179,6 +181,10 @@ pub struct Engine {
     mpi_wake: tokio::sync::Notify,
     /// Serialises residents' bookings (booking.rs).
     booking: tokio::sync::Mutex<()>,
+    /// Serialises scorecard writes (quality.rs).
+    quality: tokio::sync::Mutex<()>,
+    /// Scorecard counts not yet written (quality.rs).
+    quality_counts: quality::PendingCounts,
     /// Stored CodeSystems, ValueSets and ConceptMaps over the preloaded terminology (terminology.rs).
     terminology: terminology::TerminologyLayer,
 }
@@ -198,6 +204,8 @@ impl Engine {
             mpi: tokio::sync::Mutex::new(None),
             mpi_wake: tokio::sync::Notify::new(),
             booking: tokio::sync::Mutex::new(()),
+            quality: tokio::sync::Mutex::new(()),
+            quality_counts: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
             terminology: terminology::TerminologyLayer::default(),
         }
     }

@@ -246,3 +246,64 @@ async fn cda_documents_are_stored_once_with_what_they_say() {
     let (status, _, _) = send(&app, req("POST", "/cda", Some("application/json"), "{}")).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+#[tokio::test]
+async fn data_quality_blocks_quarantines_scores_and_reprocesses() {
+    let app = app(1 << 20).await;
+    // A clean record, one with warnings (kept as sent), and one a blocking rule refuses.
+    let clean = json!({"resourceType": "Patient", "id": "q1", "name": [{"text": "林一"}], "gender": "male", "birthDate": "1980-02-03",
+        "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "11010519491231002X"}]});
+    put(&app, clean).await;
+    let warned = json!({"resourceType": "Patient", "id": "q2", "gender": "female",
+        "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": "110105194912310021"}]});
+    put(&app, warned).await;
+    let (_, _, stored) = send(&app, req("GET", "/fhir/Patient/q2", None, "")).await;
+    assert_eq!(stored["identifier"][0]["value"], "110105194912310021", "never corrected");
+    let future = json!({"resourceType": "Encounter", "id": "q3", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/q1"}, "period": {"start": "2099-01-01T09:00:00+08:00"}});
+    let (status, _, body) = send(&app, req("PUT", "/fhir/Encounter/q3", FHIR, &future.to_string())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_outcome(&body, "future-date");
+    assert_eq!(
+        send(&app, req("GET", "/fhir/Encounter/q3", None, "")).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing written"
+    );
+
+    // The sending institution sees it held, with the reason, and sends a correction through it.
+    let (status, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let record = &held["held"][0];
+    assert_eq!(record["findings"][0]["rule"], "future-date");
+    let id = record["id"].as_str().unwrap().to_string();
+    let uri = format!("/quality/quarantine/{}/reprocess", id.replace('|', "%7C"));
+    let (status, _, _) = send(&app, req("POST", &uri, FHIR, "")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "retried as held, still refused");
+    let mut fixed = future.clone();
+    fixed["period"]["start"] = json!("2026-11-30T09:00:00+08:00");
+    let (status, _, done) = send(&app, req("POST", &uri, FHIR, &fixed.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["resource"], "Encounter/q3");
+    let (_, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    let remaining: Vec<&serde_json::Value> =
+        held["held"].as_array().unwrap().iter().filter(|h| h["id"] == id.as_str()).collect();
+    assert!(remaining.is_empty(), "{held}");
+
+    // The scorecard counts what came in, by rule.
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .format("%Y-%m-%d")
+        .to_string();
+    let uri = format!("/quality/scorecard?organization=unknown&from={today}&to={today}");
+    let (status, _, card) = send(&app, req("GET", &uri, None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{card}");
+    let day = &card["days"][0];
+    assert!(day["received"].as_u64().unwrap() >= 4, "{card}");
+    assert!(day["blocked"].as_u64().unwrap() >= 2, "{card}");
+    assert!(day["rules"]["id-checksum"].as_u64().unwrap() >= 1, "{card}");
+    assert!(day["rules"]["missing-element"].as_u64().unwrap() >= 2, "{card}");
+    // Residents see none of it.
+    let resident = resident_token(&app).await;
+    assert_eq!(send(&app, with_token(req("GET", &uri, None, ""), &resident)).await.0, StatusCode::FORBIDDEN);
+}
