@@ -23,17 +23,18 @@ fn main() {
     let public = key.public();
     let lookup = |id: &str| (id == key_id).then(|| public.clone());
 
-    // The first verification builds the generator's table; `prepare` the key's.
-    let start = Instant::now();
-    verify_offline(&payload, lookup, now + 1).expect("verifies");
-    let first = start.elapsed();
+    // The key's table is built by `prepare` (or after a few verifications), the generator's
+    // by the first verification on the fast path: both timed apart from the steady state.
     let start = Instant::now();
     public.prepare();
     let prepare = start.elapsed();
+    let start = Instant::now();
+    verify_offline(&payload, lookup, now + 1).expect("verifies");
+    let first = start.elapsed();
     println!(
-        "first verification {:.1} ms (builds the generator table), key table {:.1} ms",
-        first.as_secs_f64() * 1e3,
-        prepare.as_secs_f64() * 1e3
+        "key table {:.1} ms, first fast verification {:.1} ms (builds the generator table)",
+        prepare.as_secs_f64() * 1e3,
+        first.as_secs_f64() * 1e3
     );
 
     let n = 20_000;
