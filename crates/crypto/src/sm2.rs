@@ -9,14 +9,14 @@
 //! given `-pkeyopt distid:1234567812345678`.
 
 use ::sm2::dsa::signature::Signer;
-use ::sm2::dsa::{Signature, SigningKey, VerifyingKey};
 use ::sm2::dsa::signature::hazmat::PrehashVerifier;
+use ::sm2::dsa::{Signature, SigningKey, VerifyingKey};
 use ::sm2::elliptic_curve::sec1::ToSec1Point;
 use ::sm2::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use ::sm2::{AffinePoint, PublicKey};
+use ::sm3::Digest;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use ::sm3::Digest;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::CryptoError;
@@ -248,8 +248,8 @@ impl Sm2VerifyingKey {
         };
         // B3, B4: e = SM3(Z_A ‖ M).
         let digest: [u8; 32] = ::sm3::Sm3::new_with_prefix(z).chain_update(message).finalize().into();
-        let hot = self.prepared.table.get().is_some()
-            || self.prepared.uses.fetch_add(1, Ordering::Relaxed) >= PREPARE_AFTER;
+        let hot =
+            self.prepared.table.get().is_some() || self.prepared.uses.fetch_add(1, Ordering::Relaxed) >= PREPARE_AFTER;
         let ok = if hot {
             fast::verify_prehashed(&digest, &signature.r(), &signature.s(), self.table())
         } else {
@@ -487,14 +487,11 @@ mod fast_equivalence {
         out
     }
 
+    /// One case: id, message, signature, key, and what was changed.
+    type Case = (String, Vec<u8>, Vec<u8>, Sm2VerifyingKey, &'static str);
+
     /// Every variant of (id, message, signature, key) checked for one signing.
-    fn variants(
-        key: &Sm2SigningKey,
-        other: &Sm2SigningKey,
-        id: &str,
-        message: &[u8],
-        flip: usize,
-    ) -> Vec<(String, Vec<u8>, Vec<u8>, Sm2VerifyingKey, &'static str)> {
+    fn variants(key: &Sm2SigningKey, other: &Sm2SigningKey, id: &str, message: &[u8], flip: usize) -> Vec<Case> {
         let sig = key.sign_with_id(id, message).unwrap();
         let der = key.sign_der_with_id(id, message).unwrap();
         let (r, s) = sig.split_at(32);

@@ -365,7 +365,11 @@ mod tests {
     fn constants() {
         assert_eq!(Option::<Fe>::from(Fe::from_repr(P_MINUS_N.into())).unwrap() + order_in_field(), Fe::ZERO);
         assert_eq!(Scalar::from_repr(ORDER.into()).is_none().unwrap_u8(), 1, "n itself is not a scalar");
-        assert_eq!(-Scalar::ONE, Scalar::from_repr(hex32("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54122").into()).unwrap());
+        assert_eq!(
+            -Scalar::ONE,
+            Scalar::from_repr(hex32("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54122").into())
+                .unwrap()
+        );
     }
 
     /// The exceptional cases of the addition and the doubling, against the crate's arithmetic.
@@ -390,7 +394,8 @@ mod tests {
     /// with x1 = n + k, any Z; accepted exactly when r = (e + x1) mod n, as the crate computes it.
     #[test]
     fn x1_above_the_order() {
-        let b = Fe::from_repr(hex32("28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93").into()).unwrap();
+        let b =
+            Fe::from_repr(hex32("28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93").into()).unwrap();
         let mut found = 0;
         for k in 0u64..64 {
             let x = order_in_field() + Fe::from(k);
