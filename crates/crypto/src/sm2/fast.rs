@@ -170,14 +170,16 @@ impl CombTable {
         CombTable { points }
     }
 
-    /// Adds `[k]P` to `acc` (variable time: `k` and P must be public).
-    fn add_multiple(&self, acc: &mut Jacobian, k: &Scalar) {
+    /// Appends the entries whose sum is `[k]P` (negated for negative digits), at most 33
+    /// (variable time: `k` and P must be public). Gathering all of them before adding lets their
+    /// loads (cache misses, often) overlap instead of each waiting behind an addition.
+    fn push_terms(&self, k: &Scalar, terms: &mut Vec<Affine>) {
         for (window, digit) in signed_digits(k).into_iter().enumerate() {
             let index = window * ENTRIES + usize::from(digit.unsigned_abs());
             if digit > 0 {
-                *acc = acc.add_affine(&self.points[index - 1]);
+                terms.push(self.points[index - 1]);
             } else if digit < 0 {
-                *acc = acc.add_affine(&self.points[index - 1].neg());
+                terms.push(self.points[index - 1].neg());
             }
         }
     }
@@ -185,10 +187,15 @@ impl CombTable {
     /// `[k]P` as the `sm2` crate's point (tests).
     #[cfg(test)]
     fn mul(&self, k: &Scalar) -> ProjectivePoint {
-        let mut acc = Jacobian::IDENTITY;
-        self.add_multiple(&mut acc, k);
-        acc.to_crate_point()
+        let mut terms = Vec::new();
+        self.push_terms(k, &mut terms);
+        sum(&terms).to_crate_point()
     }
+}
+
+/// The sum of affine points, accumulated in Jacobian coordinates.
+fn sum(terms: &[Affine]) -> Jacobian {
+    terms.iter().fold(Jacobian::IDENTITY, |acc, q| acc.add_affine(q))
 }
 
 /// The comb table of the generator G, built on first use.
@@ -230,9 +237,10 @@ pub(crate) fn verify_prehashed(digest: &[u8; 32], r: &Scalar, s: &Scalar, public
         return false;
     }
     // B6: (x1, y1) = [s]G + [t]P_A; the point at infinity is rejected (as the `sm2` crate does).
-    let mut point = Jacobian::IDENTITY;
-    generator_table().add_multiple(&mut point, s);
-    public_table.add_multiple(&mut point, &t);
+    let mut terms = Vec::with_capacity(2 * WINDOWS);
+    generator_table().push_terms(s, &mut terms);
+    public_table.push_terms(&t, &mut terms);
+    let point = sum(&terms);
     if point.is_identity() {
         return false;
     }
