@@ -235,7 +235,7 @@ impl Sm2VerifyingKey {
     /// Verifies with a caller-given distinguishing id. Until the key has verified
     /// [`PREPARE_AFTER`] signatures this is the `sm2` crate's verification; then the key's
     /// precomputed table is built and the fast path of `sm2/fast.rs` is used (same result,
-    /// as the tests there and below check, about 4 times faster).
+    /// as the tests there and below check, several times faster).
     pub fn verify_with_id(&self, id: &str, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
         // r and s in [1, n-1] (B1, B2): `Signature` refuses 0 and anything >= n.
         let signature =

@@ -15,9 +15,9 @@
 //! normalization. Only the accumulation and the final comparison are ours, checked against
 //! the crate's point arithmetic and verification by the tests here and in `sm2.rs`.
 //!
-//! Tables: 33 × 128 affine points ≈ 300 KB each. The generator's is built once per process
-//! (lazily); a public key's is built when the key has verified a few signatures and is kept
-//! with the key ([`super::Sm2VerifyingKey`] shares it between clones). Building one costs
+//! Tables: 33 × 128 affine points of 64 bytes, 270 KB each. The generator's is built once per
+//! process (lazily); a public key's is built when the key has verified a few signatures and is
+//! kept with the key ([`super::Sm2VerifyingKey`] shares it between clones). Building one costs
 //! about 4,200 projective additions and one batch inversion (a few milliseconds).
 //!
 //! Variable time: the table lookups and the branches on digits depend on `s`, `t` and the
