@@ -65,7 +65,7 @@ struct Prepared {
     point: AffinePoint,
     /// Z_A for [`DEFAULT_ID`].
     z_default: [u8; 32],
-    /// Verifications so far (saturating), to decide when to build `table`.
+    /// Verifications before the table was built (no longer counted once it is).
     uses: AtomicU32,
     table: OnceLock<fast::CombTable>,
 }
