@@ -31,6 +31,8 @@ pub struct KeyRing {
     sm4: Vec<(String, Sm4Key)>,
     blind_index: Zeroizing<Vec<u8>>,
     signing: Sm2SigningKey,
+    /// `key_id` of `signing` (asked for on every code verification: computed once).
+    signing_id: String,
     /// Retired SM2 public keys by key id (`sm2-retired/`).
     retired: Vec<(String, Sm2VerifyingKey)>,
 }
@@ -175,17 +177,20 @@ impl KeyRing {
         if blind_index.len() < 16 {
             return Err(CryptoError::BadKey("the blind-index key needs at least 16 bytes".into()));
         }
-        let mut ring = KeyRing { sm4, blind_index, signing, retired: Vec::new() };
+        let signing_id = key_id(&signing.public());
+        let mut ring = KeyRing { sm4, blind_index, signing, signing_id, retired: Vec::new() };
         ring.retired = load_retired(&dir.join(RETIRED_DIR))?;
         Ok(ring)
     }
 
     /// A key ring of fresh keys, held in memory only (tests, tools).
     pub fn ephemeral() -> KeyRing {
+        let signing = Sm2SigningKey::generate();
         KeyRing {
             sm4: vec![("k1".into(), Sm4Key::generate())],
             blind_index: Zeroizing::new(crate::random_bytes(32)),
-            signing: Sm2SigningKey::generate(),
+            signing_id: key_id(&signing.public()),
+            signing,
             retired: Vec::new(),
         }
     }
@@ -246,13 +251,13 @@ impl KeyRing {
 
     /// Identifier of the signing key (first 16 hex digits of the SM3 of its public key).
     pub fn signing_key_id(&self) -> String {
-        key_id(&self.signing.public())
+        self.signing_id.clone()
     }
 
     /// The public key that verifies signatures made under `key_id`: the current signing key's,
     /// or a retired one's from `sm2-retired/`. `None` for a key this ring does not know.
     pub fn verifying_key_for(&self, key_id: &str) -> Option<Sm2VerifyingKey> {
-        if key_id == self.signing_key_id() {
+        if key_id == self.signing_id {
             return Some(self.verifying_key());
         }
         self.retired.iter().find(|(id, _)| id == key_id).map(|(_, key)| key.clone())

@@ -8,9 +8,15 @@
 //! Note for OpenSSL users: `openssl pkeyutl -sign -rawin -digest sm3` uses an *empty* id unless
 //! given `-pkeyopt distid:1234567812345678`.
 
-use ::sm2::dsa::signature::{Signer, Verifier};
+use ::sm2::dsa::signature::Signer;
+use ::sm2::dsa::signature::hazmat::PrehashVerifier;
 use ::sm2::dsa::{Signature, SigningKey, VerifyingKey};
+use ::sm2::elliptic_curve::sec1::ToSec1Point;
 use ::sm2::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use ::sm2::{AffinePoint, PublicKey};
+use ::sm3::Digest;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::CryptoError;
@@ -18,11 +24,15 @@ use crate::CryptoError;
 /// The default distinguishing identifier of GB/T 35276.
 pub const DEFAULT_ID: &str = "1234567812345678";
 
+mod fast;
+
 /// An SM2 key pair. `Debug` shows only the public key.
 #[derive(Clone)]
 pub struct Sm2SigningKey {
     key: SigningKey,
     secret: [u8; 32],
+    /// Kept so that every `public()` shares one prepared verifying key.
+    public: Sm2VerifyingKey,
 }
 
 impl std::fmt::Debug for Sm2SigningKey {
@@ -37,10 +47,59 @@ impl Drop for Sm2SigningKey {
     }
 }
 
-/// An SM2 public key.
-#[derive(Clone, Debug, PartialEq)]
+/// An SM2 public key, prepared for verification: the point is decoded once, Z_A for the
+/// default id is computed once, and after [`PREPARE_AFTER`] verifications a precomputed table
+/// of the key's multiples is built (see `sm2/fast.rs`). Clones share all of it, so a key kept
+/// in a key ring and handed out by clone is prepared once per process.
+#[derive(Clone)]
 pub struct Sm2VerifyingKey {
     sec1: Vec<u8>,
+    prepared: Arc<Prepared>,
+}
+
+/// A key's verifications before its table is built: a key verified once (e.g. parsed for a
+/// single check) never pays the few milliseconds the table costs; a key in use gets it soon.
+pub const PREPARE_AFTER: u32 = 8;
+
+struct Prepared {
+    point: AffinePoint,
+    /// Z_A for [`DEFAULT_ID`].
+    z_default: [u8; 32],
+    /// Verifications before the table was built (no longer counted once it is).
+    uses: AtomicU32,
+    table: OnceLock<fast::CombTable>,
+}
+
+impl std::fmt::Debug for Sm2VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sm2VerifyingKey").field("sec1", &crate::hex(&self.sec1)).finish()
+    }
+}
+
+impl PartialEq for Sm2VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.sec1 == other.sec1
+    }
+}
+
+/// Z_A = SM3(ENTL_A ‖ ID_A ‖ a ‖ b ‖ x_G ‖ y_G ‖ x_A ‖ y_A) (GB/T 32918.2 §5.5); `None` if the id
+/// is longer than ENTL's 16 bits of bit length allow.
+fn user_digest(id: &str, point: &AffinePoint) -> Option<[u8; 32]> {
+    const CURVE: &str = "FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC\
+                         28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93\
+                         32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7\
+                         BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0";
+    static CURVE_BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    let bits = u16::try_from(id.len().checked_mul(8)?).ok()?;
+    let encoded = point.to_sec1_point(false);
+    let xy = encoded.as_bytes().get(1..65)?;
+    let curve = CURVE_BYTES.get_or_init(|| crate::unhex(CURVE).expect("curve constants are hex"));
+    let mut input = Vec::with_capacity(2 + id.len() + curve.len() + 64);
+    input.extend_from_slice(&bits.to_be_bytes());
+    input.extend_from_slice(id.as_bytes());
+    input.extend_from_slice(curve);
+    input.extend_from_slice(xy);
+    Some(crate::sm3::sm3(&input))
 }
 
 impl Sm2SigningKey {
@@ -58,7 +117,8 @@ impl Sm2SigningKey {
             .map_err(|_| CryptoError::BadKey("an SM2 secret is a 32-byte scalar in [1, n-1]".into()))?;
         let mut secret = [0u8; 32];
         secret.copy_from_slice(bytes);
-        Ok(Sm2SigningKey { key, secret })
+        let public = Sm2VerifyingKey::from_sec1(&key.verifying_key().to_sec1_bytes())?;
+        Ok(Sm2SigningKey { key, secret, public })
     }
 
     pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
@@ -91,7 +151,7 @@ impl Sm2SigningKey {
     }
 
     pub fn public(&self) -> Sm2VerifyingKey {
-        Sm2VerifyingKey { sec1: self.key.verifying_key().to_sec1_bytes().to_vec() }
+        self.public.clone()
     }
 
     /// Signs with the default user id.
@@ -122,9 +182,23 @@ impl Sm2SigningKey {
 
 impl Sm2VerifyingKey {
     pub fn from_sec1(bytes: &[u8]) -> Result<Self, CryptoError> {
-        VerifyingKey::from_sec1_bytes(DEFAULT_ID, bytes)
-            .map_err(|_| CryptoError::BadKey("an SM2 public key is a SEC1 point on the SM2 curve".into()))?;
-        Ok(Sm2VerifyingKey { sec1: bytes.to_vec() })
+        let bad = || CryptoError::BadKey("an SM2 public key is a SEC1 point on the SM2 curve".into());
+        // Rejects the identity and points off the curve.
+        let public = PublicKey::from_sec1_bytes(bytes).map_err(|_| bad())?;
+        let point = *public.as_affine();
+        let z_default = user_digest(DEFAULT_ID, &point).ok_or_else(bad)?;
+        let prepared = Prepared { point, z_default, uses: AtomicU32::new(0), table: OnceLock::new() };
+        Ok(Sm2VerifyingKey { sec1: bytes.to_vec(), prepared: Arc::new(prepared) })
+    }
+
+    /// Builds the key's precomputed table now rather than after [`PREPARE_AFTER`]
+    /// verifications (a few milliseconds, once per key and process; clones share it).
+    pub fn prepare(&self) {
+        self.table();
+    }
+
+    fn table(&self) -> &fast::CombTable {
+        self.prepared.table.get_or_init(|| fast::CombTable::new(&self.prepared.point))
     }
 
     pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
@@ -158,7 +232,38 @@ impl Sm2VerifyingKey {
         self.verify_with_id(DEFAULT_ID, message, signature)
     }
 
+    /// Verifies with a caller-given distinguishing id. Until the key has verified
+    /// [`PREPARE_AFTER`] signatures this is the `sm2` crate's verification; then the key's
+    /// precomputed table is built and the fast path of `sm2/fast.rs` is used (same result,
+    /// as the tests there and below check, several times faster).
     pub fn verify_with_id(&self, id: &str, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        // r and s in [1, n-1] (B1, B2): `Signature` refuses 0 and anything >= n.
+        let signature =
+            if signature.len() == 64 { Signature::from_slice(signature) } else { Signature::from_der(signature) }
+                .map_err(|_| CryptoError::BadSignature)?;
+        let z = if id == DEFAULT_ID {
+            self.prepared.z_default
+        } else {
+            user_digest(id, &self.prepared.point).ok_or(CryptoError::BadSignature)?
+        };
+        // B3, B4: e = SM3(Z_A ‖ M).
+        let digest: [u8; 32] = ::sm3::Sm3::new_with_prefix(z).chain_update(message).finalize().into();
+        let hot =
+            self.prepared.table.get().is_some() || self.prepared.uses.fetch_add(1, Ordering::Relaxed) >= PREPARE_AFTER;
+        let ok = if hot {
+            fast::verify_prehashed(&digest, &signature.r(), &signature.s(), self.table())
+        } else {
+            VerifyingKey::from_affine(id, self.prepared.point)
+                .and_then(|key| key.verify_prehash(&digest, &signature))
+                .is_ok()
+        };
+        if ok { Ok(()) } else { Err(CryptoError::BadSignature) }
+    }
+
+    /// The `sm2` crate's verification alone (the reference the fast path is tested against).
+    #[cfg(test)]
+    fn verify_reference(&self, id: &str, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        use ::sm2::dsa::signature::Verifier;
         let key = VerifyingKey::from_sec1_bytes(id, &self.sec1).map_err(|_| CryptoError::BadSignature)?;
         let signature =
             if signature.len() == 64 { Signature::from_slice(signature) } else { Signature::from_der(signature) }
@@ -207,9 +312,14 @@ mod tests {
             "d1dcccedd9fb785e0f67c16b7c52901625c0b69de9bca2144acc7be713cad2fcf7d1eae6e3a157b36c65f672f738ca8b46298bf149a6510072c431b49cd88b1c",
         )
         .unwrap();
-        public.verify_with_id("example@rustcrypto.org", b"testing", &sig).unwrap();
-        assert!(public.verify_with_id("example@rustcrypto.org", b"testing!", &sig).is_err());
-        assert!(public.verify(b"testing", &sig).is_err());
+        for prepared in [false, true] {
+            if prepared {
+                public.prepare();
+            }
+            public.verify_with_id("example@rustcrypto.org", b"testing", &sig).unwrap();
+            assert!(public.verify_with_id("example@rustcrypto.org", b"testing!", &sig).is_err());
+            assert!(public.verify(b"testing", &sig).is_err());
+        }
     }
 }
 
@@ -305,12 +415,19 @@ mod standard_example {
         let key = Sm2SigningKey::from_secret(&h(D)).unwrap();
         let public = key.public();
         assert_eq!(public.to_hex(), format!("04{}{}", PX, PY).replace(' ', "").to_lowercase());
-        let mut sig = h(R);
-        sig.extend(h(S));
-        public.verify(b"message digest", &sig).unwrap();
-        assert!(public.verify(b"message digest.", &sig).is_err());
-        sig[63] ^= 1;
-        assert!(public.verify(b"message digest", &sig).is_err());
+        // Before and after the key is prepared (the `sm2` crate's path, then the fast one).
+        for prepared in [false, true] {
+            if prepared {
+                public.prepare();
+            }
+            let mut sig = h(R);
+            sig.extend(h(S));
+            public.verify(b"message digest", &sig).unwrap();
+            assert!(public.verify(b"message digest.", &sig).is_err());
+            sig[63] ^= 1;
+            assert!(public.verify(b"message digest", &sig).is_err());
+        }
+        assert!(public.prepared.table.get().is_some());
     }
 
     /// The intermediate e = SM3(Z ‖ M) of the example, Z from the curve parameters: checks the
@@ -335,5 +452,157 @@ mod standard_example {
             crate::hex(&crate::sm3::sm3(&e_input)),
             "f0b43e94ba45accaace692ed534382eb17e6ab5a19ce7b31f4486fdfc0d28640"
         );
+    }
+}
+
+/// The fast verification (`sm2/fast.rs`, used once a key is prepared) against the `sm2` crate's
+/// own verification, on random keys, messages and ids, for valid signatures and for corrupted
+/// signatures, messages and keys: both must give the same answer every time.
+#[cfg(test)]
+mod fast_equivalence {
+    use super::*;
+    use ::sm2::Scalar;
+    use ::sm2::elliptic_curve::ff::PrimeField;
+    use proptest::prelude::*;
+
+    /// n, the order of G, big-endian.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x72, 0x03,
+        0xdf, 0x6b, 0x21, 0xc6, 0x05, 0x2b, 0x53, 0xbb, 0xf4, 0x09, 0x39, 0xd5, 0x41, 0x23,
+    ];
+
+    fn with(r: &[u8], s: &[u8]) -> Vec<u8> {
+        [r, s].concat()
+    }
+
+    /// Big-endian 256-bit addition (wrapping), for values near n.
+    fn add_small(a: &[u8; 32], k: u8) -> [u8; 32] {
+        let mut out = *a;
+        let mut carry = u16::from(k);
+        for byte in out.iter_mut().rev() {
+            let v = u16::from(*byte) + carry;
+            *byte = v as u8;
+            carry = v >> 8;
+        }
+        out
+    }
+
+    /// One case: id, message, signature, key, and what was changed.
+    type Case = (String, Vec<u8>, Vec<u8>, Sm2VerifyingKey, &'static str);
+
+    /// Every variant of (id, message, signature, key) checked for one signing.
+    fn variants(key: &Sm2SigningKey, other: &Sm2SigningKey, id: &str, message: &[u8], flip: usize) -> Vec<Case> {
+        let sig = key.sign_with_id(id, message).unwrap();
+        let der = key.sign_der_with_id(id, message).unwrap();
+        let (r, s) = sig.split_at(32);
+        let public = key.public();
+        let id = id.to_string();
+        let mut flipped_message = message.to_vec();
+        if flipped_message.is_empty() {
+            flipped_message.push(0);
+        } else {
+            let i = flip % flipped_message.len();
+            flipped_message[i] ^= 1 << (flip % 8);
+        }
+        let mut flipped_sig = sig.clone();
+        flipped_sig[flip % 64] ^= 1 << (flip % 8);
+        // s = n − r: t = (r + s) mod n = 0, which B5 refuses.
+        let r_scalar = Scalar::from_repr(<[u8; 32]>::try_from(r).unwrap().into()).unwrap();
+        let minus_r: [u8; 32] = (-r_scalar).to_repr().into();
+        let mut out = vec![
+            (id.clone(), message.to_vec(), sig.clone(), public.clone(), "valid"),
+            (id.clone(), message.to_vec(), der.clone(), public.clone(), "valid DER"),
+            (id.clone(), flipped_message, sig.clone(), public.clone(), "message bit flipped"),
+            (id.clone(), message.to_vec(), flipped_sig, public.clone(), "signature bit flipped"),
+            (id.clone(), message.to_vec(), with(s, r), public.clone(), "r and s swapped"),
+            (id.clone(), message.to_vec(), with(&[0; 32], s), public.clone(), "r = 0"),
+            (id.clone(), message.to_vec(), with(r, &[0; 32]), public.clone(), "s = 0"),
+            (id.clone(), message.to_vec(), with(&N, s), public.clone(), "r = n"),
+            (id.clone(), message.to_vec(), with(r, &N), public.clone(), "s = n"),
+            (id.clone(), message.to_vec(), with(&add_small(&N, 1), s), public.clone(), "r = n + 1"),
+            (id.clone(), message.to_vec(), with(r, &[0xff; 32]), public.clone(), "s = 2^256 - 1"),
+            (id.clone(), message.to_vec(), with(r, &minus_r), public.clone(), "t = 0"),
+            (id.clone(), message.to_vec(), sig[..63].to_vec(), public.clone(), "truncated"),
+            (id.clone(), message.to_vec(), sig.clone(), other.public(), "another key"),
+            (format!("{id}x"), message.to_vec(), sig.clone(), public.clone(), "another id"),
+        ];
+        // r reduced differently: (r + n) does not fit a valid encoding, r − 1 is just wrong.
+        let r_minus_one: [u8; 32] = (r_scalar - Scalar::ONE).to_repr().into();
+        out.push((id.clone(), message.to_vec(), with(&r_minus_one, s), public, "r - 1"));
+        out
+    }
+
+    fn check(key: &Sm2SigningKey, other: &Sm2SigningKey, id: &str, message: &[u8], flip: usize) {
+        for (id, message, sig, public, what) in variants(key, other, id, message, flip) {
+            let reference = public.verify_reference(&id, &message, &sig);
+            // A fresh key (the `sm2` crate's path with our Z_A and e) and a prepared one (fast).
+            let cold = Sm2VerifyingKey::from_sec1(&public.sec1).unwrap();
+            assert!(cold.prepared.table.get().is_none());
+            let cold_result = cold.verify_with_id(&id, &message, &sig);
+            public.prepare();
+            let fast_result = public.verify_with_id(&id, &message, &sig);
+            assert_eq!(cold_result, reference, "{what}: the unprepared key disagrees with the sm2 crate");
+            assert_eq!(fast_result, reference, "{what}: the fast path disagrees with the sm2 crate");
+            assert_eq!(reference.is_ok(), what.starts_with("valid"), "{what}: {reference:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn fast_verify_agrees_with_the_sm2_crate(
+            secret in any::<[u8; 32]>(),
+            other_secret in any::<[u8; 32]>(),
+            message in proptest::collection::vec(any::<u8>(), 0..200),
+            id in prop_oneof![Just(DEFAULT_ID.to_string()), Just(String::new()), "[a-z@.0-9]{1,40}"],
+            flip in any::<usize>(),
+        ) {
+            let key = Sm2SigningKey::from_secret(&secret);
+            let other = Sm2SigningKey::from_secret(&other_secret);
+            prop_assume!(key.is_ok() && other.is_ok() && secret != other_secret);
+            check(&key.unwrap(), &other.unwrap(), &id, &message, flip);
+        }
+    }
+
+    /// Keys with small and extreme secrets (public points with special coordinates).
+    #[test]
+    fn edge_keys() {
+        let mut n_minus_one = N;
+        n_minus_one[31] -= 2; // n − 1 is not a valid SM2 secret (d + 1 must be invertible)
+        let mut secrets = vec![n_minus_one];
+        for k in [1u8, 2, 3, 0x80, 0xff] {
+            let mut small = [0u8; 32];
+            small[31] = k;
+            secrets.push(small);
+        }
+        let other = Sm2SigningKey::generate();
+        for secret in secrets {
+            let key = Sm2SigningKey::from_secret(&secret).unwrap();
+            for (i, message) in [&b""[..], b"a", b"HC1 payload"].into_iter().enumerate() {
+                check(&key, &other, DEFAULT_ID, message, i * 37);
+            }
+        }
+    }
+
+    /// A key switches to the fast path after `PREPARE_AFTER` verifications, with the same
+    /// answers before and after; clones share the table.
+    #[test]
+    fn switches_to_the_fast_path_after_some_uses() {
+        let key = Sm2SigningKey::generate();
+        let public = Sm2VerifyingKey::from_hex(&key.public().to_hex()).unwrap();
+        let clone = public.clone();
+        let sig = key.sign(b"m");
+        for i in 0..3 * PREPARE_AFTER {
+            assert_eq!(public.prepared.table.get().is_some(), i > PREPARE_AFTER, "after {i} verifications");
+            if i % 2 == 0 {
+                public.verify(b"m", &sig).unwrap();
+            } else {
+                assert_eq!(public.verify(b"n", &sig), Err(CryptoError::BadSignature));
+            }
+        }
+        assert!(clone.prepared.table.get().is_some(), "clones share the prepared key");
+        clone.verify(b"m", &sig).unwrap();
+        assert!(clone.verify(b"m", &key.sign(b"other")).is_err());
     }
 }

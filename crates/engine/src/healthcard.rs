@@ -9,7 +9,8 @@
 //! carries the ID number. Each accepted code id is a security object of kind [`USED_CODE_KIND`]
 //! with the unique lookup `code:<code id>`: the insert is the atomic "first use" test, so a
 //! replay fails even when two terminals race. Used code ids are kept until their code expires
-//! (plus the clock skew) and pruned oldest-first as new ones arrive.
+//! (plus the clock skew) and pruned oldest-first in batches, at most once a second while
+//! there is no backlog.
 //!
 //! Every call, allowed or refused, accepted or rejected, is appended to the audit log before
 //! it is answered (action `healthcard-*`, entity `HealthCard/<card id>`, the Patient named so
@@ -497,12 +498,32 @@ impl Engine {
             }
             other => other.map_err(store_error)?,
         }
-        // Prune used code ids whose codes can no longer verify (ids sort by expiry).
-        for (old, _) in self.store.kv_list(USED_CODE_KIND, "", 32).await.map_err(store_error)? {
-            if old.as_str() >= format!("{now:012}").as_str() {
+        self.prune_used_codes(now).await.map_err(store_error)
+    }
+
+    /// Deletes used code ids whose codes can no longer verify (ids sort by expiry; such a code
+    /// is refused as expired before its id is looked at). Not on every verification: at most
+    /// once a second, by one caller, a batch of the oldest; again at the next call while a
+    /// full batch was due (a backlog), so deletions keep pace with insertions.
+    async fn prune_used_codes(&self, now: i64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        const BATCH: usize = 128;
+        let due = self.codes_prune_due.load(Relaxed);
+        if now < due || self.codes_prune_due.compare_exchange(due, now + 1, Relaxed, Relaxed).is_err() {
+            return Ok(());
+        }
+        let expired = format!("{now:012}");
+        let oldest = self.store.kv_list(USED_CODE_KIND, "", BATCH).await?;
+        let mut deleted = 0;
+        for (old, _) in &oldest {
+            if old.as_str() >= expired.as_str() {
                 break;
             }
-            self.store.kv_delete(USED_CODE_KIND, &old).await.map_err(store_error)?;
+            self.store.kv_delete(USED_CODE_KIND, old).await?;
+            deleted += 1;
+        }
+        if deleted == BATCH {
+            self.codes_prune_due.store(now, Relaxed);
         }
         Ok(())
     }

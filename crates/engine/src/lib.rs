@@ -170,6 +170,8 @@ pub struct Engine {
     audit: audit::AuditSink,
     /// Care relationships and residences, cached for policy decisions.
     access: authz::AccessCache,
+    /// When used health card codes are next pruned (Unix seconds; healthcard.rs).
+    codes_prune_due: std::sync::atomic::AtomicI64,
     /// Patients in the registry, for `Patient/$match` (matching.rs).
     patients_counted: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     /// The `$match` model and the registry size it was learned at (matching.rs).
@@ -199,6 +201,7 @@ impl Engine {
             config,
             conditional: tokio::sync::Mutex::new(()),
             access: authz::AccessCache::default(),
+            codes_prune_due: std::sync::atomic::AtomicI64::new(0),
             patients_counted: std::sync::Mutex::new(None),
             match_model: tokio::sync::Mutex::new(None),
             mpi: tokio::sync::Mutex::new(None),

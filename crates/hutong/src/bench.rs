@@ -129,6 +129,23 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Online health card verification over HTTP: registers cards, issues dynamic codes with the
+    /// platform key, and has concurrent clients POST `/healthcard/verify` (system client token,
+    /// single use, audited as in production); verifications/s, latency, and checks that every
+    /// code was accepted once and that replays are refused.
+    Healthcard {
+        /// Concurrent clients (terminals).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Cards registered (codes are issued round-robin over them).
+        #[arg(long, default_value_t = 1000)]
+        cards: usize,
+        /// Codes verified (each once).
+        #[arg(long, default_value_t = 50_000)]
+        codes: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -155,6 +172,7 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rx { prescriptions, concurrency, drugs, pairs, pending, store } => {
             crate::bench_rx::rx(prescriptions, concurrency.max(1), drugs.max(30), pairs, pending, store).await
         }
+        BenchCommand::Healthcard { clients, cards, codes, store } => healthcard(clients, cards, codes, store).await,
     }
 }
 
@@ -238,6 +256,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// User + system CPU time of this process so far, seconds (Linux `/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mb() -> f64 {
@@ -846,5 +873,199 @@ async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) 
     let appointments = count("Appointment", "booked").await?;
     println!("check: {busy} busy slots, {appointments} booked appointments, {booked} bookings answered 201");
     anyhow::ensure!(busy as usize == booked && appointments as usize == booked, "overbooking or a lost booking");
+    Ok(())
+}
+
+/// A resident's request context (the card holder registering their card).
+fn resident_ctx(patient: &str) -> Ctx {
+    Ctx::for_principal(
+        format!("bench-{patient}"),
+        access::Principal {
+            subject: format!("user/{patient}"),
+            role: access::Role::Resident,
+            organization: None,
+            region: Some("350102".into()),
+            practitioner: None,
+            patients: vec![patient.to_string()],
+            scopes: access::Scopes::parse("patient/*.*").expect("valid scopes"),
+            purpose: access::Role::Resident.default_purpose().into(),
+            break_glass: None,
+        },
+        Some("127.0.0.1".into()),
+    )
+}
+
+async fn healthcard(clients: usize, cards: usize, codes: usize, args: StoreArgs) -> anyhow::Result<()> {
+    use std::sync::atomic::AtomicUsize;
+    anyhow::ensure!(cards > 0 && codes > 0 && clients > 0, "cards, codes and clients must be positive");
+    let store = open_store(&args).await?;
+    let engine = Arc::new(engine_for(store.clone(), &args));
+    let (auth, bearer) = bench_client(store.clone(), "system/*.*").await?;
+    let keys = auth.keys();
+
+    // Residents with synthetic ID numbers (Patients in transactions of 1,000), then one card
+    // each, registered by the resident through the engine (real-name check, audit).
+    let started = Instant::now();
+    let sys = Ctx::system();
+    let id_number = |i: usize| {
+        let first17 = format!("350102{}{:02}{:02}{:03}", 1950 + i / 10_000 % 60, 1 + i / 1000 % 10, 1, i % 1000);
+        let check = crypto::idnum::check_character(&first17).expect("17 digits");
+        format!("{first17}{check}")
+    };
+    for chunk in (0..cards).collect::<Vec<_>>().chunks(1000) {
+        let entries: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                let id = format!("bench-card-holder-{i}");
+                let patient = serde_json::json!({"resourceType": "Patient", "id": id,
+                    "identifier": [{"system": "urn:oid:2.16.156.10011.1.3", "value": id_number(*i)}],
+                    "name": [{"family": "测", "given": [format!("试{i}")]}]});
+                serde_json::json!({"resource": patient, "request": {"method": "PUT", "url": format!("Patient/{id}")}})
+            })
+            .collect();
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        engine.bundle(&sys, bundle, &engine::RequestOptions::default()).await?;
+    }
+    let mut card_ids = Vec::with_capacity(cards);
+    for chunk in (0..cards).collect::<Vec<_>>().chunks(64) {
+        let registered = futures::future::join_all(chunk.iter().map(|i| {
+            let (engine, keys) = (engine.clone(), keys.clone());
+            async move {
+                let patient = format!("bench-card-holder-{i}");
+                let ctx = resident_ctx(&patient);
+                match engine.healthcard_register(&ctx, &keys, &patient, Some(&id_number(*i))).await {
+                    Ok(card) => Ok(card.card_id),
+                    // A card registered by an earlier run on this store.
+                    Err(engine::EngineError::Conflict { .. }) => {
+                        engine.healthcard_for_patient(&ctx, &patient).await.map(|c| c.card_id)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }))
+        .await;
+        for card in registered {
+            card_ids.push(card.map_err(|e| anyhow::anyhow!("registering a card: {e}"))?);
+        }
+    }
+    println!("{cards} cards registered in {:.1} s", started.elapsed().as_secs_f64());
+
+    // The codes, signed with the platform key as `POST /healthcard/{card}/code` does (without
+    // its audit record: issuing is not what is measured), valid for the whole run.
+    let started = Instant::now();
+    let now = chrono::Utc::now().timestamp();
+    let issuer = engine::HealthCardConfig::default().issuer;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let card_ids = Arc::new(card_ids);
+    let mut issuing = Vec::new();
+    for t in 0..threads {
+        let (keys, card_ids, issuer) = (keys.clone(), card_ids.clone(), issuer.clone());
+        issuing.push(tokio::task::spawn_blocking(move || {
+            let key_id = keys.signing_key_id();
+            (t..codes)
+                .step_by(threads)
+                .map(|i| {
+                    let code = healthcard::DynamicCode {
+                        card_id: healthcard::CardId::parse(&card_ids[i % card_ids.len()]).expect("card ids parse"),
+                        issuer: issuer.clone(),
+                        issued_at: now,
+                        lifetime: 3600,
+                        insurance_token: Some(format!("EC-{i:08}")),
+                        payment_token: None,
+                    };
+                    code.issue(keys.signing_key(), &key_id).map(|(payload, _)| payload)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }));
+    }
+    let mut payloads = Vec::with_capacity(codes);
+    for batch in issuing {
+        payloads.extend(batch.await?.map_err(|e| anyhow::anyhow!("issuing a code: {e}"))?);
+    }
+    println!("{codes} codes issued in {:.1} s", started.elapsed().as_secs_f64());
+    let payloads = Arc::new(payloads);
+
+    let app = api::router(api::AppState { engine: engine.clone(), auth, config: api::ApiConfig::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let verify = {
+        let (client, bearer) = (client.clone(), bearer.clone());
+        move |payload: String, terminal: String| {
+            let (client, bearer) = (client.clone(), bearer.clone());
+            async move {
+                let body = serde_json::json!({"code": payload, "careStep": "0101012", "terminal": terminal});
+                let request = hyper::Request::post(format!("http://{addr}/healthcard/verify"))
+                    .header("authorization", bearer.as_str())
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(Bytes::from(body.to_string())))?;
+                let response = client.request(request).await?;
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, anyhow::Error>((status, body))
+            }
+        }
+    };
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (verify, next, payloads) = (verify.clone(), next.clone(), payloads.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut accepted) = (Vec::new(), 0usize);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= payloads.len() {
+                    break;
+                }
+                let t = Instant::now();
+                let (status, body) = verify(payloads[n].clone(), format!("T-{c:03}")).await?;
+                latencies.push(t.elapsed());
+                anyhow::ensure!(
+                    status == 200 && body.starts_with(br#"{"accepted":true"#),
+                    "code {n} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                accepted += 1;
+            }
+            Ok::<_, anyhow::Error>((latencies, accepted))
+        }));
+    }
+    let (mut latencies, mut accepted) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, a) = t.await??;
+        latencies.extend(l);
+        accepted += a;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    latencies.sort();
+    println!(
+        "{accepted} codes verified online by {clients} clients in {elapsed:.1} s: {:.0} verifications/s; \
+         latency p50 {:.1} ms, p99 {:.1} ms",
+        accepted as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    // On a shared machine the rate depends on what else runs; the CPU time this process
+    // (server and clients) spent per verification does not, much.
+    println!(
+        "process CPU {cpu:.1} s ({:.0} µs per verification, clients included): {:.0} verifications/s per busy core",
+        cpu / accepted as f64 * 1e6,
+        accepted as f64 / cpu
+    );
+    anyhow::ensure!(accepted == codes, "{accepted} of {codes} codes accepted");
+    // Single use: a replay of any code, here a sample of them, is refused.
+    let mut refused = 0;
+    for n in (0..codes).step_by((codes / 100).max(1)) {
+        let (status, body) = verify(payloads[n].clone(), "T-replay".into()).await?;
+        anyhow::ensure!(status == 409, "a replay of code {n} answered {status}: {}", String::from_utf8_lossy(&body));
+        refused += 1;
+    }
+    println!("check: {accepted} codes accepted once each, {refused} replays refused (409)");
     Ok(())
 }

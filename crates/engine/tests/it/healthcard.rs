@@ -349,3 +349,37 @@ async fn check_in_by_code_marks_todays_booked_visit_arrived() {
     let refusals = audited(e.store().as_ref(), "appointment-check-in").await;
     assert_eq!(refusals.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(), ["denied", "failure", "failure"]);
 }
+
+/// Used code ids are kept while their codes could verify and pruned after, in batches: a
+/// backlog of expired ids (more than one batch) is gone after a few verifications, live ids
+/// stay, and a replay is still refused.
+#[tokio::test]
+async fn used_code_ids_are_pruned_once_their_codes_expire() {
+    const KIND: &str = "healthcard-code";
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    let (card_id, holder) = registered(e, &keys).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let store = e.store();
+    for i in 0..300 {
+        let id = format!("{:012}-expired{i:03}", now - 100 + i / 10);
+        store.kv_put(KIND, &id, "{}", &[format!("code:expired{i}")]).await.unwrap();
+    }
+    for i in 0..5 {
+        let id = format!("{:012}-live{i}", now + 1000);
+        store.kv_put(KIND, &id, "{}", &[format!("code:live{i}")]).await.unwrap();
+    }
+    let mut first = None;
+    for _ in 0..3 {
+        let code = e.healthcard_code(&holder, &keys, &card_id, None, None).await.unwrap();
+        e.healthcard_verify(&hospital(), &keys, &code.payload, "0101011", "T-01").await.unwrap();
+        first.get_or_insert(code.payload);
+    }
+    let left = store.kv_list(KIND, "", 1000).await.unwrap();
+    let expired = left.iter().filter(|(id, _)| id.contains("-expired")).count();
+    let live = left.iter().filter(|(id, _)| id.contains("-live")).count();
+    assert_eq!((expired, live, left.len()), (0, 5, 8), "{left:?}");
+    let replay = e.healthcard_verify(&hospital(), &keys, &first.unwrap(), "0101011", "T-02").await.unwrap_err();
+    assert_eq!(replay.http_status(), 409);
+}
