@@ -77,8 +77,8 @@ margin:1.2rem 0 .5rem}.card{background:#fff;border:1px solid #ccd;border-radius:
 background:#fff;border:1px solid #ccd;border-radius:8px;padding:1rem;text-decoration:none;font-weight:600}\
 label{display:block;font-weight:600;margin:.6rem 0 .2rem}input,select{font:inherit;width:100%;padding:.5rem;border:\
 1px solid #555;border-radius:4px;background:#fff;color:#1a1a1a}input[type=radio],input[type=checkbox]{width:auto}\
-button,.button{font:inherit;display:inline-block;background:#0b4f9c;color:#fff;border:0;border-radius:4px;padding:.55rem\
- 1rem;margin:.5rem .3rem 0 0;cursor:pointer;text-decoration:none}button.secondary{background:#fff;color:#0b4f9c;border:\
+button,.button{font:inherit;display:inline-block;background:#0b4f9c;color:#fff;border:0;border-radius:4px;\
+padding:.55rem 1rem;margin:.5rem .3rem 0 0;cursor:pointer;text-decoration:none}button.secondary{background:#fff;color:#0b4f9c;border:\
 1px solid #0b4f9c}button.danger{background:#a4161a}a:focus-visible,button:focus-visible,input:focus-visible,\
 select:focus-visible{outline:3px solid #e8a400;outline-offset:2px}.error{background:#fdecea;border:2px solid #a4161a;\
 color:#6b0d10;padding:.75rem;border-radius:6px;margin:0 0 1rem}.notice{background:#e7f4ea;border:2px solid #1e6b34;\
