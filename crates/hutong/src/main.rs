@@ -125,7 +125,7 @@ pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
 }
 
 /// Loads the demo data set if the store holds no Patient yet; returns how many resources.
-async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
+pub(crate) async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
     let ctx = Ctx::system();
     let opts = RequestOptions {
         base_url: "urn:hutong:demo".into(),

@@ -64,7 +64,8 @@ pub const MENU: &[(&str, &str, &str)] = &[
     ("/portal/family", "家庭成员", "Family"),
 ];
 
-/// Mobile-first, high-contrast (text ≥ 7:1 on white, buttons ≥ 4.5:1), visible focus.
+/// Mobile-first, high-contrast (text and buttons ≥ 7:1), visible focus (a black ring in a white
+/// halo, visible on white and on the blue header alike).
 const CSS: &str = "*{box-sizing:border-box}body{margin:0;font:16px/1.5 system-ui,\"PingFang SC\",\"Microsoft YaHei\",\
 \"WenQuanYi Micro Hei\",sans-serif;color:#1a1a1a;background:#f4f6f8}a{color:#0b4f9c}header{background:#0b4f9c;\
 color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;justify-content:space-between}\
@@ -80,7 +81,7 @@ label{display:block;font-weight:600;margin:.6rem 0 .2rem}input,select{font:inher
 button,.button{font:inherit;display:inline-block;background:#0b4f9c;color:#fff;border:0;border-radius:4px;\
 padding:.55rem 1rem;margin:.5rem .3rem 0 0;cursor:pointer;text-decoration:none}button.secondary{background:#fff;color:#0b4f9c;border:\
 1px solid #0b4f9c}button.danger{background:#a4161a}a:focus-visible,button:focus-visible,input:focus-visible,\
-select:focus-visible{outline:3px solid #e8a400;outline-offset:2px}.error{background:#fdecea;border:2px solid #a4161a;\
+select:focus-visible{outline:3px solid #000;outline-offset:2px;box-shadow:0 0 0 6px #fff}.error{background:#fdecea;border:2px solid #a4161a;\
 color:#6b0d10;padding:.75rem;border-radius:6px;margin:0 0 1rem}.notice{background:#e7f4ea;border:2px solid #1e6b34;\
 color:#0f3d1d;padding:.75rem;border-radius:6px;margin:0 0 1rem}.muted{color:#4a4a4a}table{border-collapse:collapse;\
 width:100%;background:#fff}th,td{border:1px solid #ccd;padding:.4rem;text-align:left;vertical-align:top}\

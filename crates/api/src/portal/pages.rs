@@ -1165,7 +1165,7 @@ pub async fn access_log(State(state): State<AppState>, request: Request) -> Html
     let (v, s) = signed_in!(state, request);
     let l = v.lang;
     let title = l.t("访问记录", "Who accessed my records");
-    let events = match crate::security::patient_access_log(&state, &s.ctx, &s.patient, 100).await {
+    let events = match crate::security::patient_access_log(&state, &s.ctx, &s.patient, 50).await {
         Ok(e) => e,
         Err(e) => {
             let error = match e {
