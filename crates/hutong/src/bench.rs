@@ -909,7 +909,8 @@ async fn portal(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
         if form.is_some() {
             request = request.header("content-type", "application/x-www-form-urlencoded");
         }
-        let response = client.request(request.body(http_body_util::Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
+        let response =
+            client.request(request.body(http_body_util::Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
         let status = response.status().as_u16();
         let cookies = response
             .headers()
@@ -951,7 +952,9 @@ async fn portal(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
     let (status, cookies, _) =
         fetch(&client, "POST", format!("{base}/portal/login"), &pre_cookie, Some(form("verify", &code))).await?;
     let session = cookies.iter().find(|c| c.starts_with("hutong_portal=")).cloned();
-    let Some(session) = session.filter(|_| status == 303) else { anyhow::bail!("the demo resident could not sign in ({status})") };
+    let Some(session) = session.filter(|_| status == 303) else {
+        anyhow::bail!("the demo resident could not sign in ({status})")
+    };
     let (_, _, reports) = fetch(&client, "GET", format!("{base}/portal/reports"), &session, None).await?;
     let reports = String::from_utf8_lossy(&reports).into_owned();
     let report = reports.split("href=\"/portal/reports/").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
@@ -1001,7 +1004,9 @@ async fn portal(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result
         let prefix = page.replace("{report}", "");
         let mut times: Vec<Duration> = timings
             .iter()
-            .filter(|(p, _)| if page.contains('{') { p.starts_with(&prefix) && p.len() > prefix.len() } else { p == page })
+            .filter(
+                |(p, _)| if page.contains('{') { p.starts_with(&prefix) && p.len() > prefix.len() } else { p == page },
+            )
             .map(|(_, d)| *d)
             .collect();
         times.sort();

@@ -20,7 +20,7 @@ use crate::AppState;
 type Html = Response;
 
 /// Renders a page for a signed-in resident (menu, acting-for name, sign-out).
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "the page frame's parts, passed by every handler")]
 async fn render(
     state: &AppState,
     v: &Visit,
@@ -1463,7 +1463,7 @@ pub async fn switch_family(State(state): State<AppState>, request: Request) -> H
         Err(r) => return r,
     };
     let wanted = form.get("patient").cloned().unwrap_or_default();
-    if !s.patients().iter().any(|p| *p == wanted) {
+    if !s.patients().contains(&wanted) {
         let l = v.lang;
         let error = l.t("您不能代此人办理业务。", "You do not act for this person.");
         return render(
