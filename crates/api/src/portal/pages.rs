@@ -1160,12 +1160,17 @@ fn entity_label(entity: &str, l: Lang) -> String {
     known.map(str::to_string).unwrap_or_else(|| ty.to_string())
 }
 
+/// Accesses shown on the access-log page.
+const ACCESS_LOG_ROWS: usize = 50;
+
 /// `GET /portal/access-log`: who accessed the records of the person acted for.
 pub async fn access_log(State(state): State<AppState>, request: Request) -> Html {
     let (v, s) = signed_in!(state, request);
     let l = v.lang;
     let title = l.t("访问记录", "Who accessed my records");
-    let events = match crate::security::patient_access_log(&state, &s.ctx, &s.patient, 50).await {
+    // The latest log entries that name the person (a queued block entry holds many accesses),
+    // newest first, at most ACCESS_LOG_ROWS of them.
+    let mut events = match crate::security::patient_access_log(&state, &s.ctx, &s.patient, 20).await {
         Ok(e) => e,
         Err(e) => {
             let error = match e {
@@ -1189,6 +1194,8 @@ pub async fn access_log(State(state): State<AppState>, request: Request) -> Html
             .await;
         }
     };
+    events.sort_by(|a, b| b["recorded"].as_str().cmp(&a["recorded"].as_str()));
+    events.truncate(ACCESS_LOG_ROWS);
     let me = s.ctx.principal.as_deref().map(|p| p.subject.clone()).unwrap_or_default();
     let mut body = format!(
         "<p class=\"muted\">{}</p>",
