@@ -195,6 +195,9 @@ async fn real_name_sign_in_with_sms_code() {
     let login = b.get("/portal/login").await;
     assert!(login.text.contains("<html lang=\"zh-CN\">") && login.text.contains("实名登录"), "{}", login.text);
     assert!(login.text.contains("<label for=\"id_number\">身份证号</label>"), "inputs carry labels");
+    // The first page is the whole download: well under 100 KB, nothing fetched from elsewhere.
+    assert!(login.text.len() < 100_000, "{} bytes", login.text.len());
+    assert!(!login.text.contains("src=") && !login.text.contains("href=\"http"), "no external assets");
     let csrf = login.csrf();
 
     // A forged sign-in form (no token) is refused.
