@@ -2,8 +2,8 @@
 //! WebDriver protocol (`chromedriver`, a small client below, no extra crates) against the real
 //! `hutong serve --demo` binary on a free loopback port, on a phone-sized window. The demo
 //! resident signs in with their real name, ID number and the SMS code from the local outbox
-//! (submitting with the Enter key), registers and shows the health card (QR SVG), books a
-//! slot, cancels it and opens a report. Screenshots of each step go to
+//! (submitting with the Enter key), reaches the skip link with Tab, registers and shows the
+//! health card (QR SVG), books a slot, cancels it and opens a report. Screenshots of each step go to
 //! `$HUTONG_ARTIFACTS_DIR/portal-screenshots/` (default `<target>/tmp/portal-screenshots/`).
 //!
 //! Without Chromium the test says so and passes, unless `HUTONG_REQUIRE_BROWSER=1` (set by
@@ -180,6 +180,20 @@ impl Driver {
         }
     }
 
+    /// Presses one key (a WebDriver key code such as Tab, `\u{E004}`) on the focused element.
+    fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.cmd("POST", "/actions", Some(actions)).unwrap();
+    }
+
+    /// The text of the focused element.
+    fn focused_text(&self) -> String {
+        let active = self.cmd("GET", "/element/active", None).unwrap();
+        let element = active[ELEMENT].as_str().unwrap().to_string();
+        self.cmd("GET", &format!("/element/{element}/text"), None).unwrap().as_str().unwrap_or("").to_string()
+    }
+
     fn screenshot(&self, dir: &Path, name: &str) {
         let encoded = self.cmd("GET", "/screenshot", None).unwrap();
         let url_safe: String = encoded
@@ -246,6 +260,13 @@ fn resident_signs_in_shows_the_card_books_cancels_and_reads_a_report_in_chromium
     browser.wait_for("您好，");
     assert!(browser.url().ends_with("/portal/"), "{}", browser.url());
     browser.screenshot(&shots, "02-home.png");
+
+    // By keyboard: the first Tab reaches the skip link (shown when focused), Enter follows it.
+    browser.press("\u{E004}");
+    assert_eq!(browser.focused_text(), "跳到主要内容");
+    browser.screenshot(&shots, "02b-keyboard-skip-link.png");
+    browser.press("\u{E007}");
+    assert!(browser.url().ends_with("/portal/#main"), "{}", browser.url());
 
     // The health card: register it, then the dynamic QR code is shown.
     browser.go(&format!("{base}/portal/card"));
