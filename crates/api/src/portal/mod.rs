@@ -169,13 +169,24 @@ pub(crate) async fn session(state: &AppState, visit: &Visit) -> Option<Session> 
     Some(Session { token, ctx, patient, csrf })
 }
 
-/// Reads a urlencoded form body, after checking the request's `Origin` (when sent) names this host.
-pub(crate) async fn form(request: Request) -> Result<HashMap<String, String>, &'static str> {
+/// Reads a urlencoded form body, after checking that the request's `Origin`, when a real one is
+/// sent, names this server (the `Host`, the proxy's `X-Forwarded-Host` or `--base-url`'s host).
+/// `Origin: null` (privacy-preserving browsers, sandboxed frames) is left to the form token.
+pub(crate) async fn form(state: &AppState, request: Request) -> Result<HashMap<String, String>, &'static str> {
     let (parts, body) = request.into_parts();
-    if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && origin != "null"
+    {
         let origin_host = origin.split("://").nth(1).unwrap_or("");
-        if origin != "null" && origin_host != host {
+        let header_host = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let configured = state
+            .config
+            .base_url
+            .as_deref()
+            .and_then(|b| b.split("://").nth(1))
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        let ours = [header_host(header::HOST.as_str()), header_host("x-forwarded-host"), configured];
+        if !ours.iter().flatten().any(|h| !h.is_empty() && *h == origin_host) {
             return Err("origin");
         }
     }
@@ -201,7 +212,7 @@ pub(crate) fn html(status: StatusCode, body: String, set_cookies: &[String], non
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     let script = if nonce.is_empty() { "'none'".to_string() } else { format!("'nonce-{nonce}'") };
     let csp = format!(
         "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; script-src {script}; \

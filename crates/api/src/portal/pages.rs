@@ -234,7 +234,7 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Html {
     let mut v = visit(&state, &request);
     let l = v.lang;
     let pre = super::cookies(&v.headers).get(PRE_COOKIE).cloned().unwrap_or_default();
-    let form = match form(request).await {
+    let form = match form(&state, request).await {
         Ok(f) if token_ok(&f, &pre) => f,
         _ => {
             let fresh = crypto::random_token(16);
@@ -332,7 +332,7 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Html {
 /// `POST /portal/logout`: revokes the token and clears the cookies.
 pub async fn logout(State(state): State<AppState>, request: Request) -> Html {
     let (v, s) = signed_in!(state, request);
-    let Ok(form) = form(request).await else { return forbidden(&state, &v, &s).await };
+    let Ok(form) = form(&state, request).await else { return forbidden(&state, &v, &s).await };
     if !token_ok(&form, &s.csrf) {
         return forbidden(&state, &v, &s).await;
     }
@@ -371,7 +371,7 @@ async fn checked_form(
     s: &Session,
     request: Request,
 ) -> Result<HashMap<String, String>, Html> {
-    match form(request).await {
+    match form(state, request).await {
         Ok(f) if token_ok(&f, &s.csrf) => Ok(f),
         _ => Err(forbidden(state, v, s).await),
     }

@@ -330,12 +330,17 @@ async fn booking_and_cancelling_with_the_rules_in_chinese() {
         assert!(page.text.contains(words), "{slot}: {}", page.text);
         assert!(page.text.contains("role=\"alert\""));
     }
-    for slot in ["slot-2-9", "slot-3-9"] {
-        assert_eq!(
-            b.post("/portal/appointments", &[("csrf", &csrf), ("slot", slot)]).await.status,
-            StatusCode::SEE_OTHER
-        );
-    }
+    // A same-site form (the Origin a browser sends for this host) books.
+    let same_site = Request::builder()
+        .method("POST")
+        .uri("/portal/appointments")
+        .header(header::ORIGIN, "http://test.local")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    assert_eq!(b.send(same_site, format!("csrf={csrf}&slot=slot-2-9")).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        b.post("/portal/appointments", &[("csrf", &csrf), ("slot", "slot-3-9")]).await.status,
+        StatusCode::SEE_OTHER
+    );
     let over = b.post("/portal/appointments", &[("csrf", &csrf), ("slot", "slot-4-10")]).await;
     assert_eq!(over.status, StatusCode::CONFLICT);
     assert!(over.text.contains("每人每天最多预约3个号"), "{}", over.text);
