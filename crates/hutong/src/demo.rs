@@ -523,6 +523,27 @@ mod tests {
     }
 
     #[test]
+    fn demo_schedules_and_reports_are_valid_fhir() {
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let scheduling = scheduling_bundle(today);
+        let slots: Vec<&Value> = scheduling["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Slot")
+            .collect();
+        assert_eq!(slots.len(), 12 * 7 * 5, "five slots a day for a week for each of 12 doctors");
+        assert_eq!(slots[0]["resource"]["start"], "2026-12-02T08:30:00+08:00", "from tomorrow, Beijing time");
+        for bundle in [scheduling.clone(), resident_reports("p1", now)] {
+            for entry in bundle["entry"].as_array().unwrap() {
+                let issues = fhir::validate::validate(fhir::Definitions::r4(), &entry["resource"]);
+                assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);
+            }
+        }
+    }
+
+    #[test]
     fn demo_reference_data_follows_the_registry_rules() {
         let bundle = reference_bundle();
         let mut practitioners = Vec::new();
