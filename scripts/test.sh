@@ -21,6 +21,16 @@ echo "PostgreSQL at $HUTONG_TEST_POSTGRES_URL"
 step "fetching external test data (Synthea, Inferno, FHIR JSON schema) and Python test packages"
 scripts/fetch-test-data.sh || fail "fetching test data"
 
+step "headless Chromium for the portal's browser test (chromium, chromium-driver, fonts-wqy-microhei)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-microhei \
+    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-microhei; } \
+    || fail "installing chromium chromium-driver fonts-wqy-microhei"
+fi
+# The browser test fails (instead of skipping) without a browser, and saves its screenshots here.
+export HUTONG_REQUIRE_BROWSER=1
+export HUTONG_ARTIFACTS_DIR=${HUTONG_ARTIFACTS_DIR:-$CARGO_TARGET_DIR/artifacts}
+
 step "cargo fmt --check"
 cargo fmt --all -- --check || fail "formatting (run cargo fmt --all)"
 
@@ -35,4 +45,5 @@ if [ -x scripts/e2e.sh ]; then
   step "end-to-end tests against the real binary"
   scripts/e2e.sh || fail "end-to-end tests"
 fi
+echo "portal screenshots: $HUTONG_ARTIFACTS_DIR/portal-screenshots/"
 step "all tests passed"

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod healthcard;
+pub mod portal;
 pub mod security;
 pub mod services;
 
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))
+        .merge(portal::routes())
         .fallback(|| async {
             ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, "no such endpoint; the FHIR API is under /fhir")
         })

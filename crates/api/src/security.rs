@@ -481,10 +481,27 @@ pub async fn patient_log(
         Ok(c) => c,
         Err(r) => return r,
     };
+    let count = query.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100usize).min(1000);
+    match patient_access_log(&state, &ctx, &id, count).await {
+        Ok(events) => bundle(events),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The access log of one patient's records as AuditEvents, newest first, for the caller of
+/// `ctx`: the resident (own and dependants' records) and auditors; anyone else is refused
+/// (403, recorded). The read itself is recorded. Shared by `GET /audit/patient/{id}` and the
+/// portal's 访问记录 page.
+pub(crate) async fn patient_access_log(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    count: usize,
+) -> Result<Vec<Value>, ApiError> {
     let principal = ctx.principal.as_deref().expect("authenticated");
     let allowed = match principal.role {
         Role::Auditor => true,
-        Role::Resident => principal.patients.contains(&id),
+        Role::Resident => principal.patients.iter().any(|p| p == id),
         _ => false,
     };
     let store = state.engine.store();
@@ -501,26 +518,21 @@ pub async fn patient_log(
         detail: json!({"request": ctx.request_id}).to_string(),
     };
     if !allowed {
-        let _ = store.commit_audited(&ctx, Vec::new(), vec![record("denied")]).await;
-        return ApiError::http(
+        let _ = store.commit_audited(ctx, Vec::new(), vec![record("denied")]).await;
+        return Err(ApiError::http(
             StatusCode::FORBIDDEN,
             IssueType::Forbidden,
             "the access log of a record is shown to the resident (and guardians) and to auditors",
-        )
-        .into_response();
+        ));
     }
-    let count = query.get("_count").and_then(|c| c.parse().ok()).unwrap_or(100usize).min(1000);
-    if let Err(e) = state.engine.flush_audit().await {
-        return ApiError::Engine(e).into_response();
-    }
-    let entries = match store.audit_for_patient(&id, count).await {
-        Ok(e) => e,
-        Err(e) => return ApiError::Engine(engine::EngineError::Store(e)).into_response(),
-    };
-    if let Err(e) = store.commit_audited(&ctx, Vec::new(), vec![record("success")]).await {
-        return ApiError::Engine(engine::EngineError::Store(e)).into_response();
-    }
-    bundle(entries.iter().flat_map(|e| audit_events(e, Some(&id))).collect())
+    state.engine.flush_audit().await?;
+    let entries =
+        store.audit_for_patient(id, count).await.map_err(|e| ApiError::Engine(engine::EngineError::Store(e)))?;
+    store
+        .commit_audited(ctx, Vec::new(), vec![record("success")])
+        .await
+        .map_err(|e| ApiError::Engine(engine::EngineError::Store(e)))?;
+    Ok(entries.iter().flat_map(|e| audit_events(e, Some(id))).collect())
 }
 
 /// `GET /audit/log?after=N&_count=M`: the log in order, for auditors.

@@ -588,6 +588,18 @@ impl Auth {
             .and_then(|sealed| self.keys().decrypt_field(&sealed, "user.id_number").ok()))
     }
 
+    /// Real-name sign-in (the 12320 resident portal): the registered phone of the active
+    /// resident account that holds this ID number, when `name` is the account's real name
+    /// (`User::display`), so that a login code can be sent to it. `None` otherwise; callers
+    /// answer alike either way, so the form does not reveal which accounts exist.
+    pub async fn resident_phone_for(&self, name: &str, id_number: &str) -> AuthResult<Option<String>> {
+        let Some(user) = self.find_by_id_number(id_number).await? else { return Ok(None) };
+        if !user.active || user.role != Role::Resident || user.display.trim() != name.trim() {
+            return Ok(None);
+        }
+        Ok(user.phone.and_then(|sealed| self.keys().decrypt_field(&sealed, "user.phone").ok()))
+    }
+
     fn principal_of(&self, user: &User, scopes: Scopes) -> Principal {
         Principal {
             subject: format!("user/{}", user.id),

@@ -84,16 +84,27 @@ fn patient_region(patient: &Value) -> Option<String> {
     })
 }
 
+/// Types the R4 Patient compartment lists but that this platform publishes as shared reference
+/// data: a Schedule is a hospital's published availability in the booking pool (号源池), which
+/// every resident must find (`Schedule.actor` names doctors, rooms and services, not patients;
+/// operators administer them, `access::policy::OPERATOR_TYPES`).
+pub const SHARED_SCHEDULING_TYPES: &[&str] = &["Schedule"];
+
 impl Engine {
     /// Whether resources of this type are patient data (in the Patient compartment).
     pub(crate) fn is_patient_data(&self, resource_type: &str) -> bool {
-        resource_type == "Patient" || !self.defs.patient_compartment_params(resource_type).is_empty()
+        resource_type == "Patient"
+            || (!SHARED_SCHEDULING_TYPES.contains(&resource_type)
+                && !self.defs.patient_compartment_params(resource_type).is_empty())
     }
 
     /// The search parameter that names the patient of this type (`_id` for Patient).
     pub(crate) fn patient_param(&self, resource_type: &str) -> Option<String> {
         if resource_type == "Patient" {
             return Some("_id".into());
+        }
+        if SHARED_SCHEDULING_TYPES.contains(&resource_type) {
+            return None;
         }
         let compartment = self.defs.patient_compartment_params(resource_type);
         if compartment.is_empty() {

@@ -146,6 +146,19 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The 12320 resident portal over HTTP: loads the demo into an empty store (sealed, with
+    /// keys in `<data>/keys`, as `serve --demo`), signs the demo resident in through the portal's
+    /// forms (SMS code from the outbox), then concurrent clients fetch the portal pages in turn;
+    /// server time per page (measured inside the server), and the bytes of the first page.
+    Portal {
+        /// Concurrent clients (browser tabs of the signed-in resident).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -173,6 +186,7 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
             crate::bench_rx::rx(prescriptions, concurrency.max(1), drugs.max(30), pairs, pending, store).await
         }
         BenchCommand::Healthcard { clients, cards, codes, store } => healthcard(clients, cards, codes, store).await,
+        BenchCommand::Portal { clients, seconds, store } => portal(clients.max(1), seconds, store).await,
     }
 }
 
@@ -1068,4 +1082,193 @@ async fn healthcard(clients: usize, cards: usize, codes: usize, args: StoreArgs)
     }
     println!("check: {accepted} codes accepted once each, {refused} replays refused (409)");
     Ok(())
+}
+
+/// The pages a signed-in resident visits, in the order each client cycles through them
+/// (`{report}` is the demo resident's first report).
+const PORTAL_PAGES: &[&str] = &[
+    "/portal/",
+    "/portal/card",
+    "/portal/doctors",
+    "/portal/doctors/sched-1",
+    "/portal/appointments",
+    "/portal/reports",
+    "/portal/reports/{report}",
+    "/portal/records",
+    "/portal/access-log",
+    "/portal/consents",
+    "/portal/family",
+];
+
+async fn portal(clients: usize, seconds: u64, args: StoreArgs) -> anyhow::Result<()> {
+    type Client = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >;
+    let backend = open_store(&args).await?;
+    let ring = crate::security::key_ring(&args, &crate::security::KeyArgs { keys: None }, &backend).await?;
+    let auth = crate::security::auth_service(backend.clone(), &args, ring)?;
+    let keys_of = auth.clone();
+    let sealed: Arc<dyn store::ResourceStore> =
+        Arc::new(engine::SealingStore::new(backend.clone(), Arc::new(move || keys_of.keys())));
+    let engine = Arc::new(engine_for(sealed, &args));
+    let loaded = Instant::now();
+    let n = crate::load_demo(&engine).await?;
+    anyhow::ensure!(n > 0, "bench portal needs an empty store (e.g. --data $(mktemp -d))");
+    crate::security::demo_accounts(&auth, &engine, &args.data).await?;
+    engine.flush_audit().await?;
+    println!("demo data ({n} resources) loaded in {:.1} s", loaded.elapsed().as_secs_f64());
+
+    // Server time: measured inside the server, from the request reaching the router to the
+    // response (bodies are built whole before they are answered).
+    let timings: Arc<std::sync::Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let recorder = timings.clone();
+    let app = api::router(api::AppState { engine: engine.clone(), auth, config: api::ApiConfig::default() }).layer(
+        axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let recorder = recorder.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                let t = Instant::now();
+                let response = next.run(request).await;
+                if let Ok(mut v) = recorder.lock() {
+                    v.push((path, t.elapsed()));
+                }
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+
+    async fn fetch(
+        client: &Client,
+        method: &str,
+        url: String,
+        cookie: &str,
+        form: Option<String>,
+    ) -> anyhow::Result<(u16, Vec<String>, Bytes)> {
+        let mut request = hyper::Request::builder().method(method).uri(url).header("cookie", cookie);
+        if form.is_some() {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let response =
+            client.request(request.body(http_body_util::Full::new(Bytes::from(form.unwrap_or_default())))?).await?;
+        let status = response.status().as_u16();
+        let cookies = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .map(str::to_string)
+            .collect();
+        Ok((status, cookies, response.into_body().collect().await?.to_bytes()))
+    }
+
+    // Sign in as a browser does: the form, the code sent by SMS, the code.
+    let base = format!("http://{addr}");
+    let (_, cookies, first_page) = fetch(&client, "GET", format!("{base}/portal/login"), "", None).await?;
+    let pre = cookies.iter().find_map(|c| c.strip_prefix("hutong_portal_pre=")).unwrap_or_default().to_string();
+    let resident: Value = serde_json::from_str(&std::fs::read_to_string(args.data.join("demo-resident.json"))?)?;
+    let form = |step: &str, code: &str| {
+        form_urlencoded_pairs(&[
+            ("csrf", &pre),
+            ("name", resident["name"].as_str().unwrap_or("")),
+            ("id_number", resident["idNumber"].as_str().unwrap_or("")),
+            ("step", step),
+            ("code", code),
+        ])
+    };
+    let pre_cookie = format!("hutong_portal_pre={pre}");
+    fetch(&client, "POST", format!("{base}/portal/login"), &pre_cookie, Some(form("send", ""))).await?;
+    let outbox = std::fs::read_to_string(args.data.join("sms-outbox.txt"))?;
+    let code: String = outbox
+        .lines()
+        .last()
+        .and_then(|l| l.split('\t').nth(1))
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(6)
+        .collect();
+    let (status, cookies, _) =
+        fetch(&client, "POST", format!("{base}/portal/login"), &pre_cookie, Some(form("verify", &code))).await?;
+    let session = cookies.iter().find(|c| c.starts_with("hutong_portal=")).cloned();
+    let Some(session) = session.filter(|_| status == 303) else {
+        anyhow::bail!("the demo resident could not sign in ({status})")
+    };
+    let (_, _, reports) = fetch(&client, "GET", format!("{base}/portal/reports"), &session, None).await?;
+    let reports = String::from_utf8_lossy(&reports).into_owned();
+    let report = reports.split("href=\"/portal/reports/").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+    let pages: Arc<Vec<String>> = Arc::new(PORTAL_PAGES.iter().map(|p| p.replace("{report}", report)).collect());
+    timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clear();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, session, pages, stop, base, largest) =
+            (client.clone(), session.clone(), pages.clone(), stop.clone(), base.clone(), largest.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let page = &pages[i % pages.len()];
+                let (status, _, body) = fetch(&client, "GET", format!("{base}{page}"), &session, None).await?;
+                anyhow::ensure!(status == 200, "{page} answered {status}");
+                largest.fetch_max(body.len(), Ordering::Relaxed);
+                done += 1;
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(done)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut requests = 0;
+    for t in tasks {
+        requests += t.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let timings = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let mut all: Vec<Duration> = timings.iter().map(|(_, d)| *d).collect();
+    all.sort();
+    println!(
+        "{requests} portal pages from {clients} clients in {elapsed:.1} s: {:.0} pages/s; server time p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms",
+        requests as f64 / elapsed,
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    for page in PORTAL_PAGES {
+        let prefix = page.replace("{report}", "");
+        let mut times: Vec<Duration> = timings
+            .iter()
+            .filter(
+                |(p, _)| if page.contains('{') { p.starts_with(&prefix) && p.len() > prefix.len() } else { p == page },
+            )
+            .map(|(_, d)| *d)
+            .collect();
+        times.sort();
+        println!(
+            "  {page:<28} n={:<6} p50 {:>5.1} ms  p99 {:>5.1} ms",
+            times.len(),
+            percentile(&times, 0.5).as_secs_f64() * 1e3,
+            percentile(&times, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "first page (/portal/login, the whole page: no other assets): {} bytes; largest page seen: {} bytes",
+        first_page.len(),
+        largest.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn form_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }

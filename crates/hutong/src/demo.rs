@@ -361,6 +361,103 @@ fn glucose_observation(patient_url: &str, time: &str, value: f64) -> Value {
     })
 }
 
+/// The demo's outpatient schedules (one per doctor, at the doctor's primary hospital) and
+/// their Slots in the booking pool for the 7 days after `today` (five 30-minute slots a day,
+/// Beijing time), as one transaction with fixed ids. Every fourth doctor keeps the 10:30 slot
+/// for the hospital's window (`booking-channel` `window`), so the pool shows both channels.
+pub fn scheduling_bundle(today: chrono::NaiveDate) -> Value {
+    let mut entries = Vec::new();
+    for n in 1..=12 {
+        let (org, hospital, ..) = HOSPITALS[(n - 1) % HOSPITALS.len()];
+        let specialty = SPECIALTIES[n % SPECIALTIES.len()];
+        let schedule = format!("sched-{n}");
+        entries.push(put(json!({
+            "resourceType": "Schedule", "id": schedule, "active": true,
+            "serviceCategory": [{"text": "门诊"}],
+            "serviceType": [{"text": format!("{specialty}门诊")}],
+            "specialty": [{"text": specialty}],
+            "actor": [{"reference": format!("Practitioner/doc-{n}")}, {"reference": format!("PractitionerRole/role-{n}")}],
+            "comment": format!("{hospital} {specialty}"),
+            "extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/schedule-organization",
+                           "valueReference": {"reference": format!("Organization/{org}")}}],
+        })));
+        for day in 1..=7 {
+            let date = today + chrono::Days::new(day);
+            for (hour, minute) in [(8, 30), (9, 30), (10, 30), (14, 30), (15, 30)] {
+                let start = format!("{date}T{hour:02}:{minute:02}:00+08:00");
+                let end = format!("{date}T{hour:02}:{:02}:00+08:00", minute + 29);
+                let mut slot = json!({
+                    "resourceType": "Slot", "id": format!("slot-{n}-{}-{hour:02}{minute:02}", date.format("%Y%m%d")),
+                    "schedule": {"reference": format!("Schedule/{schedule}")}, "status": "free",
+                    "serviceType": [{"text": format!("{specialty}门诊")}],
+                    "start": start, "end": end,
+                });
+                if n % 4 == 0 && hour == 10 {
+                    slot["extension"] = json!([{"url": "https://hutong.dev/fhir/StructureDefinition/booking-channel", "valueCode": "window"}]);
+                }
+                entries.push(put(slot));
+            }
+        }
+    }
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// Results for the demo resident's portal: a blood count with its three results and a chest
+/// X-ray report, issued by 福州市第一医院 two days before `now`.
+pub fn resident_reports(patient: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let issued = (now - chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let subject = json!({"reference": format!("Patient/{patient}")});
+    let lab = |code: &str, display: &str, text: &str, value: f64, unit: &str, low: f64, high: f64| {
+        json!({
+            "resourceType": "Observation", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": text},
+            "subject": subject, "effectiveDateTime": issued, "issued": issued,
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+            "referenceRange": [{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+                                "high": {"value": high, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}],
+        })
+    };
+    let results = [
+        (
+            "urn:uuid:8f0d2a9e-0000-4000-8000-000000000001",
+            lab("6690-2", "Leukocytes [#/volume] in Blood", "白细胞计数", 6.2, "10*9/L", 3.5, 9.5),
+        ),
+        (
+            "urn:uuid:8f0d2a9e-0000-4000-8000-000000000002",
+            lab("718-7", "Hemoglobin [Mass/volume] in Blood", "血红蛋白", 128.0, "g/L", 115.0, 150.0),
+        ),
+        (
+            "urn:uuid:8f0d2a9e-0000-4000-8000-000000000003",
+            lab("777-3", "Platelets [#/volume] in Blood", "血小板计数", 210.0, "10*9/L", 125.0, 350.0),
+        ),
+    ];
+    let mut entries: Vec<Value> = results.iter().map(|(url, r)| post(url, r.clone())).collect();
+    let category = |code: &str, display: &str| json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": code, "display": display}]}]);
+    entries.push(post(
+        "urn:uuid:8f0d2a9e-0000-4000-8000-000000000004",
+        json!({
+            "resourceType": "DiagnosticReport", "status": "final", "category": category("HM", "Hematology"),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel - Blood by Automated count"}], "text": "血常规"},
+            "subject": subject, "effectiveDateTime": issued, "issued": issued,
+            "performer": [{"reference": "Organization/org-1", "display": "福州市第一医院"}],
+            "result": results.iter().map(|(url, _)| json!({"reference": url})).collect::<Vec<_>>(),
+            "conclusion": "血常规各项指标在参考范围内。",
+        }),
+    ));
+    entries.push(post(
+        "urn:uuid:8f0d2a9e-0000-4000-8000-000000000005",
+        json!({
+            "resourceType": "DiagnosticReport", "status": "final", "category": category("RAD", "Radiology"),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "36643-5", "display": "XR Chest 2 Views"}], "text": "胸部X线检查"},
+            "subject": subject, "effectiveDateTime": issued, "issued": issued,
+            "performer": [{"reference": "Organization/org-1", "display": "福州市第一医院"}],
+            "conclusion": "两肺纹理清晰，未见明显实质性病变。心影大小正常。",
+        }),
+    ));
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
 /// The demo data set: reference data plus `residents` resident bundles, deterministic.
 pub fn demo_bundles(residents: usize) -> Vec<Value> {
     let mut rng = StdRng::seed_from_u64(20_181_122);
@@ -434,6 +531,27 @@ mod tests {
     #[test]
     fn demo_data_is_valid_fhir() {
         for bundle in demo_bundles(40) {
+            for entry in bundle["entry"].as_array().unwrap() {
+                let issues = fhir::validate::validate(fhir::Definitions::r4(), &entry["resource"]);
+                assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);
+            }
+        }
+    }
+
+    #[test]
+    fn demo_schedules_and_reports_are_valid_fhir() {
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let scheduling = scheduling_bundle(today);
+        let slots: Vec<&Value> = scheduling["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Slot")
+            .collect();
+        assert_eq!(slots.len(), 12 * 7 * 5, "five slots a day for a week for each of 12 doctors");
+        assert_eq!(slots[0]["resource"]["start"], "2026-12-02T08:30:00+08:00", "from tomorrow, Beijing time");
+        for bundle in [scheduling.clone(), resident_reports("p1", now)] {
             for entry in bundle["entry"].as_array().unwrap() {
                 let issues = fhir::validate::validate(fhir::Definitions::r4(), &entry["resource"]);
                 assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);

@@ -137,7 +137,7 @@ pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
 }
 
 /// Loads the demo data set if the store holds no Patient yet; returns how many resources.
-async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
+pub(crate) async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
     let ctx = Ctx::system();
     let opts = RequestOptions {
         base_url: "urn:hutong:demo".into(),
@@ -154,6 +154,11 @@ async fn load_demo(engine: &Engine) -> anyhow::Result<usize> {
         n += bundle["entry"].as_array().map_or(0, Vec::len);
         engine.bundle(&ctx, bundle, &opts).await.context("loading the demo data")?;
     }
+    // The booking pool: a week of outpatient slots from tomorrow (Beijing time).
+    let today = (chrono::Utc::now() + chrono::Duration::hours(8)).date_naive();
+    let scheduling = demo::scheduling_bundle(today);
+    n += scheduling["entry"].as_array().map_or(0, Vec::len);
+    engine.bundle(&ctx, scheduling, &opts).await.context("loading the demo schedules")?;
     Ok(n)
 }
 

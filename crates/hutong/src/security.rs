@@ -538,6 +538,7 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         (r["id"].as_str().unwrap_or("").to_string(), r["identifier"][0]["value"].as_str().map(str::to_string))
     };
     let (resident_patient, resident_id) = patient(0);
+    let resident_name = first["entry"][0]["resource"]["name"][0]["text"].as_str().unwrap_or("居民").to_string();
     let (child_patient, _) = patient(1);
     let staff = [
         ("doctor", "doctor", "张医生", Some("org-1"), Some("doc-1"), None),
@@ -567,13 +568,26 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         .map_err(|e| anyhow::anyhow!("demo account {username}: {e}"))?;
     }
     if !resident_patient.is_empty() {
+        // Lab and imaging results for the portal's 我的报告.
+        let reports = crate::demo::resident_reports(&resident_patient, chrono::Utc::now());
+        engine.bundle(&store::Ctx::system(), reports, &opts).await.context("loading the demo resident's reports")?;
+        // The portal signs residents in by real name + ID number + SMS code: the synthetic
+        // resident's name and ID number go to a file readable by the owner only (never to the log).
+        let path = data.join("demo-resident.json");
+        let sign_in = json!({"name": resident_name, "idNumber": resident_id, "phone": "13800000001"});
+        std::fs::write(&path, sign_in.to_string()).with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
         let mut patients = vec![resident_patient];
         if !child_patient.is_empty() {
             patients.push(child_patient); // acts as guardian of a second resident
         }
         auth.create_user(NewUser {
             username: "resident".into(),
-            display: "居民".into(),
+            display: resident_name,
             role: "resident".into(),
             password: Some(DEMO_PASSWORD.into()),
             patients,

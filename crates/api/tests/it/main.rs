@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod healthcard;
+mod portal;
 mod registries;
 mod security;
 mod services;

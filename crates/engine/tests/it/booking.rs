@@ -363,3 +363,23 @@ async fn bookings_cancellations_promotions_and_reminders_are_notified_once() {
     assert_eq!(e.notify_step(&notifier, now() + 50 * hour).await.unwrap(), 0);
     assert!(notifier.take().is_empty());
 }
+
+/// The booking pool is shared reference data: residents find Schedules (which the R4 Patient
+/// compartment lists through `Schedule.actor`) and their Slots, by search and by read, while a
+/// resident's own Appointments stay theirs.
+#[tokio::test]
+async fn residents_find_the_published_schedules_and_slots() {
+    let t = engine();
+    let e = &t.engine;
+    slot_at(e, "s-pool-1", "dr-pool", 1_800_000_000_000).await;
+    let me = resident("p-me");
+    let found = e.search(&me, Some("Schedule"), &[("active".into(), "true".into())], &opts()).await.unwrap();
+    assert_eq!(found["entry"][0]["resource"]["id"], "dr-pool", "{found}");
+    assert!(e.read(&me, "Schedule", "dr-pool").await.is_ok());
+    let slots = e.search(&me, Some("Slot"), &[("schedule".into(), "Schedule/dr-pool".into())], &opts()).await.unwrap();
+    assert_eq!(slots["entry"].as_array().map(Vec::len), Some(1), "{slots}");
+    let mine = book(e, &me, "s-pool-1", "p-me", "booked").await.unwrap();
+    let other = resident("p-other");
+    assert!(matches!(e.read(&other, "Appointment", &mine).await, Err(EngineError::NotFound(_))));
+    assert!(e.read(&other, "Schedule", "dr-pool").await.is_ok(), "every resident sees the pool");
+}

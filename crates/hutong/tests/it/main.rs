@@ -3,6 +3,7 @@
 mod clients;
 mod crash;
 mod mllp;
+mod portal_browser;
 mod security;
 mod serve;
 mod terminology;
