@@ -84,8 +84,9 @@ fn doctor() -> Ctx {
     )
 }
 
-/// The hospital, an eligible doctor, a patient with an offline diagnosis, and a visit in progress.
-async fn fixtures(engine: &engine::Engine) -> anyhow::Result<String> {
+/// The hospital, an eligible doctor, and `patients` patients, each with an offline diagnosis and
+/// a visit in progress; answers the visit ids.
+async fn fixtures(engine: &engine::Engine, patients: usize) -> anyhow::Result<Vec<String>> {
     let sys = Ctx::system();
     let opts = engine::RequestOptions::default();
     let licence = json!({"code": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/qualification-type", "code": "physician-practice"}]},
@@ -105,15 +106,6 @@ async fn fixtures(engine: &engine::Engine) -> anyhow::Result<String> {
         json!({"resourceType": "PractitionerRole", "id": "bench-r1", "active": true, "period": {"start": "2015-01-01"},
             "practitioner": {"reference": "Practitioner/bench-d1"}, "organization": {"reference": "Organization/bench-h1"},
             "code": [{"coding": registration}]}),
-        json!({"resourceType": "Patient", "id": "bench-p1", "gender": "female", "birthDate": "1970-05-05"}),
-        json!({"resourceType": "Encounter", "id": "bench-offline", "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "subject": {"reference": "Patient/bench-p1"}}),
-        json!({"resourceType": "Condition", "id": "bench-htn",
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
-            "subject": {"reference": "Patient/bench-p1"}, "encounter": {"reference": "Encounter/bench-offline"}}),
     ] {
         let (ty, id) = (
             r["resourceType"].as_str().unwrap_or_default().to_string(),
@@ -121,15 +113,38 @@ async fn fixtures(engine: &engine::Engine) -> anyhow::Result<String> {
         );
         engine.update(&sys, &ty, &id, r, &opts).await?;
     }
-    let request = json!({"resourceType": "Parameters", "parameter": [
-        {"name": "patient", "valueReference": {"reference": "Patient/bench-p1"}},
-        {"name": "practitionerRole", "valueReference": {"reference": "PractitionerRole/bench-r1"}},
-        {"name": "condition", "valueReference": {"reference": "Condition/bench-htn"}}]});
-    let visit = engine.request_follow_up(&sys, request).await?;
-    let id = visit["id"].as_str().unwrap_or_default().to_string();
-    let start = json!({"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "in-progress"}]});
-    engine.visit_status(&doctor(), &id, start).await?;
-    Ok(id)
+    let mut visits = Vec::new();
+    for n in 0..patients {
+        let p = format!("bench-p{n}");
+        for r in [
+            json!({"resourceType": "Patient", "id": p, "gender": if n % 2 == 0 { "female" } else { "male" }, "birthDate": "1970-05-05"}),
+            json!({"resourceType": "Encounter", "id": format!("{p}-offline"), "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": format!("Patient/{p}")}}),
+            json!({"resourceType": "Condition", "id": format!("{p}-htn"),
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
+                "subject": {"reference": format!("Patient/{p}")}, "encounter": {"reference": format!("Encounter/{p}-offline")}}),
+        ] {
+            let (ty, id) = (
+                r["resourceType"].as_str().unwrap_or_default().to_string(),
+                r["id"].as_str().unwrap_or_default().to_string(),
+            );
+            engine.update(&sys, &ty, &id, r, &opts).await?;
+        }
+        let request = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": format!("Patient/{p}")}},
+            {"name": "practitionerRole", "valueReference": {"reference": "PractitionerRole/bench-r1"}},
+            {"name": "condition", "valueReference": {"reference": format!("Condition/{p}-htn")}}]});
+        let visit = engine.request_follow_up(&sys, request).await?;
+        let id = visit["id"].as_str().unwrap_or_default().to_string();
+        let start =
+            json!({"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "in-progress"}]});
+        engine.visit_status(&doctor(), &id, start).await?;
+        visits.push(id);
+    }
+    Ok(visits)
 }
 
 pub async fn rx(
@@ -155,22 +170,25 @@ pub async fn rx(
         engine_for(store, &args)
             .with_rx(engine::RxConfig { catalogue: Arc::new(catalogue), knowledge: Arc::new(knowledge) }),
     );
-    let visit = fixtures(&engine).await?;
+    // Prescriptions spread over patients as a day's online clinic would (each patient's
+    // current drugs are read for the checks).
+    let visits = Arc::new(fixtures(&engine, (prescriptions / 10).clamp(1, 500)).await?);
     let keys = Arc::new(KeyRing::ephemeral());
 
     // Prescribing: `concurrency` doctors' requests at a time, three random synthetic drugs each.
-    let codes: Vec<Vec<String>> = (0..prescriptions)
-        .map(|_| (0..3).map(|_| format!("S{:05}", rng.random_range(first..drugs))).collect())
+    let codes: Vec<(usize, Vec<String>)> = (0..prescriptions)
+        .map(|n| (n, (0..3).map(|_| format!("S{:05}", rng.random_range(first..drugs))).collect()))
         .collect();
     let work = Arc::new(std::sync::Mutex::new(codes));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (engine, keys, work, visit) = (engine.clone(), keys.clone(), work.clone(), visit.clone());
+        let (engine, keys, work, visits) = (engine.clone(), keys.clone(), work.clone(), visits.clone());
         tasks.push(tokio::spawn(async move {
             let mut out: Vec<(Duration, bool)> = Vec::new();
             // The guard is dropped inside `and_then`, before the request.
-            while let Some(drugs) = work.lock().ok().and_then(|mut w| w.pop()) {
+            while let Some((n, drugs)) = work.lock().ok().and_then(|mut w| w.pop()) {
+                let visit = &visits[n % visits.len()];
                 let mut parameter = vec![json!({"name": "encounter", "valueReference": {"reference": format!("Encounter/{visit}")}})];
                 for d in drugs {
                     parameter.push(json!({"name": "item", "part": [{"name": "drug", "valueCode": d},
@@ -212,7 +230,7 @@ pub async fn rx(
             .map(|i| {
                 let task = json!({"resourceType": "Task", "id": format!("bench-review-{i}"), "status": "requested", "intent": "order",
                     "code": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/internet-hospital", "code": "rx-review"}]},
-                    "for": {"reference": "Patient/bench-p1"}, "owner": {"reference": "Organization/bench-h1"},
+                    "for": {"reference": format!("Patient/bench-p{}", i % 500)}, "owner": {"reference": "Organization/bench-h1"},
                     "authoredOn": format!("2026-{:02}-{:02}T{:02}:00:00+08:00", i % 12 + 1, i % 28 + 1, i % 24)});
                 json!({"resource": task, "request": {"method": "PUT", "url": format!("Task/bench-review-{i}")}})
             })
@@ -231,6 +249,8 @@ pub async fn rx(
         // oldest pending reviews (sorting by a parameter costs a lookup per match, see
         // docs/BENCHMARKS.md).
         ("_count", "20"),
+        // No total: the page's next link says whether there is more.
+        ("_total", "none"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
