@@ -14,6 +14,7 @@ pub mod message;
 pub mod mllp;
 pub mod orders;
 pub mod oru;
+pub mod samples;
 pub mod siu;
 pub mod types;
 
@@ -120,5 +121,7 @@ impl Hl7Error {
     }
 }
 
+#[cfg(test)]
+mod mapping_tests;
 #[cfg(test)]
 mod tests;

@@ -202,7 +202,7 @@ fn unsupported_types_are_rejected_with_their_codes() {
     let m = Message::parse(b"MSH|^~\\&|LIS|H1|||||ORU^R01|9|P|2.5").unwrap();
     let e = adt::to_bundle(&m).unwrap_err();
     assert_eq!((e.code().0, e.rejects()), ("200", true));
-    let m = Message::parse(b"MSH|^~\\&|HIS|H1|||||ADT^A40|9|P|2.5").unwrap();
+    let m = Message::parse(b"MSH|^~\\&|HIS|H1|||||ADT^A60|9|P|2.5").unwrap();
     assert_eq!(adt::to_bundle(&m).unwrap_err().code().0, "201");
     let e = Hl7Error::MissingField { field: "PV1".into(), why: "x".into() };
     assert_eq!((e.code().0, e.rejects()), ("101", false));
