@@ -115,6 +115,9 @@ pub fn complete_merge(bundle: &mut Value, mut prior: Value, version: i64) {
     if let Some(meta) = prior.get_mut("meta").and_then(Value::as_object_mut) {
         meta.remove("versionId");
         meta.remove("lastUpdated");
+        if meta.is_empty() {
+            prior.as_object_mut().expect("a Patient is an object").remove("meta");
+        }
     }
     let entries = bundle["entry"].as_array_mut().expect("a mapped Bundle has entries");
     entries[0]["resource"]["link"] = json!([{"other": {"reference": format!("Patient/{id}")}, "type": "replaces"}]);
