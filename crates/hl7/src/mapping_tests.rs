@@ -293,3 +293,32 @@ fn http_charset_applies_when_msh_18_is_empty() {
     let m = Message::parse_with_default(declared.as_bytes(), crate::message::Charset::Gb18030).unwrap();
     assert_eq!(m.get("PID-5-1").as_deref(), Some("陈建国"));
 }
+
+/// The HL7 normative edition's sample ORU (as vendored from python-hl7's test suite in
+/// `tests.rs`), mapped: an external message, not written for this mapping.
+#[test]
+fn the_normative_sample_oru_maps() {
+    let sample = "MSH|^~\\&|GHH LAB|ELAB-3|GHH OE|BLDG4|200202150930||ORU^R01|CNTRL-3456|P|2.4\r\
+PID|||555-44-4444||EVERYWOMAN^EVE^E^^^^L|JONES|196203520|F|||153 FERNWOOD DR.^^STATESVILLE^OH^35292||(206)3345232|(206)752-121||||AC555444444||67-A4335^OH^20030520\r\
+OBR|1|845439^GHH OE|1045813^GHH LAB|1554-5^GLUCOSE|||200202150730||||||||555-55-5555^PRIMARY^PATRICIA P^^^^MD^^LEVEL SEVEN HEALTHCARE, INC.|||||||||F||||||444-44-4444^HIPPOCRATES^HOWARD H^^^^MD\r\
+OBX|1|SN|1554-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H|||F\r\
+OBX|2|FN|1553-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H|||F\r";
+    // Its birth date (PID-7 "196203520") has day 20 of month 35: the message is refused with the field named.
+    let error = map(sample).unwrap_err();
+    assert!(matches!(&error, Hl7Error::InvalidField { field, .. } if field == "PID-7"), "{error:?}");
+    let b = bundle(&sample.replace("196203520", "19620320"));
+    let report = &of_type(&b, "DiagnosticReport")[0];
+    assert_eq!(report["request"]["url"], "DiagnosticReport?identifier=https://hutong.dev/fhir/sid/ELAB-3/filler-order|1045813");
+    assert_eq!(report["resource"]["status"], "final");
+    assert_eq!(report["resource"]["effectiveDateTime"], "2002-02-15T07:30:00+08:00");
+    let observations = of_type(&b, "Observation");
+    let glucose = &observations[0]["resource"];
+    assert_eq!(glucose["valueQuantity"], json!({"value": 182, "unit": "mg/dl", "system": "http://unitsofmeasure.org", "code": "mg/dL"}));
+    assert_eq!(glucose["referenceRange"][0], json!({"text": "70_105"}));
+    assert_eq!(glucose["interpretation"][0]["coding"][0]["code"], "H");
+    assert_eq!(glucose["code"]["coding"][0]["system"], "https://hutong.dev/fhir/CodeSystem/ELAB-3/post%2012h%20cfst%3Amcnc%3Apt%3Aser%2Fplas%3Aqn");
+    // FN (a name) is not a result type this maps to a value of its own: kept as the text sent.
+    assert_eq!(observations[1]["resource"]["valueString"], "^182");
+    let patient = &of_type(&b, "Patient")[0]["resource"];
+    assert_eq!(patient["identifier"][0]["value"], "555-44-4444");
+}

@@ -418,9 +418,34 @@ fn value(
     })
 }
 
+/// Units of clinical laboratories that are valid UCUM codes as written here; a unit sent without
+/// a coding system is declared UCUM only when it is one of these (after the usual case slips,
+/// `mg/dl` for `mg/dL`, `mmol/l` for `mmol/L`, `10^9/L` for `10*9/L`).
+const UCUM_LAB_UNITS: [&str; 46] = [
+    "g/L", "g/dL", "mg/L", "mg/dL", "ug/L", "ug/dL", "ng/L", "ng/mL", "pg/mL", "mmol/L", "umol/L", "nmol/L", "pmol/L",
+    "mol/L", "U/L", "[IU]/L", "[IU]/mL", "m[IU]/L", "u[IU]/mL", "mU/L", "10*9/L", "10*12/L", "10*6/L", "10*3/uL",
+    "/uL", "%", "fL", "pg", "s", "min", "h", "d", "mm[Hg]", "kg", "g", "mg", "cm", "mm", "mm/h", "mL/min",
+    "mL/min/{1.73_m2}", "mL", "L", "Cel", "/min", "kg/m2",
+];
+
+/// The UCUM code of a unit sent without a coding system, when it is a known lab unit.
+fn ucum_code(code: &str) -> Option<String> {
+    let mut normal = code.trim().replace("10^", "10*").replace("x10*", "10*");
+    for (slip, fixed) in [("/l", "/L"), ("/dl", "/dL"), ("/ml", "/mL"), ("iu/", "[IU]/"), ("IU/", "[IU]/"), ("fl", "fL")] {
+        if let Some(at) = normal.find(slip) {
+            normal.replace_range(at..at + slip.len(), fixed);
+        }
+    }
+    if normal.ends_with("/l") {
+        normal.replace_range(normal.len() - 1.., "L");
+    }
+    let normal = if normal == "[[IU]]/L" { "[IU]/L".to_string() } else { normal };
+    UCUM_LAB_UNITS.contains(&normal.as_str()).then_some(normal)
+}
+
 /// A Quantity with the unit of OBX-6: its code as a UCUM code when OBX-6.3 says UCUM, or when
-/// no system is named and the code has UCUM's shape (printable ASCII without spaces); its text
-/// (OBX-6.2, else the code) as `unit`.
+/// no system is named and it is a known lab unit ([`UCUM_LAB_UNITS`]); its text (OBX-6.2, else
+/// the code) as `unit`.
 fn quantity(value: Value, unit: Option<&crate::message::Field<'_>>) -> Value {
     let mut q = json!({"value": value});
     if let Some(unit) = unit {
@@ -429,8 +454,12 @@ fn quantity(value: Value, unit: Option<&crate::message::Field<'_>>) -> Value {
         if !display.is_empty() {
             q["unit"] = json!(display);
         }
-        let ucum_shape = !code.is_empty() && code.bytes().all(|b| b.is_ascii_graphic());
-        if system == "UCUM" || (system.is_empty() && ucum_shape) {
+        let ucum = match system.as_str() {
+            "UCUM" | "ISO+" if !code.is_empty() => Some(code),
+            "" => ucum_code(&code),
+            _ => None,
+        };
+        if let Some(code) = ucum {
             q["system"] = json!("http://unitsofmeasure.org");
             q["code"] = json!(code);
         }
