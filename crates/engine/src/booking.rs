@@ -117,7 +117,9 @@ fn slot_ids(appointment: &Value) -> Vec<String> {
 /// The Patient an Appointment is for (its first Patient participant).
 /// The body of a Slot that this commit creates (version 1), if it does.
 fn slot_created_in(ops: &[WriteOp], slot: &str) -> Option<Value> {
-    ops.iter().find(|op| op.resource_type == "Slot" && op.id == slot && op.version == 1).and_then(|op| parse(op.body.as_deref()))
+    ops.iter()
+        .find(|op| op.resource_type == "Slot" && op.id == slot && op.version == 1)
+        .and_then(|op| parse(op.body.as_deref()))
 }
 
 fn patient_of(appointment: &Value) -> Option<String> {

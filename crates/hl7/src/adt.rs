@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{Hl7Error, Mapped, Merge};
 use crate::message::{Field, Message};
+use crate::{Hl7Error, Mapped, Merge};
 
 /// The national ID number (居民身份证号码) system.
 pub const NATIONAL_ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
@@ -72,7 +72,10 @@ pub(crate) fn patient_entry(message: &Message, facility: &str, upsert: bool) -> 
 /// facility) that the message's PID record replaces.
 fn prior_record(message: &Message, facility: &str, survivor: &Value) -> Result<Merge, Hl7Error> {
     if message.segment("MRG").is_none() {
-        return Err(Hl7Error::MissingField { field: "MRG".into(), why: "ADT^A40 names the merged record in MRG".into() });
+        return Err(Hl7Error::MissingField {
+            field: "MRG".into(),
+            why: "ADT^A40 names the merged record in MRG".into(),
+        });
     }
     let prior = message
         .field_repetitions("MRG-1")
@@ -103,13 +106,8 @@ fn prior_record(message: &Message, facility: &str, survivor: &Value) -> Result<M
 pub fn complete_merge(bundle: &mut Value, mut prior: Value, version: i64) {
     let id = prior["id"].as_str().unwrap_or_default().to_string();
     prior["active"] = json!(false);
-    let mut links: Vec<Value> = prior["link"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["type"] != "replaced-by")
-        .cloned()
-        .collect();
+    let mut links: Vec<Value> =
+        prior["link"].as_array().into_iter().flatten().filter(|l| l["type"] != "replaced-by").cloned().collect();
     links.push(json!({"other": {"reference": PATIENT_URN}, "type": "replaced-by"}));
     prior["link"] = Value::Array(links);
     if let Some(meta) = prior.get_mut("meta").and_then(Value::as_object_mut) {
@@ -465,9 +463,9 @@ fn encounter(message: &Message, facility: &str, event: &str) -> Result<Value, Hl
             .into_iter()
             .find_map(|p| message.get(p).map(|v| (p, v)))
             .ok_or_else(|| Hl7Error::MissingField {
-                field: "PV1-45".into(),
-                why: "ADT^A03 ends the visit at the discharge time (PV1-45, or EVN-6/EVN-2)".into(),
-            })?;
+            field: "PV1-45".into(),
+            why: "ADT^A03 ends the visit at the discharge time (PV1-45, or EVN-6/EVN-2)".into(),
+        })?;
         encounter["period"]["end"] = json!(date_time(&end, &path[..path.len() - 2])?);
     }
     let query = format!("identifier={}|{}", query_escape(&key_system), query_escape(&key_value));
@@ -483,8 +481,11 @@ fn encounter(message: &Message, facility: &str, event: &str) -> Result<Value, Hl
 fn location_display(message: &Message, field: usize) -> Option<String> {
     let location = message.segment("PV1").map(|s| message.repetitions(s, field)).unwrap_or_default();
     let pl = location.first()?;
-    let parts: Vec<String> =
-        [(4, 1), (1, 1), (2, 1), (3, 1)].into_iter().map(|(c, s)| pl.subcomponent(c, s)).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<String> = [(4, 1), (1, 1), (2, 1), (3, 1)]
+        .into_iter()
+        .map(|(c, s)| pl.subcomponent(c, s))
+        .filter(|p| !p.is_empty())
+        .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 

@@ -20,7 +20,13 @@ fn of_type(bundle: &Value, ty: &str) -> Vec<Value> {
 
 #[test]
 fn adt_visit_events_update_the_encounter_by_visit_number() {
-    let cases = [("A01", "in-progress"), ("A02", "in-progress"), ("A03", "finished"), ("A11", "cancelled"), ("A13", "in-progress")];
+    let cases = [
+        ("A01", "in-progress"),
+        ("A02", "in-progress"),
+        ("A03", "finished"),
+        ("A11", "cancelled"),
+        ("A13", "in-progress"),
+    ];
     for (event, status) in cases {
         let b = bundle(&samples::adt_visit(event, "C1", "MZ1"));
         let encounter = &of_type(&b, "Encounter")[0];
@@ -65,7 +71,10 @@ fn adt_a40_names_the_prior_record_and_completes_with_links() {
     assert_eq!(old["request"], json!({"method": "PUT", "url": "Patient/p-old", "ifMatch": "W/\"4\""}));
     assert_eq!(old["resource"]["active"], false);
     assert_eq!(old["resource"]["gender"], "female", "the prior record keeps its content");
-    assert_eq!(old["resource"]["link"], json!([{"other": {"reference": entries[0]["fullUrl"]}, "type": "replaced-by"}]));
+    assert_eq!(
+        old["resource"]["link"],
+        json!([{"other": {"reference": entries[0]["fullUrl"]}, "type": "replaced-by"}])
+    );
     assert!(old["resource"].get("meta").is_none());
     // No MRG, or a merge of a record into itself, is refused.
     let no_mrg = samples::adt_a40("C4", "MZ-NEW", "MZ-OLD").replace("MRG|MZ-OLD^^^FZ-HOSP^MR\r", "");
@@ -159,7 +168,8 @@ fn oru_value_types_and_refusals() {
     assert_eq!(o["valueQuantity"]["unit"], "个/高倍视野");
     assert!(o["valueQuantity"].get("system").is_none(), "a local unit is not declared UCUM");
     let o = first_observation("OBX|1|NM|X^x^L||7|mmol/L||HH~A|||F");
-    let flags: Vec<&str> = o["interpretation"].as_array().unwrap().iter().map(|i| i["coding"][0]["code"].as_str().unwrap()).collect();
+    let flags: Vec<&str> =
+        o["interpretation"].as_array().unwrap().iter().map(|i| i["coding"][0]["code"].as_str().unwrap()).collect();
     assert_eq!(flags, ["HH", "A"]);
     // An encapsulated PDF becomes the report's presented form, not an Observation.
     let b = bundle(&with_obx("OBX|1|ED|PDF^报告^L||^AP^PDF^Base64^JVBERi0=||||||F"));
@@ -190,20 +200,29 @@ fn oru_value_types_and_refusals() {
 
 #[test]
 fn orders_map_to_service_requests_by_control_code() {
-    for (control, status) in [("NW", "active"), ("XO", "active"), ("SC", "active"), ("CA", "revoked"), ("HD", "on-hold")] {
+    for (control, status) in
+        [("NW", "active"), ("XO", "active"), ("SC", "active"), ("CA", "revoked"), ("HD", "on-hold")]
+    {
         let b = bundle(&samples::orm_o01("C9", "MZ4", "ORD-1", control));
         let sr = &of_type(&b, "ServiceRequest")[0];
-        assert_eq!(sr["request"]["url"], "ServiceRequest?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/placer-order|ORD-1");
+        assert_eq!(
+            sr["request"]["url"],
+            "ServiceRequest?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/placer-order|ORD-1"
+        );
         let r = &sr["resource"];
         assert_eq!(r["status"], status, "{control}");
         assert_eq!(r["intent"], "order");
         assert_eq!(r["priority"], "stat");
         assert_eq!(r["code"]["coding"][0]["code"], "36643-5");
-        assert_eq!(r["requester"], json!({"identifier": {"system": "https://hutong.dev/fhir/sid/FZ-HOSP/staff", "value": "D002"}, "display": "黄医生"}));
+        assert_eq!(
+            r["requester"],
+            json!({"identifier": {"system": "https://hutong.dev/fhir/sid/FZ-HOSP/staff", "value": "D002"}, "display": "黄医生"})
+        );
         assert_eq!(r["authoredOn"], "2026-12-01T08:25:00+08:00");
     }
     // OMG^O19 (2.5) reads the same way; an unknown control code is refused.
-    let omg = samples::orm_o01("C10", "MZ4", "ORD-2", "NW").replace("ORM^O01", "OMG^O19^OMG_O19").replace("|2.3\r", "|2.5\r");
+    let omg =
+        samples::orm_o01("C10", "MZ4", "ORD-2", "NW").replace("ORM^O01", "OMG^O19^OMG_O19").replace("|2.3\r", "|2.5\r");
     assert_eq!(of_type(&bundle(&omg), "ServiceRequest")[0]["resource"]["status"], "active");
     let bad = samples::orm_o01("C11", "MZ4", "ORD-3", "ZZ");
     assert!(matches!(map(&bad), Err(Hl7Error::InvalidField { field, .. }) if field == "ORC-1"));
@@ -215,12 +234,17 @@ fn orders_map_to_service_requests_by_control_code() {
 fn siu_maps_to_an_appointment_holding_a_slot() {
     let b = bundle(&samples::siu("S12", "C13", "MZ5", "APT-1", "202612020900"));
     let schedule = &of_type(&b, "Schedule")[0];
-    assert_eq!(schedule["request"]["ifNoneExist"], "identifier=https://hutong.dev/fhir/sid/FZ-HOSP/schedule|practitioner:D003");
+    assert_eq!(
+        schedule["request"]["ifNoneExist"],
+        "identifier=https://hutong.dev/fhir/sid/FZ-HOSP/schedule|practitioner:D003"
+    );
     let slot = &of_type(&b, "Slot")[0];
     assert_eq!(slot["request"]["method"], "POST");
     let s = &slot["resource"];
-    assert_eq!((s["status"].as_str(), s["start"].as_str(), s["end"].as_str()),
-        (Some("busy"), Some("2026-12-02T09:00:00+08:00"), Some("2026-12-02T09:15:00+08:00")));
+    assert_eq!(
+        (s["status"].as_str(), s["start"].as_str(), s["end"].as_str()),
+        (Some("busy"), Some("2026-12-02T09:00:00+08:00"), Some("2026-12-02T09:15:00+08:00"))
+    );
     assert_eq!(s["schedule"]["reference"], schedule["fullUrl"]);
     let appointment = &of_type(&b, "Appointment")[0];
     assert_eq!(
@@ -256,10 +280,16 @@ fn mdm_t02_maps_to_a_document_reference_and_binaries() {
     assert_eq!(binaries[0]["resource"]["data"], "JVBERi0xLjQKJcfsj6IK");
     assert_eq!(binaries[1]["resource"]["data"], crate::types::base64("患者病情稳定，准予出院。".as_bytes()));
     let document = &of_type(&b, "DocumentReference")[0];
-    assert_eq!(document["request"]["url"], "DocumentReference?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/document|DOC-1");
+    assert_eq!(
+        document["request"]["url"],
+        "DocumentReference?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/document|DOC-1"
+    );
     let d = &document["resource"];
     assert_eq!((d["status"].as_str(), d["docStatus"].as_str()), (Some("current"), Some("final")));
-    assert_eq!(d["type"]["coding"][0], json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0270", "code": "DS"}));
+    assert_eq!(
+        d["type"]["coding"][0],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0270", "code": "DS"})
+    );
     assert_eq!(d["date"], "2026-12-01T11:55:00+08:00");
     assert_eq!(d["author"][0]["display"], "吴医生");
     let url = binaries[0]["request"]["url"].as_str().unwrap();
@@ -267,7 +297,11 @@ fn mdm_t02_maps_to_a_document_reference_and_binaries() {
     // The same document again maps to the same Binary ids.
     let again = bundle(&samples::mdm_t02("C19", "MZ6", "DOC-1"));
     assert_eq!(of_type(&again, "Binary")[0]["request"]["url"], url);
-    let no_content: String = samples::mdm_t02("C20", "MZ6", "DOC-2").split('\r').filter(|s| !s.starts_with("OBX")).map(|s| format!("{s}\r")).collect();
+    let no_content: String = samples::mdm_t02("C20", "MZ6", "DOC-2")
+        .split('\r')
+        .filter(|s| !s.starts_with("OBX"))
+        .map(|s| format!("{s}\r"))
+        .collect();
     assert!(matches!(map(&no_content), Err(Hl7Error::MissingField { field, .. }) if field == "OBX-5"));
 }
 
@@ -308,15 +342,24 @@ OBX|2|FN|1553-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H||
     assert!(matches!(&error, Hl7Error::InvalidField { field, .. } if field == "PID-7"), "{error:?}");
     let b = bundle(&sample.replace("196203520", "19620320"));
     let report = &of_type(&b, "DiagnosticReport")[0];
-    assert_eq!(report["request"]["url"], "DiagnosticReport?identifier=https://hutong.dev/fhir/sid/ELAB-3/filler-order|1045813");
+    assert_eq!(
+        report["request"]["url"],
+        "DiagnosticReport?identifier=https://hutong.dev/fhir/sid/ELAB-3/filler-order|1045813"
+    );
     assert_eq!(report["resource"]["status"], "final");
     assert_eq!(report["resource"]["effectiveDateTime"], "2002-02-15T07:30:00+08:00");
     let observations = of_type(&b, "Observation");
     let glucose = &observations[0]["resource"];
-    assert_eq!(glucose["valueQuantity"], json!({"value": 182, "unit": "mg/dl", "system": "http://unitsofmeasure.org", "code": "mg/dL"}));
+    assert_eq!(
+        glucose["valueQuantity"],
+        json!({"value": 182, "unit": "mg/dl", "system": "http://unitsofmeasure.org", "code": "mg/dL"})
+    );
     assert_eq!(glucose["referenceRange"][0], json!({"text": "70_105"}));
     assert_eq!(glucose["interpretation"][0]["coding"][0]["code"], "H");
-    assert_eq!(glucose["code"]["coding"][0]["system"], "https://hutong.dev/fhir/CodeSystem/ELAB-3/post%2012h%20cfst%3Amcnc%3Apt%3Aser%2Fplas%3Aqn");
+    assert_eq!(
+        glucose["code"]["coding"][0]["system"],
+        "https://hutong.dev/fhir/CodeSystem/ELAB-3/post%2012h%20cfst%3Amcnc%3Apt%3Aser%2Fplas%3Aqn"
+    );
     // FN (a name) is not a result type this maps to a value of its own: kept as the text sent.
     assert_eq!(observations[1]["resource"]["valueString"], "^182");
     let patient = &of_type(&b, "Patient")[0]["resource"];

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::Hl7Error;
 use crate::adt::{PATIENT_URN, message_type, patient_entry, query_escape, required, visit_entry};
 use crate::message::Message;
-use crate::types::{attachment, base64, codeable, component, facility_system, field, instant_of, path, stable_hash, staff, urn};
+use crate::types::{
+    attachment, base64, codeable, component, facility_system, field, instant_of, path, stable_hash, staff, urn,
+};
 
 /// Maps an MDM^T02 message to a transaction Bundle.
 pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
@@ -121,9 +123,9 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
         };
         document["type"] = concept;
     }
-    let date = [(4, "TXA-4"), (6, "TXA-6")].into_iter().find_map(|(n, at)| {
-        field(message, txa, n).map(|f| instant_of(&f.component(1), at))
-    });
+    let date = [(4, "TXA-4"), (6, "TXA-6")]
+        .into_iter()
+        .find_map(|(n, at)| field(message, txa, n).map(|f| instant_of(&f.component(1), at)));
     if let Some(date) = date.transpose()?.flatten() {
         document["date"] = json!(date);
     }
@@ -140,7 +142,8 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
     }
     let parent = component(message, txa, 13, 1);
     if !parent.is_empty() {
-        document["relatesTo"] = json!([{"code": "appends", "target": {"identifier": {"system": system, "value": parent}}}]);
+        document["relatesTo"] =
+            json!([{"code": "appends", "target": {"identifier": {"system": system, "value": parent}}}]);
     }
     entries.push(json!({
         "fullUrl": urn(10),

@@ -103,7 +103,10 @@ fn service_request(
         }
     };
     let code = obr.and_then(|obr| field(message, obr, 4)).and_then(|f| codeable(&f, facility)).ok_or_else(|| {
-        Hl7Error::MissingField { field: "OBR-4".into(), why: "the universal service identifier is what is ordered".into() }
+        Hl7Error::MissingField {
+            field: "OBR-4".into(),
+            why: "the universal service identifier is what is ordered".into(),
+        }
     })?;
     let mut request = json!({
         "resourceType": "ServiceRequest",

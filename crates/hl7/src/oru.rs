@@ -11,7 +11,8 @@ use crate::Hl7Error;
 use crate::adt::{PATIENT_URN, message_type, patient_entry, query_escape, required, visit_entry};
 use crate::message::{Message, Segment};
 use crate::types::{
-    attachment, codeable, component, date_time_of, facility_system, field, instant_of, number, path, staff, staff_system, urn,
+    attachment, codeable, component, date_time_of, facility_system, field, instant_of, number, path, staff,
+    staff_system, urn,
 };
 
 /// v3-ObservationInterpretation codes (R4): a v2 table 0078 flag with the same code is sent as
@@ -61,7 +62,9 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
                 }
             }
             "ORC" => last_orc = Some(segment),
-            "OBR" => groups.push(Group { ordinal: groups.len() + 1, obr: segment, orc: last_orc.take(), obx: Vec::new() }),
+            "OBR" => {
+                groups.push(Group { ordinal: groups.len() + 1, obr: segment, orc: last_orc.take(), obx: Vec::new() })
+            }
             "OBX" => {
                 obx_count += 1;
                 let group = groups.last_mut().ok_or_else(|| Hl7Error::MissingField {
@@ -82,7 +85,10 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
         }
     }
     if groups.is_empty() {
-        return Err(Hl7Error::MissingField { field: "OBR".into(), why: "ORU^R01 reports on at least one order".into() });
+        return Err(Hl7Error::MissingField {
+            field: "OBR".into(),
+            why: "ORU^R01 reports on at least one order".into(),
+        });
     }
     let mut next = 10;
     for group in &groups {
@@ -101,11 +107,7 @@ pub(crate) fn order_numbers(message: &Message, obr: &Segment, orc: Option<&Segme
 }
 
 /// The order identifiers (placer, filler) and the (system, value) key: filler, else placer.
-pub(crate) fn order_identifiers(
-    facility: &str,
-    placer: &str,
-    filler: &str,
-) -> (Vec<Value>, Option<(String, String)>) {
+pub(crate) fn order_identifiers(facility: &str, placer: &str, filler: &str) -> (Vec<Value>, Option<(String, String)>) {
     let mut identifiers = Vec::new();
     let mut key = None;
     for (value, kind, code) in [(filler, "filler-order", "FILL"), (placer, "placer-order", "PLAC")] {
@@ -149,7 +151,8 @@ fn report(
     })?;
     let effective = field(message, obr, 7).map(|f| date_time_of(&f.component(1), &at(7))).transpose()?;
     let category = component(message, obr, 24, 1);
-    let imaging = matches!(category.as_str(), "RAD" | "CT" | "MR" | "US" | "NMR" | "NMS" | "RX" | "XRC" | "CUS" | "VUS");
+    let imaging =
+        matches!(category.as_str(), "RAD" | "CT" | "MR" | "US" | "NMR" | "NMS" | "RX" | "XRC" | "CUS" | "VUS");
 
     // The order the report fulfils: created from the OBR when no ORM announced it.
     let order_key = if placer.is_empty() {
@@ -189,7 +192,9 @@ fn report(
         if value_type == "ED" {
             for (i, ed) in message.repetitions(obx, 5).iter().filter(|f| !f.is_empty()).enumerate() {
                 let mut form = attachment(ed, &at(5))?;
-                let title = field(message, obx, 3).and_then(|f| codeable(&f, facility)).and_then(|c| c["text"].as_str().map(str::to_string));
+                let title = field(message, obx, 3)
+                    .and_then(|f| codeable(&f, facility))
+                    .and_then(|c| c["text"].as_str().map(str::to_string));
                 if let Some(title) = title {
                     form["title"] = json!(if i == 0 { title } else { format!("{title} ({})", i + 1) });
                 }
@@ -220,11 +225,11 @@ fn report(
             }
         };
         statuses.push(status);
-        let code = field(message, obx, 3).and_then(|f| codeable(&f, facility)).ok_or_else(|| Hl7Error::MissingField {
-            field: at(3),
-            why: "the observation identifier is the Observation's code".into(),
+        let code = field(message, obx, 3).and_then(|f| codeable(&f, facility)).ok_or_else(|| {
+            Hl7Error::MissingField { field: at(3), why: "the observation identifier is the Observation's code".into() }
         })?;
-        let set_id = Some(component(message, obx, 1, 1)).filter(|s| !s.is_empty()).unwrap_or_else(|| ordinal.to_string());
+        let set_id =
+            Some(component(message, obx, 1, 1)).filter(|s| !s.is_empty()).unwrap_or_else(|| ordinal.to_string());
         let identifier_value = format!("{key_value}-{}-{set_id}", group.ordinal);
         let system = facility_system(facility, "observation");
         let mut observation = json!({
@@ -422,16 +427,60 @@ fn value(
 /// a coding system is declared UCUM only when it is one of these (after the usual case slips,
 /// `mg/dl` for `mg/dL`, `mmol/l` for `mmol/L`, `10^9/L` for `10*9/L`).
 const UCUM_LAB_UNITS: [&str; 46] = [
-    "g/L", "g/dL", "mg/L", "mg/dL", "ug/L", "ug/dL", "ng/L", "ng/mL", "pg/mL", "mmol/L", "umol/L", "nmol/L", "pmol/L",
-    "mol/L", "U/L", "[IU]/L", "[IU]/mL", "m[IU]/L", "u[IU]/mL", "mU/L", "10*9/L", "10*12/L", "10*6/L", "10*3/uL",
-    "/uL", "%", "fL", "pg", "s", "min", "h", "d", "mm[Hg]", "kg", "g", "mg", "cm", "mm", "mm/h", "mL/min",
-    "mL/min/{1.73_m2}", "mL", "L", "Cel", "/min", "kg/m2",
+    "g/L",
+    "g/dL",
+    "mg/L",
+    "mg/dL",
+    "ug/L",
+    "ug/dL",
+    "ng/L",
+    "ng/mL",
+    "pg/mL",
+    "mmol/L",
+    "umol/L",
+    "nmol/L",
+    "pmol/L",
+    "mol/L",
+    "U/L",
+    "[IU]/L",
+    "[IU]/mL",
+    "m[IU]/L",
+    "u[IU]/mL",
+    "mU/L",
+    "10*9/L",
+    "10*12/L",
+    "10*6/L",
+    "10*3/uL",
+    "/uL",
+    "%",
+    "fL",
+    "pg",
+    "s",
+    "min",
+    "h",
+    "d",
+    "mm[Hg]",
+    "kg",
+    "g",
+    "mg",
+    "cm",
+    "mm",
+    "mm/h",
+    "mL/min",
+    "mL/min/{1.73_m2}",
+    "mL",
+    "L",
+    "Cel",
+    "/min",
+    "kg/m2",
 ];
 
 /// The UCUM code of a unit sent without a coding system, when it is a known lab unit.
 fn ucum_code(code: &str) -> Option<String> {
     let mut normal = code.trim().replace("10^", "10*").replace("x10*", "10*");
-    for (slip, fixed) in [("/l", "/L"), ("/dl", "/dL"), ("/ml", "/mL"), ("iu/", "[IU]/"), ("IU/", "[IU]/"), ("fl", "fL")] {
+    for (slip, fixed) in
+        [("/l", "/L"), ("/dl", "/dL"), ("/ml", "/mL"), ("iu/", "[IU]/"), ("IU/", "[IU]/"), ("fl", "fL")]
+    {
         if let Some(at) = normal.find(slip) {
             normal.replace_range(at..at + slip.len(), fixed);
         }

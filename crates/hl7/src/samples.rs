@@ -71,7 +71,8 @@ pub fn adt_a40(control_id: &str, survivor: &str, prior: &str) -> String {
 /// An ADT visit event (2.3.1) for visit `V-{mrn}`: A01 admit, A02 transfer, A03 discharge, A11
 /// cancel admit, A13 cancel discharge.
 pub fn adt_visit(event: &str, control_id: &str, mrn: &str) -> String {
-    let mut pv1: Vec<&str> = vec!["PV1", "1", "I", "心内科病区^12^3^FZ-HOSP", "", "", "内科病区^01^1^FZ-HOSP", "D001^林^医生"];
+    let mut pv1: Vec<&str> =
+        vec!["PV1", "1", "I", "心内科病区^12^3^FZ-HOSP", "", "", "内科病区^01^1^FZ-HOSP", "D001^林^医生"];
     if event != "A02" {
         pv1[6] = "";
     }

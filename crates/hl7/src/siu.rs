@@ -29,9 +29,10 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
         return Err(Hl7Error::UnsupportedEvent(format!("{kind}^{event}")));
     }
     let facility = required(message, "MSH-4-1", "the sending facility names the appointment numbers' issuer")?;
-    let sch = message
-        .segment("SCH")
-        .ok_or_else(|| Hl7Error::MissingField { field: "SCH".into(), why: "SIU carries the appointment in SCH".into() })?;
+    let sch = message.segment("SCH").ok_or_else(|| Hl7Error::MissingField {
+        field: "SCH".into(),
+        why: "SIU carries the appointment in SCH".into(),
+    })?;
     let mut entries = vec![patient_entry(message, &facility, false)?];
     let encounter = visit_entry(message, &facility)?;
     entries.extend(encounter);
@@ -132,7 +133,11 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
     appointment.insert("participant".into(), Value::Array(participants));
 
     let query = |system: &Value, value: &Value| {
-        format!("identifier={}|{}", query_escape(system.as_str().unwrap_or("")), query_escape(value.as_str().unwrap_or("")))
+        format!(
+            "identifier={}|{}",
+            query_escape(system.as_str().unwrap_or("")),
+            query_escape(value.as_str().unwrap_or(""))
+        )
     };
     if holds {
         entries.push(json!({
@@ -208,18 +213,28 @@ fn times(message: &Message, sch: &Segment) -> Result<(String, String), Hl7Error>
         ("AIG-8", message.get("AIG-8-1")),
         ("AIL-6", message.get("AIL-6-1")),
     ];
-    let (at, start_ts) = candidates.into_iter().find_map(|(p, v)| v.map(|v| (p, v))).ok_or_else(|| {
-        Hl7Error::MissingField { field: "SCH-11".into(), why: "the appointment's start time (TQ1-7, SCH-11.4, AIS-4 or AIP-6)".into() }
-    })?;
+    let (at, start_ts) =
+        candidates.into_iter().find_map(|(p, v)| v.map(|v| (p, v))).ok_or_else(|| Hl7Error::MissingField {
+            field: "SCH-11".into(),
+            why: "the appointment's start time (TQ1-7, SCH-11.4, AIS-4 or AIP-6)".into(),
+        })?;
     let start = precise(&start_ts, at)?;
     let end_ts = message.get("TQ1-8-1").or_else(|| Some(component(message, sch, 11, 5)).filter(|s| !s.is_empty()));
     let end = match end_ts {
         Some(ts) => precise(&ts, "SCH-11")?,
         None => {
-            let durations = [("SCH-9", "SCH-10"), ("AIS-7", "AIS-8"), ("AIP-9", "AIP-10"), ("AIG-11", "AIG-12"), ("AIL-9", "AIL-10")];
+            let durations = [
+                ("SCH-9", "SCH-10"),
+                ("AIS-7", "AIS-8"),
+                ("AIP-9", "AIP-10"),
+                ("AIG-11", "AIG-12"),
+                ("AIL-9", "AIL-10"),
+            ];
             let (path, amount, unit) = durations
                 .into_iter()
-                .find_map(|(d, u)| message.get(&format!("{d}-1")).map(|v| (d, v, message.get(&format!("{u}-1")).unwrap_or_default())))
+                .find_map(|(d, u)| {
+                    message.get(&format!("{d}-1")).map(|v| (d, v, message.get(&format!("{u}-1")).unwrap_or_default()))
+                })
                 .ok_or_else(|| Hl7Error::MissingField {
                     field: "SCH-9".into(),
                     why: "the appointment's end (TQ1-8, SCH-11.5) or its duration (SCH-9, AIS-7, AIP-9)".into(),

@@ -59,9 +59,9 @@ pub fn codeable(ce: &Field<'_>, facility: &str) -> Option<Value> {
         }
         codings.push(coding);
     }
-    let text = Some(ce.component(9)).filter(|t| !t.is_empty()).or_else(|| {
-        [ce.component(2), ce.component(5)].into_iter().find(|t| !t.is_empty())
-    });
+    let text = Some(ce.component(9))
+        .filter(|t| !t.is_empty())
+        .or_else(|| [ce.component(2), ce.component(5)].into_iter().find(|t| !t.is_empty()));
     if codings.is_empty() && text.is_none() {
         return None;
     }
@@ -194,7 +194,7 @@ pub fn attachment(ed: &Field<'_>, field: &str) -> Result<Value, Hl7Error> {
     let data = match encoding.as_str() {
         "BASE64" => {
             let clean: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            let ok = clean.len() % 4 == 0
+            let ok = clean.len().is_multiple_of(4)
                 && clean.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
             if !ok {
                 return Err(bad("the data is not valid base64"));
@@ -204,7 +204,7 @@ pub fn attachment(ed: &Field<'_>, field: &str) -> Result<Value, Hl7Error> {
         "A" | "" => base64(data.as_bytes()),
         "HEX" => {
             let clean: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            if clean.len() % 2 != 0 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !clean.len().is_multiple_of(2) || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("the data is not valid hexadecimal"));
             }
             let bytes: Vec<u8> =

@@ -220,7 +220,8 @@ async fn hl7(senders: usize, messages: usize, patients: usize, no_mpi: bool, arg
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    let at =
+        |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
     println!(
         "{} ORU^R01 messages from {senders} senders over MLLP in {seconds:.1} s: {:.0} messages/s ({:.0} resources/s), \
          ACK latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} not accepted",

@@ -42,8 +42,7 @@ pub fn listener_principal() -> access::Principal {
         region: None,
         practitioner: None,
         patients: Vec::new(),
-        scopes: access::Scopes::parse(LISTENER_SCOPES)
-            .expect("the listener's scopes are valid SMART scopes"),
+        scopes: access::Scopes::parse(LISTENER_SCOPES).expect("the listener's scopes are valid SMART scopes"),
         purpose: access::Role::System.default_purpose().to_string(),
         break_glass: None,
     }
@@ -206,7 +205,8 @@ pub async fn receive(
             .and_then(|l| l.split('/').next())
             .unwrap_or_default()
             .to_string();
-        let reason = format!("HL7 ADT^A40 {} from {}", message.control_id(), message.get("MSH-4-1").unwrap_or_default());
+        let reason =
+            format!("HL7 ADT^A40 {} from {}", message.control_id(), message.get("MSH-4-1").unwrap_or_default());
         if let Err(e) = engine.mpi_link_to_person_of(ctx, &prior, &survivor, &reason).await {
             // The records are merged (committed) but not yet linked: the sender sends the
             // message again, which changes nothing but the link.
@@ -219,9 +219,19 @@ pub async fn receive(
 }
 
 /// The prior Patient of a merge (its stored JSON and version), found by its record number.
-async fn prior_patient(engine: &Engine, ctx: &Ctx, query: &str) -> Result<Option<(serde_json::Value, i64)>, EngineError> {
+async fn prior_patient(
+    engine: &Engine,
+    ctx: &Ctx,
+    query: &str,
+) -> Result<Option<(serde_json::Value, i64)>, EngineError> {
     let identifier = query.strip_prefix("identifier=").unwrap_or(query);
-    let identifier = identifier.replace("%7C", "|").replace("%20", " ").replace("%26", "&").replace("%23", "#").replace("%2B", "+").replace("%25", "%");
+    let identifier = identifier
+        .replace("%7C", "|")
+        .replace("%20", " ")
+        .replace("%26", "&")
+        .replace("%23", "#")
+        .replace("%2B", "+")
+        .replace("%25", "%");
     let params = vec![("identifier".to_string(), identifier), ("_count".to_string(), "2".to_string())];
     let found = engine.search(ctx, Some("Patient"), &params, &RequestOptions::default()).await?;
     let entries = found["entry"].as_array().cloned().unwrap_or_default();
@@ -237,7 +247,13 @@ async fn prior_patient(engine: &Engine, ctx: &Ctx, query: &str) -> Result<Option
 }
 
 /// An engine error: the message is kept and answered AE with the reason.
-async fn engine_failure(message: &Message, bytes: &[u8], e: &EngineError, quarantine_dir: &Path, source: &str) -> Outcome {
+async fn engine_failure(
+    message: &Message,
+    bytes: &[u8],
+    e: &EngineError,
+    quarantine_dir: &Path,
+    source: &str,
+) -> Outcome {
     let (code, text) = engine_error(e);
     tracing::warn!(source = %source, control_id = %message.control_id(), error = %text, "HL7 message not committed");
     quarantine(quarantine_dir, bytes, &text).await;

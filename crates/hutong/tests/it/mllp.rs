@@ -197,11 +197,8 @@ fn post_hl7(addr: &str, bearer: &str, content_type: &str, body: &[u8]) -> (u16, 
         .unwrap_or_default();
     let body = &response[split + 4..];
     let ack = if content_type.starts_with("application/hl7-v2") {
-        let charset = if content_type.contains("gb18030") {
-            hl7::message::Charset::Gb18030
-        } else {
-            hl7::message::Charset::Utf8
-        };
+        let charset =
+            if content_type.contains("gb18030") { hl7::message::Charset::Gb18030 } else { hl7::message::Charset::Utf8 };
         Some(Message::parse_with_default(body, charset).unwrap())
     } else {
         None
@@ -254,7 +251,9 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     assert_eq!(reports[0]["basedOn"][0]["reference"], format!("ServiceRequest/{}", orders[0]["id"].as_str().unwrap()));
     let observations = search(&format!("Observation?subject={patient_ref}&_count=50"));
     assert_eq!(observations.len(), 6);
-    assert!(observations.iter().all(|o| o["encounter"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/"))));
+    assert!(
+        observations.iter().all(|o| o["encounter"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/")))
+    );
     let wbc = observations.iter().find(|o| o["code"]["coding"][0]["code"] == "6690-2").unwrap();
     assert_eq!(wbc["valueQuantity"]["value"].to_string(), "6.8");
     assert_eq!(wbc["code"]["coding"][0]["display"], "白细胞计数");
@@ -290,7 +289,8 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     let booked = appointment(1).unwrap();
     assert_eq!(booked["status"], "booked");
     let first_slot = booked["slot"][0]["reference"].as_str().unwrap().to_string();
-    let slot_status = |reference: &str| search(&format!("Slot?_id={}", reference.trim_start_matches("Slot/")))[0]["status"].clone();
+    let slot_status =
+        |reference: &str| search(&format!("Slot?_id={}", reference.trim_start_matches("Slot/")))[0]["status"].clone();
     assert_eq!(slot_status(&first_slot), "busy");
     assert_eq!(search("Schedule?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/schedule%7Cpractitioner:D003").len(), 1);
     accepted(&send(&samples::siu("S12", "E-SIU2", "MZ700003", "APT-77", "202612030900")));
@@ -316,7 +316,10 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     }
     let visit = search(&format!("Encounter?{}", sid("visit", "V-MZ700005")));
     assert_eq!(visit.len(), 1);
-    assert_eq!((visit[0]["status"].as_str(), visit[0]["period"]["end"].as_str()), (Some("finished"), Some("2026-12-05T10:00:00+08:00")));
+    assert_eq!(
+        (visit[0]["status"].as_str(), visit[0]["period"]["end"].as_str()),
+        (Some("finished"), Some("2026-12-05T10:00:00+08:00"))
+    );
     accepted(&send(&samples::adt_visit("A13", "E-ADT4", "MZ700005")));
     let visit = search(&format!("Encounter?{}", sid("visit", "V-MZ700005")));
     assert_eq!(visit[0]["status"], "in-progress");
@@ -346,8 +349,14 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     let new = &search(&format!("Patient?{}", sid("mrn", "MZ700011")))[0];
     let (old_id, new_id) = (old["id"].as_str().unwrap(), new["id"].as_str().unwrap());
     assert_eq!(old["active"], false);
-    assert_eq!(old["link"], serde_json::json!([{"other": {"reference": format!("Patient/{new_id}")}, "type": "replaced-by"}]));
-    assert_eq!(new["link"], serde_json::json!([{"other": {"reference": format!("Patient/{old_id}")}, "type": "replaces"}]));
+    assert_eq!(
+        old["link"],
+        serde_json::json!([{"other": {"reference": format!("Patient/{new_id}")}, "type": "replaced-by"}])
+    );
+    assert_eq!(
+        new["link"],
+        serde_json::json!([{"other": {"reference": format!("Patient/{old_id}")}, "type": "replaces"}])
+    );
     let person = person_of(new_id);
     assert_eq!(person.len(), 1);
     assert_eq!(person_of(old_id), person, "both records are one person in the MPI");
@@ -357,16 +366,25 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     assert_eq!((unknown.get("MSA-1").as_deref(), unknown.get("ERR-3-1").as_deref()), (Some("AE"), Some("204")));
 
     // HTTP: MDM^T02 (2.5) with the system client's token.
-    let (status, content_type, ack) =
-        post_hl7(&server.addr, &bearer, "application/hl7-v2", samples::mdm_t02("E-MDM1", "MZ700006", "DOC-9").as_bytes());
+    let (status, content_type, ack) = post_hl7(
+        &server.addr,
+        &bearer,
+        "application/hl7-v2",
+        samples::mdm_t02("E-MDM1", "MZ700006", "DOC-9").as_bytes(),
+    );
     let ack = ack.unwrap();
     assert_eq!((status, ack.get("MSA-1").as_deref()), (200, Some("AA")), "{:?}", ack.get("ERR-8"));
     assert_eq!(content_type, "application/hl7-v2; charset=utf-8");
     let documents = search(&format!("DocumentReference?{}", sid("document", "DOC-9")));
     assert_eq!((documents.len(), documents[0]["docStatus"].as_str()), (1, Some("final")));
     let binary_url = documents[0]["content"][0]["attachment"]["url"].as_str().unwrap();
-    let (status, body) =
-        super::security::http(&server.addr, "GET", &format!("/fhir/{binary_url}"), &[("Authorization", &bearer), ("Accept", "application/fhir+json")], "");
+    let (status, body) = super::security::http(
+        &server.addr,
+        "GET",
+        &format!("/fhir/{binary_url}"),
+        &[("Authorization", &bearer), ("Accept", "application/fhir+json")],
+        "",
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["data"], "JVBERi0xLjQKJcfsj6IK");
     // A GBK body named by the Content-Type's charset, MSH-18 empty.
@@ -376,7 +394,12 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     assert_eq!(content_type, "application/hl7-v2; charset=gb18030");
     assert_eq!(search(&format!("Patient?{}", sid("mrn", "MZ700007")))[0]["name"][0]["text"], "陈建国");
     // Refusals: an unknown type (AR, 400), invalid content (AE, 422), no token, not HL7.
-    let (status, _, ack) = post_hl7(&server.addr, &bearer, "x-application/hl7-v2+er7", b"MSH|^~\\&|X|FZ-HOSP|||||DFT^P03|E-X1|P|2.5\rPID|1||M1\r");
+    let (status, _, ack) = post_hl7(
+        &server.addr,
+        &bearer,
+        "x-application/hl7-v2+er7",
+        b"MSH|^~\\&|X|FZ-HOSP|||||DFT^P03|E-X1|P|2.5\rPID|1||M1\r",
+    );
     assert_eq!((status, ack.unwrap().get("ERR-3-1").as_deref()), (400, Some("200")));
     let bad = samples::oru_r01("E-ORU10", "MZ700008", "F7010", "").replace("|6.8|", "|6,8|");
     let (status, _, ack) = post_hl7(&server.addr, &bearer, "application/hl7-v2", bad.as_bytes());
