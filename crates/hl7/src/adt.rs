@@ -96,7 +96,7 @@ fn prior_record(message: &Message, facility: &str, survivor: &Value) -> Result<M
             why: "the prior record number is the surviving record's (PID-3): nothing to merge".into(),
         });
     }
-    Ok(Merge { prior_query: query })
+    Ok(Merge { prior_system: system, prior_mrn: value })
 }
 
 /// Completes an A40 Bundle once the caller has read the prior Patient (`prior`, its stored

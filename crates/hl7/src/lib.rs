@@ -40,11 +40,18 @@ pub struct Mapped {
     pub merge: Option<Merge>,
 }
 
-/// The prior record of an ADT^A40 merge.
+/// The prior record of an ADT^A40 merge: the identifier (system and MRN) of the prior Patient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merge {
-    /// The search (`identifier=system|value`) that finds the prior Patient.
-    pub prior_query: String,
+    pub prior_system: String,
+    pub prior_mrn: String,
+}
+
+impl Merge {
+    /// The `identifier` search value (`system|value`) that finds the prior Patient.
+    pub fn identifier_token(&self) -> String {
+        format!("{}|{}", self.prior_system, self.prior_mrn)
+    }
 }
 
 /// Maps a message to FHIR by its type (MSH-9): the version is checked first.

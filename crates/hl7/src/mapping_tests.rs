@@ -59,7 +59,7 @@ fn adt_visit_events_update_the_encounter_by_visit_number() {
 fn adt_a40_names_the_prior_record_and_completes_with_links() {
     let mapped = map(&samples::adt_a40("C3", "MZ-NEW", "MZ-OLD")).unwrap();
     let merge = mapped.merge.clone().expect("A40 names a prior record");
-    assert_eq!(merge.prior_query, "identifier=https://hutong.dev/fhir/sid/FZ-HOSP/mrn|MZ-OLD");
+    assert_eq!(merge.identifier_token(), "https://hutong.dev/fhir/sid/FZ-HOSP/mrn|MZ-OLD");
     let mut b = mapped.bundle;
     let prior = json!({"resourceType": "Patient", "id": "p-old", "meta": {"versionId": "4", "lastUpdated": "x"},
         "identifier": [{"system": "https://hutong.dev/fhir/sid/FZ-HOSP/mrn", "value": "MZ-OLD"}], "gender": "female"});

@@ -174,7 +174,7 @@ pub async fn receive(
     // change in between fail the message rather than be overwritten.
     let mut prior_id = None;
     if let Some(merge) = &mapped.merge {
-        match prior_patient(engine, ctx, &merge.prior_query).await {
+        match prior_patient(engine, ctx, &merge.identifier_token()).await {
             Ok(Some((prior, version))) => {
                 prior_id = prior["id"].as_str().map(str::to_string);
                 hl7::adt::complete_merge(&mut bundle, prior, version);
@@ -182,7 +182,7 @@ pub async fn receive(
             Ok(None) => {
                 let e = Hl7Error::UnknownKey {
                     field: "MRG-1".into(),
-                    value: merge.prior_query.rsplit('|').next().unwrap_or_default().to_string(),
+                    value: merge.prior_mrn.clone(),
                     why: "no Patient has this prior record number; send the ADT of that record first, or check the \
                           number"
                         .into(),
@@ -222,19 +222,17 @@ pub async fn receive(
 async fn prior_patient(
     engine: &Engine,
     ctx: &Ctx,
-    query: &str,
+    identifier: &str,
 ) -> Result<Option<(serde_json::Value, i64)>, EngineError> {
-    let identifier = query.strip_prefix("identifier=").unwrap_or(query);
-    let identifier = identifier
-        .replace("%7C", "|")
-        .replace("%20", " ")
-        .replace("%26", "&")
-        .replace("%23", "#")
-        .replace("%2B", "+")
-        .replace("%25", "%");
-    let params = vec![("identifier".to_string(), identifier), ("_count".to_string(), "2".to_string())];
+    let params = vec![("identifier".to_string(), identifier.to_string()), ("_count".to_string(), "2".to_string())];
     let found = engine.search(ctx, Some("Patient"), &params, &RequestOptions::default()).await?;
-    let entries = found["entry"].as_array().cloned().unwrap_or_default();
+    let entries: Vec<serde_json::Value> = found["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["resource"]["resourceType"] == "Patient")
+        .cloned()
+        .collect();
     match entries.as_slice() {
         [] => Ok(None),
         [one] => {
