@@ -253,7 +253,12 @@ async fn engine_failure(
     source: &str,
 ) -> Outcome {
     let (code, text) = engine_error(e);
-    tracing::warn!(source = %source, control_id = %message.control_id(), error = %text, "HL7 message not committed");
+    // The reason can quote the message's values (a birth date, a name): the log gets the code
+    // only, the reason is in the NAK and the quarantine; storage failures are logged in full.
+    tracing::warn!(source = %source, control_id = %message.control_id(), code = code.0, "HL7 message not committed");
+    if let EngineError::Store(detail) = e {
+        tracing::error!(control_id = %message.control_id(), error = %detail, "storage failure on an HL7 message");
+    }
     quarantine(quarantine_dir, bytes, &text).await;
     // The content's faults are 422 like the mapping's; the rest keep the FHIR API's status.
     let status = match e.http_status() {
