@@ -49,7 +49,25 @@ pub async fn post(State(state): State<AppState>, request: Request) -> Response {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };
-    if ctx.principal.as_deref().is_none_or(|p| p.role != access::Role::System) {
+    if let Some(p) = ctx.principal.as_deref().filter(|p| p.role != access::Role::System) {
+        // A refusal is audited durably before it is answered, like the policy's denials.
+        let record = store::AuditRecord {
+            recorded: chrono::Utc::now().timestamp_millis(),
+            action: "hl7v2".into(),
+            outcome: "denied".into(),
+            actor: p.subject.clone(),
+            role: p.role.code().to_string(),
+            organization: p.organization.as_deref().map(|o| format!("Organization/{o}")).unwrap_or_default(),
+            purpose: p.purpose.clone(),
+            entity: "hl7v2".into(),
+            patients: Vec::new(),
+            detail: serde_json::json!({"request": ctx.request_id, "source": ctx.source,
+                "reason": "POST /hl7v2 is for system clients"})
+            .to_string(),
+        };
+        if let Err(e) = state.engine.audit_event(record).await {
+            tracing::error!(error = %e, "a refused HL7 v2 request could not be audited");
+        }
         return ApiError::http(
             StatusCode::FORBIDDEN,
             IssueType::Forbidden,
