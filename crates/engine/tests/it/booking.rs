@@ -305,7 +305,9 @@ async fn a_slot_created_with_its_booking_is_created_busy() {
     let slot = done["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
     let appointment = done["entry"][1]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
     assert_eq!(slot_status(e, &slot).await, "busy");
-    let mut body: Value = serde_json::from_str(e.read(&sys(), "Appointment", &appointment).await.unwrap().body.as_deref().unwrap()).unwrap();
+    let mut body: Value =
+        serde_json::from_str(e.read(&sys(), "Appointment", &appointment).await.unwrap().body.as_deref().unwrap())
+            .unwrap();
     body["status"] = json!("cancelled");
     e.update(&sys(), "Appointment", &appointment, body, &opts()).await.unwrap();
     assert_eq!(slot_status(e, &slot).await, "free");

@@ -411,6 +411,19 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     assert_eq!(status, 401);
     let (status, _, _) = post_hl7(&server.addr, &bearer, "application/json", b"{}");
     assert_eq!(status, 415);
+    // A resident's token is valid but not a hospital system's.
+    let (status, body) = super::security::http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "grant_type=password&username=resident&password=Hutong%232026",
+    );
+    assert_eq!(status, 200, "{body}");
+    let resident =
+        format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap());
+    let (status, _, _) = post_hl7(&server.addr, &resident, "application/hl7-v2", bad.as_bytes());
+    assert_eq!(status, 403);
     // Every refused message is kept: the clash, the unknown prior record, the two over HTTP.
     let kept = std::fs::read_dir(data.path().join("hl7-quarantine"))
         .unwrap()
