@@ -263,6 +263,19 @@ fn siu_maps_to_an_appointment_holding_a_slot() {
     assert_eq!(a["status"], "cancelled");
     assert!(a.get("slot").is_none());
     assert!(of_type(&b, "Slot").is_empty());
+    // 2.5: the times in TQ1-7/8 instead of SCH-11; a duration in hours when there is no end.
+    let tq1 = samples::siu("S14", "C24", "MZ5", "APT-3", "202612020900")
+        .replace("|2.4\r", "|2.5\r")
+        .replace("|^^^202612020900|", "||")
+        .replace("RGS|1\r", "TQ1|1||||||202612021400|202612021430\rRGS|1\r");
+    let a = &of_type(&bundle(&tq1), "Appointment")[0]["resource"];
+    assert_eq!(
+        (a["start"].as_str(), a["end"].as_str()),
+        (Some("2026-12-02T14:00:00+08:00"), Some("2026-12-02T14:30:00+08:00"))
+    );
+    let hours = samples::siu("S12", "C25", "MZ5", "APT-4", "202612022330").replace("|15|min|^^^", "|2|h|^^^");
+    let a = &of_type(&bundle(&hours), "Appointment")[0]["resource"];
+    assert_eq!(a["end"], "2026-12-03T01:30:00+08:00", "across midnight");
     // No time, no appointment id: refused.
     let no_time = samples::siu("S12", "C15", "MZ5", "APT-2", "202612020900").replace("202612020900", "");
     assert!(matches!(map(&no_time), Err(Hl7Error::MissingField { .. })));
