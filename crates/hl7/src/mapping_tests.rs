@@ -155,6 +155,10 @@ fn oru_value_types_and_refusals() {
         format!("{}{obx}\r", head.join("\r"))
     };
     let first_observation = |obx: &str| of_type(&bundle(&with_obx(obx)), "Observation")[0]["resource"].clone();
+    // NTE right after the OBR comments on the whole report.
+    let b = bundle(&with_obx("NTE|1||请结合临床\rNTE|2||建议复查\rOBX|1|NM|X^x^L||5||||||F"));
+    assert_eq!(of_type(&b, "DiagnosticReport")[0]["resource"]["conclusion"], "请结合临床\n建议复查");
+    assert!(of_type(&b, "Observation")[0]["resource"].get("note").is_none());
     let o = first_observation("OBX|1|SN|X^x^L||^1^-^5|mg|||||F");
     assert_eq!(o["valueRange"]["low"]["value"], json!(1));
     assert_eq!(o["valueRange"]["high"]["value"], json!(5));

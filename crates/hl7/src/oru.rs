@@ -29,6 +29,8 @@ struct Group<'a> {
     obr: &'a Segment,
     orc: Option<&'a Segment>,
     obx: Vec<(usize, &'a Segment, Vec<String>)>,
+    /// NTE segments between the OBR and its first OBX: comments on the whole report.
+    notes: Vec<String>,
 }
 
 /// Maps an ORU^R01 message to a transaction Bundle.
@@ -62,9 +64,13 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
                 }
             }
             "ORC" => last_orc = Some(segment),
-            "OBR" => {
-                groups.push(Group { ordinal: groups.len() + 1, obr: segment, orc: last_orc.take(), obx: Vec::new() })
-            }
+            "OBR" => groups.push(Group {
+                ordinal: groups.len() + 1,
+                obr: segment,
+                orc: last_orc.take(),
+                obx: Vec::new(),
+                notes: Vec::new(),
+            }),
             "OBX" => {
                 obx_count += 1;
                 let group = groups.last_mut().ok_or_else(|| Hl7Error::MissingField {
@@ -75,10 +81,13 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
             }
             "NTE" => {
                 let note = field(message, segment, 3).map(|f| f.value()).unwrap_or_default();
-                if let Some((_, _, notes)) = groups.last_mut().and_then(|g| g.obx.last_mut())
+                if let Some(group) = groups.last_mut()
                     && !note.is_empty()
                 {
-                    notes.push(note);
+                    match group.obx.last_mut() {
+                        Some((_, _, notes)) => notes.push(note),
+                        None => group.notes.push(note),
+                    }
                 }
             }
             _ => {}
@@ -355,6 +364,9 @@ fn report(
     }
     if !presented.is_empty() {
         diagnostic.insert("presentedForm".into(), Value::Array(presented));
+    }
+    if !group.notes.is_empty() {
+        diagnostic.insert("conclusion".into(), json!(group.notes.join("\n")));
     }
     entries.push(json!({
         "fullUrl": urn(*next),
