@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod healthcard;
+pub mod hl7v2;
 pub mod portal;
 pub mod security;
 pub mod services;
@@ -28,7 +29,7 @@ use store::{Ctx, StoredResource};
 pub use error::{ApiError, FHIR_JSON};
 
 /// HTTP settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -37,11 +38,24 @@ pub struct ApiConfig {
     /// Require an access token (always, except in `hutong bench search --no-auth`, which
     /// measures the cost of authorization and audit against this baseline).
     pub authenticate: bool,
+    /// HL7 v2 over HTTP (`POST /hl7v2`), when the binary plugs in its listener's processing.
+    pub hl7: Option<Arc<dyn hl7v2::Hl7Receiver>>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None, authenticate: true }
+        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None, authenticate: true, hl7: None }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("base_url", &self.base_url)
+            .field("authenticate", &self.authenticate)
+            .field("hl7", &self.hl7.is_some())
+            .finish()
     }
 }
 
@@ -80,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/quality/quarantine", get(services::quality_quarantine))
         .route("/quality/quarantine/{id}", axum::routing::delete(services::quality_discard))
         .route("/quality/quarantine/{id}/{action}", axum::routing::post(services::quality_held))
+        .route("/hl7v2", axum::routing::post(hl7v2::post))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

@@ -118,6 +118,13 @@ fn slot_ids(appointment: &Value) -> Vec<String> {
 }
 
 /// The Patient an Appointment is for (its first Patient participant).
+/// The body of a Slot that this commit creates (version 1), if it does.
+fn slot_created_in(ops: &[WriteOp], slot: &str) -> Option<Value> {
+    ops.iter()
+        .find(|op| op.resource_type == "Slot" && op.id == slot && op.version == 1)
+        .and_then(|op| parse(op.body.as_deref()))
+}
+
 fn patient_of(appointment: &Value) -> Option<String> {
     appointment["participant"].as_array()?.iter().find_map(|p| {
         let r = p["actor"]["reference"].as_str()?;
@@ -212,6 +219,17 @@ impl Engine {
         for (slot, appointment) in &take {
             if release.iter().any(|(s, _)| s == slot) {
                 continue; // moved from one Appointment to another in the same request: stays busy
+            }
+            if let Some(created) = slot_created_in(ops, slot) {
+                // A hospital that publishes a Slot and books it in one message (HL7 SIU^S12)
+                // creates it busy in the same commit: nobody else can have held it.
+                self.check_times(slot, appointment, &created)?;
+                if created["status"] != "busy" {
+                    return Err(invalid(format!(
+                        "Slot/{slot} is created in the same request as the Appointment that holds it: create it busy"
+                    )));
+                }
+                continue;
             }
             let Some(mut current) = self.read_slot(slot).await? else {
                 return Err(invalid(format!(

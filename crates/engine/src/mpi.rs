@@ -878,8 +878,7 @@ impl Engine {
         let person = params.reference("person", "Person")?;
         let reason = params.string("reason");
         self.mpi_change(ctx, "$mpi-link", reason.as_deref(), |state, ch| {
-            let record = state.source(&source)?.record;
-            let old = state.linker.person_of(record);
+            state.source(&source)?;
             let target = match &person {
                 Some(id) => {
                     let p = state.person(id)?;
@@ -896,26 +895,29 @@ impl Engine {
                 }
                 None => None,
             };
-            let new = match target {
-                Some(p) if p == old => old,
-                Some(p) => state.linker.relink(record, Some(p)),
-                // A person of its own: it keeps the one it has if it is that person's only record.
-                None if state.linker.members(old).len() == 1 => old,
-                None => {
-                    let p = state.new_person(None);
-                    state.linker.relink(record, Some(p))
-                }
-            };
-            if new != old && state.linker.members(old).is_empty() {
-                state.merged_into.insert(old, new);
-            }
-            let src = state.sources.get_mut(&source).expect("checked");
-            src.assurance = Assurance::Manual;
-            src.weight = None;
-            ch.persons.insert(old);
-            ch.persons.insert(new);
-            ch.sources.insert(source.clone());
-            state.close_review(&source, "completed", "decided by a data steward", Some(new), ch);
+            link_source(state, &source, target, ch);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Links Patient `source` to the person of Patient `survivor`, as a steward's decision
+    /// (matching never moves it): for a source system that says two of its records are one
+    /// person (HL7 v2 ADT^A40, `docs/HL7V2.md`). Authorised and audited like `$mpi-link`
+    /// (operation name `$mpi-link`, the `reason` recorded). Linking again changes nothing.
+    pub async fn mpi_link_to_person_of(
+        &self,
+        ctx: &Ctx,
+        source: &str,
+        survivor: &str,
+        reason: &str,
+    ) -> EngineResult<Value> {
+        let (source, survivor) = (source.to_string(), survivor.to_string());
+        self.mpi_change(ctx, "$mpi-link", Some(reason), move |state, ch| {
+            state.source(&source)?;
+            let person = state.linker.person_of(state.source(&survivor)?.record);
+            let person = state.survivor(person);
+            link_source(state, &source, Some(person), ch);
             Ok(())
         })
         .await
@@ -1167,4 +1169,31 @@ impl<'a> Params<'a> {
     fn string(&self, name: &str) -> Option<String> {
         self.find(name).and_then(|p| p["valueString"].as_str()).map(str::to_string)
     }
+}
+
+/// Moves a source record to `target` (`None`: a person of its own) as a steward's decision,
+/// marks a person left empty as merged into the new one, and closes the record's open review.
+fn link_source(state: &mut MpiState, source: &str, target: Option<u32>, ch: &mut Changes) {
+    let record = state.sources[source].record;
+    let old = state.linker.person_of(record);
+    let new = match target {
+        Some(p) if p == old => old,
+        Some(p) => state.linker.relink(record, Some(p)),
+        // A person of its own: it keeps the one it has if it is that person's only record.
+        None if state.linker.members(old).len() == 1 => old,
+        None => {
+            let p = state.new_person(None);
+            state.linker.relink(record, Some(p))
+        }
+    };
+    if new != old && state.linker.members(old).is_empty() {
+        state.merged_into.insert(old, new);
+    }
+    let src = state.sources.get_mut(source).expect("checked");
+    src.assurance = Assurance::Manual;
+    src.weight = None;
+    ch.persons.insert(old);
+    ch.persons.insert(new);
+    ch.sources.insert(source.to_string());
+    state.close_review(source, "completed", "decided by a data steward", Some(new), ch);
 }

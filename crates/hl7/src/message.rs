@@ -165,6 +165,12 @@ pub struct Message {
 impl Message {
     /// Parses a message from bytes in the character set its MSH-18 names (UTF-8 by default).
     pub fn parse(bytes: &[u8]) -> Result<Message, Hl7Error> {
+        Message::parse_with_default(bytes, Charset::Utf8)
+    }
+
+    /// Parses a message whose character set, when MSH-18 is empty, is `default` (e.g. the
+    /// `charset` of an HTTP Content-Type). A character set in MSH-18 always wins.
+    pub fn parse_with_default(bytes: &[u8], default: Charset) -> Result<Message, Hl7Error> {
         let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).ok_or(Hl7Error::Empty)?;
         let bytes = &bytes[start..];
         // The MSH segment is read as bytes first to learn the character set: its delimiters
@@ -183,12 +189,14 @@ impl Message {
         }
         let msh18 = msh.split(|&b| b == separator).nth(17).unwrap_or(b"");
         let msh18 = msh18.split(|&b| b == b'~' || b == b'^').next().unwrap_or(b"");
-        let charset = Charset::from_msh18(&String::from_utf8_lossy(msh18))?;
+        let declared = String::from_utf8_lossy(msh18).trim().to_string();
+        let charset = if declared.is_empty() { default } else { Charset::from_msh18(&declared)? };
         let text = charset.decode(bytes)?;
         let message = Message::parse_text(&text, charset)?;
         // A multi-byte character can swallow a delimiter byte; the decoded header must still
         // name the character set the bytes were decoded with.
-        if Charset::from_msh18(&message.get("MSH-18-1").unwrap_or_default()) != Ok(charset) {
+        let decoded = message.get("MSH-18-1").unwrap_or_default();
+        if !(decoded.trim().is_empty() && declared.is_empty()) && Charset::from_msh18(&decoded) != Ok(charset) {
             return Err(Hl7Error::InvalidText { charset: charset.name().to_string() });
         }
         Ok(message)

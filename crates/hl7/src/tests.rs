@@ -202,7 +202,7 @@ fn unsupported_types_are_rejected_with_their_codes() {
     let m = Message::parse(b"MSH|^~\\&|LIS|H1|||||ORU^R01|9|P|2.5").unwrap();
     let e = adt::to_bundle(&m).unwrap_err();
     assert_eq!((e.code().0, e.rejects()), ("200", true));
-    let m = Message::parse(b"MSH|^~\\&|HIS|H1|||||ADT^A40|9|P|2.5").unwrap();
+    let m = Message::parse(b"MSH|^~\\&|HIS|H1|||||ADT^A60|9|P|2.5").unwrap();
     assert_eq!(adt::to_bundle(&m).unwrap_err().code().0, "201");
     let e = Hl7Error::MissingField { field: "PV1".into(), why: "x".into() };
     assert_eq!((e.code().0, e.rejects()), ("101", false));
@@ -213,14 +213,27 @@ fn unsupported_types_are_rejected_with_their_codes() {
 #[test]
 fn no_panic_on_random_or_mutated_input() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261130);
-    let seeds: Vec<Vec<u8>> =
-        vec![A04.as_bytes().to_vec(), encoding_rs::GB18030.encode(&A04.replace("UNICODE UTF-8", "GBK")).0.into_owned()];
-    let alphabet = b"|^~\\&\r\nMSHPIDV1XF0123456789 \x0b\x1c\xe4\xb8\xff";
-    for round in 0..20_000 {
+    use crate::samples;
+    let seeds: Vec<Vec<u8>> = [
+        A04.to_string(),
+        samples::oru_r01("C1", "M1", "F1", "UNICODE UTF-8"),
+        samples::orm_o01("C2", "M1", "P1", "NW"),
+        samples::siu("S12", "C3", "M1", "A1", "202612020900"),
+        samples::mdm_t02("C4", "M1", "D1"),
+        samples::adt_a40("C5", "M1", "M0"),
+        samples::adt_visit("A02", "C6", "M1"),
+        samples::adt_visit("A03", "C7", "M1"),
+    ]
+    .iter()
+    .map(|t| t.as_bytes().to_vec())
+    .chain([encoding_rs::GB18030.encode(&A04.replace("UNICODE UTF-8", "GBK")).0.into_owned()])
+    .collect();
+    let alphabet = b"|^~\\&\r\nMSHPIDV1XFOBRSNEDTQ0123456789.-+<> \x0b\x1c\xe4\xb8\xff";
+    for round in 0..40_000 {
         let input: Vec<u8> = if round % 5 == 0 {
             (0..rng.random_range(0..200)).map(|_| rng.random()).collect()
         } else {
-            let mut bytes = seeds[round % 2].clone();
+            let mut bytes = seeds[round % seeds.len()].clone();
             for _ in 0..rng.random_range(1..8) {
                 let at = rng.random_range(0..bytes.len().max(1));
                 let byte =
@@ -246,6 +259,11 @@ fn no_panic_on_random_or_mutated_input() {
             }
             let _ = m.version();
             let _ = adt::to_bundle(&m);
+            if let Ok(mapped) = crate::to_fhir(&m) {
+                // Every mapped Bundle is a transaction with entries, each with a request.
+                assert_eq!(mapped.bundle["type"], "transaction");
+                assert!(mapped.bundle["entry"].as_array().unwrap().iter().all(|e| e["request"]["method"].is_string()));
+            }
             let ack = crate::ack(&m, crate::AckCode::Error, &[], "X", "20261130");
             if let Err(e) = Message::parse(&ack.to_bytes()) {
                 panic!("{e}: {:?} -> {:?}", String::from_utf8_lossy(&input), String::from_utf8_lossy(&ack.to_bytes()))

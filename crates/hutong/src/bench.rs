@@ -1,5 +1,7 @@
 //! `hutong bench ingest` and `hutong bench search`: the benchmarks behind docs/BENCHMARKS.md.
 //!
+//! `hl7` drives the MLLP listener with ORU^R01 messages from concurrent senders.
+//!
 //! `ingest` generates synthetic resident transaction Bundles in memory and measures, on the same
 //! Bundles, the stages separately (JSON parsing; validation + index extraction; commits of the
 //! prepared rows alone) and end to end through the engine, so the result shows how close
@@ -159,6 +161,24 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// HL7 v2 ORU^R01 over MLLP: concurrent senders on loopback, each message acknowledged
+    /// only after its transaction committed; messages/s and ACK latency.
+    Hl7 {
+        /// Concurrent MLLP connections.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Distinct patients the results are for (the first result of each creates it).
+        #[arg(long, default_value_t = 2_000)]
+        patients: usize,
+        /// Do not run the master patient index worker alongside (as `serve` does by default).
+        #[arg(long)]
+        no_mpi: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append audit records (in batches, as the server's group commit does), then verify the
     /// whole log as `hutong audit verify` does.
     Audit {
@@ -187,7 +207,91 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Healthcard { clients, cards, codes, store } => healthcard(clients, cards, codes, store).await,
         BenchCommand::Portal { clients, seconds, store } => portal(clients.max(1), seconds, store).await,
+        BenchCommand::Hl7 { senders, messages, patients, no_mpi, store } => {
+            hl7(senders.max(1), messages, patients.max(1), no_mpi, store).await
+        }
     }
+}
+
+/// ORU^R01 over MLLP on loopback: `senders` connections, each sending its share of `messages`
+/// one at a time (original mode: the next after the ACK), every ACK sent only after the
+/// durable commit of its message's transaction. Each message is the synthetic blood count of
+/// `hl7::samples::oru_r01` (Patient created when new, Encounter, ServiceRequest, six
+/// Observations, DiagnosticReport) for one of `patients` patients, with its own order number.
+async fn hl7(senders: usize, messages: usize, patients: usize, no_mpi: bool, args: StoreArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let store = open_store(&args).await?;
+    let engine = Arc::new(engine_for(store.clone(), &args));
+    if !no_mpi {
+        // As `serve` runs it: the master patient index follows the outbox while messages arrive.
+        tokio::spawn(engine.clone().mpi_run());
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = crate::mllp::MllpConfig {
+        max_message_bytes: 1 << 20,
+        quarantine: args.data.join("hl7-quarantine"),
+        principal: Arc::new(crate::mllp::listener_principal()),
+    };
+    tokio::spawn(crate::mllp::serve(listener, engine.clone(), config));
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..senders {
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut decoder = hl7::MllpDecoder::new(1 << 20);
+            let mut buffer = vec![0u8; 16 * 1024];
+            let (mut latencies, mut refused) = (Vec::new(), Vec::new());
+            for n in (sender..messages).step_by(senders) {
+                let mrn = format!("B{run}-{:06}", n % patients);
+                let text = hl7::samples::oru_r01(&format!("{run}-{n}"), &mrn, &format!("F{run}-{n}"), "UNICODE UTF-8");
+                let sent = Instant::now();
+                stream.write_all(&hl7::frame(text.as_bytes())).await?;
+                let ack = loop {
+                    if let Some(frame) = decoder.next_message() {
+                        break frame.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    let read = stream.read(&mut buffer).await?;
+                    anyhow::ensure!(read > 0, "the listener closed the connection");
+                    decoder.push(&buffer[..read]);
+                };
+                latencies.push(sent.elapsed());
+                let ack = hl7::Message::parse(&ack).map_err(|e| anyhow::anyhow!("{e}"))?;
+                if ack.get("MSA-1").as_deref() != Some("AA") {
+                    refused.push(ack.get("ERR-8").unwrap_or_default());
+                }
+            }
+            anyhow::Ok((latencies, refused))
+        }));
+    }
+    let (mut latencies, mut refused) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (l, r) = task.await??;
+        latencies.extend(l);
+        refused.extend(r);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at =
+        |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    println!(
+        "{} ORU^R01 messages from {senders} senders over MLLP in {seconds:.1} s: {:.0} messages/s ({:.0} resources/s), \
+         ACK latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} not accepted",
+        latencies.len(),
+        latencies.len() as f64 / seconds,
+        latencies.len() as f64 * 9.0 / seconds,
+        at(0.50),
+        at(0.99),
+        at(1.0),
+        refused.len()
+    );
+    if let Some(first) = refused.first() {
+        anyhow::bail!("{} messages were not accepted; the first: {first}", refused.len());
+    }
+    Ok(())
 }
 
 /// The store as `serve` sees it when `sealed` (ID numbers and phones sealed with the keys in

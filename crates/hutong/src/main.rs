@@ -328,7 +328,9 @@ async fn main() -> anyhow::Result<()> {
                 };
                 tokio::spawn(mllp::serve(listener, engine.clone(), config));
             }
-            let config = api::ApiConfig { max_body_bytes, base_url, ..api::ApiConfig::default() };
+            let hl7: Arc<dyn api::hl7v2::Hl7Receiver> =
+                Arc::new(mllp::HttpReceiver { engine: engine.clone(), quarantine: store.data.join("hl7-quarantine") });
+            let config = api::ApiConfig { max_body_bytes, base_url, hl7: Some(hl7), ..api::ApiConfig::default() };
             let app = api::router(api::AppState { engine: engine.clone(), auth: auth.clone(), config });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -383,3 +383,37 @@ async fn residents_find_the_published_schedules_and_slots() {
     assert!(matches!(e.read(&other, "Appointment", &mine).await, Err(EngineError::NotFound(_))));
     assert!(e.read(&other, "Schedule", "dr-pool").await.is_ok(), "every resident sees the pool");
 }
+
+/// A hospital that publishes a Slot and books it in one transaction (HL7 SIU^S12) creates the
+/// Slot busy; created free, the booking is refused (another booking of the same request could
+/// otherwise not see it taken). Cancelling frees it like any other.
+#[tokio::test]
+async fn a_slot_created_with_its_booking_is_created_busy() {
+    let t = engine();
+    let e = &t.engine;
+    publish(e, 0).await;
+    let bundle = |status: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:6b0c3c1e-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Slot", "schedule": {"reference": "Schedule/dr-lin-am"}, "status": status,
+                          "start": "2026-12-02T09:00:00+08:00", "end": "2026-12-02T09:15:00+08:00"},
+             "request": {"method": "POST", "url": "Slot"}},
+            {"resource": {"resourceType": "Appointment", "status": "booked",
+                          "slot": [{"reference": "urn:uuid:6b0c3c1e-0000-4000-8000-000000000001"}],
+                          "start": "2026-12-02T09:00:00+08:00", "end": "2026-12-02T09:15:00+08:00",
+                          "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]},
+             "request": {"method": "POST", "url": "Appointment"}}]})
+    };
+    let refused = e.bundle(&sys(), bundle("free"), &opts()).await.unwrap_err();
+    assert_eq!(refused.http_status(), 422, "{refused:?}");
+    let done = e.bundle(&sys(), bundle("busy"), &opts()).await.unwrap();
+    let slot = done["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
+    let appointment = done["entry"][1]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
+    assert_eq!(slot_status(e, &slot).await, "busy");
+    let mut body: Value =
+        serde_json::from_str(e.read(&sys(), "Appointment", &appointment).await.unwrap().body.as_deref().unwrap())
+            .unwrap();
+    body["status"] = json!("cancelled");
+    e.update(&sys(), "Appointment", &appointment, body, &opts()).await.unwrap();
+    assert_eq!(slot_status(e, &slot).await, "free");
+}

@@ -110,7 +110,7 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
 
     // An unknown message type is rejected with code 200; invalid content is an error; both kept.
     let oru =
-        "MSH|^~\\&|LIS|FZ-HOSP|HUTONG|REGION|20261130093000||ORU^R01|MSG-O1|P|2.5.1\rPID|1||MZ900001^^^FZ-HOSP^MR\r";
+        "MSH|^~\\&|FIN|FZ-HOSP|HUTONG|REGION|20261130093000||DFT^P03|MSG-O1|P|2.5.1\rPID|1||MZ900001^^^FZ-HOSP^MR\r";
     let ack = exchange(&mut stream, oru.as_bytes());
     assert_eq!((ack.get("MSA-1").as_deref(), ack.get("MSA-2").as_deref()), (Some("AR"), Some("MSG-O1")));
     assert_eq!(ack.get("ERR-3-1").as_deref(), Some("200"));
@@ -174,4 +174,260 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     let mut fresh = TcpStream::connect(&mllp_addr).unwrap();
     let ack = exchange(&mut fresh, a04("MSG-U4", "MZ900005", "韩梅梅", "").as_bytes());
     assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"));
+}
+
+/// POSTs a raw v2 message to `/hl7v2`: (status, Content-Type, ACK).
+fn post_hl7(addr: &str, bearer: &str, content_type: &str, body: &[u8]) -> (u16, String, Option<Message>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /hl7v2 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {bearer}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let body = &response[split + 4..];
+    let ack = if content_type.starts_with("application/hl7-v2") {
+        let charset =
+            if content_type.contains("gb18030") { hl7::message::Charset::Gb18030 } else { hl7::message::Charset::Utf8 };
+        Some(Message::parse_with_default(body, charset).unwrap())
+    } else {
+        None
+    };
+    (status, content_type, ack)
+}
+
+/// Every message type of issue 5 over MLLP and HTTP against the real binary: results, orders,
+/// appointments, documents, visit events and a merge land as FHIR resources once, a resend
+/// changes nothing, and refusals are NAKed with their reason.
+#[test]
+fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
+    use hl7::samples;
+    let data = tempfile::tempdir().unwrap();
+    let mllp_addr = Arc::new(Mutex::new(String::new()));
+    let seen = mllp_addr.clone();
+    let server = super::serve::start_with(data.path(), true, &["--mllp-listen", "127.0.0.1:0"], move |line| {
+        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
+            *seen.lock().unwrap() = a.to_string();
+        }
+    });
+    let mllp_addr = mllp_addr.lock().unwrap().clone();
+    let bearer = super::serve::demo_bearer(&server, data.path());
+    let search = |query: &str| -> Vec<Value> {
+        let (status, body) =
+            super::security::http(&server.addr, "GET", &format!("/fhir/{query}"), &[("Authorization", &bearer)], "");
+        assert_eq!(status, 200, "{query}: {body}");
+        let bundle: Value = serde_json::from_str(&body).unwrap();
+        bundle["entry"].as_array().cloned().unwrap_or_default().into_iter().map(|e| e["resource"].clone()).collect()
+    };
+    let sid = |kind: &str, value: &str| format!("identifier=https://hutong.dev/fhir/sid/FZ-HOSP/{kind}%7C{value}");
+    let mut stream = TcpStream::connect(&mllp_addr).unwrap();
+    let mut send = |text: &str| exchange(&mut stream, text.as_bytes());
+    let accepted = |ack: &Message| {
+        assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"), "{:?}", ack.get("ERR-8"));
+    };
+
+    // ORM^O01 (2.3) announces the order; ORU^R01 (2.5.1) reports on it.
+    accepted(&send(&samples::orm_o01("E-ORM1", "MZ700001", "P-F7001", "NW")));
+    let orders = search(&format!("ServiceRequest?{}", sid("placer-order", "P-F7001")));
+    assert_eq!((orders.len(), orders[0]["status"].as_str()), (1, Some("active")));
+    accepted(&send(&samples::oru_r01("E-ORU1", "MZ700001", "F7001", "UNICODE UTF-8")));
+    let patient = &search(&format!("Patient?{}", sid("mrn", "MZ700001")))[0];
+    assert_eq!(patient["name"][0]["text"], "王小明", "the ORU's PID does not overwrite the ORM's Patient");
+    let patient_ref = format!("Patient/{}", patient["id"].as_str().unwrap());
+    let reports = search(&format!("DiagnosticReport?{}", sid("filler-order", "F7001")));
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["status"], "final");
+    assert_eq!(reports[0]["subject"]["reference"], patient_ref);
+    assert_eq!(reports[0]["basedOn"][0]["reference"], format!("ServiceRequest/{}", orders[0]["id"].as_str().unwrap()));
+    let observations = search(&format!("Observation?subject={patient_ref}&_count=50"));
+    assert_eq!(observations.len(), 6);
+    assert!(
+        observations.iter().all(|o| o["encounter"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/")))
+    );
+    let wbc = observations.iter().find(|o| o["code"]["coding"][0]["code"] == "6690-2").unwrap();
+    assert_eq!(wbc["valueQuantity"]["value"].to_string(), "6.8");
+    assert_eq!(wbc["code"]["coding"][0]["display"], "白细胞计数");
+    // Sent again (the ACK was lost, a new control id): nothing is duplicated.
+    accepted(&send(&samples::oru_r01("E-ORU2", "MZ700001", "F7001", "UNICODE UTF-8")));
+    assert_eq!(search(&format!("Observation?subject={patient_ref}&_count=50")).len(), 6);
+    assert_eq!(search(&format!("DiagnosticReport?subject={patient_ref}")).len(), 1);
+    assert_eq!(search(&format!("ServiceRequest?subject={patient_ref}")).len(), 1);
+    // The order is cancelled.
+    accepted(&send(&samples::orm_o01("E-ORM2", "MZ700001", "P-F7001", "CA")));
+    assert_eq!(search(&format!("ServiceRequest?{}", sid("placer-order", "P-F7001")))[0]["status"], "revoked");
+
+    // A GBK-encoded ORU with Chinese text, over MLLP: answered in GBK, stored as Unicode.
+    let gbk = hl7::message::Charset::Gb18030.encode(&samples::oru_r01("E-ORU3", "MZ700002", "F7002", "GBK"));
+    assert!(std::str::from_utf8(&gbk).is_err());
+    let ack = exchange(&mut stream, &gbk);
+    assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"), "{:?}", ack.get("ERR-8"));
+    assert_eq!(ack.charset, hl7::message::Charset::Gb18030);
+    let gbk_patient = &search(&format!("Patient?{}", sid("mrn", "MZ700002")))[0];
+    assert_eq!(gbk_patient["name"][0]["text"], "陈建国");
+    let remark = search(&format!("Observation?{}", sid("observation", "F7002-1-6")));
+    assert_eq!(remark[0]["valueString"], "标本轻度溶血");
+    assert_eq!(remark[0]["note"][0]["text"], "复查建议");
+
+    // SIU (2.4): booked, rescheduled to another time (the first Slot is freed), cancelled.
+    let mut send = |text: &str| exchange(&mut stream, text.as_bytes());
+    accepted(&send(&samples::siu("S12", "E-SIU1", "MZ700003", "APT-77", "202612030900")));
+    let appointment = |n: usize| {
+        let found = search(&format!("Appointment?{}", sid("filler-appointment", "APT-77")));
+        assert_eq!(found.len(), n);
+        found.into_iter().next()
+    };
+    let booked = appointment(1).unwrap();
+    assert_eq!(booked["status"], "booked");
+    let first_slot = booked["slot"][0]["reference"].as_str().unwrap().to_string();
+    let slot_status =
+        |reference: &str| search(&format!("Slot?_id={}", reference.trim_start_matches("Slot/")))[0]["status"].clone();
+    assert_eq!(slot_status(&first_slot), "busy");
+    assert_eq!(search("Schedule?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/schedule%7Cpractitioner:D003").len(), 1);
+    accepted(&send(&samples::siu("S12", "E-SIU2", "MZ700003", "APT-77", "202612030900")));
+    assert_eq!(appointment(1).unwrap()["slot"][0]["reference"], first_slot.as_str(), "a resend keeps its Slot");
+    accepted(&send(&samples::siu("S13", "E-SIU3", "MZ700003", "APT-77", "202612031000")));
+    let moved = appointment(1).unwrap();
+    assert_eq!(moved["start"], "2026-12-03T10:00:00+08:00");
+    let second_slot = moved["slot"][0]["reference"].as_str().unwrap().to_string();
+    assert_ne!(second_slot, first_slot);
+    assert_eq!((slot_status(&first_slot), slot_status(&second_slot)), (Value::from("free"), Value::from("busy")));
+    // Another appointment at a time someone holds is refused, not double-booked.
+    let clash = send(&samples::siu("S12", "E-SIU4", "MZ700004", "APT-78", "202612031000"));
+    assert_eq!(clash.get("MSA-1").as_deref(), Some("AE"));
+    assert!(clash.get("ERR-8").unwrap().contains("already booked"), "{:?}", clash.get("ERR-8"));
+    assert!(search(&format!("Appointment?{}", sid("filler-appointment", "APT-78"))).is_empty());
+    accepted(&send(&samples::siu("S15", "E-SIU5", "MZ700003", "APT-77", "202612031000")));
+    assert_eq!(appointment(1).unwrap()["status"], "cancelled");
+    assert_eq!(slot_status(&second_slot), "free");
+
+    // ADT visit events (2.3.1): admit, transfer, discharge.
+    for (event, control) in [("A01", "E-ADT1"), ("A02", "E-ADT2"), ("A03", "E-ADT3")] {
+        accepted(&send(&samples::adt_visit(event, control, "MZ700005")));
+    }
+    let visit = search(&format!("Encounter?{}", sid("visit", "V-MZ700005")));
+    assert_eq!(visit.len(), 1);
+    assert_eq!(
+        (visit[0]["status"].as_str(), visit[0]["period"]["end"].as_str()),
+        (Some("finished"), Some("2026-12-05T10:00:00+08:00"))
+    );
+    accepted(&send(&samples::adt_visit("A13", "E-ADT4", "MZ700005")));
+    let visit = search(&format!("Encounter?{}", sid("visit", "V-MZ700005")));
+    assert_eq!(visit[0]["status"], "in-progress");
+    assert!(visit[0]["period"].get("end").is_none());
+
+    // ADT^A40 (2.5): two records of one person at the hospital are merged.
+    // Different enough that matching alone would not link them: the sender's merge does.
+    accepted(&send(&a04("E-A04a", "MZ700010", "林小红", "").replace("19900307", "19751212")));
+    accepted(&send(&a04("E-A04b", "MZ700011", "欧阳娜娜", "")));
+    let old_id = search(&format!("Patient?{}", sid("mrn", "MZ700010")))[0]["id"].as_str().unwrap().to_string();
+    let new_id = search(&format!("Patient?{}", sid("mrn", "MZ700011")))[0]["id"].as_str().unwrap().to_string();
+    let person_of = |id: &str| -> Vec<String> {
+        search(&format!("Person?link=Patient/{id}"))
+            .iter()
+            .filter(|p| p["active"] != false)
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The index matches them first (its worker follows the outbox): two persons.
+    let started = std::time::Instant::now();
+    while (person_of(&old_id).is_empty() || person_of(&new_id).is_empty()) && started.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ne!(person_of(&old_id), person_of(&new_id), "not linked by matching");
+    accepted(&send(&samples::adt_a40("E-A40", "MZ700011", "MZ700010")));
+    let old = &search(&format!("Patient?{}", sid("mrn", "MZ700010")))[0];
+    let new = &search(&format!("Patient?{}", sid("mrn", "MZ700011")))[0];
+    let (old_id, new_id) = (old["id"].as_str().unwrap(), new["id"].as_str().unwrap());
+    assert_eq!(old["active"], false);
+    assert_eq!(
+        old["link"],
+        serde_json::json!([{"other": {"reference": format!("Patient/{new_id}")}, "type": "replaced-by"}])
+    );
+    assert_eq!(
+        new["link"],
+        serde_json::json!([{"other": {"reference": format!("Patient/{old_id}")}, "type": "replaces"}])
+    );
+    let person = person_of(new_id);
+    assert_eq!(person.len(), 1);
+    assert_eq!(person_of(old_id), person, "both records are one person in the MPI");
+    // Again: nothing changes; a prior record nobody knows is an error (204).
+    accepted(&send(&samples::adt_a40("E-A40b", "MZ700011", "MZ700010")));
+    let unknown = send(&samples::adt_a40("E-A40c", "MZ700011", "MZ799999"));
+    assert_eq!((unknown.get("MSA-1").as_deref(), unknown.get("ERR-3-1").as_deref()), (Some("AE"), Some("204")));
+
+    // HTTP: MDM^T02 (2.5) with the system client's token.
+    let (status, content_type, ack) = post_hl7(
+        &server.addr,
+        &bearer,
+        "application/hl7-v2",
+        samples::mdm_t02("E-MDM1", "MZ700006", "DOC-9").as_bytes(),
+    );
+    let ack = ack.unwrap();
+    assert_eq!((status, ack.get("MSA-1").as_deref()), (200, Some("AA")), "{:?}", ack.get("ERR-8"));
+    assert_eq!(content_type, "application/hl7-v2; charset=utf-8");
+    let documents = search(&format!("DocumentReference?{}", sid("document", "DOC-9")));
+    assert_eq!((documents.len(), documents[0]["docStatus"].as_str()), (1, Some("final")));
+    let binary_url = documents[0]["content"][0]["attachment"]["url"].as_str().unwrap();
+    let (status, body) = super::security::http(
+        &server.addr,
+        "GET",
+        &format!("/fhir/{binary_url}"),
+        &[("Authorization", &bearer), ("Accept", "application/fhir+json")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["data"], "JVBERi0xLjQKJcfsj6IK");
+    // A GBK body named by the Content-Type's charset, MSH-18 empty.
+    let gbk = hl7::message::Charset::Gb18030.encode(&samples::oru_r01("E-ORU9", "MZ700007", "F7009", ""));
+    let (status, content_type, ack) = post_hl7(&server.addr, &bearer, "application/hl7-v2; charset=GBK", &gbk);
+    assert_eq!((status, ack.unwrap().get("MSA-1").as_deref()), (200, Some("AA")));
+    assert_eq!(content_type, "application/hl7-v2; charset=gb18030");
+    assert_eq!(search(&format!("Patient?{}", sid("mrn", "MZ700007")))[0]["name"][0]["text"], "陈建国");
+    // Refusals: an unknown type (AR, 400), invalid content (AE, 422), no token, not HL7.
+    let (status, _, ack) = post_hl7(
+        &server.addr,
+        &bearer,
+        "x-application/hl7-v2+er7",
+        b"MSH|^~\\&|X|FZ-HOSP|||||DFT^P03|E-X1|P|2.5\rPID|1||M1\r",
+    );
+    assert_eq!((status, ack.unwrap().get("ERR-3-1").as_deref()), (400, Some("200")));
+    let bad = samples::oru_r01("E-ORU10", "MZ700008", "F7010", "").replace("|6.8|", "|6,8|");
+    let (status, _, ack) = post_hl7(&server.addr, &bearer, "application/hl7-v2", bad.as_bytes());
+    let ack = ack.unwrap();
+    assert_eq!((status, ack.get("MSA-1").as_deref()), (422, Some("AE")));
+    assert!(ack.get("ERR-8").unwrap().contains("OBX-5"), "{:?}", ack.get("ERR-8"));
+    assert!(search(&format!("Patient?{}", sid("mrn", "MZ700008"))).is_empty(), "a refused message leaves nothing");
+    let (status, _, _) = post_hl7(&server.addr, "Bearer nonsense", "application/hl7-v2", bad.as_bytes());
+    assert_eq!(status, 401);
+    let (status, _, _) = post_hl7(&server.addr, &bearer, "application/json", b"{}");
+    assert_eq!(status, 415);
+    // A resident's token is valid but not a hospital system's.
+    let (status, body) = super::security::http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "grant_type=password&username=resident&password=Hutong%232026",
+    );
+    assert_eq!(status, 200, "{body}");
+    let resident =
+        format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap());
+    let (status, _, _) = post_hl7(&server.addr, &resident, "application/hl7-v2", bad.as_bytes());
+    assert_eq!(status, 403);
+    // Every refused message is kept: the clash, the unknown prior record, the two over HTTP.
+    let kept = std::fs::read_dir(data.path().join("hl7-quarantine"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".hl7"))
+        .count();
+    assert_eq!(kept, 4);
 }
