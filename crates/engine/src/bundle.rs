@@ -318,12 +318,17 @@ impl Engine {
     }
 
     async fn transaction(&self, ctx: &Ctx, entries: &[Entry], opts: &RequestOptions) -> EngineResult<Vec<Value>> {
-        let conditional =
-            entries.iter().any(|e| e.if_none_exist.is_some() || (e.method != Method::Get && e.url.contains('?')));
-        let _serialised = match conditional {
-            true => Some(self.conditional.lock().await),
-            false => None,
-        };
+        let criteria: Vec<(&str, &str)> = entries
+            .iter()
+            .filter_map(|e| match &e.if_none_exist {
+                Some(condition) => {
+                    Some((e.url.trim_matches('/').split(['/', '?']).next().unwrap_or(""), condition.as_str()))
+                }
+                None if e.method != Method::Get => e.url.split_once('?').map(|(ty, q)| (ty.trim_matches('/'), q)),
+                None => None,
+            })
+            .collect();
+        let _serialised = self.conditional.lock(&criteria).await;
         // 1. Decide every entry's target (type, id) and map full URLs to local references.
         struct Target {
             ty: String,

@@ -185,8 +185,8 @@ impl Engine {
     ) -> EngineResult<WriteOutcome> {
         self.check_type(resource_type)?;
         self.check_body(resource_type, &body, resource_type)?;
-        let _serialised = match opts.if_none_exist {
-            Some(_) => Some(self.conditional.lock().await),
+        let _serialised = match &opts.if_none_exist {
+            Some(condition) => Some(self.conditional.lock(&[(resource_type, condition.as_str())]).await),
             None => None,
         };
         if let Some(condition) = &opts.if_none_exist {
@@ -365,7 +365,8 @@ impl Engine {
         opts: &RequestOptions,
     ) -> EngineResult<WriteOutcome> {
         self.check_type(resource_type)?;
-        let _serialised = self.conditional.lock().await;
+        let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(criteria).finish();
+        let _serialised = self.conditional.lock(&[(resource_type, query.as_str())]).await;
         let found = self.matches(ctx, resource_type, criteria, 2).await?;
         match found.as_slice() {
             [] => match body.get("id").and_then(Value::as_str) {

@@ -162,10 +162,12 @@ pub struct Engine {
     defs: &'static Definitions,
     config: EngineConfig,
     /// Serialises conditional writes (If-None-Exist, conditional update, transactions with
-    /// `ifNoneExist` or conditional URLs), whose search and write are otherwise not atomic:
-    /// two concurrent conditional creates with the same criteria would both create.
+    /// `ifNoneExist` or conditional URLs) that have the same criteria, whose search and write are
+    /// otherwise not atomic: two concurrent conditional creates with the same criteria would both
+    /// create. Writes with different criteria run in parallel (striped by type and sorted
+    /// parameters; criteria that differ only in spelling are not recognised as the same).
     /// One process; a multi-node deployment needs the database to arbitrate (see ARCHITECTURE.md).
-    conditional: tokio::sync::Mutex<()>,
+    conditional: ConditionalLocks,
     /// Group-committing appender of audit records for reads, searches and denials.
     audit: audit::AuditSink,
     /// Care relationships and residences, cached for policy decisions.
@@ -199,7 +201,7 @@ impl Engine {
             store,
             defs: Definitions::r4(),
             config,
-            conditional: tokio::sync::Mutex::new(()),
+            conditional: ConditionalLocks::new(),
             access: authz::AccessCache::default(),
             codes_prune_due: std::sync::atomic::AtomicI64::new(0),
             patients_counted: std::sync::Mutex::new(None),
@@ -277,5 +279,41 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Serialises conditional writes with the same criteria (type and sorted search parameters),
+/// hashed onto 1,024 stripes: writes with different criteria proceed in parallel, and a request
+/// with several conditional entries takes its stripes in ascending order (no deadlock).
+pub(crate) struct ConditionalLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl ConditionalLocks {
+    const STRIPES: usize = 1024;
+
+    fn new() -> Self {
+        ConditionalLocks { stripes: (0..Self::STRIPES).map(|_| tokio::sync::Mutex::new(())).collect() }
+    }
+
+    pub(crate) async fn lock(&self, criteria: &[(&str, &str)]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        use std::hash::{Hash, Hasher};
+        let mut stripes: Vec<usize> = criteria
+            .iter()
+            .map(|(resource_type, query)| {
+                let mut pairs = crud::parse_query_string(query);
+                pairs.sort();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (resource_type, pairs).hash(&mut h);
+                (h.finish() % Self::STRIPES as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.stripes[stripe].lock().await);
+        }
+        guards
     }
 }

@@ -424,3 +424,33 @@ async fn concurrent_conditional_creates_make_one_resource() {
     let found = e.search(&ctx(), Some("Patient"), &pairs(&[("identifier", "ID-唯一")]), &opts()).await.unwrap();
     assert_eq!(found["total"], 1);
 }
+
+/// Conditional writes are serialised per criteria: transactions naming the same two identifiers
+/// in opposite orders neither deadlock nor duplicate, and unrelated criteria do not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conditional_transactions_neither_deadlock_nor_duplicate() {
+    let t = engine();
+    let e = std::sync::Arc::new(t.engine);
+    let entry = |n: &str| {
+        json!({"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": patient(n),
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier=urn:oid:2.16.156.10011.1.3|ID-{n}")}})
+    };
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let e = e.clone();
+        let entries = if i % 2 == 0 { vec![entry("甲"), entry("乙")] } else { vec![entry("乙"), entry("甲")] };
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        tasks.push(tokio::spawn(async move { e.bundle(&ctx(), bundle, &opts()).await }));
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    });
+    all.await.expect("no deadlock");
+    for n in ["甲", "乙"] {
+        let id = format!("ID-{n}");
+        let found = e.search(&ctx(), Some("Patient"), &pairs(&[("identifier", id.as_str())]), &opts()).await.unwrap();
+        assert_eq!(found["total"], 1, "{n}");
+    }
+}
