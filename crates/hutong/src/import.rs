@@ -1,5 +1,6 @@
-//! `hutong import`: loads FHIR Bundles, single resources and NDJSON files (or folders of them)
-//! through the engine, each Bundle or NDJSON chunk as one atomic transaction.
+//! `hutong import`: loads FHIR Bundles, single resources, NDJSON files and population-register
+//! CSV files (or folders of them) through the engine, each Bundle or chunk as one atomic
+//! transaction.
 //!
 //! Idempotent: `POST` entries whose `fullUrl` is `urn:uuid:X` become `PUT Type/X`, and the
 //! engine writes nothing for an update identical to the current version, so importing the
@@ -113,7 +114,9 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             children.sort();
             let children: Vec<PathBuf> = children
                 .into_iter()
-                .filter(|c| c.is_dir() || matches!(c.extension().and_then(|e| e.to_str()), Some("json" | "ndjson")))
+                .filter(|c| {
+                    c.is_dir() || matches!(c.extension().and_then(|e| e.to_str()), Some("json" | "ndjson" | "csv"))
+                })
                 .collect();
             out.extend(collect_files(&children)?);
         } else {
@@ -125,6 +128,13 @@ fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The units of one file, as transaction Bundles.
 fn units(path: &Path) -> anyhow::Result<Vec<Value>> {
+    if path.extension().and_then(|e| e.to_str()) == Some("csv") {
+        // A population-register file (register_csv.rs): all rows or none.
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let patients = crate::register_csv::patients(&crate::register_csv::decode(&bytes))
+            .with_context(|| format!("{}", path.display()))?;
+        return Ok(patients.chunks(NDJSON_CHUNK).map(|c| single_resource_transaction(c.to_vec())).collect());
+    }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if path.extension().and_then(|e| e.to_str()) == Some("ndjson") {
         let mut resources = Vec::new();

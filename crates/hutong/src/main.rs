@@ -11,6 +11,7 @@ mod demo;
 mod import;
 mod mllp;
 mod notify;
+mod register_csv;
 mod security;
 mod terminology;
 
