@@ -147,10 +147,10 @@ pub fn patients(text: &str) -> anyhow::Result<Vec<Value>> {
         let mut p = json!({"resourceType": "Patient", "id": format!("pr-{}", slug(&format!("{org}|{record}"))),
             "identifier": [{"system": format!("{RECORD_SYSTEM_PREFIX}{org}"), "value": record}]});
         let mut bad = |what: String| problems.push(format!("line {line}: {what}"));
-        if let Some(id) = get("id_number") {
-            p["identifier"]
-                .as_array_mut()
-                .map(|a| a.push(json!({"system": crate::demo::ID_NUMBER_SYSTEM, "value": id})));
+        if let Some(id) = get("id_number")
+            && let Some(ids) = p["identifier"].as_array_mut()
+        {
+            ids.push(json!({"system": crate::demo::ID_NUMBER_SYSTEM, "value": id}));
         }
         if let Some(name) = get("name") {
             p["name"] = json!([{"text": name}]);
