@@ -47,54 +47,6 @@ pub fn decode(bytes: &[u8]) -> String {
     }
 }
 
-/// RFC 4180 records: `(line where the record starts, fields)`.
-pub fn records(text: &str) -> anyhow::Result<Vec<(usize, Vec<String>)>> {
-    let mut out = Vec::new();
-    let mut field = String::new();
-    let mut fields = Vec::new();
-    let (mut line, mut start) = (1, 1);
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => {
-                if c == '\n' {
-                    line += 1;
-                }
-                field.push(c);
-            }
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, ',') => fields.push(std::mem::take(&mut field)),
-            (false, '\r') => {}
-            (false, '\n') => {
-                fields.push(std::mem::take(&mut field));
-                if fields.iter().any(|f| !f.trim().is_empty()) {
-                    out.push((start, std::mem::take(&mut fields)));
-                }
-                fields.clear();
-                line += 1;
-                start = line;
-            }
-            (false, c) => field.push(c),
-        }
-    }
-    if quoted {
-        bail!("line {start}: a quoted field is not closed");
-    }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        if fields.iter().any(|f| !f.trim().is_empty()) {
-            out.push((start, fields));
-        }
-    }
-    Ok(out)
-}
-
 fn date(text: &str) -> Option<String> {
     let digits: String = text.chars().filter(char::is_ascii_digit).collect();
     if digits.len() != 8 || !(text.len() == 8 || text.len() == 10) {
@@ -111,7 +63,7 @@ fn slug(text: &str) -> String {
 
 /// The Patients of a register file, or every problem with its line.
 pub fn patients(text: &str) -> anyhow::Result<Vec<Value>> {
-    let mut rows = records(text)?.into_iter();
+    let mut rows = terminology::csv::parse_csv_lines(text).map_err(|e| anyhow::anyhow!("{e}"))?.into_iter();
     let Some((_, header)) = rows.next() else {
         bail!("the file is empty: expected a header row ({})", COLUMNS.join(","))
     };
@@ -254,7 +206,7 @@ mod tests {
         }
         assert!(patients("name,color\n").unwrap_err().to_string().contains("unknown column 'color'"));
         assert!(patients("name\nx\n").unwrap_err().to_string().contains("'organization' is required"));
-        assert!(records("a,\"b\n").is_err());
+        assert!(patients("organization,record_id\nO,\"R1\n").is_err(), "an unclosed quote");
     }
 
     #[test]

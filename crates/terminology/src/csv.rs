@@ -14,12 +14,18 @@ use crate::TerminologyError;
 
 /// Parses RFC 4180 CSV into rows of fields.
 pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, TerminologyError> {
+    Ok(parse_csv_lines(text)?.into_iter().map(|(_, row)| row).collect())
+}
+
+/// Parses RFC 4180 CSV into rows of fields, each with the line it starts on (1-based), for
+/// messages that name the line. Blank lines are left out.
+pub fn parse_csv_lines(text: &str) -> Result<Vec<(usize, Vec<String>)>, TerminologyError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut field = String::new();
     let mut quoted = false;
-    let mut line = 1usize;
+    let (mut line, mut start) = (1usize, 1usize);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match (quoted, c) {
@@ -39,8 +45,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, TerminologyError> {
             (false, '\r') => {}
             (false, '\n') => {
                 row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
+                rows.push((start, std::mem::take(&mut row)));
                 line += 1;
+                start = line;
             }
             (false, c) => field.push(c),
         }
@@ -52,9 +59,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, TerminologyError> {
     }
     if !field.is_empty() || !row.is_empty() {
         row.push(field);
-        rows.push(row);
+        rows.push((start, row));
     }
-    rows.retain(|r| !(r.len() == 1 && r[0].trim().is_empty()));
+    rows.retain(|(_, r)| !(r.len() == 1 && r[0].trim().is_empty()));
     Ok(rows)
 }
 
