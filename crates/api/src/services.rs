@@ -29,6 +29,12 @@ fn json_answer(result: Result<serde_json::Value, engine::EngineError>) -> Respon
     }
 }
 
+/// A 400 naming the first parameter `endpoint` does not take, if any.
+fn unknown_parameter(query: &HashMap<String, String>, endpoint: &str, known: &[&str]) -> Option<Response> {
+    let unknown = query.keys().find(|k| !known.contains(&k.as_str()))?;
+    Some(bad(format!("{endpoint} has no parameter '{unknown}' ({})", known.join(", "))))
+}
+
 fn bad(message: String) -> Response {
     ApiError::http(StatusCode::BAD_REQUEST, IssueType::Value, message).into_response()
 }
@@ -42,8 +48,8 @@ pub async fn guidance(
         Ok(ctx) => ctx,
         Err(r) => return r,
     };
-    if let Some(unknown) = query.keys().find(|k| !["symptoms", "age", "sex"].contains(&k.as_str())) {
-        return bad(format!("/guidance has no parameter '{unknown}' (symptoms, age, sex)"));
+    if let Some(r) = unknown_parameter(&query, "/guidance", &["symptoms", "age", "sex"]) {
+        return r;
     }
     let age = match query.get("age").map(|a| a.parse::<u32>()) {
         None => None,
@@ -63,8 +69,8 @@ pub async fn booking_rate(
         Ok(ctx) => ctx,
         Err(r) => return r,
     };
-    if let Some(unknown) = query.keys().find(|k| !["from", "to"].contains(&k.as_str())) {
-        return bad(format!("/kpi/booking-rate has no parameter '{unknown}' (from, to)"));
+    if let Some(r) = unknown_parameter(&query, "/kpi/booking-rate", &["from", "to"]) {
+        return r;
     }
     let (Some(from), Some(to)) = (query.get("from"), query.get("to")) else {
         return bad("/kpi/booking-rate needs from=YYYY-MM-DD and to=YYYY-MM-DD".into());
@@ -81,8 +87,8 @@ pub async fn supervision_feed(
         Ok(ctx) => ctx,
         Err(r) => return r,
     };
-    if let Some(unknown) = query.keys().find(|k| !["after", "_count"].contains(&k.as_str())) {
-        return bad(format!("/supervision/feed has no parameter '{unknown}' (after, _count)"));
+    if let Some(r) = unknown_parameter(&query, "/supervision/feed", &["after", "_count"]) {
+        return r;
     }
     let after = match query.get("after").map(|a| a.parse::<i64>()) {
         None => 0,

@@ -131,6 +131,14 @@ fn part<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
     p["part"].as_array()?.iter().find(|x| x["name"] == name)
 }
 
+/// The `pharmacy` parameter's Organization id.
+fn pharmacy_param(p: &Params<'_>) -> EngineResult<String> {
+    p.text("pharmacy")
+        .and_then(|r| reference_id(r, "Organization"))
+        .map(str::to_string)
+        .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))
+}
+
 /// Whole years between a birth date and a day.
 fn age_on(birth: &str, day: NaiveDate) -> Option<u32> {
     let birth = NaiveDate::parse_from_str(birth.get(..10)?, "%Y-%m-%d").ok()?;
@@ -186,6 +194,23 @@ impl Engine {
         match self.audit.append(audit::record(ctx, action, outcome, entity, patients, Some(&why))).await {
             Ok(()) => e,
             Err(store_error) => store_error.into(),
+        }
+    }
+
+    /// Audits an operation's outcome: success with the patient it concerned, or the refusal.
+    async fn finish(
+        &self,
+        ctx: &Ctx,
+        action: &str,
+        entity: String,
+        result: EngineResult<(Value, String)>,
+    ) -> EngineResult<Value> {
+        match result {
+            Ok((answer, patient)) => {
+                self.audit.append(audit::record(ctx, action, "success", entity, vec![patient], None)).await?;
+                Ok(answer)
+            }
+            Err(e) => Err(self.refuse(ctx, action, entity, None, e).await),
         }
     }
 
@@ -993,29 +1018,11 @@ impl Engine {
         let p = Params::parse(&parameters, "MedicationRequest/$dispense", &["prescription", "pharmacy"])?;
         let number = p.text("prescription").ok_or_else(|| bad("'prescription' (the number) is required"))?.to_string();
         let result = self.dispense_checked(ctx, &p, &number).await;
-        match result {
-            Ok((answer, patient)) => {
-                let record = audit::record(
-                    ctx,
-                    ACTION,
-                    "success",
-                    format!("MedicationRequest?identifier={number}"),
-                    vec![patient],
-                    None,
-                );
-                self.audit.append(record).await?;
-                Ok(answer)
-            }
-            Err(e) => Err(self.refuse(ctx, ACTION, format!("MedicationRequest?identifier={number}"), None, e).await),
-        }
+        self.finish(ctx, ACTION, format!("MedicationRequest?identifier={number}"), result).await
     }
 
     async fn dispense_checked(&self, ctx: &Ctx, p: &Params<'_>, number: &str) -> EngineResult<(Value, String)> {
-        let pharmacy = p
-            .text("pharmacy")
-            .and_then(|r| reference_id(r, "Organization"))
-            .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))?
-            .to_string();
+        let pharmacy = pharmacy_param(p)?;
         let principal = Self::caller(ctx);
         let allowed = principal.is_none_or(|c| {
             matches!(c.role, Role::Pharmacist | Role::System) && c.organization.as_deref().is_none_or(|o| o == pharmacy)
@@ -1197,29 +1204,11 @@ impl Engine {
         )?;
         let number = p.text("prescription").ok_or_else(|| bad("'prescription' (the number) is required"))?.to_string();
         let result = self.route_checked(ctx, &p, &number).await;
-        match result {
-            Ok((answer, patient)) => {
-                let record = audit::record(
-                    ctx,
-                    ACTION,
-                    "success",
-                    format!("MedicationRequest?identifier={number}"),
-                    vec![patient],
-                    None,
-                );
-                self.audit.append(record).await?;
-                Ok(answer)
-            }
-            Err(e) => Err(self.refuse(ctx, ACTION, format!("MedicationRequest?identifier={number}"), None, e).await),
-        }
+        self.finish(ctx, ACTION, format!("MedicationRequest?identifier={number}"), result).await
     }
 
     async fn route_checked(&self, ctx: &Ctx, p: &Params<'_>, number: &str) -> EngineResult<(Value, String)> {
-        let pharmacy = p
-            .text("pharmacy")
-            .and_then(|r| reference_id(r, "Organization"))
-            .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))?
-            .to_string();
+        let pharmacy = pharmacy_param(p)?;
         let delivery = p.text("delivery").unwrap_or("pickup");
         if delivery != "pickup" && delivery != "home" {
             return Err(bad(format!("delivery '{delivery}' is not pickup or home")));
