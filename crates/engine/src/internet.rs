@@ -676,8 +676,12 @@ impl Engine {
         overrides: &[(String, String)],
     ) -> EngineResult<Value> {
         let now = now_ms();
-        let number =
-            format!("RX{}{}", prescription.written.format("%Y%m%d"), &crypto::random_token(6).to_uppercase()[..8]);
+        // Hex, not base64url: the number is part of FHIR ids, which allow no '_'.
+        let number = format!(
+            "RX{}{}",
+            prescription.written.format("%Y%m%d"),
+            crypto::hex(&crypto::random_bytes(4)).to_uppercase()
+        );
         let valid_until =
             prescription.written + chrono::Duration::days(i64::from(prescription.valid_days.unwrap_or(1).max(1) - 1));
         let override_ext: Vec<Value> = overrides
