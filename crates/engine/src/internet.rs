@@ -197,6 +197,11 @@ impl Engine {
         }
     }
 
+    /// The create of a new resource with a fresh id.
+    fn new_resource_op(&self, resource_type: &str, now: i64, body: Value) -> EngineResult<WriteOp> {
+        self.build_op(resource_type, &uuid::Uuid::new_v4().to_string(), 1, now, WriteMethod::Create, body)
+    }
+
     /// Audits an operation's outcome: success with the patient it concerned, or the refusal.
     async fn finish(
         &self,
@@ -635,14 +640,7 @@ impl Engine {
                     None,
                     now,
                 );
-                ops.push(self.build_op(
-                    "DetectedIssue",
-                    &uuid::Uuid::new_v4().to_string(),
-                    1,
-                    now,
-                    WriteMethod::Create,
-                    issue,
-                )?);
+                ops.push(self.new_resource_op("DetectedIssue", now, issue)?);
             }
             self.store.commit(&Ctx::system(), ops).await?;
             return Err(EngineError::Unprocessable(alert_issues(&hard, "不可开具 / hard stop ")));
@@ -765,14 +763,7 @@ impl Engine {
                 Some(reason),
                 now,
             );
-            ops.push(self.build_op(
-                "DetectedIssue",
-                &uuid::Uuid::new_v4().to_string(),
-                1,
-                now,
-                WriteMethod::Create,
-                issue,
-            )?);
+            ops.push(self.new_resource_op("DetectedIssue", now, issue)?);
         }
         ops.push(self.build_op("Task", &format!("{number}-review"), 1, now, WriteMethod::Create, task)?);
         let reason =

@@ -127,7 +127,7 @@ async fn client_credentials_scopes_revocation_and_introspection() {
     // Introspection needs client credentials.
     let (status, _, _) = send(&app, form("/oauth2/introspect", &format!("token={access}"))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let basic = format!("Basic {}", base64(&format!("{id}:{secret}")));
+    let basic = format!("Basic {}", crypto::base64(format!("{id}:{secret}").as_bytes()));
     let mut r = form("/oauth2/introspect", &format!("token={access}"));
     r.headers_mut().insert(header::AUTHORIZATION, basic.parse().unwrap());
     let (_, _, body) = send(&app, r).await;
@@ -141,22 +141,6 @@ async fn client_credentials_scopes_revocation_and_introspection() {
     let mut r = form("/oauth2/introspect", &format!("token={access}"));
     r.headers_mut().insert(header::AUTHORIZATION, basic.parse().unwrap());
     assert_eq!(send(&app, r).await.2["active"], false);
-}
-
-fn base64(text: &str) -> String {
-    let url = crypto::base64url(text.as_bytes());
-    let mut s: String = url
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !s.len().is_multiple_of(4) {
-        s.push('=');
-    }
-    s
 }
 
 #[tokio::test]
