@@ -374,7 +374,7 @@ impl Engine {
     /// started (`cancelled`).
     pub async fn visit_status(&self, ctx: &Ctx, id: &str, parameters: Value) -> EngineResult<Value> {
         const ACTION: &str = "internet-visit-status";
-        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason"])?;
+        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason", "otp"])?;
         let wanted =
             p.text("status").ok_or_else(|| bad("'status' (in-progress, finished, referred, cancelled) is required"))?;
         let (stored, mut encounter, doctor) = self.visit(id).await?;
