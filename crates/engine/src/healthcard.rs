@@ -430,24 +430,40 @@ impl Engine {
     ) -> EngineResult<Verification> {
         const ACTION: &str = "healthcard-verify";
         let mut card_for_audit = (String::from("-"), None::<String>);
-        let result = self.verify_checked(ctx, keys, payload, care_step, terminal, &mut card_for_audit).await;
+        let checked = self.verify_checked(ctx, keys, payload, care_step, terminal, &mut card_for_audit).await;
         let (card_id, patient) = card_for_audit;
         let step = care_step_text(care_step, terminal);
-        match result {
-            Ok(verification) => {
-                let reason = format!("{step}: accepted code {}", verification.claims.code_id);
-                self.card_audit(ctx, ACTION, "success", &card_id, patient.as_deref(), &reason).await?;
-                Ok(verification)
+        // An accepted code is recorded as used and its acceptance audited in one transaction
+        // (the store's group commit), so neither exists without the other, even after a crash.
+        let result = match checked {
+            Ok((claims, card)) => {
+                let reason = format!("{step}: accepted code {}", claims.code_id);
+                let patients = vec![card.patient.clone()];
+                let record =
+                    audit::record(ctx, ACTION, "success", format!("HealthCard/{card_id}"), patients, Some(&reason));
+                match self.use_code(&claims, record).await {
+                    Ok(()) => {
+                        return Ok(Verification {
+                            claims,
+                            card,
+                            care_step: care_step.to_string(),
+                            terminal: terminal.to_string(),
+                        });
+                    }
+                    Err(refused) => refused,
+                }
             }
-            Err((why, error)) => {
-                let outcome = if matches!(error, EngineError::Forbidden(_)) { "denied" } else { "failure" };
-                let reason = format!("{step}: rejected ({why}): {error}");
-                self.card_audit(ctx, ACTION, outcome, &card_id, patient.as_deref(), &reason).await?;
-                Err(error)
-            }
-        }
+            Err(refused) => refused,
+        };
+        let (why, error) = result;
+        let outcome = if matches!(error, EngineError::Forbidden(_)) { "denied" } else { "failure" };
+        let reason = format!("{step}: rejected ({why}): {error}");
+        self.card_audit(ctx, ACTION, outcome, &card_id, patient.as_deref(), &reason).await?;
+        Err(error)
     }
 
+    /// The checks before a code is consumed: who verifies, care step and terminal, signature
+    /// and lifetime, the card and its status when the code was issued.
     async fn verify_checked(
         &self,
         ctx: &Ctx,
@@ -456,7 +472,7 @@ impl Engine {
         care_step: &str,
         terminal: &str,
         card_for_audit: &mut (String, Option<String>),
-    ) -> Result<Verification, (&'static str, EngineError)> {
+    ) -> Result<(Claims, HealthCard), (&'static str, EngineError)> {
         if !Self::may_verify(ctx) {
             return Err((
                 "forbidden",
@@ -478,18 +494,20 @@ impl Engine {
             let message = format!("the card is {}: no code issued after that is accepted", card.status.as_str());
             return Err(("card-not-active", conflict(message)));
         }
-        self.use_code(&claims, now).await?;
-        Ok(Verification { claims, card, care_step: care_step.to_string(), terminal: terminal.to_string() })
+        Ok((claims, card))
     }
 
-    /// Records the code id as used; the unique lookup refuses a second use.
-    async fn use_code(&self, claims: &Claims, now: i64) -> Result<(), (&'static str, EngineError)> {
+    /// Records the code id as used, with the audit record of its acceptance; the unique lookup
+    /// refuses a second use (and then nothing is written: the caller audits the refusal).
+    async fn use_code(&self, claims: &Claims, accepted: store::AuditRecord) -> Result<(), (&'static str, EngineError)> {
         let store_error = |e: StoreError| ("store", EngineError::from(e));
+        let now = now_seconds();
         let until = claims.expires_at + healthcard::CLOCK_SKEW_SECONDS;
         // A fresh object id per attempt: the lookup, not the id, must collide on a replay.
         let id = format!("{until:012}-{}", crypto::random_token(9));
         let body = serde_json::json!({"card": claims.card_id.as_str(), "until": until}).to_string();
-        match self.store.kv_put(USED_CODE_KIND, &id, &body, &[format!("code:{}", claims.code_id)]).await {
+        let lookups = [format!("code:{}", claims.code_id)];
+        match self.store.kv_put_audited(USED_CODE_KIND, &id, &body, &lookups, vec![accepted]).await {
             Err(StoreError::Duplicate { .. }) => {
                 return Err((
                     "replay",
@@ -498,7 +516,12 @@ impl Engine {
             }
             other => other.map_err(store_error)?,
         }
-        self.prune_used_codes(now).await.map_err(store_error)
+        // The code is consumed and its acceptance audited: a failed prune (retried at the next
+        // one) must not turn that into a refusal.
+        if let Err(e) = self.prune_used_codes(now).await {
+            tracing::warn!(error = %e, "used health card codes could not be pruned");
+        }
+        Ok(())
     }
 
     /// Deletes used code ids whose codes can no longer verify (ids sort by expiry; such a code

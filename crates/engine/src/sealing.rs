@@ -313,6 +313,17 @@ impl ResourceStore for SealingStore {
         self.inner.kv_put(kind, id, body, lookups).await
     }
 
+    async fn kv_put_audited(
+        &self,
+        kind: &str,
+        id: &str,
+        body: &str,
+        lookups: &[String],
+        audit: Vec<AuditRecord>,
+    ) -> StoreResult<()> {
+        self.inner.kv_put_audited(kind, id, body, lookups, audit).await
+    }
+
     async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {
         self.inner.kv_get(kind, id).await
     }

@@ -820,6 +820,17 @@ impl ResourceStore for PgStore {
     }
 
     async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()> {
+        self.kv_put_audited(kind, id, body, lookups, Vec::new()).await
+    }
+
+    async fn kv_put_audited(
+        &self,
+        kind: &str,
+        id: &str,
+        body: &str,
+        lookups: &[String],
+        audit: Vec<AuditRecord>,
+    ) -> StoreResult<()> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(backend)?;
         tx.execute("SELECT pg_advisory_xact_lock(4851128)", &[]).await.map_err(backend)?;
@@ -847,6 +858,9 @@ impl ResourceStore for PgStore {
         )
         .await
         .map_err(backend)?;
+        if !audit.is_empty() {
+            append_audit(&tx, audit).await?;
+        }
         tx.commit().await.map_err(backend)
     }
 

@@ -7,11 +7,11 @@
 //! PostgreSQL, or set `HUTONG_SQLITE_SYNCHRONOUS=FULL`, where that matters).
 //!
 //! Concurrency: one writer connection behind a mutex (SQLite has a single writer anyway) and a
-//! pool of reader connections, which WAL lets run alongside the writer. Commits that queue up
-//! while the writer is busy are committed together in one transaction, each in its own
-//! savepoint (group commit: one failing commit is rolled back alone; each is answered after the
-//! transaction holding it has committed). rusqlite is blocking,
-//! so every call runs on tokio's blocking pool. Each connection keeps an 8 MiB page cache and no
+//! pool of reader connections, which WAL lets run alongside the writer. Commits go to one
+//! committer thread through a FIFO queue; it commits everything queued while it was busy together
+//! in one transaction (group commit: a commit that fails is left out alone; each is answered after
+//! the transaction holding it has committed). rusqlite is blocking, so reads and the other
+//! writes run on tokio's blocking pool. Each connection keeps an 8 MiB page cache and no
 //! memory map, so the server's resident memory stays bounded whatever the database size; the
 //! operating system's page cache does the rest.
 
@@ -36,9 +36,10 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
-    /// Commits waiting for the writer (group commit, see `commit_audited`).
-    pending: Mutex<Vec<PendingCommit>>,
+    /// Shared with the committer thread, which ends when `Inner` (and so `commits`) is dropped.
+    writer: Arc<Mutex<Connection>>,
+    /// The committer thread's queue (group commit, see [`committer`]).
+    commits: std::sync::mpsc::Sender<PendingCommit>,
     readers: Mutex<Vec<Connection>>,
     /// Bounds the reads running at once (and so the connections and their page caches): on a
     /// small machine more parallel reads than a few per core only add memory and cache misses.
@@ -97,11 +98,18 @@ impl SqliteStore {
                 schema::SCHEMA_VERSION
             )));
         }
+        let writer = Arc::new(Mutex::new(writer));
+        let (commits, queue) = std::sync::mpsc::channel();
+        let committer_writer = writer.clone();
+        std::thread::Builder::new()
+            .name("sqlite-commit".into())
+            .spawn(move || committer(&committer_writer, &queue))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite committer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
-                pending: Mutex::new(Vec::new()),
+                writer,
+                commits,
                 readers: Mutex::new(Vec::new()),
                 reading: Arc::new(tokio::sync::Semaphore::new(reader_limit())),
             }),
@@ -159,6 +167,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Hands a commit to the committer thread and waits for its outcome. A commit once queued
+    /// is committed (or refused) even if the caller stops waiting.
+    async fn enqueue(&self, ops: Vec<WriteOp>, object: Option<KvPut>, audit: Vec<AuditRecord>) -> StoreResult<()> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.inner
+            .commits
+            .send(PendingCommit { ops, object, audit, done })
+            .map_err(|_| StoreError::Unavailable("the SQLite committer thread has stopped".into()))?;
+        outcome.await.map_err(|_| StoreError::Backend("the commit was dropped by the writer".into()))?
+    }
+}
+
 fn poisoned() -> StoreError {
     StoreError::Backend("sqlite connection lock poisoned by an earlier panic".into())
 }
@@ -195,24 +216,119 @@ fn to_sql(values: &[SqlValue]) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
-/// A commit waiting for the writer connection, and where its outcome goes.
+/// A commit waiting for the committer thread, and where its outcome goes.
 struct PendingCommit {
     ops: Vec<WriteOp>,
+    /// A security object stored in the same transaction (`kv_put_audited`).
+    object: Option<KvPut>,
     audit: Vec<AuditRecord>,
     done: tokio::sync::oneshot::Sender<StoreResult<()>>,
 }
 
+/// A security object and its unique lookups, as [`ResourceStore::kv_put`] stores them.
+struct KvPut {
+    kind: String,
+    id: String,
+    body: String,
+    lookups: Vec<String>,
+}
+
+/// Most commits in one group: bounds how long the first of them waits for the last.
+const MAX_GROUP: usize = 512;
+
+/// The committer thread: takes the first queued commit and everything queued behind it (up to
+/// [`MAX_GROUP`]), commits them as one group, and goes on until the store is dropped. One thread
+/// owns the queue, so commits wait in one FIFO line rather than as blocked threads on the
+/// writer's mutex, and there is one thread hand-off per commit.
+fn committer(writer: &Mutex<Connection>, queue: &std::sync::mpsc::Receiver<PendingCommit>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = Vec::with_capacity(16);
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let Ok(mut conn) = writer.lock() else {
+            for p in group {
+                let _ = p.done.send(Err(poisoned()));
+            }
+            continue;
+        };
+        // A panic drops the group's senders (its callers get an error) and leaves the
+        // connection's open transaction to be rolled back by the next `BEGIN`'s failure path;
+        // the thread lives on for the next group.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_group(&mut conn, group)));
+        if outcome.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// How a commit's rows failed: `Clean` when nothing of it was written yet (its version checks
+/// and unique lookups are checked before any row is), `Dirty` when some rows were.
+enum Failure {
+    Clean(StoreError),
+    Dirty(StoreError),
+}
+
+impl Failure {
+    fn error(self) -> StoreError {
+        match self {
+            Failure::Clean(e) | Failure::Dirty(e) => e,
+        }
+    }
+}
+
 /// Group commit: the commits queued while the writer was busy go into one database transaction,
-/// each inside its own savepoint, so one that fails (a version conflict) is rolled back alone
-/// and the others still commit. Each is answered only after the transaction that holds it has
-/// committed, so the durability of an answered commit is unchanged; what is saved is the
-/// per-transaction cost (the WAL frames of pages that every small commit dirties again).
+/// so that one transaction's cost (its WAL frames, the pages every small commit dirties again)
+/// is paid once. A commit that fails its checks (a version conflict, a lookup held by another
+/// object) wrote nothing and is simply left out; the others still commit. Should a commit fail
+/// after writing rows (an I/O or constraint error, not expected), the transaction is rolled back
+/// and the group is redone with a savepoint per commit, so it is rolled back alone. Each commit is
+/// answered only after the transaction that holds it has committed, so the durability of an
+/// answered commit is unchanged.
 fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
     if group.len() == 1 {
-        let PendingCommit { ops, audit, done } = group.into_iter().next().expect("one");
-        let _ = done.send(commit_ops(conn, &ops, audit));
+        let PendingCommit { ops, object, audit, done } = group.into_iter().next().expect("one");
+        let _ = done.send(commit_ops(conn, &ops, object.as_ref(), &audit));
         return;
     }
+    let outcomes = match conn.transaction() {
+        Ok(tx) => {
+            let mut outcomes = Vec::with_capacity(group.len());
+            let mut dirty = false;
+            for p in &group {
+                match apply_ops(&tx, &p.ops, p.object.as_ref(), &p.audit) {
+                    Ok(()) => outcomes.push(Ok(())),
+                    Err(Failure::Clean(e)) => outcomes.push(Err(e)),
+                    Err(Failure::Dirty(e)) => {
+                        tracing::warn!(error = %e, "a grouped commit failed after writing rows: redoing the group with savepoints");
+                        dirty = true;
+                        break;
+                    }
+                }
+            }
+            if dirty {
+                None // the transaction is rolled back as it is dropped
+            } else {
+                Some(match tx.commit() {
+                    Ok(()) => outcomes,
+                    Err(e) => group.iter().map(|_| Err(StoreError::Backend(format!("sqlite: {e}")))).collect(),
+                })
+            }
+        }
+        Err(e) => Some(group.iter().map(|_| Err(StoreError::Backend(format!("sqlite: {e}")))).collect()),
+    };
+    let Some(outcomes) = outcomes else { return commit_group_savepoints(conn, group) };
+    for (p, outcome) in group.into_iter().zip(outcomes) {
+        let _ = p.done.send(outcome);
+    }
+}
+
+/// The slow path of [`commit_group`]: each commit in its own savepoint.
+fn commit_group_savepoints(conn: &mut Connection, group: Vec<PendingCommit>) {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
@@ -224,9 +340,9 @@ fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
         }
     };
     let mut outcomes = Vec::with_capacity(group.len());
-    for PendingCommit { ops, audit, done } in group {
+    for PendingCommit { ops, object, audit, done } in group {
         let outcome = tx.execute_batch("SAVEPOINT one_commit").map_err(backend).and_then(|()| {
-            let applied = apply_ops(&tx, &ops, audit);
+            let applied = apply_ops(&tx, &ops, object.as_ref(), &audit).map_err(Failure::error);
             let end = if applied.is_ok() { "RELEASE one_commit" } else { "ROLLBACK TO one_commit; RELEASE one_commit" };
             tx.execute_batch(end).map_err(backend)?;
             applied
@@ -243,21 +359,109 @@ fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
     }
 }
 
-fn commit_ops(conn: &mut Connection, ops: &[WriteOp], audit: Vec<AuditRecord>) -> StoreResult<()> {
+fn commit_ops(
+    conn: &mut Connection,
+    ops: &[WriteOp],
+    object: Option<&KvPut>,
+    audit: &[AuditRecord],
+) -> StoreResult<()> {
     let tx = conn.transaction().map_err(backend)?;
-    apply_ops(&tx, ops, audit)?;
+    apply_ops(&tx, ops, object, audit).map_err(Failure::error)?;
     tx.commit().map_err(backend)
 }
 
-/// The rows of one commit, inside the caller's transaction.
-fn apply_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], audit: Vec<AuditRecord>) -> StoreResult<()> {
+/// The current `(rid, version)` of a resource.
+fn current_row(tx: &rusqlite::Transaction<'_>, resource_type: &str, id: &str) -> StoreResult<Option<(i64, i64)>> {
+    tx.prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")
+        .map_err(backend)?
+        .query_row(params![resource_type, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(backend)
+}
+
+/// The checks of one commit, before any of its rows is written: each op replaces the version
+/// it names (an op may follow an earlier op of the same commit on the same resource), and the
+/// security object's lookups are not held by another object of its kind.
+fn check_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], object: Option<&KvPut>) -> StoreResult<()> {
+    let mut written: Vec<(&str, &str, i64)> = Vec::new();
     for op in ops {
-        let current: Option<(i64, i64)> = tx
-            .prepare_cached("SELECT rid, version FROM resource WHERE type = ?1 AND id = ?2")
+        let earlier = written.iter().rev().find(|(t, i, _)| *t == op.resource_type && *i == op.id).map(|w| w.2);
+        let actual = match earlier {
+            Some(version) => version,
+            None => current_row(tx, &op.resource_type, &op.id)?.map_or(0, |c| c.1),
+        };
+        if actual != op.version - 1 {
+            return Err(StoreError::VersionConflict {
+                resource_type: op.resource_type.clone(),
+                id: op.id.clone(),
+                expected: op.version - 1,
+                actual,
+            });
+        }
+        written.push((&op.resource_type, &op.id, op.version));
+    }
+    if let Some(object) = object {
+        for lookup in &object.lookups {
+            let holder: Option<String> = tx
+                .prepare_cached("SELECT id FROM security_lookup WHERE kind = ?1 AND lookup = ?2")
+                .map_err(backend)?
+                .query_row(params![object.kind, lookup], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if holder.is_some_and(|h| h != object.id) {
+                return Err(StoreError::Duplicate { kind: object.kind.clone(), lookup: lookup.clone() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rows of one commit, inside the caller's transaction: checked first ([`check_ops`]), then
+/// written.
+fn apply_ops(
+    tx: &rusqlite::Transaction<'_>,
+    ops: &[WriteOp],
+    object: Option<&KvPut>,
+    audit: &[AuditRecord],
+) -> Result<(), Failure> {
+    check_ops(tx, ops, object).map_err(Failure::Clean)?;
+    write_ops(tx, ops).map_err(Failure::Dirty)?;
+    if let Some(object) = object {
+        put_object(tx, object).map_err(Failure::Dirty)?;
+    }
+    if !audit.is_empty() {
+        append_audit(tx, audit.to_vec()).map_err(Failure::Dirty)?;
+    }
+    Ok(())
+}
+
+/// Stores a security object and replaces its lookups (checked by [`check_ops`] or the caller).
+fn put_object(tx: &rusqlite::Transaction<'_>, object: &KvPut) -> StoreResult<()> {
+    let KvPut { kind, id, body, lookups } = object;
+    tx.prepare_cached("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2")
+        .map_err(backend)?
+        .execute(params![kind, id])
+        .map_err(backend)?;
+    for lookup in lookups {
+        tx.prepare_cached("INSERT INTO security_lookup (kind, lookup, id) VALUES (?1, ?2, ?3)")
             .map_err(backend)?
-            .query_row(params![op.resource_type, op.id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
+            .execute(params![kind, lookup, id])
             .map_err(backend)?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO security_object (kind, id, body, updated) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated = excluded.updated",
+    )
+    .map_err(backend)?
+    .execute(params![kind, id, body, now_ms()])
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// The rows of checked ops.
+fn write_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()> {
+    for op in ops {
+        let current = current_row(tx, &op.resource_type, &op.id)?;
         let actual = current.map_or(0, |c| c.1);
         if actual != op.version - 1 {
             return Err(StoreError::VersionConflict {
@@ -367,9 +571,6 @@ fn apply_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], audit: Vec<AuditRe
             .map_err(backend)?
             .execute(params![op.resource_type, op.id, op.version, op.method.code(), op.last_updated])
             .map_err(backend)?;
-    }
-    if !audit.is_empty() {
-        append_audit(tx, audit)?;
     }
     Ok(())
 }
@@ -489,22 +690,7 @@ impl ResourceStore for SqliteStore {
         if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        self.inner.pending.lock().map_err(|_| poisoned())?.push(PendingCommit { ops, audit, done });
-        // Whoever gets the writer next commits everything queued by then, ours included (or
-        // finds it already committed by an earlier holder).
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
-            let group = std::mem::take(&mut *inner.pending.lock().map_err(|_| poisoned())?);
-            if !group.is_empty() {
-                commit_group(&mut conn, group);
-            }
-            Ok::<(), StoreError>(())
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))??;
-        outcome.await.map_err(|_| StoreError::Backend("the commit was dropped by the writer".into()))?
+        self.enqueue(ops, None, audit).await
     }
 
     async fn audit_read(&self, after: i64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
@@ -578,40 +764,20 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()> {
-        let (kind, id, body, lookups) = (kind.to_string(), id.to_string(), body.to_string(), lookups.to_vec());
-        self.write_with(move |conn| {
-            let tx = conn.transaction().map_err(backend)?;
-            for lookup in &lookups {
-                let holder: Option<String> = tx
-                    .prepare_cached("SELECT id FROM security_lookup WHERE kind = ?1 AND lookup = ?2")
-                    .map_err(backend)?
-                    .query_row(params![kind, lookup], |r| r.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                if holder.is_some_and(|h| h != id) {
-                    return Err(StoreError::Duplicate { kind: kind.clone(), lookup: lookup.clone() });
-                }
-            }
-            tx.prepare_cached("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2")
-                .map_err(backend)?
-                .execute(params![kind, id])
-                .map_err(backend)?;
-            for lookup in &lookups {
-                tx.prepare_cached("INSERT INTO security_lookup (kind, lookup, id) VALUES (?1, ?2, ?3)")
-                    .map_err(backend)?
-                    .execute(params![kind, lookup, id])
-                    .map_err(backend)?;
-            }
-            tx.prepare_cached(
-                "INSERT INTO security_object (kind, id, body, updated) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated = excluded.updated",
-            )
-            .map_err(backend)?
-            .execute(params![kind, id, body, now_ms()])
-            .map_err(backend)?;
-            tx.commit().map_err(backend)
-        })
-        .await
+        self.kv_put_audited(kind, id, body, lookups, Vec::new()).await
+    }
+
+    async fn kv_put_audited(
+        &self,
+        kind: &str,
+        id: &str,
+        body: &str,
+        lookups: &[String],
+        audit: Vec<AuditRecord>,
+    ) -> StoreResult<()> {
+        let object =
+            KvPut { kind: kind.to_string(), id: id.to_string(), body: body.to_string(), lookups: lookups.to_vec() };
+        self.enqueue(Vec::new(), Some(object), audit).await
     }
 
     async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>> {

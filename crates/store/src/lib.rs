@@ -218,6 +218,19 @@ pub trait ResourceStore: Send + Sync {
     /// A lookup held by another object of the kind fails with [`StoreError::Duplicate`].
     async fn kv_put(&self, kind: &str, id: &str, body: &str, lookups: &[String]) -> StoreResult<()>;
 
+    /// [`kv_put`](Self::kv_put) and an audit append in one transaction: the object is stored and
+    /// the records appended together, or neither (a held lookup fails with
+    /// [`StoreError::Duplicate`] and appends nothing). For a single-use record whose acceptance
+    /// must be audited (a health card code): after a crash both or neither are there.
+    async fn kv_put_audited(
+        &self,
+        kind: &str,
+        id: &str,
+        body: &str,
+        lookups: &[String],
+        audit: Vec<AuditRecord>,
+    ) -> StoreResult<()>;
+
     async fn kv_get(&self, kind: &str, id: &str) -> StoreResult<Option<String>>;
 
     /// The object of `kind` that holds the unique `lookup`: `(id, body)`.
