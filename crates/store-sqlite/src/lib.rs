@@ -13,7 +13,9 @@
 //! the transaction holding it has committed). rusqlite is blocking, so reads and the other
 //! writes run on tokio's blocking pool. Each connection keeps an 8 MiB page cache and no
 //! memory map, so the server's resident memory stays bounded whatever the database size; the
-//! operating system's page cache does the rest.
+//! operating system's page cache does the rest. A checkpointer thread copies the WAL into the
+//! database file in the background (the writer does only when the WAL has grown large), so no
+//! commit waits for a checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -84,6 +86,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display())))?;
         let path = dir.join("hutong.db");
         let writer = open_connection(&path)?;
+        // The checkpointer thread copies the WAL into the database file (see [`checkpointer`]);
+        // the writer checkpoints itself only if the WAL has grown this far, as a backstop that
+        // bounds the WAL should the checkpointer never find a moment between commits.
+        writer.execute_batch(&format!("PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES};")).map_err(backend)?;
         for statement in schema::ddl(Dialect::Sqlite) {
             writer.execute_batch(&statement).map_err(backend)?;
         }
@@ -100,10 +106,16 @@ impl SqliteStore {
         }
         let writer = Arc::new(Mutex::new(writer));
         let (commits, queue) = std::sync::mpsc::channel();
+        let (ticks, ticked) = std::sync::mpsc::sync_channel(1);
+        let checkpoint_path = path.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoint_path, &ticked))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite checkpointer thread: {e}")))?;
         let committer_writer = writer.clone();
         std::thread::Builder::new()
             .name("sqlite-commit".into())
-            .spawn(move || committer(&committer_writer, &queue))
+            .spawn(move || committer(&committer_writer, &queue, &ticks))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite committer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -240,7 +252,11 @@ const MAX_GROUP: usize = 512;
 /// [`MAX_GROUP`]), commits them as one group, and goes on until the store is dropped. One thread
 /// owns the queue, so commits wait in one FIFO line rather than as blocked threads on the
 /// writer's mutex, and there is one thread hand-off per commit.
-fn committer(writer: &Mutex<Connection>, queue: &std::sync::mpsc::Receiver<PendingCommit>) {
+fn committer(
+    writer: &Mutex<Connection>,
+    queue: &std::sync::mpsc::Receiver<PendingCommit>,
+    checkpoint: &std::sync::mpsc::SyncSender<()>,
+) {
     while let Ok(first) = queue.recv() {
         let mut group = Vec::with_capacity(16);
         group.push(first);
@@ -263,6 +279,37 @@ fn committer(writer: &Mutex<Connection>, queue: &std::sync::mpsc::Receiver<Pendi
         if outcome.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+        drop(conn);
+        // Full: a checkpoint is already due.
+        let _ = checkpoint.try_send(());
+    }
+}
+
+/// WAL pages after which the writer checkpoints inline (the backstop; 80 MB of 4 KiB pages).
+const BACKSTOP_CHECKPOINT_PAGES: u32 = 20_000;
+
+/// The least time between two background checkpoints.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The checkpointer thread: after commits (at most every [`CHECKPOINT_INTERVAL`]), copies the
+/// WAL's committed pages into the database file with a `PASSIVE` checkpoint on its own
+/// connection, which neither waits for nor blocks the writer and the readers. With SQLite's
+/// automatic checkpoint, the commit that crossed the threshold copied thousands of pages before
+/// it (and every commit queued behind it) was answered: the longest waits of a busy server. Ends
+/// when the committer does.
+fn checkpointer(path: &Path, ticks: &std::sync::mpsc::Receiver<()>) {
+    let conn = match open_connection(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "no background checkpoints: the writer checkpoints when the WAL is large");
+            return;
+        }
+    };
+    while ticks.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "background WAL checkpoint failed");
+        }
+        std::thread::sleep(CHECKPOINT_INTERVAL);
     }
 }
 

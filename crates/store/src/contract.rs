@@ -23,7 +23,7 @@ macro_rules! contract_suite {
             search_strings, search_tokens, search_references_chains_has, search_dates, search_numbers_quantities,
             search_uri_composite_missing, search_sort_paging_total, search_system_level,
             audit_chain_in_the_write_transaction, audit_concurrent_appends_chain, audit_prune_keeps_an_anchored_tail,
-            security_objects_and_lookups
+            security_objects_and_lookups, concurrent_commits_fail_alone, single_use_lookup_with_audit
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -716,4 +716,80 @@ pub async fn security_objects_and_lookups(store: Arc<dyn ResourceStore>) {
     assert!(store.kv_delete("user", "u1").await.unwrap());
     assert!(!store.kv_delete("user", "u1").await.unwrap());
     assert!(store.kv_find("user", "name:alice2").await.unwrap().is_none());
+}
+
+/// Concurrent commits (grouped into one transaction by a backend that group-commits): the ones
+/// that lose a version race fail alone and write nothing, not even their other ops or audit
+/// records; the winner and the unrelated commits are all there.
+pub async fn concurrent_commits_fail_alone(store: Arc<dyn ResourceStore>) {
+    store.commit(&ctx(), vec![op("Slot", "s1", 1, vec![], &[])]).await.unwrap();
+    let head = store.audit_head().await.unwrap().0;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let patient = format!("p{i}");
+                let mut ops = vec![op("Patient", &patient, 1, vec![], &[patient.as_str()])];
+                if i % 2 == 0 {
+                    ops.push(op("Slot", "s1", 2, vec![], &[]));
+                } else {
+                    ops.push(op("Basic", &format!("o{i}"), 1, vec![], &[]));
+                }
+                store.commit_audited(&ctx(), ops, vec![audit_record("create", &[patient.as_str()])]).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => won += usize::from(i % 2 == 0),
+            Err(StoreError::VersionConflict { resource_type, id, .. }) => {
+                assert_eq!((i % 2, resource_type.as_str(), id.as_str()), (0, "Slot", "s1"));
+            }
+            Err(e) => panic!("commit {i}: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one commit takes the Slot's version 2");
+    let patients = (0..32).map(|i| ("Patient".to_string(), format!("p{i}"))).collect::<Vec<_>>();
+    let written = store.read_many(&ctx(), &patients).await.unwrap();
+    assert_eq!(written.len(), 17, "16 unrelated commits and the winner; a loser writes nothing");
+    let basics = (0..32).filter(|i| i % 2 == 1).map(|i| ("Basic".to_string(), format!("o{i}"))).collect::<Vec<_>>();
+    assert_eq!(store.read_many(&ctx(), &basics).await.unwrap().len(), 16);
+    let entries = store.audit_read(head, 100).await.unwrap();
+    assert_eq!(entries.len(), 17, "one audit entry per commit that committed");
+    for pair in entries.windows(2) {
+        assert_eq!((pair[1].seq, pair[1].prev_hash.as_str()), (pair[0].seq + 1, pair[0].hash.as_str()), "one chain");
+    }
+}
+
+/// A single-use record and its audit entry (`kv_put_audited`): of concurrent puts of one unique
+/// lookup exactly one succeeds, and only its audit record is appended.
+pub async fn single_use_lookup_with_audit(store: Arc<dyn ResourceStore>) {
+    let head = store.audit_head().await.unwrap().0;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let record = audit_record(&format!("use-{i}"), &[]);
+                store.kv_put_audited("code", &format!("c{i:02}"), "{}", &["code:abc".to_string()], vec![record]).await
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => accepted.push(i),
+            Err(StoreError::Duplicate { lookup, .. }) => assert_eq!(lookup, "code:abc"),
+            Err(e) => panic!("put {i}: {e}"),
+        }
+    }
+    assert_eq!(accepted.len(), 1, "one use of the lookup: {accepted:?}");
+    let entries = store.audit_read(head, 100).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.record.action.clone()).collect::<Vec<_>>(),
+        [format!("use-{}", accepted[0])],
+        "only the accepted put is audited"
+    );
+    assert_eq!(store.kv_find("code", "code:abc").await.unwrap().map(|f| f.0), Some(format!("c{:02}", accepted[0])));
+    assert_eq!(store.kv_list("code", "", 100).await.unwrap().len(), 1, "a refused put writes nothing");
 }
