@@ -1,7 +1,10 @@
 //! The `hutong` binary: `serve`, `import`, `bench`, `admin`, `audit` and `terminology`.
 
 /// mimalloc: the write path allocates many small JSON nodes and strings; glibc malloc spent a
-/// fifth of ingest time in malloc/free (perf), mimalloc much less.
+/// fifth of ingest time in malloc/free (perf), mimalloc much less. Built with `no_thp`: with
+/// transparent huge pages mimalloc's fresh arena pages were faulted in 2 MiB at a time, and the
+/// kernel's zeroing of them (`clear_page_erms`) was 7–8% of the booking and health card
+/// benchmarks' samples (under 0.1% without).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
