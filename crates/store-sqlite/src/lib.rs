@@ -272,9 +272,8 @@ fn committer(
             }
             continue;
         };
-        // A panic drops the group's senders (its callers get an error) and leaves the
-        // connection's open transaction to be rolled back by the next `BEGIN`'s failure path;
-        // the thread lives on for the next group.
+        // A panic drops the group's senders (its callers get an error) and rolls back the open
+        // transaction (as it unwinds, or here); the thread lives on for the next group.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_group(&mut conn, group)));
         if outcome.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
