@@ -66,8 +66,24 @@ pub struct AppState {
     pub config: ApiConfig,
 }
 
+/// The engine's check of a staff member's fresh second factor, over the auth service.
+struct AuthSecondFactor(Arc<auth::Auth>);
+
+#[async_trait::async_trait]
+impl engine::SecondFactor for AuthSecondFactor {
+    async fn verify(&self, subject: &str, code: &str) -> engine::EngineResult<bool> {
+        match self.0.check_second_factor(subject, code).await {
+            Ok(ok) => Ok(ok),
+            Err(auth::AuthError::Store(e)) => Err(e.into()),
+            // A stored account that cannot be read confirms nothing.
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 /// The application router.
 pub fn router(state: AppState) -> Router {
+    state.engine.install_second_factor(Arc::new(AuthSecondFactor(state.auth.clone())));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/oauth2/token", axum::routing::post(security::token))
@@ -463,7 +479,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         },
         // The internet hospital (engine/src/internet.rs).
         ["Encounter", "$request-follow-up"]
-        | ["Encounter", _, "$visit-status"]
+        | ["Encounter", _, "$visit-status" | "$review-proof"]
         | ["MedicationRequest", "$prescribe" | "$dispense" | "$route"]
         | ["Task", _, "$review-prescription" | "$delivery"] => match method {
             Method::POST => {
@@ -474,6 +490,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                         let visit = engine.request_follow_up(&ctx, parameters).await?;
                         return Ok(json_response(StatusCode::CREATED, visit.to_string()));
                     }
+                    ["Encounter", id, "$review-proof"] => engine.review_proof(&ctx, id, parameters).await?,
                     ["Encounter", id, _] => engine.visit_status(&ctx, id, parameters).await?,
                     ["MedicationRequest", "$prescribe"] => engine.prescribe(&ctx, &keys, parameters).await?,
                     ["MedicationRequest", "$route"] => engine.route_prescription(&ctx, parameters).await?,

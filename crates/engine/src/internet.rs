@@ -42,8 +42,25 @@ pub const DRUG_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/drug-catalogue
 pub const REVIEW_CODE: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|rx-review";
 /// Extension on the MedicationRequests: an overridden warning (`alert` key and `reason`).
 pub const OVERRIDE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-override";
+/// Extension on a visit whose offline diagnosis is an uploaded proof: `document`
+/// (DocumentReference), `diagnosis` (as the resident named it), `status` (`pending`,
+/// `accepted`, `rejected`), `reason` (a rejection's).
+pub const PROOF_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/offline-diagnosis-proof";
+/// Largest uploaded proof (decoded bytes).
+const MAX_PROOF_BYTES: usize = 5 * 1024 * 1024;
 /// The security-object kind of practitioners' signing keys.
 const SIGNING_KEY_KIND: &str = "signing-key";
+
+/// Checks a staff member's second factor at the moment it is presented: the current code of
+/// the authenticator (TOTP) registered with their account. A doctor presents one to start each
+/// consultation, so a session left open on a shared workstation cannot consult in their name.
+/// The API layer installs the auth service's check ([`Engine::install_second_factor`]).
+#[async_trait::async_trait]
+pub trait SecondFactor: Send + Sync {
+    /// Whether `code` is a current code of the account `subject` (`user/{id}`). A wrong code
+    /// counts as a failed login towards the account's lockout.
+    async fn verify(&self, subject: &str, code: &str) -> EngineResult<bool>;
+}
 
 /// The drug catalogue and interaction knowledge base in use.
 #[derive(Debug, Clone)]
@@ -139,6 +156,27 @@ fn pharmacy_param(p: &Params<'_>) -> EngineResult<String> {
         .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))
 }
 
+/// A new waiting visit (no reason reference yet).
+fn visit_encounter(p: &Params<'_>, patient: &str, role_id: &str, practitioner: &str, organization: &str) -> Value {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (system, code) = VISIT_TAG.split_once('|').unwrap_or((VISIT_TAG, ""));
+    let mut encounter = json!({
+        "resourceType": "Encounter", "id": id, "status": "planned",
+        "meta": {"tag": [{"system": system, "code": code}]},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR", "display": "互联网复诊"},
+        "type": [{"text": "互联网复诊"}],
+        "subject": {"reference": format!("Patient/{patient}")},
+        "participant": [{"individual": {"reference": format!("PractitionerRole/{role_id}")}},
+                        {"individual": {"reference": format!("Practitioner/{practitioner}")}}],
+        "reasonCode": p.text("reason").map(|r| json!([{"text": r}])).unwrap_or(Value::Null),
+        "serviceProvider": {"reference": format!("Organization/{organization}")},
+    });
+    if let Some(o) = encounter.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    encounter
+}
+
 /// Whole years between a birth date and a day.
 fn age_on(birth: &str, day: NaiveDate) -> Option<u32> {
     let birth = NaiveDate::parse_from_str(birth.get(..10)?, "%Y-%m-%d").ok()?;
@@ -168,6 +206,40 @@ impl Engine {
     pub fn with_rx(mut self, rx: RxConfig) -> Self {
         self.config.rx = rx;
         self
+    }
+
+    /// Installs the check of staff members' fresh second factor (once; later calls are
+    /// ignored). Without one (an engine used as a library, its tests) starting a consultation
+    /// asks for none.
+    pub fn install_second_factor(&self, check: Arc<dyn SecondFactor>) {
+        let _ = self.second_factor.set(check);
+    }
+
+    /// A doctor starting a consultation: their fresh second factor (`otp`), when a check is
+    /// installed and the caller is a staff account.
+    async fn fresh_second_factor(&self, ctx: &Ctx, otp: Option<&str>) -> EngineResult<()> {
+        let (Some(check), Some(principal)) = (self.second_factor.get(), Self::caller(ctx)) else {
+            return Ok(());
+        };
+        if !principal.subject.starts_with("user/") || principal.role == Role::Resident {
+            return Ok(());
+        }
+        let Some(otp) = otp.filter(|o| !o.is_empty()) else {
+            return Err(EngineError::Forbidden(
+                "开始问诊前须再次验证身份：请输入身份验证器的当前动态码（参数 otp） / a fresh second factor is \
+                 required to start a consultation: send the current code of your authenticator as 'otp'"
+                    .into(),
+            ));
+        };
+        if check.verify(&principal.subject, otp).await? {
+            Ok(())
+        } else {
+            Err(EngineError::Forbidden(
+                "动态码错误或已过期，身份验证未通过 / the authenticator code is wrong or expired: identity not \
+                 confirmed"
+                    .into(),
+            ))
+        }
     }
 
     fn caller(ctx: &Ctx) -> Option<&access::Principal> {
@@ -239,7 +311,7 @@ impl Engine {
         let p = Params::parse(
             &parameters,
             "Encounter/$request-follow-up",
-            &["patient", "practitionerRole", "condition", "reason"],
+            &["patient", "practitionerRole", "condition", "reason", "proof", "diagnosis"],
         )?;
         let patient = p
             .text("patient")
@@ -292,10 +364,11 @@ impl Engine {
                 why.join("; ")
             )));
         }
-        // Follow-up of a disease diagnosed offline only: no first visits.
-        let condition_id = p.text("condition").and_then(|r| reference_id(r, "Condition")).ok_or_else(|| {
-            rule("互联网医院仅提供复诊：请选择线下已确诊的疾病 / online care is for follow-up only: name the offline diagnosis ('condition')")
-        })?;
+        // Follow-up of a disease diagnosed offline only: no first visits. The diagnosis is a
+        // record on the platform, or an uploaded proof the doctor reviews before the visit.
+        let Some(condition_id) = p.text("condition").and_then(|r| reference_id(r, "Condition")) else {
+            return self.request_with_proof(p, patient, role_id, practitioner, organization).await;
+        };
         let (_, condition) = self.current_body("Condition", condition_id).await?;
         if condition["subject"]["reference"].as_str() != Some(format!("Patient/{patient}").as_str()) {
             return Err(EngineError::Forbidden(format!("Condition/{condition_id} is not this patient's")));
@@ -317,29 +390,231 @@ impl Engine {
                 ));
             }
         }
-        let now = now_ms();
-        let id = uuid::Uuid::new_v4().to_string();
-        let (system, code) = VISIT_TAG.split_once('|').unwrap_or((VISIT_TAG, ""));
-        let encounter = json!({
-            "resourceType": "Encounter", "id": id, "status": "planned",
-            "meta": {"tag": [{"system": system, "code": code}]},
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR", "display": "互联网复诊"},
-            "type": [{"text": "互联网复诊"}],
-            "subject": {"reference": format!("Patient/{patient}")},
-            "participant": [{"individual": {"reference": format!("PractitionerRole/{role_id}")}},
-                            {"individual": {"reference": format!("Practitioner/{practitioner}")}}],
-            "reasonReference": [{"reference": format!("Condition/{condition_id}")}],
-            "reasonCode": p.text("reason").map(|r| json!([{"text": r}])).unwrap_or(Value::Null),
-            "serviceProvider": {"reference": format!("Organization/{organization}")},
-        });
+        let encounter = visit_encounter(p, patient, role_id, practitioner, organization);
         let mut encounter = encounter;
-        if let Some(o) = encounter.as_object_mut() {
-            o.retain(|_, v| !v.is_null());
-        }
-        let op = self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?;
+        encounter["reasonReference"] = json!([{"reference": format!("Condition/{condition_id}")}]);
+        let id = encounter["id"].as_str().unwrap_or_default().to_string();
+        let op = self.build_op("Encounter", &id, 1, now_ms(), WriteMethod::Create, encounter)?;
         let stored = self.commit_one(op).await?;
         let answer = body(&stored);
         Ok((stored, answer))
+    }
+
+    /// A follow-up whose offline diagnosis is not on the platform: the resident uploads its
+    /// proof (`proof`, an image or PDF of the hospital's record) and names it (`diagnosis`, an
+    /// ICD-10 coding or text). The proof is stored as `Binary` + `DocumentReference`
+    /// (`docStatus` preliminary) and the visit waits, proof `pending`, for the doctor's
+    /// [`review_proof`](Self::review_proof); it cannot start before.
+    async fn request_with_proof(
+        &self,
+        p: &Params<'_>,
+        patient: &str,
+        role_id: &str,
+        practitioner: &str,
+        organization: &str,
+    ) -> EngineResult<(StoredResource, Value)> {
+        let first_visit = || {
+            rule(
+                "互联网医院仅提供复诊：请选择线下已确诊的疾病，或上传线下诊断证明（proof）并注明诊断（diagnosis） / \
+                  online care is for follow-up only: name the offline diagnosis ('condition'), or upload its proof \
+                  ('proof') and name it ('diagnosis')",
+            )
+        };
+        let proof =
+            p.all.iter().find(|(n, _)| *n == "proof").map(|(_, v)| &v["valueAttachment"]).ok_or_else(first_visit)?;
+        let diagnosis = p.all.iter().find(|(n, _)| *n == "diagnosis").map(|(_, v)| *v).ok_or_else(first_visit)?;
+        let diagnosis = match (&diagnosis["valueCoding"], diagnosis["valueString"].as_str()) {
+            (Value::Object(c), _) => {
+                let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+                if c.get("system").and_then(Value::as_str) != Some("http://hl7.org/fhir/sid/icd-10")
+                    || !crate::quality::is_icd10(code)
+                {
+                    return Err(bad(format!(
+                        "'diagnosis' coding '{code}' is not an ICD-10 code (system http://hl7.org/fhir/sid/icd-10, e.g. I10)"
+                    )));
+                }
+                json!({"coding": [Value::Object(c.clone())]})
+            }
+            (_, Some(text)) if !text.trim().is_empty() && text.chars().count() <= 200 => json!({"text": text.trim()}),
+            _ => return Err(bad("'diagnosis' is an ICD-10 valueCoding or a valueString of at most 200 characters")),
+        };
+        let content_type = proof["contentType"].as_str().unwrap_or("");
+        let data = proof["data"].as_str().and_then(|d| crypto::unbase64(d).ok()).filter(|d| !d.is_empty());
+        let Some(data) = data else {
+            return Err(bad("'proof' is a valueAttachment with contentType and base64 data"));
+        };
+        let magic: &[u8] = match content_type {
+            "image/jpeg" => b"\xFF\xD8\xFF",
+            "image/png" => b"\x89PNG",
+            "application/pdf" => b"%PDF",
+            other => {
+                return Err(bad(format!(
+                    "proof contentType '{other}' is not accepted: image/jpeg, image/png or application/pdf"
+                )));
+            }
+        };
+        if data.len() > MAX_PROOF_BYTES {
+            return Err(EngineError::TooCostly(format!(
+                "the proof is {} bytes; at most {MAX_PROOF_BYTES} (5 MB)",
+                data.len()
+            )));
+        }
+        if !data.starts_with(magic) {
+            return Err(bad(format!("the proof's content is not {content_type}")));
+        }
+        let now = now_ms();
+        let (binary_id, document_id) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+        let title = proof["title"].as_str().unwrap_or("线下诊断证明");
+        let binary = json!({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+            "securityContext": {"reference": format!("Patient/{patient}")}, "data": crypto::base64(&data)});
+        let document = json!({"resourceType": "DocumentReference", "id": document_id, "status": "current",
+            "docStatus": "preliminary",
+            "type": {"text": "线下诊断证明 / proof of an offline diagnosis"},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "author": [{"reference": format!("Patient/{patient}")}],
+            "date": fhir::normalize::format_instant(now),
+            "description": title,
+            "content": [{"attachment": {"contentType": content_type, "url": format!("Binary/{binary_id}"),
+                "size": data.len(), "title": title}}]});
+        let mut encounter = visit_encounter(p, patient, role_id, practitioner, organization);
+        encounter["extension"] = json!([{"url": PROOF_EXTENSION, "extension": [
+            {"url": "document", "valueReference": {"reference": format!("DocumentReference/{document_id}")}},
+            {"url": "diagnosis", "valueCodeableConcept": diagnosis},
+            {"url": "status", "valueCode": "pending"}]}]);
+        let id = encounter["id"].as_str().unwrap_or_default().to_string();
+        let ops = vec![
+            self.build_op("Binary", &binary_id, 1, now, WriteMethod::Create, binary)?,
+            self.build_op("DocumentReference", &document_id, 1, now, WriteMethod::Create, document)?,
+            self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?,
+        ];
+        self.store.commit(&Ctx::system(), ops).await?;
+        let stored = self
+            .store
+            .read(&Ctx::system(), "Encounter", &id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        let answer = body(&stored);
+        Ok((stored, answer))
+    }
+
+    /// `POST Encounter/{id}/$review-proof` (the treating doctor, before the visit starts):
+    /// `decision` `accept` or `reject`, `reason` (required to reject), `diagnosis` (an ICD-10
+    /// valueCoding: required to accept when the resident named the diagnosis in text only,
+    /// otherwise a correction). Accepting records the diagnosis as a confirmed, active
+    /// `Condition` with the proof as its evidence (recorded by the doctor, no encounter: it was
+    /// made offline), makes it the visit's reason and the document final; rejecting cancels the
+    /// visit with the reason, which the resident sees.
+    pub async fn review_proof(&self, ctx: &Ctx, id: &str, parameters: Value) -> EngineResult<Value> {
+        const ACTION: &str = "internet-proof-review";
+        let p = Params::parse(&parameters, "Encounter/$review-proof", &["decision", "reason", "diagnosis"])?;
+        let result = self.review_proof_checked(ctx, id, &p).await;
+        self.finish(ctx, ACTION, format!("Encounter/{id}"), result).await
+    }
+
+    async fn review_proof_checked(&self, ctx: &Ctx, id: &str, p: &Params<'_>) -> EngineResult<(Value, String)> {
+        let decision = p.text("decision").ok_or_else(|| bad("'decision' (accept or reject) is required"))?;
+        if decision != "accept" && decision != "reject" {
+            return Err(bad(format!("decision '{decision}' is not accept or reject")));
+        }
+        let reason = p.text("reason").map(str::trim).filter(|r| !r.is_empty());
+        let (stored, mut encounter, doctor) = self.visit(id).await?;
+        let patient = encounter["subject"]["reference"]
+            .as_str()
+            .and_then(|r| reference_id(r, "Patient"))
+            .unwrap_or_default()
+            .to_string();
+        if !Self::caller(ctx).is_none_or(|c| c.role == Role::System || c.practitioner.as_deref() == Some(&*doctor)) {
+            return Err(EngineError::Forbidden(
+                "线下诊断证明由接诊医生审核 / the treating doctor reviews the proof".into(),
+            ));
+        }
+        let Some(proof) =
+            encounter["extension"].as_array().and_then(|x| x.iter().find(|e| e["url"] == PROOF_EXTENSION)).cloned()
+        else {
+            return Err(rule(format!("Encounter/{id} has no uploaded proof to review")));
+        };
+        let field = |proof: &Value, name: &str| -> Value {
+            proof["extension"].as_array().and_then(|x| x.iter().find(|e| e["url"] == name)).cloned().unwrap_or_default()
+        };
+        let status = field(&proof, "status")["valueCode"].as_str().unwrap_or("").to_string();
+        if status != "pending" || encounter["status"] != "planned" {
+            return Err(conflict(format!("证明已审核（{status}） / the proof was already reviewed ({status})")));
+        }
+        let document = field(&proof, "document")["valueReference"]["reference"].as_str().unwrap_or("").to_string();
+        let mut diagnosis = field(&proof, "diagnosis")["valueCodeableConcept"].clone();
+        if let Some(coding) = p.all.iter().find(|(n, _)| *n == "diagnosis").map(|(_, v)| &v["valueCoding"]) {
+            let code = coding["code"].as_str().unwrap_or("");
+            if coding["system"] != "http://hl7.org/fhir/sid/icd-10" || !crate::quality::is_icd10(code) {
+                return Err(bad(format!("'diagnosis' coding '{code}' is not an ICD-10 code (e.g. I10)")));
+            }
+            diagnosis = json!({"coding": [coding], "text": diagnosis["text"]});
+            if let Some(o) = diagnosis.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+        }
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let set = |proof: &mut Value, name: &str, value: Value| {
+            if let Some(x) = proof["extension"].as_array_mut() {
+                x.retain(|e| e["url"] != name);
+                x.push(value);
+            }
+        };
+        if decision == "accept" {
+            if diagnosis["coding"][0]["code"].as_str().is_none() {
+                return Err(rule(
+                    "确认诊断须给出 ICD-10 编码（diagnosis） / accepting needs the diagnosis as an ICD-10 coding ('diagnosis')",
+                ));
+            }
+            let condition_id = uuid::Uuid::new_v4().to_string();
+            let condition = json!({"resourceType": "Condition", "id": condition_id,
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                "code": diagnosis, "subject": {"reference": format!("Patient/{patient}")},
+                "recordedDate": fhir::normalize::format_instant(now),
+                "recorder": {"reference": format!("Practitioner/{doctor}")},
+                "evidence": [{"detail": [{"reference": document}]}],
+                "note": [{"text": "线下诊断证明经接诊医生审核 / proof of the offline diagnosis reviewed by the treating doctor"}]});
+            ops.push(self.build_op("Condition", &condition_id, 1, now, WriteMethod::Create, condition)?);
+            encounter["reasonReference"] = json!([{"reference": format!("Condition/{condition_id}")}]);
+            if let Some(document_id) = reference_id(&document, "DocumentReference") {
+                let (doc_stored, mut doc) = self.current_body("DocumentReference", document_id).await?;
+                doc["docStatus"] = json!("final");
+                ops.push(self.build_op(
+                    "DocumentReference",
+                    document_id,
+                    doc_stored.version + 1,
+                    now,
+                    WriteMethod::Update,
+                    doc,
+                )?);
+            }
+        } else {
+            let Some(reason) = reason else {
+                return Err(bad("驳回须说明理由 / a rejection needs a 'reason' for the resident"));
+            };
+            encounter["status"] = json!("cancelled");
+            encounter["hospitalization"]["dischargeDisposition"] =
+                json!({"text": format!("线下诊断证明未通过审核 / the proof was not accepted: {reason}")});
+        }
+        let proof = encounter["extension"]
+            .as_array_mut()
+            .and_then(|x| x.iter_mut().find(|e| e["url"] == PROOF_EXTENSION))
+            .expect("found above");
+        set(
+            proof,
+            "status",
+            json!({"url": "status", "valueCode": if decision == "accept" { "accepted" } else { "rejected" }}),
+        );
+        if let Some(reason) = reason {
+            set(proof, "reason", json!({"url": "reason", "valueString": reason}));
+        }
+        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
+        self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
+            StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
+            other => other.into(),
+        })?;
+        Ok((body(&self.current_body("Encounter", id).await?.0), patient))
     }
 
     async fn commit_one(&self, op: WriteOp) -> EngineResult<StoredResource> {
@@ -402,6 +677,21 @@ impl Engine {
                 Err(conflict(format!("就诊状态为 {s}，不能改为 {w} / the visit is {s}: it cannot become {w}")))
             }
             (w, _) => Err(bad(format!("status '{w}' is not in-progress, finished, referred or cancelled"))),
+        };
+        let proof_pending = encounter["extension"].as_array().into_iter().flatten().any(|e| {
+            e["url"] == PROOF_EXTENSION
+                && e["extension"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["url"] == "status" && x["valueCode"] == "pending")
+        });
+        let checked = match checked {
+            Ok(()) if wanted == "in-progress" && proof_pending => Err(rule(
+                "须先审核患者上传的线下诊断证明（$review-proof） / review the uploaded proof of the offline diagnosis first ($review-proof)",
+            )),
+            Ok(()) if wanted == "in-progress" => self.fresh_second_factor(ctx, p.text("otp")).await,
+            other => other,
         };
         if let Err(e) = checked {
             return Err(self.refuse(ctx, ACTION, format!("Encounter/{id}"), Some(&patient), e).await);

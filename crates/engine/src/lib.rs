@@ -35,7 +35,10 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
-pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, VISIT_TAG};
+pub use internet::{
+    DRUG_SYSTEM, OVERRIDE_EXTENSION, PROOF_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, SecondFactor,
+    VISIT_TAG,
+};
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
@@ -185,6 +188,8 @@ pub struct Engine {
     mpi_wake: tokio::sync::Notify,
     /// Serialises residents' bookings (booking.rs).
     booking: tokio::sync::Mutex<()>,
+    /// Checks a staff member's fresh second factor (internet.rs); installed by the API layer.
+    second_factor: std::sync::OnceLock<Arc<dyn SecondFactor>>,
     /// Serialises scorecard writes (quality.rs).
     quality: tokio::sync::Mutex<()>,
     /// Scorecard counts not yet written (quality.rs).
@@ -209,6 +214,7 @@ impl Engine {
             mpi: tokio::sync::Mutex::new(None),
             mpi_wake: tokio::sync::Notify::new(),
             booking: tokio::sync::Mutex::new(()),
+            second_factor: std::sync::OnceLock::new(),
             quality: tokio::sync::Mutex::new(()),
             quality_counts: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
             terminology: terminology::TerminologyLayer::default(),

@@ -102,7 +102,7 @@ fn at<'a>(body: &'a Value, path: &[&str]) -> &'a Value {
     path.iter().fold(body, |v, k| &v[*k])
 }
 
-fn is_icd10(code: &str) -> bool {
+pub(crate) fn is_icd10(code: &str) -> bool {
     let b = code.as_bytes();
     b.len() >= 3
         && b[0].is_ascii_uppercase()

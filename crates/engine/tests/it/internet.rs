@@ -418,3 +418,104 @@ async fn residents_send_prescriptions_to_a_pharmacy_which_alone_dispenses_and_de
     );
     assert_eq!(sold["entry"][0]["resource"]["performer"][0]["actor"]["reference"], "Organization/shop-1");
 }
+
+fn with_proof(data: &[u8], content_type: &str, diagnosis: Value) -> Value {
+    let mut r = request("r1", None);
+    let list = r["parameter"].as_array_mut().unwrap();
+    list.push(json!({"name": "proof", "valueAttachment": {"contentType": content_type,
+        "data": crypto::base64(data), "title": "门诊病历"}}));
+    list.push(diagnosis);
+    r
+}
+
+fn decision(decision: &str, extra: Vec<Value>) -> Value {
+    let mut parameter = vec![json!({"name": "decision", "valueCode": decision})];
+    parameter.extend(extra);
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+fn proof_status(visit: &Value) -> String {
+    let proof = visit["extension"].as_array().unwrap().iter().find(|x| x["url"] == engine::PROOF_EXTENSION).unwrap();
+    let status = proof["extension"].as_array().unwrap().iter().find(|x| x["url"] == "status").unwrap();
+    status["valueCode"].as_str().unwrap().to_string()
+}
+
+/// A diagnosis made offline but not on the platform: the resident uploads its proof, the visit
+/// waits until the treating doctor accepts it (then it is a confirmed diagnosis with the proof as
+/// evidence, and the visit can start) or rejects it (the visit is cancelled with the reason).
+#[tokio::test]
+async fn an_uploaded_proof_of_an_offline_diagnosis_is_reviewed_by_the_doctor() {
+    let t = engine();
+    let e = &t.engine;
+    fixtures(e).await;
+    let png = b"\x89PNG\r\n\x1a\n synthetic scan of a clinic record";
+    let text_dx = json!({"name": "diagnosis", "valueString": "2型糖尿病"});
+    // Bad uploads: a type not accepted, content that is not what it says, no diagnosis.
+    let err = e.request_follow_up(&resident(), with_proof(png, "text/html", text_dx.clone())).await.unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert!(issues(&err).contains("image/jpeg, image/png or application/pdf"), "{}", issues(&err));
+    let err = e.request_follow_up(&resident(), with_proof(b"GIF89a", "image/png", text_dx.clone())).await.unwrap_err();
+    assert!(issues(&err).contains("not image/png"), "{}", issues(&err));
+    let bad_code =
+        json!({"name": "diagnosis", "valueCoding": {"system": "http://hl7.org/fhir/sid/icd-10", "code": "diabetes"}});
+    let err = e.request_follow_up(&resident(), with_proof(png, "image/png", bad_code)).await.unwrap_err();
+    assert!(issues(&err).contains("not an ICD-10 code"), "{}", issues(&err));
+    for ty in ["DocumentReference", "Binary", "Encounter"] {
+        let found = e.search(&Ctx::system(), Some(ty), &[], &opts()).await.unwrap();
+        let n = found["entry"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, if ty == "Encounter" { 2 } else { 0 }, "a refused request stores no {ty}");
+    }
+
+    let visit = e.request_follow_up(&resident(), with_proof(png, "image/png", text_dx.clone())).await.unwrap();
+    let id = visit["id"].as_str().unwrap().to_string();
+    assert_eq!((visit["status"].as_str(), proof_status(&visit).as_str()), (Some("planned"), "pending"));
+    assert!(visit.get("reasonReference").is_none());
+    // It cannot start before the review; only the treating doctor reviews.
+    let err = e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("review-proof"), "{}", issues(&err));
+    let other_doctor = principal(Role::Doctor, Some("h1"), Some("d9"), &[]);
+    assert_eq!(e.review_proof(&other_doctor, &id, decision("accept", vec![])).await.unwrap_err().http_status(), 403);
+    assert_eq!(e.review_proof(&resident(), &id, decision("accept", vec![])).await.unwrap_err().http_status(), 403);
+    // The resident named it in text: accepting needs the ICD-10 code.
+    let err = e.review_proof(&doctor(), &id, decision("accept", vec![])).await.unwrap_err();
+    assert!(issues(&err).contains("ICD-10"), "{}", issues(&err));
+    let e11 = json!({"name": "diagnosis", "valueCoding": {"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9", "display": "2型糖尿病"}});
+    let accepted = e.review_proof(&doctor(), &id, decision("accept", vec![e11])).await.unwrap();
+    assert_eq!(proof_status(&accepted), "accepted");
+    let condition_id =
+        accepted["reasonReference"][0]["reference"].as_str().unwrap().strip_prefix("Condition/").unwrap();
+    let condition = e.read(&Ctx::system(), "Condition", condition_id).await.unwrap();
+    let condition: Value = serde_json::from_str(&condition.body.unwrap()).unwrap();
+    assert_eq!(condition["code"]["coding"][0]["code"], "E11.9");
+    assert_eq!(condition["verificationStatus"]["coding"][0]["code"], "confirmed");
+    assert_eq!(condition["recorder"]["reference"], "Practitioner/d1");
+    let document = condition["evidence"][0]["detail"][0]["reference"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("DocumentReference/")
+        .unwrap();
+    let document = e.read(&Ctx::system(), "DocumentReference", document).await.unwrap();
+    let document: Value = serde_json::from_str(&document.body.unwrap()).unwrap();
+    assert_eq!(document["docStatus"], "final");
+    let binary = document["content"][0]["attachment"]["url"].as_str().unwrap().strip_prefix("Binary/").unwrap();
+    let binary = e.read(&Ctx::system(), "Binary", binary).await.unwrap();
+    let binary: Value = serde_json::from_str(&binary.body.unwrap()).unwrap();
+    assert_eq!(crypto::unbase64(binary["data"].as_str().unwrap()).unwrap(), png);
+    // Reviewed once; then the visit starts as any other.
+    assert_eq!(e.review_proof(&doctor(), &id, decision("accept", vec![])).await.unwrap_err().http_status(), 409);
+    assert_eq!(e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap()["status"], "in-progress");
+
+    // A rejected proof cancels the visit with the reason; a rejection needs one.
+    let visit = e.request_follow_up(&resident(), with_proof(png, "image/png", text_dx)).await.unwrap();
+    let id = visit["id"].as_str().unwrap().to_string();
+    assert_eq!(e.review_proof(&doctor(), &id, decision("reject", vec![])).await.unwrap_err().http_status(), 400);
+    let reason = json!({"name": "reason", "valueString": "图片不清晰，请重新上传"});
+    let rejected = e.review_proof(&doctor(), &id, decision("reject", vec![reason])).await.unwrap();
+    assert_eq!((rejected["status"].as_str(), proof_status(&rejected).as_str()), (Some("cancelled"), "rejected"));
+    assert!(rejected["hospitalization"]["dischargeDisposition"]["text"].as_str().unwrap().contains("图片不清晰"));
+    assert_eq!(
+        audited(e.store().as_ref(), "internet-proof-review").await,
+        ["denied", "denied", "failure", "success", "failure", "failure", "success"]
+    );
+}
