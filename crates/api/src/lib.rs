@@ -503,6 +503,10 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
         },
+        ["Task", "$review-queue"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, engine.review_queue(&ctx, &params).await?.to_string())),
+            _ => Err(method_not_allowed(&method, &path, "GET")),
+        },
         ["MedicationRequest", "$pharmacy-queue"] => match method {
             Method::GET => Ok(json_response(StatusCode::OK, engine.pharmacy_queue(&ctx).await?.to_string())),
             _ => Err(method_not_allowed(&method, &path, "GET")),

@@ -40,6 +40,9 @@ pub const RX_SYSTEM: &str = "https://hutong.dev/fhir/sid/prescription";
 pub const DRUG_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/drug-catalogue";
 /// `Task.code` of a pharmacist review.
 pub const REVIEW_CODE: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|rx-review";
+/// `OrganizationAffiliation.code` approving the `organization` as the review centre of the
+/// `participatingOrganization`'s prescriptions.
+pub const REVIEW_CENTRE_CODE: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|rx-review-centre";
 /// Extension on the MedicationRequests: an overridden warning (`alert` key and `reason`).
 pub const OVERRIDE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-override";
 /// Extension on a visit whose offline diagnosis is an uploaded proof: `document`
@@ -1137,11 +1140,15 @@ impl Engine {
             .to_string();
         let principal = Self::caller(ctx);
         let pharmacist = principal.and_then(|c| c.practitioner.clone());
-        let allowed = principal
-            .is_some_and(|c| c.role == Role::Pharmacist && c.organization.as_deref() == Some(organization.as_str()));
+        let reviewer = principal.filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.as_deref());
+        let allowed = match reviewer {
+            Some(org) => self.reviewed_hospitals(org).await?.contains(&organization),
+            None => false,
+        };
         let Some(pharmacist) = pharmacist.filter(|_| allowed) else {
             return Err(EngineError::Forbidden(
-                "处方由开方医院的药师审核 / prescriptions are reviewed by a pharmacist of the prescribing hospital"
+                "处方由开方医院或其认可的审方中心的药师审核 / prescriptions are reviewed by a pharmacist of the \
+                 prescribing hospital or of a review centre it has approved"
                     .into(),
             ));
         };
@@ -1637,6 +1644,74 @@ impl Engine {
     /// `GET MedicationRequest/$pharmacy-queue`: the approved prescriptions sent to the caller's
     /// pharmacy (a pharmacist's organization) and not yet dispensed, oldest first. A pharmacy
     /// sees only what was sent to it.
+    /// The hospitals whose prescriptions pharmacists of `organization` review: its own, and
+    /// those that approved it as their review centre (审方中心) by an active
+    /// `OrganizationAffiliation` (`organization` the centre, `participatingOrganization` the
+    /// hospital, `code` [`REVIEW_CENTRE_CODE`], `period` covering today).
+    pub async fn reviewed_hospitals(&self, organization: &str) -> EngineResult<Vec<String>> {
+        let mut hospitals = vec![organization.to_string()];
+        let centre = format!("Organization/{organization}");
+        let today = today().format("%Y-%m-%d").to_string();
+        let role = REVIEW_CENTRE_CODE;
+        for a in self
+            .scan("OrganizationAffiliation", &[("primary-organization", centre.as_str()), ("role", role), ("active", "true")])
+            .await?
+        {
+            let a = body(&a);
+            let within = a["period"]["start"].as_str().is_none_or(|s| s.get(..10).unwrap_or(s) <= today.as_str())
+                && a["period"]["end"].as_str().is_none_or(|e| e.get(..10).unwrap_or(e) >= today.as_str());
+            let hospital = a["participatingOrganization"]["reference"].as_str().and_then(|r| reference_id(r, "Organization"));
+            if let Some(h) = hospital.filter(|_| within)
+                && !hospitals.iter().any(|x| x == h)
+            {
+                hospitals.push(h.to_string());
+            }
+        }
+        Ok(hospitals)
+    }
+
+    /// `GET Task/$review-queue?_count=N&_offset=M` (a pharmacist): the pending prescription
+    /// reviews of the hospitals the pharmacist's organization reviews for, oldest first, as a
+    /// searchset Bundle of review Tasks; audited with the patients shown.
+    pub async fn review_queue(&self, ctx: &Ctx, params: &[(String, String)]) -> EngineResult<Value> {
+        const ACTION: &str = "rx-review-queue";
+        let Some(organization) =
+            Self::caller(ctx).filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.clone())
+        else {
+            let e = EngineError::Forbidden("the review queue is a pharmacist's".into());
+            return Err(self.refuse(ctx, ACTION, "Task/$review-queue".into(), None, e).await);
+        };
+        let mut query: Vec<(String, String)> = vec![
+            ("code".into(), REVIEW_CODE.into()),
+            ("status".into(), "requested".into()),
+            ("_total".into(), "none".into()),
+        ];
+        for (k, v) in params {
+            match k.as_str() {
+                "_count" | "_offset" => query.push((k.clone(), v.clone())),
+                other => return Err(bad(format!("Task/$review-queue has no parameter '{other}' (_count, _offset)"))),
+            }
+        }
+        let hospitals = self.reviewed_hospitals(&organization).await?;
+        let owners: Vec<String> = hospitals.iter().map(|h| format!("Organization/{h}")).collect();
+        query.push(("owner".into(), owners.join(",")));
+        let mut page = self.search(&Ctx::system(), Some("Task"), &query, &crate::RequestOptions::default()).await?;
+        let patients: Vec<String> = page["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["for"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")))
+            .map(str::to_string)
+            .collect();
+        // The links name the system search; the queue pages with its own parameters.
+        if let Some(o) = page.as_object_mut() {
+            o.remove("link");
+        }
+        let record = audit::record(ctx, ACTION, "success", "Task/$review-queue".into(), patients, Some(&owners.join(",")));
+        self.audit.append(record).await?;
+        Ok(page)
+    }
+
     pub async fn pharmacy_queue(&self, ctx: &Ctx) -> EngineResult<Value> {
         let Some(pharmacy) =
             Self::caller(ctx).filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.clone())

@@ -36,7 +36,7 @@ pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
 pub use internet::{
-    DRUG_SYSTEM, OVERRIDE_EXTENSION, PROOF_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, SecondFactor,
+    DRUG_SYSTEM, OVERRIDE_EXTENSION, PROOF_EXTENSION, REVIEW_CENTRE_CODE, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, SecondFactor,
     VISIT_TAG,
 };
 pub use kpi::BOOKING_RATE_TARGET;

@@ -519,3 +519,60 @@ async fn an_uploaded_proof_of_an_offline_diagnosis_is_reviewed_by_the_doctor() {
         ["denied", "denied", "failure", "success", "failure", "failure", "success"]
     );
 }
+
+fn queue_tasks(page: &Value) -> Vec<String> {
+    page["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A hospital may have its prescriptions reviewed by an approved review centre (审方中心):
+/// the centre's pharmacists see them in their queue and review them only while the approval
+/// (an active OrganizationAffiliation within its period) holds; other pharmacists never do.
+#[tokio::test]
+async fn an_approved_review_centre_reviews_the_hospitals_prescriptions() {
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    fixtures(e).await;
+    put(e, json!({"resourceType": "Organization", "id": "rc1", "name": "区域审方中心"})).await;
+    let visit = visit_in_progress(e).await;
+    let signed = e.prescribe(&doctor(), &keys, prescribe(&visit, vec![item("D0001", 30.0, 1, 7)])).await.unwrap();
+    let task =
+        param(&signed, "task")["valueReference"]["reference"].as_str().unwrap().trim_start_matches("Task/").to_string();
+    let centre = pharmacist("rc1", "ph-rc");
+    let approve = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approve"}]});
+
+    // Not approved yet: an empty queue, and no review.
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    assert_eq!(e.review_prescription(&centre, &keys, &task, approve.clone()).await.unwrap_err().http_status(), 403);
+    // The hospital's own pharmacists see it.
+    assert_eq!(queue_tasks(&e.review_queue(&pharmacist("h1", "ph1"), &[]).await.unwrap()), [task.clone()]);
+    // An expired approval does not count; a current one does.
+    let affiliation = |id: &str, start: &str, end: &str| {
+        json!({"resourceType": "OrganizationAffiliation", "id": id, "active": true,
+            "period": {"start": start, "end": end},
+            "organization": {"reference": "Organization/rc1"}, "participatingOrganization": {"reference": "Organization/h1"},
+            "code": [{"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/internet-hospital", "code": "rx-review-centre"}]}]})
+    };
+    put(e, affiliation("aff-old", "2020-01-01", "2021-01-01")).await;
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    put(e, affiliation("aff-now", "2025-01-01", "2099-12-31")).await;
+    assert_eq!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()), [task.clone()]);
+    // Paging parameters only; a doctor has no review queue.
+    let err = e.review_queue(&centre, &[("owner".into(), "Organization/h2".into())]).await.unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(e.review_queue(&doctor(), &[]).await.unwrap_err().http_status(), 403);
+    // Another hospital's pharmacist still cannot; the centre's approves, and the queue empties.
+    assert_eq!(
+        e.review_prescription(&pharmacist("h2", "ph2"), &keys, &task, approve.clone()).await.unwrap_err().http_status(),
+        403
+    );
+    let approved = e.review_prescription(&centre, &keys, &task, approve).await.unwrap();
+    assert_eq!(param(&approved, "status")["valueCode"], "active");
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    let verified = e.verify_prescription(&Ctx::system(), &{
+        param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+}
