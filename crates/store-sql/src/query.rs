@@ -2,9 +2,11 @@
 //!
 //! Each ANDed criterion becomes one condition on the outer `resource` row `r`, the ORed values of
 //! a criterion sharing one subquery. The most selective criterion (by parameter type: references
-//! and `_id` first, dates last; see [`selectivity_rank`]) drives the query as
-//! `r.rid IN (SELECT rid FROM idx_… WHERE type, param, value …)`, served by the value index; every
-//! other criterion is a correlated `EXISTS (… WHERE i.rid = r.rid AND i.param = …)` probe on the
+//! and `_id` first, dates last; see [`selectivity_rank`]) drives the query: the page query joins
+//! its index rows (`FROM idx_… i JOIN resource r ON r.rid = i.rid`, served by the value index,
+//! whose rows for one value come in `rid` order, so the page stops after `LIMIT` rows; see
+//! [`driver_join`]), the count query uses `r.rid IN (SELECT rid FROM idx_… …)`; every other
+//! criterion is a correlated `EXISTS (… WHERE i.rid = r.rid AND i.param = …)` probe on the
 //! `(rid, param)` index. Both databases then start from the few matching rows instead of
 //! materialising every resource with, say, a common code.
 //! Semantics follow FHIR R4 search: strings match by prefix on the folded form, dates compare
