@@ -49,6 +49,13 @@ pub const OVERRIDE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinitio
 /// (DocumentReference), `diagnosis` (as the resident named it), `status` (`pending`,
 /// `accepted`, `rejected`), `reason` (a rejection's).
 pub const PROOF_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/offline-diagnosis-proof";
+/// The informed consent a resident accepts to request an online visit (the text the pages show;
+/// `Consent.policy.uri`).
+pub const CONSENT_POLICY: &str = "https://hutong.dev/policy/internet-visit-consent/v1";
+/// A visit nobody took is cancelled after this long (24 h).
+pub const WAITING_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
+/// A consultation left open is closed after this long (48 h).
+pub const CONSULTING_TIMEOUT_MS: i64 = 48 * 3600 * 1000;
 /// Largest uploaded proof (decoded bytes).
 const MAX_PROOF_BYTES: usize = 5 * 1024 * 1024;
 /// The security-object kind of practitioners' signing keys.
@@ -314,7 +321,7 @@ impl Engine {
         let p = Params::parse(
             &parameters,
             "Encounter/$request-follow-up",
-            &["patient", "practitionerRole", "condition", "reason", "proof", "diagnosis"],
+            &["patient", "practitionerRole", "condition", "reason", "proof", "diagnosis", "consent"],
         )?;
         let patient = p
             .text("patient")
@@ -348,6 +355,12 @@ impl Engine {
             ));
         }
         self.current_body("Patient", patient).await?;
+        if !p.flag("consent") {
+            return Err(rule(
+                "须阅读并同意《互联网诊疗知情同意书》（consent 为 true） / the informed consent to online care must be \
+                 read and accepted ('consent' true)",
+            ));
+        }
         let role_id = p
             .text("practitionerRole")
             .and_then(|r| reference_id(r, "PractitionerRole"))
@@ -397,10 +410,30 @@ impl Engine {
         let mut encounter = encounter;
         encounter["reasonReference"] = json!([{"reference": format!("Condition/{condition_id}")}]);
         let id = encounter["id"].as_str().unwrap_or_default().to_string();
-        let op = self.build_op("Encounter", &id, 1, now_ms(), WriteMethod::Create, encounter)?;
-        let stored = self.commit_one(op).await?;
+        let now = now_ms();
+        let ops = vec![
+            self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?,
+            self.consent_op(patient, organization, &id, now)?,
+        ];
+        let stored = self.commit_then_read(ops, "Encounter", &id).await?;
         let answer = body(&stored);
         Ok((stored, answer))
+    }
+
+    /// The resident's informed consent to this online visit (互联网诊疗知情同意), recorded as a
+    /// `Consent` (scope treatment) naming the visit, stored with it.
+    fn consent_op(&self, patient: &str, organization: &str, visit: &str, now: i64) -> EngineResult<WriteOp> {
+        let consent = json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "treatment"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}],
+                          "text": "互联网诊疗知情同意 / informed consent to online care"}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "dateTime": fhir::normalize::format_instant(now),
+            "performer": [{"reference": format!("Patient/{patient}")}],
+            "organization": [{"reference": format!("Organization/{organization}")}],
+            "policy": [{"uri": CONSENT_POLICY}],
+            "provision": {"type": "permit", "data": [{"meaning": "related", "reference": {"reference": format!("Encounter/{visit}")}}]}});
+        self.new_resource_op("Consent", now, consent)
     }
 
     /// A follow-up whose offline diagnosis is not on the platform: the resident uploads its
@@ -486,16 +519,12 @@ impl Engine {
             {"url": "status", "valueCode": "pending"}]}]);
         let id = encounter["id"].as_str().unwrap_or_default().to_string();
         let ops = vec![
+            self.consent_op(patient, organization, &id, now)?,
             self.build_op("Binary", &binary_id, 1, now, WriteMethod::Create, binary)?,
             self.build_op("DocumentReference", &document_id, 1, now, WriteMethod::Create, document)?,
             self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?,
         ];
-        self.store.commit(&Ctx::system(), ops).await?;
-        let stored = self
-            .store
-            .read(&Ctx::system(), "Encounter", &id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(id.clone()))?;
+        let stored = self.commit_then_read(ops, "Encounter", &id).await?;
         let answer = body(&stored);
         Ok((stored, answer))
     }
@@ -620,10 +649,10 @@ impl Engine {
         Ok((body(&self.current_body("Encounter", id).await?.0), patient))
     }
 
-    async fn commit_one(&self, op: WriteOp) -> EngineResult<StoredResource> {
-        let (ty, id) = (op.resource_type.clone(), op.id.clone());
-        self.store.commit(&Ctx::system(), vec![op]).await?;
-        self.store.read(&Ctx::system(), &ty, &id).await?.ok_or_else(|| EngineError::NotFound(format!("{ty}/{id}")))
+    /// Commits `ops` and reads back one of the resources written.
+    async fn commit_then_read(&self, ops: Vec<WriteOp>, ty: &str, id: &str) -> EngineResult<StoredResource> {
+        self.store.commit(&Ctx::system(), ops).await?;
+        self.store.read(&Ctx::system(), ty, id).await?.ok_or_else(|| EngineError::NotFound(format!("{ty}/{id}")))
     }
 
     /// The visit and its treating doctor's Practitioner id.
@@ -652,7 +681,7 @@ impl Engine {
     /// started (`cancelled`).
     pub async fn visit_status(&self, ctx: &Ctx, id: &str, parameters: Value) -> EngineResult<Value> {
         const ACTION: &str = "internet-visit-status";
-        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason", "otp"])?;
+        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason", "otp", "note"])?;
         let wanted =
             p.text("status").ok_or_else(|| bad("'status' (in-progress, finished, referred, cancelled) is required"))?;
         let (stored, mut encounter, doctor) = self.visit(id).await?;
@@ -694,6 +723,15 @@ impl Engine {
                 "须先审核患者上传的线下诊断证明（$review-proof） / review the uploaded proof of the offline diagnosis first ($review-proof)",
             )),
             Ok(()) if wanted == "in-progress" => self.fresh_second_factor(ctx, p.text("otp")).await,
+            Ok(())
+                if (wanted == "finished" || wanted == "referred")
+                    && p.text("note").is_none_or(|n| n.trim().is_empty() || n.chars().count() > 20_000) =>
+            {
+                Err(rule(
+                    "结束问诊须填写诊疗记录（note，不超过 20000 字） / closing a visit needs its record ('note', at most \
+                     20,000 characters)",
+                ))
+            }
             other => other,
         };
         if let Err(e) = checked {
@@ -714,13 +752,109 @@ impl Engine {
         if let Some(reason) = p.text("reason") {
             encounter["reasonCode"] = json!([{"text": reason}]);
         }
-        let op = self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?;
+        let mut ops = Vec::new();
+        if let Some(note) = p.text("note").filter(|_| wanted == "finished" || wanted == "referred") {
+            ops.push(self.visit_record_op(&encounter, id, &doctor, note, wanted == "referred", now)?);
+        }
+        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
         let record = audit::record(ctx, ACTION, "success", format!("Encounter/{id}"), vec![patient], Some(wanted));
-        self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await.map_err(|e| match e {
+        self.store.commit_audited(&Ctx::system(), ops, vec![record]).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
             other => other.into(),
         })?;
         Ok(body(&self.current_body("Encounter", id).await?.0))
+    }
+
+    /// The visit's record (互联网复诊记录) as an EMR entry of the hospital: a final
+    /// `Composition` (LOINC 11506-3 progress note) for the patient and the visit, authored by the
+    /// doctor, custodian the hospital, so it is part of the hospital's records and the shared
+    /// health record like any note from an in-person visit.
+    fn visit_record_op(
+        &self,
+        encounter: &Value,
+        id: &str,
+        doctor: &str,
+        note: &str,
+        referred: bool,
+        now: i64,
+    ) -> EngineResult<WriteOp> {
+        let escaped = note.trim().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let div = format!(
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>",
+            escaped.lines().map(|l| format!("<p>{l}</p>")).collect::<String>()
+        );
+        let title = if referred { "互联网复诊记录（转线下就诊）" } else { "互联网复诊记录" };
+        let composition = json!({"resourceType": "Composition", "status": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}], "text": "互联网复诊记录"},
+            "subject": encounter["subject"], "encounter": {"reference": format!("Encounter/{id}")},
+            "date": fhir::normalize::format_instant(now),
+            "author": [{"reference": format!("Practitioner/{doctor}")}],
+            "title": title, "custodian": encounter["serviceProvider"],
+            "section": [{"title": "诊疗记录", "text": {"status": "generated", "div": div}}]});
+        self.new_resource_op("Composition", now, composition)
+    }
+
+    /// Runs the visit timeouts until the process ends: a sweep every minute.
+    pub async fn visit_timeouts_run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.expire_visits(now_ms()).await {
+                tracing::warn!(error = %e, "internet visits: the timeout sweep failed; retrying");
+            }
+        }
+    }
+
+    /// The visits' timeouts at `now` (Unix ms): a visit still waiting [`WAITING_TIMEOUT_MS`]
+    /// after its request (or after its proof was accepted) is cancelled, the doctor not having
+    /// taken it; a consultation still in progress [`CONSULTING_TIMEOUT_MS`] after it started is
+    /// closed (`finished`, without a visit record: the doctor never wrote one). Each change is
+    /// audited as the system's and reaches the supervision feed. Returns how many changed.
+    pub async fn expire_visits(&self, now: i64) -> EngineResult<usize> {
+        let tag = VISIT_TAG;
+        let waiting_cutoff = format!("lt{}", fhir::normalize::format_instant(now - WAITING_TIMEOUT_MS));
+        let consulting_cutoff = format!("lt{}", fhir::normalize::format_instant(now - CONSULTING_TIMEOUT_MS));
+        let waiting =
+            self.scan("Encounter", &[("_tag", tag), ("status", "planned"), ("_lastUpdated", &waiting_cutoff)]).await?;
+        let consulting =
+            self.scan("Encounter", &[("_tag", tag), ("status", "in-progress"), ("date", &consulting_cutoff)]).await?;
+        let mut changed = 0;
+        for (stored, closing) in waiting.iter().map(|s| (s, false)).chain(consulting.iter().map(|s| (s, true))) {
+            let mut encounter = body(stored);
+            let patient = encounter["subject"]["reference"]
+                .as_str()
+                .and_then(|r| reference_id(r, "Patient"))
+                .unwrap_or_default()
+                .to_string();
+            let instant = fhir::normalize::format_instant(now);
+            let (status, why) = if closing {
+                ("finished", "问诊超过 48 小时未结束，系统自动关闭 / closed by the platform: in progress for 48 hours")
+            } else {
+                (
+                    "cancelled",
+                    "医生 24 小时内未接诊，系统自动取消 / cancelled by the platform: no doctor took it within 24 hours",
+                )
+            };
+            encounter["status"] = json!(status);
+            encounter["period"]["end"] = json!(instant);
+            encounter["hospitalization"]["dischargeDisposition"] = json!({"text": why});
+            let op = self.build_op("Encounter", &stored.id, stored.version + 1, now, WriteMethod::Update, encounter)?;
+            let record = audit::record(
+                &Ctx::system(),
+                "internet-visit-timeout",
+                "success",
+                format!("Encounter/{}", stored.id),
+                vec![patient],
+                Some(status),
+            );
+            match self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await {
+                Ok(()) => changed += 1,
+                // Changed meanwhile (the doctor started or closed it): the next sweep decides.
+                Err(StoreError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(changed)
     }
 
     // ---- prescriptions -----------------------------------------------------------------------
@@ -1307,7 +1441,7 @@ impl Engine {
     /// the MedicationRequests in one transaction.
     pub async fn dispense(&self, ctx: &Ctx, parameters: Value) -> EngineResult<Value> {
         const ACTION: &str = "rx-dispense";
-        let p = Params::parse(&parameters, "MedicationRequest/$dispense", &["prescription", "pharmacy"])?;
+        let p = Params::parse(&parameters, "MedicationRequest/$dispense", &["prescription", "pharmacy", "sale"])?;
         let number = p.text("prescription").ok_or_else(|| bad("'prescription' (the number) is required"))?.to_string();
         let result = self.dispense_checked(ctx, &p, &number).await;
         self.finish(ctx, ACTION, format!("MedicationRequest?identifier={number}"), result).await
@@ -1322,6 +1456,10 @@ impl Engine {
         if !allowed {
             return Err(EngineError::Forbidden("a prescription is dispensed by the pharmacy it was sent to".into()));
         }
+        let sale = match p.all.iter().find(|(n, _)| *n == "sale") {
+            Some((_, sale)) => Some(retail_sale(sale, number)?),
+            None => None,
+        };
         let requests = self.prescription_requests(number).await?;
         let now = now_ms();
         let day = today().to_string();
@@ -1373,6 +1511,10 @@ impl Engine {
                 "whenHandedOver": fhir::normalize::format_instant(now),
                 "dosageInstruction": mr["dosageInstruction"],
             });
+            let mut dispense = dispense;
+            if let Some(sale) = &sale {
+                dispense["extension"] = json!([sale]);
+            }
             ops.push(self.build_op(
                 "MedicationDispense",
                 &format!("{number}-{}-dispense", i + 1),
@@ -1422,6 +1564,35 @@ impl Engine {
         ))
     }
 }
+
+/// The `sale` parameter of `$dispense` (a retail pharmacy's sale: parts `receipt`, `amount` in
+/// CNY, `paidAt`) as the [`RETAIL_SALE_EXTENSION`] on each MedicationDispense, naming the
+/// prescription, so the sale links back to it.
+fn retail_sale(sale: &Value, number: &str) -> EngineResult<Value> {
+    let receipt = part(sale, "receipt").and_then(value_text).map(str::trim).filter(|r| !r.is_empty() && r.len() <= 64);
+    let Some(receipt) = receipt else {
+        return Err(bad("'sale' needs 'receipt' (the sales receipt number, at most 64 characters)"));
+    };
+    let amount = part(sale, "amount").and_then(value_number).filter(|a| a.is_finite() && *a >= 0.0 && *a < 1e7);
+    let Some(amount) = amount else {
+        return Err(bad("'sale' needs 'amount' (the price paid in CNY, ≥ 0)"));
+    };
+    let mut fields = vec![
+        json!({"url": "prescription", "valueIdentifier": {"system": RX_SYSTEM, "value": number}}),
+        json!({"url": "receipt", "valueString": receipt}),
+        json!({"url": "amount", "valueMoney": {"value": (amount * 100.0).round() / 100.0, "currency": "CNY"}}),
+    ];
+    if let Some(paid) = part(sale, "paidAt").and_then(|p| p["valueDateTime"].as_str()) {
+        if paid.len() < 20 || fhir::normalize::date_range(paid).is_none() {
+            return Err(bad(format!("'sale' paidAt '{paid}' is not a dateTime with a time and time zone")));
+        }
+        fields.push(json!({"url": "paidAt", "valueDateTime": paid}));
+    }
+    Ok(json!({"url": RETAIL_SALE_EXTENSION, "extension": fields}))
+}
+
+/// On a MedicationDispense: the retail sale (`prescription`, `receipt`, `amount`, `paidAt`).
+pub const RETAIL_SALE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-retail-sale";
 
 /// On the MedicationRequests: how the resident gets the drugs (`method` pickup | home, and the
 /// delivery `address`). Not part of the signed content.
@@ -1654,13 +1825,17 @@ impl Engine {
         let today = today().format("%Y-%m-%d").to_string();
         let role = REVIEW_CENTRE_CODE;
         for a in self
-            .scan("OrganizationAffiliation", &[("primary-organization", centre.as_str()), ("role", role), ("active", "true")])
+            .scan(
+                "OrganizationAffiliation",
+                &[("primary-organization", centre.as_str()), ("role", role), ("active", "true")],
+            )
             .await?
         {
             let a = body(&a);
             let within = a["period"]["start"].as_str().is_none_or(|s| s.get(..10).unwrap_or(s) <= today.as_str())
                 && a["period"]["end"].as_str().is_none_or(|e| e.get(..10).unwrap_or(e) >= today.as_str());
-            let hospital = a["participatingOrganization"]["reference"].as_str().and_then(|r| reference_id(r, "Organization"));
+            let hospital =
+                a["participatingOrganization"]["reference"].as_str().and_then(|r| reference_id(r, "Organization"));
             if let Some(h) = hospital.filter(|_| within)
                 && !hospitals.iter().any(|x| x == h)
             {
@@ -1707,7 +1882,8 @@ impl Engine {
         if let Some(o) = page.as_object_mut() {
             o.remove("link");
         }
-        let record = audit::record(ctx, ACTION, "success", "Task/$review-queue".into(), patients, Some(&owners.join(",")));
+        let record =
+            audit::record(ctx, ACTION, "success", "Task/$review-queue".into(), patients, Some(&owners.join(",")));
         self.audit.append(record).await?;
         Ok(page)
     }

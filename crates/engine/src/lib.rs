@@ -36,8 +36,8 @@ pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
 pub use internet::{
-    DRUG_SYSTEM, OVERRIDE_EXTENSION, PROOF_EXTENSION, REVIEW_CENTRE_CODE, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, SecondFactor,
-    VISIT_TAG,
+    CONSENT_POLICY, CONSULTING_TIMEOUT_MS, DRUG_SYSTEM, OVERRIDE_EXTENSION, PROOF_EXTENSION, RETAIL_SALE_EXTENSION,
+    REVIEW_CENTRE_CODE, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, SecondFactor, VISIT_TAG, WAITING_TIMEOUT_MS,
 };
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};

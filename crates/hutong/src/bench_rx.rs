@@ -140,7 +140,8 @@ async fn fixtures(engine: &engine::Engine, patients: usize) -> anyhow::Result<Ve
         let request = json!({"resourceType": "Parameters", "parameter": [
             {"name": "patient", "valueReference": {"reference": format!("Patient/{p}")}},
             {"name": "practitionerRole", "valueReference": {"reference": "PractitionerRole/bench-r1"}},
-            {"name": "condition", "valueReference": {"reference": format!("Condition/{p}-htn")}}]});
+            {"name": "condition", "valueReference": {"reference": format!("Condition/{p}-htn")}},
+            {"name": "consent", "valueBoolean": true}]});
         let visit = engine.request_follow_up(&sys, request).await?;
         let id = visit["id"].as_str().unwrap_or_default().to_string();
         let start =

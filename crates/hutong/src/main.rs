@@ -268,6 +268,8 @@ async fn main() -> anyhow::Result<()> {
             // Booking confirmations, cancellations, waiting-list promotions and visit reminders
             // (engine/src/notify.rs) through the local SMS and app outboxes.
             tokio::spawn(engine.clone().notify_run(Arc::new(notify::FileNotifier::new(&store.data))));
+            // Internet visits nobody took, or left open, time out (engine/src/internet.rs).
+            tokio::spawn(engine.clone().visit_timeouts_run());
             // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
             security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));
             // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head,

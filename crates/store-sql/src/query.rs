@@ -614,7 +614,14 @@ mod tests {
         let text = &s.page.text;
         assert!(text.contains("FROM idx_reference i JOIN resource r ON r.rid = i.rid"), "{text}");
         assert!(text.contains("i2.n < i.n AND ((i2.target_id = "), "{text}");
-        assert!(text.ends_with(&format!("ORDER BY i.rid ASC LIMIT ?{} OFFSET ?{}", s.page.binds.len() - 1, s.page.binds.len())), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "ORDER BY i.rid ASC LIMIT ?{} OFFSET ?{}",
+                s.page.binds.len() - 1,
+                s.page.binds.len()
+            )),
+            "{text}"
+        );
         // The count keeps the uncorrelated form; `_id` drivers keep theirs.
         assert!(s.count.unwrap().text.contains("r.rid IN (SELECT i.rid FROM idx_reference"));
         let by_id = build("Task", &[("_id", "a"), ("status", "requested")], Dialect::Sqlite);

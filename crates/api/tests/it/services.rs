@@ -351,7 +351,8 @@ async fn starting_a_consultation_needs_a_fresh_second_factor() {
     let request = json!({"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": "Patient/p1"}},
         {"name": "practitionerRole", "valueReference": {"reference": "PractitionerRole/r1"}},
-        {"name": "condition", "valueReference": {"reference": "Condition/c1"}}]});
+        {"name": "condition", "valueReference": {"reference": "Condition/c1"}},
+        {"name": "consent", "valueBoolean": true}]});
     let (status, _, visit) =
         send(&app, req("POST", "/fhir/Encounter/$request-follow-up", FHIR, &request.to_string())).await;
     assert_eq!(status, StatusCode::CREATED, "{visit}");

@@ -87,6 +87,7 @@ fn request(role: &str, condition: Option<&str>) -> Value {
         json!({"name": "patient", "valueReference": {"reference": "Patient/p1"}}),
         json!({"name": "practitionerRole", "valueReference": {"reference": format!("PractitionerRole/{role}")}}),
         json!({"name": "reason", "valueString": "高血压复诊配药"}),
+        json!({"name": "consent", "valueBoolean": true}),
     ];
     if let Some(c) = condition {
         parameter.push(json!({"name": "condition", "valueReference": {"reference": format!("Condition/{c}")}}));
@@ -145,6 +146,12 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     assert!(issues(&err).contains("复诊"), "{}", issues(&err));
     let err = e.request_follow_up(&resident(), request("r1", Some("online-dx"))).await.unwrap_err();
     assert!(issues(&err).contains("offline"), "{}", issues(&err));
+    // The informed consent must be accepted.
+    let mut unconsented = request("r1", Some("htn"));
+    unconsented["parameter"].as_array_mut().unwrap().retain(|p| p["name"] != "consent");
+    let err = e.request_follow_up(&resident(), unconsented).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("informed consent"), "{}", issues(&err));
     // Someone else's patient.
     let stranger = principal(Role::Resident, None, None, &["p2"]);
     assert_eq!(e.request_follow_up(&stranger, request("r1", Some("htn"))).await.unwrap_err().http_status(), 403);
@@ -155,6 +162,13 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     let visit = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
     assert_eq!((visit["status"].as_str(), visit["class"]["code"].as_str()), (Some("planned"), Some("VR")));
     let id = visit["id"].as_str().unwrap().to_string();
+    // The consent is on record, naming the visit.
+    let consents =
+        e.search(&Ctx::system(), Some("Consent"), &[("patient".into(), "Patient/p1".into())], &opts()).await.unwrap();
+    let consents = consents["entry"].as_array().unwrap();
+    assert_eq!(consents.len(), 1, "one visit, one consent (refused requests record none)");
+    assert_eq!(consents[0]["resource"]["provision"]["data"][0]["reference"]["reference"], format!("Encounter/{id}"));
+    assert_eq!(consents[0]["resource"]["policy"][0]["uri"], engine::CONSENT_POLICY);
     // Only the treating doctor starts it; it cannot finish before it starts.
     let other_doctor = principal(Role::Doctor, Some("h1"), Some("d9"), &[]);
     assert_eq!(e.visit_status(&other_doctor, &id, status("in-progress")).await.unwrap_err().http_status(), 403);
@@ -165,15 +179,35 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     // offline when the condition changes.
     assert_eq!(e.visit_status(&resident(), &id, status("cancelled")).await.unwrap_err().http_status(), 409);
     assert_eq!(e.visit_status(&resident(), &id, status("finished")).await.unwrap_err().http_status(), 403);
-    let referred = e.visit_status(&doctor(), &id, status("referred")).await.unwrap();
+    // Closing needs the visit's record, which becomes the hospital's EMR entry.
+    let err = e.visit_status(&doctor(), &id, status("referred")).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("'note'"), "{}", issues(&err));
+    let mut referral = status("referred");
+    referral["parameter"].as_array_mut().unwrap().push(
+        json!({"name": "note", "valueString": "主诉：血压控制不佳，头痛加重。\n处理：建议线下心内科就诊 <急>。"}),
+    );
+    let referred = e.visit_status(&doctor(), &id, referral).await.unwrap();
     assert_eq!(referred["status"], "finished");
+    let records = e
+        .search(&Ctx::system(), Some("Composition"), &[("encounter".into(), format!("Encounter/{id}"))], &opts())
+        .await
+        .unwrap();
+    let record = &records["entry"][0]["resource"];
+    assert_eq!(record["title"], "互联网复诊记录（转线下就诊）");
+    assert_eq!(
+        (record["author"][0]["reference"].as_str(), record["custodian"]["reference"].as_str()),
+        (Some("Practitioner/d1"), Some("Organization/h1"))
+    );
+    let div = record["section"][0]["text"]["div"].as_str().unwrap();
+    assert!(div.contains("<p>处理：建议线下心内科就诊 &lt;急&gt;。</p>"), "{div}");
     assert!(referred["hospitalization"]["dischargeDisposition"]["text"].as_str().unwrap().contains("转线下"));
     // No prescription after the visit ended.
     let err = e.prescribe(&doctor(), &KeyRing::ephemeral(), prescribe(&id, vec![item("D0001", 30.0, 1, 7)])).await;
     assert_eq!(err.unwrap_err().http_status(), 409);
 
     let outcomes = audited(e.store().as_ref(), "internet-visit-request").await;
-    assert_eq!(outcomes, ["failure", "failure", "denied", "failure", "success"]);
+    assert_eq!(outcomes, ["failure", "failure", "failure", "denied", "failure", "success"]);
 }
 
 #[tokio::test]
@@ -382,7 +416,31 @@ async fn residents_send_prescriptions_to_a_pharmacy_which_alone_dispenses_and_de
         {"name": "pharmacy", "valueReference": {"reference": format!("Organization/{pharmacy}")}}]})
     };
     assert_eq!(e.dispense(&pharmacist("h1", "ph1"), dispense("h1")).await.unwrap_err().http_status(), 403);
-    e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap();
+    // A retail sale links back to the prescription; a malformed one is refused before anything.
+    let with_sale = |sale: Value| {
+        let mut d = dispense("shop-1");
+        d["parameter"].as_array_mut().unwrap().push(sale);
+        d
+    };
+    let no_receipt = json!({"name": "sale", "part": [{"name": "amount", "valueDecimal": 36.5}]});
+    let err = e.dispense(&pharmacist("shop-1", "ph-shop"), with_sale(no_receipt)).await.unwrap_err();
+    assert!(issues(&err).contains("receipt"), "{}", issues(&err));
+    let sale = json!({"name": "sale", "part": [{"name": "receipt", "valueString": "POS-20261201-0001"},
+        {"name": "amount", "valueDecimal": 36.5}, {"name": "paidAt", "valueDateTime": "2026-12-01T10:00:00+08:00"}]});
+    e.dispense(&pharmacist("shop-1", "ph-shop"), with_sale(sale)).await.unwrap();
+    let sold = e
+        .search(
+            &Ctx::system(),
+            Some("MedicationDispense"),
+            &[("prescription".into(), format!("MedicationRequest/{number}-1"))],
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let sale = &sold["entry"][0]["resource"]["extension"][0];
+    assert_eq!(sale["url"], engine::RETAIL_SALE_EXTENSION);
+    assert_eq!(sale["extension"][0]["valueIdentifier"]["value"], number.as_str());
+    assert_eq!(sale["extension"][2]["valueMoney"], json!({"value": 36.5, "currency": "CNY"}));
     assert_eq!(e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap_err().http_status(), 409);
     assert_eq!(e.route_prescription(&resident(), route("h1", "pickup", None)).await.unwrap_err().http_status(), 409);
 
@@ -545,7 +603,7 @@ async fn an_approved_review_centre_reviews_the_hospitals_prescriptions() {
     assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
     assert_eq!(e.review_prescription(&centre, &keys, &task, approve.clone()).await.unwrap_err().http_status(), 403);
     // The hospital's own pharmacists see it.
-    assert_eq!(queue_tasks(&e.review_queue(&pharmacist("h1", "ph1"), &[]).await.unwrap()), [task.clone()]);
+    assert_eq!(queue_tasks(&e.review_queue(&pharmacist("h1", "ph1"), &[]).await.unwrap()), vec![task.as_str()]);
     // An expired approval does not count; a current one does.
     let affiliation = |id: &str, start: &str, end: &str| {
         json!({"resourceType": "OrganizationAffiliation", "id": id, "active": true,
@@ -556,7 +614,7 @@ async fn an_approved_review_centre_reviews_the_hospitals_prescriptions() {
     put(e, affiliation("aff-old", "2020-01-01", "2021-01-01")).await;
     assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
     put(e, affiliation("aff-now", "2025-01-01", "2099-12-31")).await;
-    assert_eq!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()), [task.clone()]);
+    assert_eq!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()), vec![task.as_str()]);
     // Paging parameters only; a doctor has no review queue.
     let err = e.review_queue(&centre, &[("owner".into(), "Organization/h2".into())]).await.unwrap_err();
     assert_eq!(err.http_status(), 400);
@@ -569,10 +627,40 @@ async fn an_approved_review_centre_reviews_the_hospitals_prescriptions() {
     let approved = e.review_prescription(&centre, &keys, &task, approve).await.unwrap();
     assert_eq!(param(&approved, "status")["valueCode"], "active");
     assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
-    let verified = e.verify_prescription(&Ctx::system(), &{
-        param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string()
-    })
-    .await
-    .unwrap();
+    let verified = e
+        .verify_prescription(&Ctx::system(), &{
+            param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string()
+        })
+        .await
+        .unwrap();
     assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+}
+
+/// Visits time out: waiting 24 h untaken → cancelled; in progress 48 h → closed; each audited,
+/// and nothing changes before its time.
+#[tokio::test]
+async fn visits_nobody_takes_or_closes_time_out() {
+    let t = engine();
+    let e = &t.engine;
+    fixtures(e).await;
+    let waiting = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
+    let waiting = waiting["id"].as_str().unwrap().to_string();
+    let consulting = visit_in_progress(e).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let hour = 3_600_000;
+    let status_of = |id: String| async move {
+        let r = e.read(&Ctx::system(), "Encounter", &id).await.unwrap();
+        let b: Value = serde_json::from_str(&r.body.unwrap()).unwrap();
+        (b["status"].as_str().unwrap().to_string(), b["hospitalization"]["dischargeDisposition"]["text"].clone())
+    };
+    assert_eq!(e.expire_visits(now + 23 * hour).await.unwrap(), 0);
+    assert_eq!(e.expire_visits(now + 25 * hour).await.unwrap(), 1);
+    let (status, why) = status_of(waiting.clone()).await;
+    assert_eq!(status, "cancelled");
+    assert!(why.as_str().unwrap().contains("24 hours"), "{why}");
+    assert_eq!(status_of(consulting.clone()).await.0, "in-progress");
+    assert_eq!(e.expire_visits(now + 49 * hour).await.unwrap(), 1);
+    assert_eq!(status_of(consulting).await.0, "finished");
+    assert_eq!(e.expire_visits(now + 100 * hour).await.unwrap(), 0, "each visit times out once");
+    assert_eq!(audited(e.store().as_ref(), "internet-visit-timeout").await, ["success", "success"]);
 }
