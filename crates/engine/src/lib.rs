@@ -35,7 +35,10 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
-pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, VISIT_TAG};
+pub use internet::{
+    DELIVERY_EXTENSION, DELIVERY_STATES, DRUG_SYSTEM, InternetDoctor, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM,
+    RxConfig, SUPERVISION_TAG, VISIT_TAG, overrides_of, task_prescription,
+};
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
