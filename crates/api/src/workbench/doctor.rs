@@ -139,6 +139,52 @@ pub(crate) async fn thread(
     Ok(out)
 }
 
+/// The form that posts a chat message to `action`.
+pub(crate) fn chat_form(action: &str, csrf: &str, label: &str, l: Lang) -> String {
+    format!(
+        "<form method=\"post\" action=\"{action}\">{}<label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"3\" \
+         required maxlength=\"2000\"></textarea><button type=\"submit\">{}</button></form>",
+        csrf_field(csrf),
+        esc(label),
+        l.t("发送", "Send")
+    )
+}
+
+/// The treating doctor of a visit (`Practitioner/{id}`), or "".
+pub(crate) fn treating_doctor(visit: &Value) -> String {
+    visit["participant"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["individual"]["reference"].as_str())
+        .find(|r| r.starts_with("Practitioner/"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Posts a chat message of a visit as the caller: a resident writes to the treating doctor,
+/// the doctor to the patient. The engine's normal create decides (the patient's own record;
+/// the doctor's care relationship) and audits.
+pub(crate) async fn send_chat(
+    state: &AppState,
+    v: &Visit,
+    ctx: &store::Ctx,
+    visit_id: &str,
+    text: &str,
+) -> Result<engine::WriteOutcome, EngineError> {
+    let text: String = text.trim().chars().take(2000).collect();
+    if text.is_empty() {
+        return Err(EngineError::bad_request(fhir::IssueType::Required, "消息不能为空 / the message is empty"));
+    }
+    let visit = state.engine.internet_visit(ctx, visit_id).await?;
+    let patient = visit["subject"]["reference"].as_str().unwrap_or("").to_string();
+    let doctor = treating_doctor(&visit);
+    let from_patient = ctx.principal.as_deref().is_some_and(|p| p.role == access::Role::Resident);
+    let (sender, recipient) = if from_patient { (&patient, &doctor) } else { (&doctor, &patient) };
+    let communication = communication(&visit, sender, recipient, &text);
+    state.engine.create(ctx, "Communication", communication, &opts(state, v)).await
+}
+
 /// A chat message of a visit as a Communication (the engine's normal create decides who may).
 pub(crate) fn communication(visit: &Value, sender: &str, recipient: &str, text: &str) -> Value {
     json!({
@@ -233,14 +279,8 @@ async fn visit_body(state: &AppState, v: &Visit, s: &Staff, id: &str, draft: &Dr
     let _ = write!(body, "<h2>{}</h2>", l.t("图文咨询", "Chat"));
     body.push_str(&thread(state, v, &s.ctx, id, &patient_id, &me).await?);
     if status == "in-progress" || status == "planned" {
-        let _ = write!(
-            body,
-            "<form method=\"post\" action=\"/doctor/visits/{}/messages\">{}<label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"3\" required maxlength=\"2000\"></textarea><button type=\"submit\">{}</button></form>",
-            url(id),
-            csrf_field(&s.csrf),
-            l.t("回复患者", "Reply to the patient"),
-            l.t("发送", "Send")
-        );
+        let action = format!("/doctor/visits/{}/messages", url(id));
+        body.push_str(&chat_form(&action, &s.csrf, l.t("回复患者", "Reply to the patient"), l));
     }
     // Prescriptions of this visit.
     let encounter = format!("Encounter/{id}");
@@ -368,13 +408,16 @@ fn prescription_form(state: &AppState, l: Lang, s: &Staff, id: &str, draft: &Dra
     out
 }
 
+/// One section of the records: type, Chinese and English heading, extra search parameters.
+type RecordSection<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// The patient's records as the doctor may see them: conditions, allergies, medications and
 /// the latest results.
 async fn records(state: &AppState, v: &Visit, s: &Staff, patient: &str) -> String {
     let l = v.lang;
     let reference = format!("Patient/{patient}");
     let mut out = format!("<h2>{}</h2>", l.t("患者档案", "The patient's records"));
-    let sections: [(&str, &str, &str, &[(&str, &str)]); 4] = [
+    let sections: [RecordSection; 4] = [
         ("Condition", "疾病诊断", "Conditions", &[("_count", "20")]),
         ("AllergyIntolerance", "过敏史", "Allergies", &[("_count", "20")]),
         ("MedicationRequest", "用药记录", "Medications", &[("_count", "20"), ("_sort", "-authoredon")]),
@@ -494,18 +537,7 @@ pub async fn message(State(state): State<AppState>, Path(id): Path<String>, requ
         Ok(f) => f,
         Err(r) => return r,
     };
-    let text: String = form.get("text").map(|t| t.trim()).unwrap_or("").chars().take(2000).collect();
-    let result = async {
-        if text.is_empty() {
-            return Err(EngineError::bad_request(fhir::IssueType::Required, "消息不能为空 / the message is empty"));
-        }
-        let visit = state.engine.internet_visit(&s.ctx, &id).await?;
-        let me = format!("Practitioner/{}", s.principal().practitioner.as_deref().unwrap_or(""));
-        let patient = visit["subject"]["reference"].as_str().unwrap_or("").to_string();
-        let communication = communication(&visit, &me, &patient, &text);
-        state.engine.create(&s.ctx, "Communication", communication, &opts(&state, &v)).await
-    }
-    .await;
+    let result = send_chat(&state, &v, &s.ctx, &id, form.get("text").map(String::as_str).unwrap_or("")).await;
     match result {
         Ok(_) => redirect(&format!("/doctor/visits/{}?done=sent", url(&id)), v.cookies),
         Err(e) => {

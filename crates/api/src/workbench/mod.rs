@@ -20,7 +20,7 @@ mod doctor;
 mod pharmacy;
 mod regulator;
 
-pub(crate) use doctor::{communication, thread, visit_status_label};
+pub(crate) use doctor::{chat_form, send_chat, thread, treating_doctor, visit_status_label};
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -208,6 +208,7 @@ macro_rules! staff {
 pub(crate) use staff;
 
 /// Renders a page of an area for a signed-in staff member.
+#[expect(clippy::too_many_arguments, reason = "the page frame's parts, passed by every handler")]
 pub(crate) async fn render(
     state: &AppState,
     v: &Visit,

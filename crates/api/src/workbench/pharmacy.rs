@@ -312,25 +312,8 @@ pub async fn dispense(State(state): State<AppState>, request: Request) -> Respon
         {"name": "prescription", "valueString": form.get("prescription").cloned().unwrap_or_default()},
         {"name": "pharmacy", "valueReference": {"reference": form.get("pharmacy").cloned().unwrap_or_default()}},
     ]});
-    match state.engine.dispense(&s.ctx, parameters).await {
-        Ok(_) => redirect("/pharmacy/?done=dispensed", v.cookies),
-        Err(e) => {
-            let l = v.lang;
-            let error = engine_error(&state, &e, l);
-            let back = format!("<p><a href=\"/pharmacy/\">{}</a></p>", l.t("返回", "Back"));
-            render(
-                &state,
-                &v,
-                &s,
-                error_status(&e),
-                l.t("调配与配送", "Dispensing and delivery"),
-                Some(&error),
-                None,
-                &back,
-            )
-            .await
-        }
-    }
+    let result = state.engine.dispense(&s.ctx, parameters).await;
+    pharmacy_answer(&state, &v, &s, result, "dispensed").await
 }
 
 /// `POST /pharmacy/deliveries/{task}` (`state`, `carrier`, `trackingNumber`).
@@ -347,23 +330,27 @@ pub async fn delivery(State(state): State<AppState>, Path(task): Path<String>, r
         }
     }
     let parameters = json!({"resourceType": "Parameters", "parameter": parameter});
-    match state.engine.delivery_update(&s.ctx, &task, parameters).await {
-        Ok(_) => redirect("/pharmacy/?done=delivery", v.cookies),
+    let result = state.engine.delivery_update(&s.ctx, &task, parameters).await;
+    pharmacy_answer(&state, &v, &s, result, "delivery").await
+}
+
+/// After a pharmacy's action: back to the queue with a notice, or the refusal in the page
+/// language.
+async fn pharmacy_answer(
+    state: &AppState,
+    v: &crate::portal::Visit,
+    s: &super::Staff,
+    result: Result<Value, engine::EngineError>,
+    done: &str,
+) -> Response {
+    match result {
+        Ok(_) => redirect(&format!("/pharmacy/?done={done}"), v.cookies.clone()),
         Err(e) => {
             let l = v.lang;
-            let error = engine_error(&state, &e, l);
+            let error = engine_error(state, &e, l);
             let back = format!("<p><a href=\"/pharmacy/\">{}</a></p>", l.t("返回", "Back"));
-            render(
-                &state,
-                &v,
-                &s,
-                error_status(&e),
-                l.t("调配与配送", "Dispensing and delivery"),
-                Some(&error),
-                None,
-                &back,
-            )
-            .await
+            let title = l.t("调配与配送", "Dispensing and delivery");
+            render(state, v, s, error_status(&e), title, Some(&error), None, &back).await
         }
     }
 }

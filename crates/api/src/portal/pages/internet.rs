@@ -9,9 +9,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{
-    Html, checked_form, error_status, message, opts, person_name, read, render, search, text_of, to_login, when,
-};
+use super::{Html, checked_form, error_status, message, person_name, read, render, search, text_of, to_login, when};
 use crate::AppState;
 use crate::portal::html::{Lang, csrf_field, esc, url};
 use crate::portal::{Session, Visit, redirect, session, visit};
@@ -328,14 +326,7 @@ async fn visit_body(state: &AppState, v: &Visit, s: &Session, id: &str) -> Resul
     let l = v.lang;
     let visit = state.engine.internet_visit(&s.ctx, id).await?;
     let patient = visit["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")).unwrap_or("");
-    let doctor_ref = visit["participant"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["individual"]["reference"].as_str())
-        .find(|r| r.starts_with("Practitioner/"))
-        .unwrap_or("")
-        .to_string();
+    let doctor_ref = crate::workbench::treating_doctor(&visit);
     let doctor = match doctor_ref.strip_prefix("Practitioner/") {
         Some(d) => read(state, s, "Practitioner", d).await.map(|(p, _)| person_name(&p)).unwrap_or_default(),
         None => String::new(),
@@ -354,14 +345,8 @@ async fn visit_body(state: &AppState, v: &Visit, s: &Session, id: &str) -> Resul
     let me = format!("Patient/{patient}");
     body.push_str(&crate::workbench::thread(state, v, &s.ctx, id, patient, &me).await?);
     if status == "planned" || status == "in-progress" {
-        let _ = write!(
-            body,
-            "<form method=\"post\" action=\"/portal/visits/{}/messages\">{}<label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"3\" maxlength=\"2000\" required></textarea><button type=\"submit\">{}</button></form>",
-            url(id),
-            csrf_field(&s.csrf),
-            l.t("给医生留言", "Message to the doctor"),
-            l.t("发送", "Send")
-        );
+        let action = format!("/portal/visits/{}/messages", url(id));
+        body.push_str(&crate::workbench::chat_form(&action, &s.csrf, l.t("给医生留言", "Message to the doctor"), l));
     }
     let encounter = format!("Encounter/{id}");
     let (requests, _) =
@@ -425,25 +410,8 @@ pub async fn post_message(State(state): State<AppState>, Path(id): Path<String>,
         Ok(f) => f,
         Err(r) => return r,
     };
-    let text: String = form.get("text").map(|t| t.trim()).unwrap_or("").chars().take(2000).collect();
-    let result = async {
-        if text.is_empty() {
-            return Err(engine::EngineError::bad_request(fhir::IssueType::Required, "the message is empty"));
-        }
-        let visit = state.engine.internet_visit(&s.ctx, &id).await?;
-        let patient = visit["subject"]["reference"].as_str().unwrap_or("").to_string();
-        let doctor = visit["participant"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["individual"]["reference"].as_str())
-            .find(|r| r.starts_with("Practitioner/"))
-            .unwrap_or("")
-            .to_string();
-        let communication = crate::workbench::communication(&visit, &patient, &doctor, &text);
-        state.engine.create(&s.ctx, "Communication", communication, &opts(&state, &v)).await
-    }
-    .await;
+    let text = form.get("text").map(String::as_str).unwrap_or("");
+    let result = crate::workbench::send_chat(&state, &v, &s.ctx, &id, text).await;
     match result {
         Ok(_) => redirect(&format!("/portal/visits/{}?done=sent", url(&id)), v.cookies),
         Err(e) => {
