@@ -280,7 +280,7 @@ pub(crate) fn one_language(text: &str, l: Lang) -> String {
             _ => part.to_string(),
         })
         .collect::<Vec<_>>()
-        .join("；")
+        .join(l.t("；", "; "))
 }
 
 /// Reads a POSTed form and checks its token; the 403 page otherwise.

@@ -201,6 +201,11 @@ async fn no_session_goes_to_sign_in_and_a_wrong_totp_is_refused() {
     let queue = b.get("/doctor/").await;
     assert_eq!(queue.status, StatusCode::OK);
     assert!(queue.text.contains("郑测试"), "the doctor's queue names the patient: {}", queue.text);
+    let english = b.get("/doctor/?lang=en").await;
+    assert!(english.text.contains("Visit queue") && english.text.contains("lang=\"en\""), "{}", english.text);
+    let cookie = english.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("hutong_lang=en") && cookie.contains("Path=/doctor;"), "{cookie}");
+    b.get("/doctor/?lang=zh").await;
     // A doctor's session does not open the pharmacy's pages.
     let page = b.get("/pharmacy/").await;
     assert_eq!((page.status, page.location()), (StatusCode::SEE_OTHER, "/pharmacy/login"));

@@ -73,6 +73,9 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     phone.click("form[action$='/messages'] button");
     phone.wait_for("消息已发送");
     phone.screenshot(&shots, "02-resident-chat.png");
+    phone.go(&format!("{base}/portal/visits"));
+    let source = phone.wait_for("高血压复诊，需要续开降压药");
+    assert!(source.contains("候诊"), "my visits list it, waiting: {source}");
 
     // The doctor: sign in, the queue names the resident, open the visit.
     staff_signs_in(&desk, &base, &staff["doctor"], "接诊队列");
@@ -100,11 +103,12 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     desk.click("button[value=check]");
     let source = desk.wait_for("合理用药提示");
     assert!(source.contains("警示") && source.contains("超过上限"), "the live dose alert: {source}");
+    desk.scroll_to("#alerts");
     desk.screenshot(&shots, "04-doctor-live-alert.png");
     // Signing without a reason is refused; with one, it is signed.
     desk.click("button[value=sign]");
-    let source = desk.wait_for("role=\"alert\"");
-    assert!(!source.contains("处方已签名"), "a warning without a reason is not signed");
+    let source = desk.wait_for("class=\"error\" role=\"alert\"");
+    assert!(source.contains("超过上限") && !source.contains("处方已签名"), "a warning without a reason is not signed");
     desk.type_into("#reason0", "血压控制不佳，短期加量并密切随访");
     desk.click("button[value=sign]");
     let source = desk.wait_for("处方已签名");
@@ -123,6 +127,7 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
         source[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect()
     };
     assert!(number.starts_with("RX"), "{number}");
+    desk.scroll_to("#signatures");
     desk.screenshot(&shots, "06-pharmacist-review.png");
     desk.click("button[value=approve]");
     desk.wait_for("已审核通过并签名");
@@ -134,6 +139,7 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     phone.click("select[name=pharmacy] option[value='pharmacy-1']");
     phone.click("input[name=delivery][value=home]");
     phone.type_into("input[name=address]", "福州市鼓楼区八一七北路1号");
+    phone.scroll_to("select[name=pharmacy]");
     phone.screenshot(&shots, "07-resident-chooses-pharmacy.png");
     phone.click("form[action='/portal/prescriptions/route'] button");
     let source = phone.wait_for("已确定取药方式");
@@ -148,13 +154,14 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     let source = desk.wait_for("处方已调配");
     assert!(source.contains("待发货"), "a home delivery waits for dispatch: {source}");
     desk.type_into("input[name=carrier]", "同城配送");
-    for (next, shown) in [("dispatched", "已发货"), ("in-transit", "配送中"), ("delivered", "配送状态已更新")]
-    {
+    // Each state shows on the next page (the marker is unique to it, so no stale page matches).
+    for (next, shown) in [
+        ("dispatched", "class=\"delivery-state\">已发货</strong>"),
+        ("in-transit", "class=\"delivery-state\">配送中</strong>"),
+        ("delivered", "暂无配送任务"),
+    ] {
         desk.click(&format!("form[action^='/pharmacy/deliveries/'] input[value='{next}'] ~ button"));
-        desk.wait_for("配送状态已更新");
-        if next != "delivered" {
-            desk.wait_for(shown);
-        }
+        desk.wait_for(shown);
     }
     let source = desk.source();
     assert!(!source.contains(&format!("<strong>{number}</strong>")), "a delivered prescription leaves the list");
@@ -164,6 +171,7 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     phone.go(&visit_url);
     let source = phone.wait_for("已送达");
     assert!(source.contains("已调配"), "{source}");
+    phone.scroll_to(".delivery-state");
     phone.screenshot(&shots, "10-resident-delivered.png");
 
     // Both signatures still verify over the stored prescription.

@@ -150,6 +150,13 @@ impl Driver {
         }
     }
 
+    /// Scrolls the element matching `css` into the middle of the window (for screenshots).
+    pub fn scroll_to(&self, css: &str) {
+        let element = self.find(css);
+        let script = json!({"script": "arguments[0].scrollIntoView({block: 'center'})", "args": [{ELEMENT: element}]});
+        self.cmd("POST", "/execute/sync", Some(script)).unwrap();
+    }
+
     pub fn click(&self, css: &str) {
         let element = self.find(css);
         self.cmd("POST", &format!("/element/{element}/click"), Some(json!({}))).unwrap();
