@@ -632,8 +632,25 @@ pub async fn prescribe(State(state): State<AppState>, Path(id): Path<String>, re
         match state.engine.prescribe(&s.ctx, &keys, parameters).await {
             Ok(_) => return redirect(&format!("/doctor/visits/{}?done=signed", url(&id)), v.cookies),
             Err(e) => {
-                let error = engine_error(&state, &e, l);
-                let _ = check(&state, &s, &id, &mut draft).await;
+                // The rules' refusals are explained by the alerts shown again below the form, in
+                // the page language; other errors as the engine words them.
+                let checked = check(&state, &s, &id, &mut draft).await.is_ok();
+                let hard = draft.alerts.iter().any(|a| a.1 == "hard-stop");
+                let error = match (&e, checked) {
+                    (EngineError::Unprocessable(_), true) if hard => l
+                        .t(
+                            "处方有不可开具的问题（见下方合理用药提示），请修改后再签名。",
+                            "The prescription breaks a rule that cannot be overridden (see the alerts below): change it first.",
+                        )
+                        .to_string(),
+                    (EngineError::Unprocessable(_), true) if !draft.alerts.is_empty() => l
+                        .t(
+                            "有警示尚未填写坚持开具的理由（见下方合理用药提示），填写后方可签名。",
+                            "A warning has no reason yet (see the alerts below): give one to sign.",
+                        )
+                        .to_string(),
+                    _ => engine_error(&state, &e, l),
+                };
                 return show_visit(&state, &v, &s, &id, error_status(&e), Some(&error), &draft).await;
             }
         }

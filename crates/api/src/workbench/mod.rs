@@ -242,14 +242,14 @@ async fn who(state: &AppState, s: &Staff, l: Lang) -> String {
     {
         parts.push(crate::portal::pages::person_name(&practitioner));
     }
+    if parts.is_empty() {
+        parts.push(l.t(role_label_zh(p.role), p.role.code()).to_string());
+    }
     if let Some(org) = &p.organization {
         match crate::portal::pages::read_as(state, &s.ctx, "Organization", org).await {
             Ok((o, _)) => parts.push(o["name"].as_str().unwrap_or(org).to_string()),
             Err(_) => parts.push(org.clone()),
         }
-    }
-    if parts.is_empty() {
-        parts.push(l.t(role_label_zh(p.role), p.role.code()).to_string());
     }
     parts.join(" · ")
 }
@@ -434,4 +434,69 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Response
     let _ = state.auth.revoke(&s.token).await;
     let path = s.area.path();
     redirect(&format!("{path}/login?done=logout"), vec![cookie(SESSION_COOKIE, "", path, 0, v.secure)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bilingual_rule_texts_keep_the_page_language() {
+        let cases = [
+            (
+                "处方 RX1 已调配 / prescription RX1 was already dispensed",
+                "处方 RX1 已调配",
+                "prescription RX1 was already dispensed",
+            ),
+            (
+                "配送状态不能从 a 变为 b / the delivery cannot go from a to b; 驳回须说明理由 / a rejection needs a reason",
+                "配送状态不能从 a 变为 b；驳回须说明理由",
+                "the delivery cannot go from a to b; a rejection needs a reason",
+            ),
+            (
+                "the visit changed meanwhile: reload it",
+                "the visit changed meanwhile: reload it",
+                "the visit changed meanwhile: reload it",
+            ),
+            ("a / b", "a / b", "a / b"),
+        ];
+        for (text, zh, en) in cases {
+            assert_eq!(one_language(text, Lang::Zh), zh, "{text}");
+            assert_eq!(one_language(text, Lang::En), en, "{text}");
+        }
+    }
+
+    #[test]
+    fn areas_admit_only_their_roles() {
+        use access::{Principal, Role};
+        let principal = |role: Role, org: Option<&str>, practitioner: Option<&str>| Principal {
+            subject: "user/x".into(),
+            role,
+            organization: org.map(str::to_string),
+            region: None,
+            practitioner: practitioner.map(str::to_string),
+            patients: Vec::new(),
+            scopes: access::Scopes::default(),
+            purpose: String::new(),
+            break_glass: None,
+        };
+        let doctor = principal(Role::Doctor, Some("h1"), Some("d1"));
+        let nurse = principal(Role::Nurse, Some("h1"), Some("n1"));
+        let pharmacist = principal(Role::Pharmacist, Some("ph1"), None);
+        let regulator = principal(Role::Regulator, None, None);
+        let resident = principal(Role::Resident, None, None);
+        let table = [
+            (Area::Doctor, [true, false, false, false, false]),
+            (Area::Pharmacist, [false, false, true, false, false]),
+            (Area::Pharmacy, [false, false, true, false, false]),
+            (Area::Regulator, [false, false, false, true, false]),
+        ];
+        for (area, expected) in table {
+            let got = [&doctor, &nurse, &pharmacist, &regulator, &resident].map(|p| area.admits(p));
+            assert_eq!(got, expected, "{area:?}");
+        }
+        assert!(!Area::Doctor.admits(&principal(Role::Doctor, Some("h1"), None)), "a doctor without a Practitioner");
+        assert_eq!(Area::of("/pharmacy/deliveries/x"), Some(Area::Pharmacy));
+        assert_eq!(Area::of("/portal/"), None);
+    }
 }

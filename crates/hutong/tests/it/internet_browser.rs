@@ -108,12 +108,16 @@ fn follow_up_visit_prescription_review_dispensing_and_delivery_in_chromium() {
     // Signing without a reason is refused; with one, it is signed.
     desk.click("button[value=sign]");
     let source = desk.wait_for("class=\"error\" role=\"alert\"");
+    assert!(source.contains("有警示尚未填写坚持开具的理由"), "{source}");
     assert!(source.contains("超过上限") && !source.contains("处方已签名"), "a warning without a reason is not signed");
     desk.type_into("#reason0", "血压控制不佳，短期加量并密切随访");
     desk.click("button[value=sign]");
     let source = desk.wait_for("处方已签名");
     assert!(source.contains("待药师审核"), "{source}");
     desk.screenshot(&shots, "05-doctor-signed.png");
+    desk.click("form[action$='/status'] input[value=finished] ~ button");
+    let source = desk.wait_for("本次接诊已结束");
+    assert!(source.contains("已结束") && !source.contains("开具处方</h2>"), "no prescribing after the visit: {source}");
 
     // The pharmacist of the hospital: the review shows the override and the verified signature.
     staff_signs_in(&desk, &base, &staff["pharmacist"], "待审处方");
