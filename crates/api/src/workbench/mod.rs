@@ -142,7 +142,8 @@ pub fn routes() -> Router<AppState> {
         router = router
             .route(base, get(move || async move { redirect(&format!("{base}/"), Vec::new()) }))
             .route(&format!("{base}/login"), get(login_form).post(login))
-            .route(&format!("{base}/logout"), post(logout));
+            .route(&format!("{base}/logout"), post(logout))
+            .route(&format!("{base}/{{*rest}}"), get(not_found).post(not_found));
     }
     router
         .route("/doctor/", get(doctor::queue))
@@ -311,6 +312,14 @@ pub(crate) async fn checked_form(
             .await)
         }
     }
+}
+
+/// Unknown paths of an area (after sign-in: a page in the area's frame).
+pub async fn not_found(State(state): State<AppState>, request: Request) -> Response {
+    let (v, s) = staff!(state, request);
+    let l = v.lang;
+    let body = format!("<p><a href=\"{}\">{}</a></p>", s.area.site().home, l.t("返回", "Back"));
+    render(&state, &v, &s, StatusCode::NOT_FOUND, l.t("页面不存在", "Page not found"), None, None, &body).await
 }
 
 // ---- sign-in ---------------------------------------------------------------------------

@@ -201,6 +201,9 @@ async fn no_session_goes_to_sign_in_and_a_wrong_totp_is_refused() {
     let queue = b.get("/doctor/").await;
     assert_eq!(queue.status, StatusCode::OK);
     assert!(queue.text.contains("郑测试"), "the doctor's queue names the patient: {}", queue.text);
+    let missing = b.get("/doctor/nowhere").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.text.contains("页面不存在"), "{}", missing.text);
     let english = b.get("/doctor/?lang=en").await;
     assert!(english.text.contains("Visit queue") && english.text.contains("lang=\"en\""), "{}", english.text);
     let cookie = english.headers[header::SET_COOKIE].to_str().unwrap();
