@@ -1519,4 +1519,4 @@ pub async fn switch_family(State(state): State<AppState>, request: Request) -> H
 // ---- the internet hospital -------------------------------------------------------------
 
 pub(crate) mod internet;
-pub(crate) use internet::{delivery_label, prescription_status_label};
+pub(crate) use internet::{delivery_label, prescription_status_label, rejection};

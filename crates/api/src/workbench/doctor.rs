@@ -296,11 +296,12 @@ async fn visit_body(state: &AppState, v: &Visit, s: &Staff, id: &str, draft: &Dr
     for mr in &written {
         let _ = write!(
             body,
-            "<li class=\"card\">{} · {} · {} · <strong>{}</strong></li>",
+            "<li class=\"card\">{} · {} · {} · <strong>{}</strong> {}</li>",
             esc(mr["groupIdentifier"]["value"].as_str().unwrap_or("")),
             esc(mr["medicationCodeableConcept"]["text"].as_str().unwrap_or("")),
             esc(mr["dosageInstruction"][0]["text"].as_str().unwrap_or("")),
-            crate::portal::pages::prescription_status_label(mr, l)
+            crate::portal::pages::prescription_status_label(mr, l),
+            esc(&crate::portal::pages::rejection(mr, l).unwrap_or_default())
         );
     }
     body.push_str("</ul>");

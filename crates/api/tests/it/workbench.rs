@@ -101,14 +101,18 @@ async fn world(t: &TestApp) -> (String, String) {
         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}], "text": "高血压"},
         "subject": {"reference": "Patient/p1"}, "encounter": {"reference": "Encounter/offline-1"}}))
     .await;
-    for (username, org, practitioner) in
-        [("doc1", "h1", Some("d1")), ("doc2", "h1", Some("d2")), ("pharm1", "ph1", None), ("pharm2", "ph2", None)]
-    {
+    for (username, org, practitioner) in [
+        ("doc1", "h1", Some("d1")),
+        ("doc2", "h1", Some("d2")),
+        ("pharm1", "ph1", None),
+        ("pharm2", "ph2", None),
+        ("pharm-h1", "h1", Some("ph-a")),
+    ] {
         t.auth
             .create_user(auth::NewUser {
                 username: username.into(),
                 display: username.into(),
-                role: if practitioner.is_some() { "doctor" } else { "pharmacist" }.into(),
+                role: if practitioner.is_some_and(|p| p.starts_with('d')) { "doctor" } else { "pharmacist" }.into(),
                 password: Some(PASSWORD.into()),
                 organization: Some(org.into()),
                 region: Some("350102".into()),
@@ -300,4 +304,44 @@ async fn a_pharmacy_sees_and_dispenses_only_what_was_sent_to_it() {
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     assert!(again.text.contains("已调配"), "the refusal in Chinese: {}", again.text);
+}
+
+#[tokio::test]
+async fn the_hospital_pharmacist_reviews_and_a_rejection_reaches_the_doctor() {
+    let t = app(1 << 20).await;
+    let (visit, _) = world(&t).await;
+    // A second prescription of the running visit, waiting for review.
+    let d1 = ctx(Role::Doctor, Some("h1"), Some("d1"), &[]);
+    let rx = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "encounter", "valueReference": {"reference": format!("Encounter/{visit}")}},
+        {"name": "item", "part": [{"name": "drug", "valueCode": "D0006"}, {"name": "doseMg", "valueDecimal": 20},
+            {"name": "timesPerDay", "valueInteger": 1}, {"name": "days", "valueInteger": 7}]}]});
+    let signed = t.state.engine.prescribe(&d1, &t.auth.keys(), rx).await.unwrap();
+    let number = signed["parameter"][0]["valueIdentifier"]["value"].as_str().unwrap().to_string();
+
+    let mut b = Browser::new(&t);
+    sign_in(&mut b, "pharmacist", "pharm-h1", &code_now()).await;
+    let queue = b.get("/pharmacist/").await;
+    assert!(queue.text.contains(&number), "{}", queue.text);
+    let review = b.get(&format!("/pharmacist/reviews/{number}-review")).await;
+    assert_eq!(review.status, StatusCode::OK, "{}", review.text);
+    assert!(review.text.contains("阿托伐他汀钙片") && review.text.contains("验证通过"), "{}", review.text);
+    let csrf = review.csrf();
+    let path = format!("/pharmacist/reviews/{number}-review");
+    let no_reason = b.post(&path, &[("csrf", &csrf), ("decision", "reject")]).await;
+    assert_eq!(no_reason.status, StatusCode::BAD_REQUEST, "{}", no_reason.text);
+    assert!(no_reason.text.contains("驳回须说明理由"), "{}", no_reason.text);
+    let rejected = b.post(&path, &[("csrf", &csrf), ("decision", "reject"), ("reason", "剂量需与既往用药核对")]).await;
+    assert_eq!((rejected.status, rejected.location()), (StatusCode::SEE_OTHER, "/pharmacist/?done=reject"));
+    assert!(!b.get("/pharmacist/").await.text.contains(&number), "reviewed: off the queue");
+    // A pharmacy's pharmacist is not the hospital's: no review for them.
+    let mut pharmacy = Browser::new(&t);
+    sign_in(&mut pharmacy, "pharmacist", "pharm1", &code_now()).await;
+    let other = pharmacy.get(&path).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text);
+
+    let mut doctor = Browser::new(&t);
+    sign_in(&mut doctor, "doctor", "doc1", &code_now()).await;
+    let page = doctor.get(&format!("/doctor/visits/{visit}")).await;
+    assert!(page.text.contains("药师驳回：剂量需与既往用药核对"), "{}", page.text);
 }

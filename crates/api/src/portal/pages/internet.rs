@@ -27,6 +27,17 @@ pub(crate) fn prescription_status_label(request: &Value, l: Lang) -> &'static st
     }
 }
 
+/// Why the pharmacist rejected a prescription, in the page language ("药师驳回：…").
+pub(crate) fn rejection(request: &Value, l: Lang) -> Option<String> {
+    if request["status"] != "cancelled" {
+        return None;
+    }
+    // The engine writes "药师驳回 / rejected by the pharmacist: {reason}".
+    let text = request["statusReason"]["text"].as_str()?;
+    let reason = text.split_once(": ").map_or(text, |(_, r)| r);
+    Some(format!("{}{reason}", l.t("药师驳回：", "Rejected by the pharmacist: ")))
+}
+
 /// A delivery state as shown to residents and pharmacies.
 pub(crate) fn delivery_label(state: &str, l: Lang) -> &'static str {
     match state {
@@ -232,10 +243,8 @@ async fn prescription_card(
         );
     }
     out.push_str("</ul>");
-    if first["status"] == "cancelled"
-        && let Some(reason) = first["statusReason"]["text"].as_str()
-    {
-        let _ = write!(out, "<p>{}</p>", esc(&crate::workbench::one_language(reason, l)));
+    if let Some(reason) = rejection(first, l) {
+        let _ = write!(out, "<p class=\"high\">{}</p>", esc(&reason));
     }
     let routed = first["extension"].as_array().into_iter().flatten().find(|x| x["url"] == engine::DELIVERY_EXTENSION);
     let sent_to = first["dispenseRequest"]["performer"]["reference"].as_str().unwrap_or("");
