@@ -53,7 +53,6 @@ fn ctx(role: Role, org: Option<&str>, practitioner: Option<&str>, patients: &[&s
 /// doctors and both pharmacies. Answers (visit id, prescription number).
 async fn world(t: &TestApp) -> (String, String) {
     let e = &t.state.engine;
-    let sys = Ctx::system();
     let put = |r: Value| async move {
         let (ty, id) = (r["resourceType"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string());
         e.update(&Ctx::system(), &ty, &id, r, &engine::RequestOptions::default()).await.unwrap();
@@ -151,7 +150,6 @@ async fn world(t: &TestApp) -> (String, String) {
     let route = json!({"resourceType": "Parameters", "parameter": [
         {"name": "prescription", "valueString": number}, {"name": "pharmacy", "valueReference": {"reference": "Organization/ph1"}}]});
     e.route_prescription(&resident, route).await.unwrap();
-    let _ = sys;
     (visit_id, number)
 }
 
