@@ -196,18 +196,7 @@ impl Driver {
 
     pub fn screenshot(&self, dir: &Path, name: &str) {
         let encoded = self.cmd("GET", "/screenshot", None).unwrap();
-        let url_safe: String = encoded
-            .as_str()
-            .unwrap()
-            .trim_end_matches('=')
-            .chars()
-            .map(|c| match c {
-                '+' => '-',
-                '/' => '_',
-                c => c,
-            })
-            .collect();
-        let png = crypto::unbase64url(&url_safe).expect("a base64 PNG");
+        let png = crypto::unbase64(encoded.as_str().unwrap()).expect("a base64 PNG");
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
         std::fs::write(dir.join(name), png).unwrap();
     }
