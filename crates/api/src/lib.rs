@@ -12,6 +12,7 @@ pub mod hl7v2;
 pub mod portal;
 pub mod security;
 pub mod services;
+pub mod workbench;
 
 use std::sync::Arc;
 
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))
         .merge(portal::routes())
+        .merge(workbench::routes())
         .fallback(|| async {
             ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, "no such endpoint; the FHIR API is under /fhir")
         })

@@ -32,6 +32,9 @@ use store::{Ctx, StoreError, StoredResource, WriteMethod, WriteOp};
 use crate::crud::now_ms;
 use crate::{Engine, EngineError, EngineResult, audit};
 
+mod worklists;
+pub use worklists::{InternetDoctor, overrides_of, task_prescription};
+
 /// `meta.tag` of an internet visit.
 pub const VISIT_TAG: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|follow-up";
 /// `groupIdentifier.system` of prescription numbers.

@@ -64,7 +64,10 @@ fn document(rng: &mut StdRng, n: usize, patient: usize, kb: usize) -> String {
     // Narrative paragraphs fill each section's text to the document size wanted.
     let paragraphs = (kb * 1024 / 5 / NARRATIVE.len()).max(1);
     let text = || {
-        format!("<text>{}</text>", (0..paragraphs).map(|_| format!("<paragraph>{NARRATIVE}</paragraph>")).collect::<String>())
+        format!(
+            "<text>{}</text>",
+            (0..paragraphs).map(|_| format!("<paragraph>{NARRATIVE}</paragraph>")).collect::<String>()
+        )
     };
     let labs: String = LABS
         .iter()
@@ -186,10 +189,12 @@ pub async fn register(persons: usize, args: StoreArgs) -> anyhow::Result<()> {
     let mut csv = String::with_capacity(persons * 160);
     csv.push_str(&crate::register_csv::COLUMNS.join(","));
     csv.push('\n');
-    let quote = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let quote =
+        |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
     for (i, s) in records.iter().enumerate() {
         let r = &s.record;
-        let birth = r.birth_date.as_deref().filter(|b| b.len() == 8 && chrono::NaiveDate::parse_from_str(b, "%Y%m%d").is_ok());
+        let birth =
+            r.birth_date.as_deref().filter(|b| b.len() == 8 && chrono::NaiveDate::parse_from_str(b, "%Y%m%d").is_ok());
         let row = [
             format!("H{:03}", i % 40),
             format!("R{i:09}"),

@@ -258,9 +258,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 security::demo_accounts(&auth, &engine, &store.data).await?;
                 println!(
-                    "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, cdc, insurer, \
-                     regulator, operator, auditor, steward; demo system client in {}",
-                    store.data.join("demo-client.json").display()
+                    "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, pharmacy, cdc, \
+                     insurer, regulator, operator, auditor, steward; demo system client in {}; internet-hospital \
+                     staff sign-ins in {}",
+                    store.data.join("demo-client.json").display(),
+                    store.data.join("demo-staff.json").display()
                 );
             }
             // The master patient index matches Patients as they arrive (and those imported

@@ -17,6 +17,7 @@ mod registries;
 mod security;
 mod services;
 mod terminology;
+mod workbench;
 
 struct TestApp {
     app: axum::Router,
