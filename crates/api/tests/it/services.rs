@@ -421,3 +421,56 @@ async fn starting_a_consultation_needs_a_fresh_second_factor() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "in-progress");
 }
+
+/// A CDA document refused before extraction (not well-formed, a DTD) is kept in the sending
+/// institution's quarantine with the reason and the bytes as sent; a retry as held is refused
+/// again and keeps it; discarding removes it.
+#[tokio::test]
+async fn refused_cda_documents_are_quarantined_not_lost() {
+    let app = app(1 << 20).await;
+    let cda_type = Some("application/hl7-cda+xml");
+    let broken = "<?xml version=\"1.0\"?><ClinicalDocument xmlns=\"urn:hl7-org:v3\"><title>门诊病历</title>";
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, broken)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_outcome(&body, "not well-formed");
+    assert_eq!(body["issue"][1]["severity"], "information");
+    assert!(body["issue"][1]["diagnostics"].as_str().unwrap().starts_with("the document is quarantined as unknown|"));
+    let bomb = "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"aaaa\">]><ClinicalDocument xmlns=\"urn:hl7-org:v3\">&a;</ClinicalDocument>";
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, bomb)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_outcome(&body, "DTD");
+
+    let (status, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let documents: Vec<&serde_json::Value> =
+        held["held"].as_array().unwrap().iter().filter(|h| h["resourceType"] == "ClinicalDocument").collect();
+    assert_eq!(documents.len(), 2, "{held}");
+    let held_broken = documents
+        .iter()
+        .find(|d| d["findings"][0]["message"].as_str().unwrap().contains("not well-formed"))
+        .expect("the broken document is held");
+    assert_eq!(held_broken["findings"][0]["rule"], "cda-unreadable");
+    assert_eq!(
+        crypto::unbase64(held_broken["data"].as_str().unwrap()).unwrap(),
+        broken.as_bytes(),
+        "the bytes as sent"
+    );
+    let id = held_broken["id"].as_str().unwrap().replace('|', "%7C");
+    // Retried as held: refused again, and still the one entry.
+    let (status, _, _) = send(&app, req("POST", &format!("/quality/quarantine/{id}/reprocess"), FHIR, "")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, _, again) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(again["held"].as_array().unwrap().len(), held["held"].as_array().unwrap().len(), "still one entry each");
+    let (status, _, _) = send(
+        &app,
+        req("POST", &format!("/quality/quarantine/{id}/reprocess"), FHIR, "{\"resourceType\": \"Patient\"}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a document is not corrected as a resource");
+    let (status, _, _) = send(&app, req("DELETE", &format!("/quality/quarantine/{id}"), None, "")).await;
+    assert!(status.is_success(), "{status}");
+    let (_, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    let left =
+        held["held"].as_array().unwrap().iter().filter(|h| h["id"].as_str().unwrap().replace('|', "%7C") == id).count();
+    assert_eq!(left, 0);
+}
