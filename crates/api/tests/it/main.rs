@@ -35,8 +35,14 @@ async fn app(max_body_bytes: usize) -> TestApp {
 
 /// [`app`] over an engine with `config` (its export folder in the test's temporary folder).
 async fn app_with(max_body_bytes: usize, config: EngineConfig) -> TestApp {
+    app_on(max_body_bytes, config, None).await
+}
+
+/// [`app_with`] on `store` (a SQLite store in the temporary folder when `None`).
+async fn app_on(max_body_bytes: usize, config: EngineConfig, store: Option<Arc<dyn store::ResourceStore>>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn store::ResourceStore> = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn store::ResourceStore> =
+        store.unwrap_or_else(|| Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap()));
     let engine = Arc::new(Engine::new(store.clone(), EngineConfig { export_dir: dir.path().join("export"), ..config }));
     let auth = Arc::new(auth::Auth::new(
         store,

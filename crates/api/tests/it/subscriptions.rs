@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{FHIR, TestApp, app_with, assert_outcome, client_bearer, req, send};
+use super::{FHIR, TestApp, app_on, assert_outcome, client_bearer, req, send};
 
 /// One request a rest-hook endpoint received.
 #[derive(Debug)]
@@ -44,6 +44,11 @@ async fn hook_server(status: StatusCode) -> (String, mpsc::UnboundedReceiver<Rec
 
 /// The test app with a fast subscription worker running, and Hutong itself served on loopback.
 async fn live() -> (TestApp, SocketAddr) {
+    live_on(None).await
+}
+
+/// [`live`] on `store` (SQLite when `None`).
+async fn live_on(store: Option<std::sync::Arc<dyn store::ResourceStore>>) -> (TestApp, SocketAddr) {
     let config = EngineConfig {
         subscriptions: SubscriptionConfig {
             max_failures: 3,
@@ -53,7 +58,7 @@ async fn live() -> (TestApp, SocketAddr) {
         },
         ..EngineConfig::default()
     };
-    let app = app_with(1 << 22, config).await;
+    let app = app_on(1 << 22, config, store).await;
     tokio::spawn(app.state.engine.clone().subscriptions_run(app.state.config.subscriptions.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -88,6 +93,19 @@ async fn create(app: &TestApp, ty: &str, body: &str) -> String {
     let (status, _, created) = send(app, req("POST", &format!("/fhir/{ty}"), FHIR, body)).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     created["id"].as_str().unwrap().to_string()
+}
+
+/// The Subscription once its status is `error` (or as it is after 10 s).
+async fn in_error(app: &TestApp, id: &str) -> Value {
+    let mut sub = Value::Null;
+    for _ in 0..100 {
+        sub = send(app, req("GET", &format!("/fhir/Subscription/{id}"), None, "")).await.2;
+        if sub["status"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
@@ -229,15 +247,7 @@ async fn failing_endpoints_are_retried_then_the_subscription_is_in_error() {
     for _ in 0..3 {
         next(&mut attempts).await;
     }
-    let mut status = Value::Null;
-    for _ in 0..100 {
-        let (_, _, sub) = send(&app, req("GET", &format!("/fhir/Subscription/{broken}"), None, "")).await;
-        if sub["status"] == "error" {
-            status = sub;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = in_error(&app, &broken).await;
     assert_eq!(status["status"], "error", "{status}");
     let error = status["error"].as_str().unwrap();
     assert!(error.contains("3 times") && error.contains("503"), "{error}");
@@ -250,15 +260,7 @@ async fn failing_endpoints_are_retried_then_the_subscription_is_in_error() {
     let refused =
         subscribe(&app, "Patient", json!({"type": "rest-hook", "endpoint": format!("http://{closed}/")})).await;
     create(&app, "Patient", &json!({"resourceType": "Patient", "gender": "female"}).to_string()).await;
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        let (_, _, sub) = send(&app, req("GET", &format!("/fhir/Subscription/{refused}"), None, "")).await;
-        last = sub;
-        if last["status"] == "error" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = in_error(&app, &refused).await;
     assert!(last["error"].as_str().is_some_and(|e| e.contains("connection failed")), "{last}");
     // Reactivated by its owner, it is active again.
     let mut again = last.clone();
@@ -349,4 +351,33 @@ async fn invalid_subscriptions_are_refused_with_an_operation_outcome() {
     let resources = capability["rest"][0]["resource"].as_array().unwrap();
     let sub = resources.iter().find(|r| r["type"] == "Subscription").unwrap();
     assert!(sub["documentation"].as_str().unwrap().contains("rest-hook"), "{sub}");
+}
+
+/// The delivery path on PostgreSQL (scripts/test.sh provides the server): a rest-hook with its
+/// payload, a non-matching resource, and a failing endpoint ending in `error`.
+#[tokio::test]
+async fn rest_hooks_and_errors_on_postgresql() {
+    let Some(store) = store_postgres::testing::fresh_store().await else { return };
+    let (app, _) = live_on(Some(std::sync::Arc::new(store))).await;
+    let (endpoint, mut hooks) = hook_server(StatusCode::OK).await;
+    let (failing, mut attempts) = hook_server(StatusCode::INTERNAL_SERVER_ERROR).await;
+    subscribe(
+        &app,
+        "Observation?code=http://loinc.org|2339-0",
+        json!({"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}),
+    )
+    .await;
+    let broken = subscribe(&app, "Observation", json!({"type": "rest-hook", "endpoint": failing})).await;
+    let glucose = create(&app, "Observation", &observation("p1", "2339-0")).await;
+    let hook = next(&mut hooks).await;
+    assert_eq!((hook.method, hook.path), (Method::PUT, format!("/Observation/{glucose}")));
+    create(&app, "Observation", &observation("p1", "718-7")).await;
+    // Three attempts (max_failures), then the Subscription is in error and the rest is dropped.
+    for _ in 0..3 {
+        next(&mut attempts).await;
+    }
+    nothing_within(&mut hooks, Duration::from_millis(500)).await;
+    let sub = in_error(&app, &broken).await;
+    assert!(sub["error"].as_str().is_some_and(|e| e.contains("HTTP 500")), "{sub}");
+    nothing_within(&mut attempts, Duration::from_millis(800)).await;
 }
