@@ -13,6 +13,7 @@ pub mod portal;
 pub mod security;
 pub mod services;
 pub mod workbench;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -41,11 +42,20 @@ pub struct ApiConfig {
     pub authenticate: bool,
     /// HL7 v2 over HTTP (`POST /hl7v2`), when the binary plugs in its listener's processing.
     pub hl7: Option<Arc<dyn hl7v2::Hl7Receiver>>,
+    /// The Subscription channels: rest-hook client and bound websockets, shared with the
+    /// engine's subscription worker (`Engine::subscriptions_run`).
+    pub subscriptions: Arc<subscriptions::SubscriptionHub>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None, authenticate: true, hl7: None }
+        ApiConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            base_url: None,
+            authenticate: true,
+            hl7: None,
+            subscriptions: Arc::default(),
+        }
     }
 }
 
@@ -56,6 +66,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("base_url", &self.base_url)
             .field("authenticate", &self.authenticate)
             .field("hl7", &self.hl7.is_some())
+            .field("subscriptions", &self.subscriptions)
             .finish()
     }
 }
@@ -112,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/quality/quarantine/{id}", axum::routing::delete(services::quality_discard))
         .route("/quality/quarantine/{id}/{action}", axum::routing::post(services::quality_held))
         .route("/hl7v2", axum::routing::post(hl7v2::post))
+        .route("/fhir/websocket", get(subscriptions::websocket))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))

@@ -25,6 +25,7 @@ mod quality;
 mod registries;
 mod sealing;
 mod searchset;
+mod subscriptions;
 mod supervision;
 mod terminology;
 
@@ -45,6 +46,7 @@ pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
 pub use quality::{Finding, REPORTING_DEADLINE_HOURS};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
+pub use subscriptions::{OWNER_TAG, RestHook, SubscriptionChannels, SubscriptionConfig};
 pub use supervision::MAX_FEED_COUNT;
 
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub struct EngineConfig {
     pub guidance: std::sync::Arc<GuidanceRules>,
     /// The internet hospital's drug catalogue and interaction knowledge base (internet.rs).
     pub rx: RxConfig,
+    /// FHIR Subscriptions: rest-hook allow-list, retries (subscriptions.rs).
+    pub subscriptions: SubscriptionConfig,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -98,6 +102,7 @@ impl Default for EngineConfig {
             health_card: HealthCardConfig::default(),
             guidance: GuidanceRules::builtin(),
             rx: RxConfig::default(),
+            subscriptions: SubscriptionConfig::default(),
         }
     }
 }
