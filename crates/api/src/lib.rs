@@ -12,8 +12,8 @@ pub mod hl7v2;
 pub mod portal;
 pub mod security;
 pub mod services;
-pub mod workbench;
 pub mod subscriptions;
+pub mod workbench;
 
 use std::sync::Arc;
 

@@ -169,6 +169,11 @@ fn pharmacy_param(p: &Params<'_>) -> EngineResult<String> {
         .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))
 }
 
+/// The Patient id a resource's `subject` names (empty when none).
+fn subject_patient(resource: &Value) -> String {
+    resource["subject"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or_default().to_string()
+}
+
 /// A new waiting visit (no reason reference yet).
 fn visit_encounter(p: &Params<'_>, patient: &str, role_id: &str, practitioner: &str, organization: &str) -> Value {
     let id = uuid::Uuid::new_v4().to_string();
@@ -553,11 +558,7 @@ impl Engine {
         }
         let reason = p.text("reason").map(str::trim).filter(|r| !r.is_empty());
         let (stored, mut encounter, doctor) = self.visit(id).await?;
-        let patient = encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Patient"))
-            .unwrap_or_default()
-            .to_string();
+        let patient = subject_patient(&encounter);
         if !Self::caller(ctx).is_none_or(|c| c.role == Role::System || c.practitioner.as_deref() == Some(&*doctor)) {
             return Err(EngineError::Forbidden(
                 "线下诊断证明由接诊医生审核 / the treating doctor reviews the proof".into(),
@@ -688,11 +689,7 @@ impl Engine {
         let wanted =
             p.text("status").ok_or_else(|| bad("'status' (in-progress, finished, referred, cancelled) is required"))?;
         let (stored, mut encounter, doctor) = self.visit(id).await?;
-        let patient = encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Patient"))
-            .unwrap_or_default()
-            .to_string();
+        let patient = subject_patient(&encounter);
         let principal = Self::caller(ctx);
         let is_doctor = principal.is_some_and(|p| p.practitioner.as_deref() == Some(doctor.as_str()));
         let is_patient = principal.is_some_and(|p| p.role == Role::Resident && p.patients.contains(&patient));
@@ -824,11 +821,7 @@ impl Engine {
         let mut changed = 0;
         for (stored, closing) in waiting.iter().map(|s| (s, false)).chain(consulting.iter().map(|s| (s, true))) {
             let mut encounter = body(stored);
-            let patient = encounter["subject"]["reference"]
-                .as_str()
-                .and_then(|r| reference_id(r, "Patient"))
-                .unwrap_or_default()
-                .to_string();
+            let patient = subject_patient(&encounter);
             let instant = fhir::normalize::format_instant(now);
             let (status, why) = if closing {
                 ("finished", "问诊超过 48 小时未结束，系统自动关闭 / closed by the platform: in progress for 48 hours")
@@ -976,11 +969,7 @@ impl Engine {
         patient_out: &mut Option<String>,
     ) -> EngineResult<Value> {
         let (_, encounter, doctor) = self.visit(encounter_id).await?;
-        let patient = encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Patient"))
-            .unwrap_or_default()
-            .to_string();
+        let patient = subject_patient(&encounter);
         *patient_out = Some(patient.clone());
         let organization = encounter["serviceProvider"]["reference"]
             .as_str()
@@ -1470,11 +1459,7 @@ impl Engine {
         let mut patient = String::new();
         for (i, stored) in requests.iter().enumerate() {
             let mut mr = body(stored);
-            patient = mr["subject"]["reference"]
-                .as_str()
-                .and_then(|r| reference_id(r, "Patient"))
-                .unwrap_or_default()
-                .to_string();
+            patient = subject_patient(&mr);
             match mr["status"].as_str() {
                 Some("active") => {}
                 Some("completed") => {

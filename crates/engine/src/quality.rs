@@ -307,16 +307,7 @@ impl Engine {
             }
         }
         let reason = format!("{} resource(s) quarantined by blocking data-quality rules", blocked.len());
-        self.audit
-            .append(audit::record(
-                ctx,
-                "quality-block",
-                "failure",
-                "quality/quarantine".into(),
-                Vec::new(),
-                Some(&reason),
-            ))
-            .await?;
+        self.audit_block(ctx, &reason).await?;
         Err(EngineError::Unprocessable(issues))
     }
 
@@ -443,17 +434,15 @@ impl Engine {
             "findings": reasons.iter().map(|m| json!({"rule": rule, "blocking": true, "message": m})).collect::<Vec<_>>()});
         self.store.kv_put(QUARANTINE_KIND, &id, &record.to_string(), &[]).await?;
         let reason = format!("{kind} quarantined: {rule}");
-        self.audit
-            .append(audit::record(
-                ctx,
-                "quality-block",
-                "failure",
-                "quality/quarantine".into(),
-                Vec::new(),
-                Some(&reason),
-            ))
-            .await?;
+        self.audit_block(ctx, &reason).await?;
         Ok(id)
+    }
+
+    /// Audits what the quarantine took in.
+    async fn audit_block(&self, ctx: &Ctx, reason: &str) -> EngineResult<()> {
+        let record =
+            audit::record(ctx, "quality-block", "failure", "quality/quarantine".into(), Vec::new(), Some(reason));
+        Ok(self.audit.append(record).await?)
     }
 
     /// `GET /quality/quarantine?organization=…`: what blocking rules held back, newest last.

@@ -99,7 +99,7 @@ fn document(rng: &mut StdRng, n: usize, patient: usize, kb: usize) -> String {
 <component><section><code code="29548-5" codeSystem="2.16.840.1.113883.6.1" displayName="Diagnosis"/>{t4}<entry><observation classCode="OBS" moodCode="EVN"><code code="DE05.01.024.00" codeSystem="2.16.156.10011.2.2.1" displayName="西医诊断编码"/><effectiveTime value="{day}092500"/><value xsi:type="CD" code="{dx}" displayName="{dx_name}" codeSystem="2.16.156.10011.2.3.3.11" codeSystemName="ICD-10"/></observation></entry></section></component>
 <component><section><code code="10160-0" codeSystem="2.16.840.1.113883.6.1" displayName="HISTORY OF MEDICATION USE"/>{t5}<entry><substanceAdministration classCode="SBADM" moodCode="EVN"><effectiveTime value="{day}"/><doseQuantity value="30" unit="mg"/><consumable><manufacturedProduct><manufacturedLabeledDrug><code/><name>硝苯地平控释片</name></manufacturedLabeledDrug></manufacturedProduct></consumable></substanceAdministration></entry></section></component>
 </structuredBody></component></ClinicalDocument>"#,
-        sex = if patient % 2 == 0 { 1 } else { 2 },
+        sex = if patient.is_multiple_of(2) { 1 } else { 2 },
         doctor = n % 50,
         sys = rng.random_range(105..170),
         dia = rng.random_range(65..105),
