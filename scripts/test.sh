@@ -21,7 +21,7 @@ echo "PostgreSQL at $HUTONG_TEST_POSTGRES_URL"
 step "fetching external test data (Synthea, Inferno, FHIR JSON schema) and Python test packages"
 scripts/fetch-test-data.sh || fail "fetching test data"
 
-step "headless Chromium for the portal's browser test (chromium, chromium-driver, fonts-wqy-microhei)"
+step "headless Chromium for the browser tests (portal, internet hospital) (chromium, chromium-driver, fonts-wqy-microhei)"
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-microhei \
     || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver fonts-wqy-microhei; } \
@@ -46,4 +46,5 @@ if [ -x scripts/e2e.sh ]; then
   scripts/e2e.sh || fail "end-to-end tests"
 fi
 echo "portal screenshots: $HUTONG_ARTIFACTS_DIR/portal-screenshots/"
+echo "internet hospital screenshots: $HUTONG_ARTIFACTS_DIR/internet-screenshots/"
 step "all tests passed"

@@ -12,6 +12,8 @@ pub mod hl7v2;
 pub mod portal;
 pub mod security;
 pub mod services;
+pub mod subscriptions;
+pub mod workbench;
 
 use std::sync::Arc;
 
@@ -40,11 +42,20 @@ pub struct ApiConfig {
     pub authenticate: bool,
     /// HL7 v2 over HTTP (`POST /hl7v2`), when the binary plugs in its listener's processing.
     pub hl7: Option<Arc<dyn hl7v2::Hl7Receiver>>,
+    /// The Subscription channels: rest-hook client and bound websockets, shared with the
+    /// engine's subscription worker (`Engine::subscriptions_run`).
+    pub subscriptions: Arc<subscriptions::SubscriptionHub>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 * 1024 * 1024, base_url: None, authenticate: true, hl7: None }
+        ApiConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            base_url: None,
+            authenticate: true,
+            hl7: None,
+            subscriptions: Arc::default(),
+        }
     }
 }
 
@@ -55,6 +66,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("base_url", &self.base_url)
             .field("authenticate", &self.authenticate)
             .field("hl7", &self.hl7.is_some())
+            .field("subscriptions", &self.subscriptions)
             .finish()
     }
 }
@@ -66,8 +78,24 @@ pub struct AppState {
     pub config: ApiConfig,
 }
 
+/// The engine's check of a staff member's fresh second factor, over the auth service.
+struct AuthSecondFactor(Arc<auth::Auth>);
+
+#[async_trait::async_trait]
+impl engine::SecondFactor for AuthSecondFactor {
+    async fn verify(&self, subject: &str, code: &str) -> engine::EngineResult<bool> {
+        match self.0.check_second_factor(subject, code).await {
+            Ok(ok) => Ok(ok),
+            Err(auth::AuthError::Store(e)) => Err(e.into()),
+            // A stored account that cannot be read confirms nothing.
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 /// The application router.
 pub fn router(state: AppState) -> Router {
+    state.engine.install_second_factor(Arc::new(AuthSecondFactor(state.auth.clone())));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/oauth2/token", axum::routing::post(security::token))
@@ -95,10 +123,12 @@ pub fn router(state: AppState) -> Router {
         .route("/quality/quarantine/{id}", axum::routing::delete(services::quality_discard))
         .route("/quality/quarantine/{id}/{action}", axum::routing::post(services::quality_held))
         .route("/hl7v2", axum::routing::post(hl7v2::post))
+        .route("/fhir/websocket", get(subscriptions::websocket))
         .route("/fhir", axum::routing::any(fhir_handler))
         .route("/fhir/", axum::routing::any(fhir_handler))
         .route("/fhir/{*rest}", axum::routing::any(fhir_handler))
         .merge(portal::routes())
+        .merge(workbench::routes())
         .fallback(|| async {
             ApiError::http(StatusCode::NOT_FOUND, IssueType::NotFound, "no such endpoint; the FHIR API is under /fhir")
         })
@@ -463,7 +493,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
         },
         // The internet hospital (engine/src/internet.rs).
         ["Encounter", "$request-follow-up"]
-        | ["Encounter", _, "$visit-status"]
+        | ["Encounter", _, "$visit-status" | "$review-proof"]
         | ["MedicationRequest", "$prescribe" | "$dispense" | "$route"]
         | ["Task", _, "$review-prescription" | "$delivery"] => match method {
             Method::POST => {
@@ -474,6 +504,7 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                         let visit = engine.request_follow_up(&ctx, parameters).await?;
                         return Ok(json_response(StatusCode::CREATED, visit.to_string()));
                     }
+                    ["Encounter", id, "$review-proof"] => engine.review_proof(&ctx, id, parameters).await?,
                     ["Encounter", id, _] => engine.visit_status(&ctx, id, parameters).await?,
                     ["MedicationRequest", "$prescribe"] => engine.prescribe(&ctx, &keys, parameters).await?,
                     ["MedicationRequest", "$route"] => engine.route_prescription(&ctx, parameters).await?,
@@ -485,6 +516,10 @@ async fn dispatch(state: AppState, request: Request) -> ApiResult {
                 Ok(json_response(StatusCode::OK, result.to_string()))
             }
             _ => Err(method_not_allowed(&method, &path, "POST")),
+        },
+        ["Task", "$review-queue"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, engine.review_queue(&ctx, &params).await?.to_string())),
+            _ => Err(method_not_allowed(&method, &path, "GET")),
         },
         ["MedicationRequest", "$pharmacy-queue"] => match method {
             Method::GET => Ok(json_response(StatusCode::OK, engine.pharmacy_queue(&ctx).await?.to_string())),

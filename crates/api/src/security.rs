@@ -126,7 +126,11 @@ async fn audit_refusal(state: &AppState, action: &str, actor: &str, role: &str, 
     }
 }
 
-async fn authenticate_headers(state: &AppState, headers: HeaderMap, source: Option<String>) -> Result<Ctx, Response> {
+pub(crate) async fn authenticate_headers(
+    state: &AppState,
+    headers: HeaderMap,
+    source: Option<String>,
+) -> Result<Ctx, Response> {
     let headers = &headers;
     let token = match bearer_token(headers) {
         Ok(t) => t,

@@ -923,6 +923,35 @@ impl Auth {
         Ok(user)
     }
 
+    /// A staff member's fresh second factor: whether `code` is a current code of the
+    /// authenticator registered with the account `subject` (`user/{id}`), which must be active
+    /// and not locked. A wrong code counts as a failed login towards the lockout, so the codes
+    /// cannot be guessed here either.
+    pub async fn check_second_factor(&self, subject: &str, code: &str) -> AuthResult<bool> {
+        let Some(user_id) = subject.strip_prefix("user/") else { return Ok(false) };
+        let user: Option<User> = self.store.kv_get("user", user_id).await?.and_then(|b| serde_json::from_str(&b).ok());
+        let t = self.now();
+        let Some(mut user) = user.filter(|u| u.active && u.locked_until <= t) else { return Ok(false) };
+        let secret = user
+            .totp_secret
+            .as_deref()
+            .and_then(|s| self.keys().decrypt_field(s, "user.totp").ok())
+            .and_then(|s| crypto::totp::base32_decode(&s));
+        let ok = code.len() <= 16 && secret.is_some_and(|secret| crypto::totp::verify(&secret, code, t as u64, 1));
+        if ok && user.failed_logins > 0 {
+            user.failed_logins = 0;
+            self.save_user(&user).await?;
+        } else if !ok {
+            user.failed_logins += 1;
+            if user.failed_logins >= self.config.max_failures {
+                user.locked_until = t + self.config.lockout;
+                user.failed_logins = 0;
+            }
+            self.save_user(&user).await?;
+        }
+        Ok(ok)
+    }
+
     async fn password_grant(&self, form: &HashMap<String, String>) -> AuthResult<(Session, Value)> {
         let username = form.get("username").ok_or_else(|| oauth(400, "invalid_request", "username is required"))?;
         let password = form.get("password").ok_or_else(|| oauth(400, "invalid_request", "password is required"))?;

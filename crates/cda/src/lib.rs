@@ -15,6 +15,58 @@ const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 pub const MAX_BYTES: usize = 10 * 1024 * 1024;
 /// Most XML nodes in a document (bounds memory for hostile input).
 const MAX_NODES: u32 = 500_000;
+/// Deepest element nesting accepted (a CDA document is about 20 levels deep). The XML parser
+/// and the tree walks recurse per level, so an unbounded depth would exhaust the stack.
+pub const MAX_DEPTH: usize = 256;
+
+/// The deepest element nesting in `xml`, stopping once it exceeds `limit`: a scan of the markup
+/// (comments, CDATA sections, processing instructions and declarations skipped; quoted
+/// attribute values respected) that trusts nothing else about the text.
+fn nesting_depth(xml: &str, limit: usize) -> usize {
+    let b = xml.as_bytes();
+    let skip_to = |from: usize, end: &[u8]| -> usize {
+        b[from..].windows(end.len()).position(|w| w == end).map_or(b.len(), |p| from + p + end.len())
+    };
+    let (mut i, mut depth, mut deepest) = (0, 0usize, 0usize);
+    while let Some(p) = b[i..].iter().position(|&c| c == b'<') {
+        i += p;
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_to(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            i = skip_to(i + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(i + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted values; `/>` closes it at once.
+            let mut j = i + 1;
+            let mut quote = None;
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (None, b'"' | b'\'') => quote = Some(b[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if !(j > i + 1 && b[j - 1] == b'/') {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+            }
+            i = (j + 1).min(b.len());
+        }
+    }
+    deepest
+}
 /// WS/T 500 document types (code, title).
 pub const WST500_DOCUMENTS: &str = include_str!("../data/wst500-documents.tsv");
 /// The code system of WS/T 500 document types (卫生信息共享文档编码体系).
@@ -204,6 +256,11 @@ pub fn parse(xml: &str) -> Result<Document, CdaError> {
         return Err(CdaError::Malformed(format!(
             "the document is {} bytes; at most {MAX_BYTES} are accepted",
             xml.len()
+        )));
+    }
+    if nesting_depth(xml, MAX_DEPTH) > MAX_DEPTH {
+        return Err(CdaError::Malformed(format!(
+            "elements are nested more than {MAX_DEPTH} levels deep: not a clinical document"
         )));
     }
     let options = roxmltree::ParsingOptions { allow_dtd: false, nodes_limit: MAX_NODES };
@@ -623,5 +680,19 @@ fn to_instant(t: &str) -> String {
         7 => format!("{t}-01T00:00:00+08:00"),
         10 => format!("{t}T00:00:00+08:00"),
         _ => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn nesting_is_measured_on_markup_only() {
+        assert_eq!(nesting_depth("<a><b/><c><d></d></c></a>", 100), 3);
+        assert_eq!(nesting_depth("<a><!-- <b><c> --><![CDATA[<x><y>]]><?pi <z>?><e attr=\"<f>\"/></a>", 100), 1);
+        assert_eq!(nesting_depth(&"<a>".repeat(1000), 10), 11, "stops once past the limit");
+        assert_eq!(nesting_depth("<a b='/'>", 100), 1);
+        assert_eq!(nesting_depth("", 100), 0);
     }
 }

@@ -32,6 +32,11 @@ use crate::{Engine, EngineError, EngineResult};
 /// How long a care relationship or residence lookup is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// Whether the Subscription's owner tag names the principal (`subscriptions.rs`).
+fn subscription_owned_by(principal: &Principal, r: &StoredResource) -> bool {
+    crate::subscriptions::owner_of(&body_json(r)) == Some(principal.subject.as_str())
+}
+
 /// Types whose writes change relationships or residences.
 const RELATIONSHIP_TYPES: &[&str] = &["Patient", "Encounter", "EpisodeOfCare", "CareTeam", "ServiceRequest", "Consent"];
 
@@ -255,7 +260,7 @@ impl Engine {
         } else {
             self.facts(principal, &r.resource_type, &body_json(r)).await?
         };
-        let decision = if principal.role == Role::System {
+        let mut decision = if principal.role == Role::System {
             policy::decide(
                 principal,
                 Action::Read,
@@ -271,6 +276,13 @@ impl Engine {
         } else {
             self.decide_on(principal, Action::Read, &facts).await?
         };
+        if decision.permit && r.resource_type == "Subscription" && !subscription_owned_by(principal, r) {
+            decision = Decision {
+                permit: false,
+                reason: "a Subscription is read only by the client or user that created it".into(),
+                break_glass: false,
+            };
+        }
         let outcome = if decision.permit { "success" } else { "denied" };
         let entity = format!("{key}/_history/{}", r.version);
         let reason = (!decision.permit || decision.break_glass).then_some(decision.reason.as_str());
@@ -389,6 +401,14 @@ impl Engine {
                 .deny(ctx, "search", entity, "search one resource type at a time (e.g. GET /fhir/Observation?…)".into())
                 .await);
         };
+        if ty == "Subscription" {
+            // Subscriptions are found by their owners only (their headers may hold secrets).
+            let own = (String::from("_tag"), format!("{}|{}", crate::OWNER_TAG, principal.subject));
+            return match policy::search_constraint(principal, ty, None, false) {
+                SearchConstraint::Deny(reason) => Err(self.deny(ctx, "search", entity, reason).await),
+                _ => Ok(params.iter().cloned().chain([own]).collect()),
+            };
+        }
         let uses_has = params.iter().any(|(k, _)| k.starts_with("_has"));
         let patient_param = self.patient_param(ty);
         match policy::search_constraint(principal, ty, patient_param.as_deref(), uses_has) {
@@ -477,12 +497,18 @@ impl Engine {
         if let Some(principal) = ctx.principal.as_deref() {
             self.authorize_writes(ctx, principal, &ops, interaction).await?;
         }
+        // A Subscription belongs to its creator and is activated on write (subscriptions.rs).
+        let mut ops = ops;
+        let subscription_owners = if ops.iter().any(|op| op.resource_type == "Subscription") {
+            self.subscription_writes(ctx, &mut ops).await?
+        } else {
+            Vec::new()
+        };
         // Hospital feeds pass the data-quality gate (quality.rs).
         self.quality_gate(ctx, &ops).await?;
         let _booking = self.booking_guard(ctx, &ops).await;
         let effects = self.booking_effects(ctx, &ops).await?;
         let booked: Vec<String> = effects.iter().map(|op| op.id.clone()).collect();
-        let mut ops = ops;
         ops.extend(effects);
         let relationships_change = ops.iter().any(|op| RELATIONSHIP_TYPES.contains(&op.resource_type.as_str()));
         let terminology_changes =
@@ -511,6 +537,9 @@ impl Engine {
         }
         if terminology_changes {
             self.terminology.clear();
+        }
+        if result.is_ok() && !subscription_owners.is_empty() {
+            self.subscription_owners_keep(subscription_owners).await?;
         }
         result.map_err(|e| Self::booking_conflict(&booked, e))
     }

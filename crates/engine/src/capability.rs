@@ -20,6 +20,17 @@ const UNSUPPORTED_COMMON: &[(&str, &str)] = &[
     ("_filter", "the _filter syntax is not supported"),
 ];
 
+/// The websocket endpoint of Subscriptions (`ws://host/fhir/websocket` for `http://host/fhir`).
+pub fn websocket_url(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    let base = match base.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}"),
+        Some((_, rest)) => format!("ws://{rest}"),
+        None => base.to_string(),
+    };
+    format!("{base}/websocket")
+}
+
 impl Engine {
     /// The CapabilityStatement, true to what is implemented (supported and unsupported search
     /// parameters per type, interactions, operations).
@@ -105,6 +116,15 @@ impl Engine {
                     {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}
                 ]);
             }
+            if t == "Subscription" {
+                resource["documentation"] = json!(
+                    "FHIR R4 Subscriptions: criteria are searches on a known type with supported parameters; \
+                     channels rest-hook (http endpoints on the server's allow-list; no payload: POST to the \
+                     endpoint; payload application/fhir+json: PUT endpoint/type/id) and websocket (bind <id> on the \
+                     websocket URL of this statement, ping <id> per notification). A Subscription is activated on \
+                     write and belongs to the client or user that created it."
+                );
+            }
             if let Some(operations) = crate::terminology::capability_operations(t) {
                 resource["operation"] = operations;
             }
@@ -123,6 +143,10 @@ impl Engine {
             "patchFormat": ["application/json-patch+json"],
             "rest": [{
                 "mode": "server",
+                "extension": [{
+                    "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                    "valueUri": websocket_url(base_url)
+                }],
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}],
                 "searchParam": [

@@ -81,6 +81,9 @@ impl Engine {
             })
             .collect();
         issues.extend(crate::registries::registry_issues(resource_type, body, location));
+        if resource_type == "Subscription" {
+            issues.extend(crate::subscriptions::issues(self, body, location));
+        }
         if issues.is_empty() { Ok(()) } else { Err(EngineError::Unprocessable(issues)) }
     }
 
@@ -210,7 +213,18 @@ impl Engine {
         let op = self.build_op(resource_type, &id, 1, now_ms(), WriteMethod::Create, body)?;
         let resource = stored_from_op(&op);
         self.commit_checked(ctx, vec![op], "create").await?;
+        let resource = self.as_committed(resource).await?;
         Ok(WriteOutcome { resource, created: true })
+    }
+
+    /// The version as committed: a Subscription is activated and tagged with its owner on the
+    /// way in (subscriptions.rs), so it is read back; other resources are stored as built.
+    async fn as_committed(&self, resource: StoredResource) -> EngineResult<StoredResource> {
+        if resource.resource_type != "Subscription" {
+            return Ok(resource);
+        }
+        let stored = self.store.vread(&Ctx::system(), "Subscription", &resource.id, resource.version).await?;
+        Ok(stored.unwrap_or(resource))
     }
 
     /// Before an answer that reveals that a resource exists or existed (410 Gone, 412 on
@@ -336,7 +350,7 @@ impl Engine {
             let resource = stored_from_op(&op);
             let interaction = if created { "create" } else { "update" };
             match self.commit_checked(ctx, vec![op], interaction).await {
-                Ok(()) => return Ok(WriteOutcome { resource, created }),
+                Ok(()) => return Ok(WriteOutcome { resource: self.as_committed(resource).await?, created }),
                 Err(EngineError::Store(StoreError::VersionConflict { .. }))
                     if opts.if_match.is_none() && attempt < RETRIES =>
                 {

@@ -52,18 +52,52 @@ pub fn decode_xml(bytes: &[u8]) -> EngineResult<String> {
     }
 }
 
+/// A CDA document's extraction as a transaction Bundle, or why it cannot be read.
+pub(crate) fn cda_transaction(bytes: &[u8]) -> EngineResult<Value> {
+    let xml = decode_xml(bytes)?;
+    let doc = cda::parse(&xml).map_err(|e| match e {
+        cda::CdaError::Forbidden(m) => EngineError::bad_request(IssueType::Security, m),
+        cda::CdaError::Malformed(m) => EngineError::bad_request(IssueType::Structure, m),
+        cda::CdaError::Invalid(problems) => {
+            EngineError::Unprocessable(problems.into_iter().map(|p| Issue::error(IssueType::Invariant, p)).collect())
+        }
+    })?;
+    Ok(cda::to_transaction(&doc, &xml))
+}
+
 impl Engine {
     /// Stores a CDA document and what it says. Answers the transaction-response Bundle.
+    /// A document refused before anything is extracted (an unreadable encoding, not
+    /// well-formed XML, a DTD, a header that fails validation) is kept in the data-quality
+    /// quarantine of the sending institution with the reasons (`quality.rs`), the bytes as
+    /// received, so nothing sent is lost; the refusal names the quarantine entry.
     pub async fn ingest_cda(&self, ctx: &Ctx, bytes: &[u8], opts: &RequestOptions) -> EngineResult<Value> {
-        let xml = decode_xml(bytes)?;
-        let doc = cda::parse(&xml).map_err(|e| match e {
-            cda::CdaError::Forbidden(m) => EngineError::bad_request(IssueType::Security, m),
-            cda::CdaError::Malformed(m) => EngineError::bad_request(IssueType::Structure, m),
-            cda::CdaError::Invalid(problems) => EngineError::Unprocessable(
-                problems.into_iter().map(|p| Issue::error(IssueType::Invariant, p)).collect(),
-            ),
-        })?;
-        self.bundle(ctx, cda::to_transaction(&doc, &xml), opts).await
+        match cda_transaction(bytes) {
+            Ok(transaction) => self.bundle(ctx, transaction, opts).await,
+            Err(e) => Err(self.quarantine_document(ctx, bytes, e).await),
+        }
+    }
+
+    /// Keeps a refused document in the quarantine and adds the entry's id to the refusal.
+    async fn quarantine_document(&self, ctx: &Ctx, bytes: &[u8], e: EngineError) -> EngineError {
+        let (rule, mut issues) = match e {
+            EngineError::BadRequest(issues) => ("cda-unreadable", issues),
+            EngineError::Unprocessable(issues) => ("cda-invalid", issues),
+            other => return other,
+        };
+        let reasons: Vec<String> = issues.iter().map(|i| i.diagnostics.clone()).collect();
+        match self.quarantine_raw(ctx, "ClinicalDocument", "application/hl7-cda+xml", bytes, rule, &reasons).await {
+            Ok(id) => {
+                let mut note = Issue::error(IssueType::Informational, format!("the document is quarantined as {id}"));
+                note.severity = fhir::IssueSeverity::Information;
+                issues.push(note);
+                match rule {
+                    "cda-invalid" => EngineError::Unprocessable(issues),
+                    _ => EngineError::BadRequest(issues),
+                }
+            }
+            Err(store_error) => store_error,
+        }
     }
 }
 

@@ -32,6 +32,9 @@ use store::{Ctx, StoreError, StoredResource, WriteMethod, WriteOp};
 use crate::crud::now_ms;
 use crate::{Engine, EngineError, EngineResult, audit};
 
+mod worklists;
+pub use worklists::{InternetDoctor, overrides_of, task_prescription};
+
 /// `meta.tag` of an internet visit.
 pub const VISIT_TAG: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|follow-up";
 /// `groupIdentifier.system` of prescription numbers.
@@ -40,10 +43,37 @@ pub const RX_SYSTEM: &str = "https://hutong.dev/fhir/sid/prescription";
 pub const DRUG_SYSTEM: &str = "https://hutong.dev/fhir/CodeSystem/drug-catalogue";
 /// `Task.code` of a pharmacist review.
 pub const REVIEW_CODE: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|rx-review";
+/// `OrganizationAffiliation.code` approving the `organization` as the review centre of the
+/// `participatingOrganization`'s prescriptions.
+pub const REVIEW_CENTRE_CODE: &str = "https://hutong.dev/fhir/CodeSystem/internet-hospital|rx-review-centre";
 /// Extension on the MedicationRequests: an overridden warning (`alert` key and `reason`).
 pub const OVERRIDE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-override";
+/// Extension on a visit whose offline diagnosis is an uploaded proof: `document`
+/// (DocumentReference), `diagnosis` (as the resident named it), `status` (`pending`,
+/// `accepted`, `rejected`), `reason` (a rejection's).
+pub const PROOF_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/offline-diagnosis-proof";
+/// The informed consent a resident accepts to request an online visit (the text the pages show;
+/// `Consent.policy.uri`).
+pub const CONSENT_POLICY: &str = "https://hutong.dev/policy/internet-visit-consent/v1";
+/// A visit nobody took is cancelled after this long (24 h).
+pub const WAITING_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
+/// A consultation left open is closed after this long (48 h).
+pub const CONSULTING_TIMEOUT_MS: i64 = 48 * 3600 * 1000;
+/// Largest uploaded proof (decoded bytes).
+const MAX_PROOF_BYTES: usize = 5 * 1024 * 1024;
 /// The security-object kind of practitioners' signing keys.
 const SIGNING_KEY_KIND: &str = "signing-key";
+
+/// Checks a staff member's second factor at the moment it is presented: the current code of
+/// the authenticator (TOTP) registered with their account. A doctor presents one to start each
+/// consultation, so a session left open on a shared workstation cannot consult in their name.
+/// The API layer installs the auth service's check ([`Engine::install_second_factor`]).
+#[async_trait::async_trait]
+pub trait SecondFactor: Send + Sync {
+    /// Whether `code` is a current code of the account `subject` (`user/{id}`). A wrong code
+    /// counts as a failed login towards the account's lockout.
+    async fn verify(&self, subject: &str, code: &str) -> EngineResult<bool>;
+}
 
 /// The drug catalogue and interaction knowledge base in use.
 #[derive(Debug, Clone)]
@@ -139,6 +169,32 @@ fn pharmacy_param(p: &Params<'_>) -> EngineResult<String> {
         .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))
 }
 
+/// The Patient id a resource's `subject` names (empty when none).
+fn subject_patient(resource: &Value) -> String {
+    resource["subject"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or_default().to_string()
+}
+
+/// A new waiting visit (no reason reference yet).
+fn visit_encounter(p: &Params<'_>, patient: &str, role_id: &str, practitioner: &str, organization: &str) -> Value {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (system, code) = VISIT_TAG.split_once('|').unwrap_or((VISIT_TAG, ""));
+    let mut encounter = json!({
+        "resourceType": "Encounter", "id": id, "status": "planned",
+        "meta": {"tag": [{"system": system, "code": code}]},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR", "display": "互联网复诊"},
+        "type": [{"text": "互联网复诊"}],
+        "subject": {"reference": format!("Patient/{patient}")},
+        "participant": [{"individual": {"reference": format!("PractitionerRole/{role_id}")}},
+                        {"individual": {"reference": format!("Practitioner/{practitioner}")}}],
+        "reasonCode": p.text("reason").map(|r| json!([{"text": r}])).unwrap_or(Value::Null),
+        "serviceProvider": {"reference": format!("Organization/{organization}")},
+    });
+    if let Some(o) = encounter.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    encounter
+}
+
 /// Whole years between a birth date and a day.
 fn age_on(birth: &str, day: NaiveDate) -> Option<u32> {
     let birth = NaiveDate::parse_from_str(birth.get(..10)?, "%Y-%m-%d").ok()?;
@@ -168,6 +224,40 @@ impl Engine {
     pub fn with_rx(mut self, rx: RxConfig) -> Self {
         self.config.rx = rx;
         self
+    }
+
+    /// Installs the check of staff members' fresh second factor (once; later calls are
+    /// ignored). Without one (an engine used as a library, its tests) starting a consultation
+    /// asks for none.
+    pub fn install_second_factor(&self, check: Arc<dyn SecondFactor>) {
+        let _ = self.second_factor.set(check);
+    }
+
+    /// A doctor starting a consultation: their fresh second factor (`otp`), when a check is
+    /// installed and the caller is a staff account.
+    async fn fresh_second_factor(&self, ctx: &Ctx, otp: Option<&str>) -> EngineResult<()> {
+        let (Some(check), Some(principal)) = (self.second_factor.get(), Self::caller(ctx)) else {
+            return Ok(());
+        };
+        if !principal.subject.starts_with("user/") || principal.role == Role::Resident {
+            return Ok(());
+        }
+        let Some(otp) = otp.filter(|o| !o.is_empty()) else {
+            return Err(EngineError::Forbidden(
+                "开始问诊前须再次验证身份：请输入身份验证器的当前动态码（参数 otp） / a fresh second factor is \
+                 required to start a consultation: send the current code of your authenticator as 'otp'"
+                    .into(),
+            ));
+        };
+        if check.verify(&principal.subject, otp).await? {
+            Ok(())
+        } else {
+            Err(EngineError::Forbidden(
+                "动态码错误或已过期，身份验证未通过 / the authenticator code is wrong or expired: identity not \
+                 confirmed"
+                    .into(),
+            ))
+        }
     }
 
     fn caller(ctx: &Ctx) -> Option<&access::Principal> {
@@ -239,7 +329,7 @@ impl Engine {
         let p = Params::parse(
             &parameters,
             "Encounter/$request-follow-up",
-            &["patient", "practitionerRole", "condition", "reason"],
+            &["patient", "practitionerRole", "condition", "reason", "proof", "diagnosis", "consent"],
         )?;
         let patient = p
             .text("patient")
@@ -273,6 +363,12 @@ impl Engine {
             ));
         }
         self.current_body("Patient", patient).await?;
+        if !p.flag("consent") {
+            return Err(rule(
+                "须阅读并同意《互联网诊疗知情同意书》（consent 为 true） / the informed consent to online care must be \
+                 read and accepted ('consent' true)",
+            ));
+        }
         let role_id = p
             .text("practitionerRole")
             .and_then(|r| reference_id(r, "PractitionerRole"))
@@ -292,10 +388,11 @@ impl Engine {
                 why.join("; ")
             )));
         }
-        // Follow-up of a disease diagnosed offline only: no first visits.
-        let condition_id = p.text("condition").and_then(|r| reference_id(r, "Condition")).ok_or_else(|| {
-            rule("互联网医院仅提供复诊：请选择线下已确诊的疾病 / online care is for follow-up only: name the offline diagnosis ('condition')")
-        })?;
+        // Follow-up of a disease diagnosed offline only: no first visits. The diagnosis is a
+        // record on the platform, or an uploaded proof the doctor reviews before the visit.
+        let Some(condition_id) = p.text("condition").and_then(|r| reference_id(r, "Condition")) else {
+            return self.request_with_proof(p, patient, role_id, practitioner, organization).await;
+        };
         let (_, condition) = self.current_body("Condition", condition_id).await?;
         if condition["subject"]["reference"].as_str() != Some(format!("Patient/{patient}").as_str()) {
             return Err(EngineError::Forbidden(format!("Condition/{condition_id} is not this patient's")));
@@ -317,35 +414,249 @@ impl Engine {
                 ));
             }
         }
-        let now = now_ms();
-        let id = uuid::Uuid::new_v4().to_string();
-        let (system, code) = VISIT_TAG.split_once('|').unwrap_or((VISIT_TAG, ""));
-        let encounter = json!({
-            "resourceType": "Encounter", "id": id, "status": "planned",
-            "meta": {"tag": [{"system": system, "code": code}]},
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR", "display": "互联网复诊"},
-            "type": [{"text": "互联网复诊"}],
-            "subject": {"reference": format!("Patient/{patient}")},
-            "participant": [{"individual": {"reference": format!("PractitionerRole/{role_id}")}},
-                            {"individual": {"reference": format!("Practitioner/{practitioner}")}}],
-            "reasonReference": [{"reference": format!("Condition/{condition_id}")}],
-            "reasonCode": p.text("reason").map(|r| json!([{"text": r}])).unwrap_or(Value::Null),
-            "serviceProvider": {"reference": format!("Organization/{organization}")},
-        });
+        let encounter = visit_encounter(p, patient, role_id, practitioner, organization);
         let mut encounter = encounter;
-        if let Some(o) = encounter.as_object_mut() {
-            o.retain(|_, v| !v.is_null());
-        }
-        let op = self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?;
-        let stored = self.commit_one(op).await?;
+        encounter["reasonReference"] = json!([{"reference": format!("Condition/{condition_id}")}]);
+        let id = encounter["id"].as_str().unwrap_or_default().to_string();
+        let now = now_ms();
+        let ops = vec![
+            self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?,
+            self.consent_op(patient, organization, &id, now)?,
+        ];
+        let stored = self.commit_then_read(ops, "Encounter", &id).await?;
         let answer = body(&stored);
         Ok((stored, answer))
     }
 
-    async fn commit_one(&self, op: WriteOp) -> EngineResult<StoredResource> {
-        let (ty, id) = (op.resource_type.clone(), op.id.clone());
-        self.store.commit(&Ctx::system(), vec![op]).await?;
-        self.store.read(&Ctx::system(), &ty, &id).await?.ok_or_else(|| EngineError::NotFound(format!("{ty}/{id}")))
+    /// The resident's informed consent to this online visit (互联网诊疗知情同意), recorded as a
+    /// `Consent` (scope treatment) naming the visit, stored with it.
+    fn consent_op(&self, patient: &str, organization: &str, visit: &str, now: i64) -> EngineResult<WriteOp> {
+        let consent = json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "treatment"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}],
+                          "text": "互联网诊疗知情同意 / informed consent to online care"}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "dateTime": fhir::normalize::format_instant(now),
+            "performer": [{"reference": format!("Patient/{patient}")}],
+            "organization": [{"reference": format!("Organization/{organization}")}],
+            "policy": [{"uri": CONSENT_POLICY}],
+            "provision": {"type": "permit", "data": [{"meaning": "related", "reference": {"reference": format!("Encounter/{visit}")}}]}});
+        self.new_resource_op("Consent", now, consent)
+    }
+
+    /// A follow-up whose offline diagnosis is not on the platform: the resident uploads its
+    /// proof (`proof`, an image or PDF of the hospital's record) and names it (`diagnosis`, an
+    /// ICD-10 coding or text). The proof is stored as `Binary` + `DocumentReference`
+    /// (`docStatus` preliminary) and the visit waits, proof `pending`, for the doctor's
+    /// [`review_proof`](Self::review_proof); it cannot start before.
+    async fn request_with_proof(
+        &self,
+        p: &Params<'_>,
+        patient: &str,
+        role_id: &str,
+        practitioner: &str,
+        organization: &str,
+    ) -> EngineResult<(StoredResource, Value)> {
+        let first_visit = || {
+            rule(
+                "互联网医院仅提供复诊：请选择线下已确诊的疾病，或上传线下诊断证明（proof）并注明诊断（diagnosis） / \
+                  online care is for follow-up only: name the offline diagnosis ('condition'), or upload its proof \
+                  ('proof') and name it ('diagnosis')",
+            )
+        };
+        let proof =
+            p.all.iter().find(|(n, _)| *n == "proof").map(|(_, v)| &v["valueAttachment"]).ok_or_else(first_visit)?;
+        let diagnosis = p.all.iter().find(|(n, _)| *n == "diagnosis").map(|(_, v)| *v).ok_or_else(first_visit)?;
+        let diagnosis = match (&diagnosis["valueCoding"], diagnosis["valueString"].as_str()) {
+            (Value::Object(c), _) => {
+                let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+                if c.get("system").and_then(Value::as_str) != Some("http://hl7.org/fhir/sid/icd-10")
+                    || !crate::quality::is_icd10(code)
+                {
+                    return Err(bad(format!(
+                        "'diagnosis' coding '{code}' is not an ICD-10 code (system http://hl7.org/fhir/sid/icd-10, e.g. I10)"
+                    )));
+                }
+                json!({"coding": [Value::Object(c.clone())]})
+            }
+            (_, Some(text)) if !text.trim().is_empty() && text.chars().count() <= 200 => json!({"text": text.trim()}),
+            _ => return Err(bad("'diagnosis' is an ICD-10 valueCoding or a valueString of at most 200 characters")),
+        };
+        let content_type = proof["contentType"].as_str().unwrap_or("");
+        let data = proof["data"].as_str().and_then(|d| crypto::unbase64(d).ok()).filter(|d| !d.is_empty());
+        let Some(data) = data else {
+            return Err(bad("'proof' is a valueAttachment with contentType and base64 data"));
+        };
+        let magic: &[u8] = match content_type {
+            "image/jpeg" => b"\xFF\xD8\xFF",
+            "image/png" => b"\x89PNG",
+            "application/pdf" => b"%PDF",
+            other => {
+                return Err(bad(format!(
+                    "proof contentType '{other}' is not accepted: image/jpeg, image/png or application/pdf"
+                )));
+            }
+        };
+        if data.len() > MAX_PROOF_BYTES {
+            return Err(EngineError::TooCostly(format!(
+                "the proof is {} bytes; at most {MAX_PROOF_BYTES} (5 MB)",
+                data.len()
+            )));
+        }
+        if !data.starts_with(magic) {
+            return Err(bad(format!("the proof's content is not {content_type}")));
+        }
+        let now = now_ms();
+        let (binary_id, document_id) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+        let title = proof["title"].as_str().unwrap_or("线下诊断证明");
+        let binary = json!({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+            "securityContext": {"reference": format!("Patient/{patient}")}, "data": crypto::base64(&data)});
+        let document = json!({"resourceType": "DocumentReference", "id": document_id, "status": "current",
+            "docStatus": "preliminary",
+            "type": {"text": "线下诊断证明 / proof of an offline diagnosis"},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "author": [{"reference": format!("Patient/{patient}")}],
+            "date": fhir::normalize::format_instant(now),
+            "description": title,
+            "content": [{"attachment": {"contentType": content_type, "url": format!("Binary/{binary_id}"),
+                "size": data.len(), "title": title}}]});
+        let mut encounter = visit_encounter(p, patient, role_id, practitioner, organization);
+        encounter["extension"] = json!([{"url": PROOF_EXTENSION, "extension": [
+            {"url": "document", "valueReference": {"reference": format!("DocumentReference/{document_id}")}},
+            {"url": "diagnosis", "valueCodeableConcept": diagnosis},
+            {"url": "status", "valueCode": "pending"}]}]);
+        let id = encounter["id"].as_str().unwrap_or_default().to_string();
+        let ops = vec![
+            self.consent_op(patient, organization, &id, now)?,
+            self.build_op("Binary", &binary_id, 1, now, WriteMethod::Create, binary)?,
+            self.build_op("DocumentReference", &document_id, 1, now, WriteMethod::Create, document)?,
+            self.build_op("Encounter", &id, 1, now, WriteMethod::Create, encounter)?,
+        ];
+        let stored = self.commit_then_read(ops, "Encounter", &id).await?;
+        let answer = body(&stored);
+        Ok((stored, answer))
+    }
+
+    /// `POST Encounter/{id}/$review-proof` (the treating doctor, before the visit starts):
+    /// `decision` `accept` or `reject`, `reason` (required to reject), `diagnosis` (an ICD-10
+    /// valueCoding: required to accept when the resident named the diagnosis in text only,
+    /// otherwise a correction). Accepting records the diagnosis as a confirmed, active
+    /// `Condition` with the proof as its evidence (recorded by the doctor, no encounter: it was
+    /// made offline), makes it the visit's reason and the document final; rejecting cancels the
+    /// visit with the reason, which the resident sees.
+    pub async fn review_proof(&self, ctx: &Ctx, id: &str, parameters: Value) -> EngineResult<Value> {
+        const ACTION: &str = "internet-proof-review";
+        let p = Params::parse(&parameters, "Encounter/$review-proof", &["decision", "reason", "diagnosis"])?;
+        let result = self.review_proof_checked(ctx, id, &p).await;
+        self.finish(ctx, ACTION, format!("Encounter/{id}"), result).await
+    }
+
+    async fn review_proof_checked(&self, ctx: &Ctx, id: &str, p: &Params<'_>) -> EngineResult<(Value, String)> {
+        let decision = p.text("decision").ok_or_else(|| bad("'decision' (accept or reject) is required"))?;
+        if decision != "accept" && decision != "reject" {
+            return Err(bad(format!("decision '{decision}' is not accept or reject")));
+        }
+        let reason = p.text("reason").map(str::trim).filter(|r| !r.is_empty());
+        let (stored, mut encounter, doctor) = self.visit(id).await?;
+        let patient = subject_patient(&encounter);
+        if !Self::caller(ctx).is_none_or(|c| c.role == Role::System || c.practitioner.as_deref() == Some(&*doctor)) {
+            return Err(EngineError::Forbidden(
+                "线下诊断证明由接诊医生审核 / the treating doctor reviews the proof".into(),
+            ));
+        }
+        let Some(proof) =
+            encounter["extension"].as_array().and_then(|x| x.iter().find(|e| e["url"] == PROOF_EXTENSION)).cloned()
+        else {
+            return Err(rule(format!("Encounter/{id} has no uploaded proof to review")));
+        };
+        let field = |proof: &Value, name: &str| -> Value {
+            proof["extension"].as_array().and_then(|x| x.iter().find(|e| e["url"] == name)).cloned().unwrap_or_default()
+        };
+        let status = field(&proof, "status")["valueCode"].as_str().unwrap_or("").to_string();
+        if status != "pending" || encounter["status"] != "planned" {
+            return Err(conflict(format!("证明已审核（{status}） / the proof was already reviewed ({status})")));
+        }
+        let document = field(&proof, "document")["valueReference"]["reference"].as_str().unwrap_or("").to_string();
+        let mut diagnosis = field(&proof, "diagnosis")["valueCodeableConcept"].clone();
+        if let Some(coding) = p.all.iter().find(|(n, _)| *n == "diagnosis").map(|(_, v)| &v["valueCoding"]) {
+            let code = coding["code"].as_str().unwrap_or("");
+            if coding["system"] != "http://hl7.org/fhir/sid/icd-10" || !crate::quality::is_icd10(code) {
+                return Err(bad(format!("'diagnosis' coding '{code}' is not an ICD-10 code (e.g. I10)")));
+            }
+            diagnosis = json!({"coding": [coding], "text": diagnosis["text"]});
+            if let Some(o) = diagnosis.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+        }
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let set = |proof: &mut Value, name: &str, value: Value| {
+            if let Some(x) = proof["extension"].as_array_mut() {
+                x.retain(|e| e["url"] != name);
+                x.push(value);
+            }
+        };
+        if decision == "accept" {
+            if diagnosis["coding"][0]["code"].as_str().is_none() {
+                return Err(rule(
+                    "确认诊断须给出 ICD-10 编码（diagnosis） / accepting needs the diagnosis as an ICD-10 coding ('diagnosis')",
+                ));
+            }
+            let condition_id = uuid::Uuid::new_v4().to_string();
+            let condition = json!({"resourceType": "Condition", "id": condition_id,
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                "code": diagnosis, "subject": {"reference": format!("Patient/{patient}")},
+                "recordedDate": fhir::normalize::format_instant(now),
+                "recorder": {"reference": format!("Practitioner/{doctor}")},
+                "evidence": [{"detail": [{"reference": document}]}],
+                "note": [{"text": "线下诊断证明经接诊医生审核 / proof of the offline diagnosis reviewed by the treating doctor"}]});
+            ops.push(self.build_op("Condition", &condition_id, 1, now, WriteMethod::Create, condition)?);
+            encounter["reasonReference"] = json!([{"reference": format!("Condition/{condition_id}")}]);
+            if let Some(document_id) = reference_id(&document, "DocumentReference") {
+                let (doc_stored, mut doc) = self.current_body("DocumentReference", document_id).await?;
+                doc["docStatus"] = json!("final");
+                ops.push(self.build_op(
+                    "DocumentReference",
+                    document_id,
+                    doc_stored.version + 1,
+                    now,
+                    WriteMethod::Update,
+                    doc,
+                )?);
+            }
+        } else {
+            let Some(reason) = reason else {
+                return Err(bad("驳回须说明理由 / a rejection needs a 'reason' for the resident"));
+            };
+            encounter["status"] = json!("cancelled");
+            encounter["hospitalization"]["dischargeDisposition"] =
+                json!({"text": format!("线下诊断证明未通过审核 / the proof was not accepted: {reason}")});
+        }
+        let proof = encounter["extension"]
+            .as_array_mut()
+            .and_then(|x| x.iter_mut().find(|e| e["url"] == PROOF_EXTENSION))
+            .expect("found above");
+        set(
+            proof,
+            "status",
+            json!({"url": "status", "valueCode": if decision == "accept" { "accepted" } else { "rejected" }}),
+        );
+        if let Some(reason) = reason {
+            set(proof, "reason", json!({"url": "reason", "valueString": reason}));
+        }
+        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
+        self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
+            StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
+            other => other.into(),
+        })?;
+        Ok((body(&self.current_body("Encounter", id).await?.0), patient))
+    }
+
+    /// Commits `ops` and reads back one of the resources written.
+    async fn commit_then_read(&self, ops: Vec<WriteOp>, ty: &str, id: &str) -> EngineResult<StoredResource> {
+        self.store.commit(&Ctx::system(), ops).await?;
+        self.store.read(&Ctx::system(), ty, id).await?.ok_or_else(|| EngineError::NotFound(format!("{ty}/{id}")))
     }
 
     /// The visit and its treating doctor's Practitioner id.
@@ -374,15 +685,11 @@ impl Engine {
     /// started (`cancelled`).
     pub async fn visit_status(&self, ctx: &Ctx, id: &str, parameters: Value) -> EngineResult<Value> {
         const ACTION: &str = "internet-visit-status";
-        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason", "otp"])?;
+        let p = Params::parse(&parameters, "Encounter/$visit-status", &["status", "reason", "otp", "note"])?;
         let wanted =
             p.text("status").ok_or_else(|| bad("'status' (in-progress, finished, referred, cancelled) is required"))?;
         let (stored, mut encounter, doctor) = self.visit(id).await?;
-        let patient = encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Patient"))
-            .unwrap_or_default()
-            .to_string();
+        let patient = subject_patient(&encounter);
         let principal = Self::caller(ctx);
         let is_doctor = principal.is_some_and(|p| p.practitioner.as_deref() == Some(doctor.as_str()));
         let is_patient = principal.is_some_and(|p| p.role == Role::Resident && p.patients.contains(&patient));
@@ -403,6 +710,30 @@ impl Engine {
             }
             (w, _) => Err(bad(format!("status '{w}' is not in-progress, finished, referred or cancelled"))),
         };
+        let proof_pending = encounter["extension"].as_array().into_iter().flatten().any(|e| {
+            e["url"] == PROOF_EXTENSION
+                && e["extension"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["url"] == "status" && x["valueCode"] == "pending")
+        });
+        let checked = match checked {
+            Ok(()) if wanted == "in-progress" && proof_pending => Err(rule(
+                "须先审核患者上传的线下诊断证明（$review-proof） / review the uploaded proof of the offline diagnosis first ($review-proof)",
+            )),
+            Ok(()) if wanted == "in-progress" => self.fresh_second_factor(ctx, p.text("otp")).await,
+            Ok(())
+                if (wanted == "finished" || wanted == "referred")
+                    && p.text("note").is_none_or(|n| n.trim().is_empty() || n.chars().count() > 20_000) =>
+            {
+                Err(rule(
+                    "结束问诊须填写诊疗记录（note，不超过 20000 字） / closing a visit needs its record ('note', at most \
+                     20,000 characters)",
+                ))
+            }
+            other => other,
+        };
         if let Err(e) = checked {
             return Err(self.refuse(ctx, ACTION, format!("Encounter/{id}"), Some(&patient), e).await);
         }
@@ -421,13 +752,105 @@ impl Engine {
         if let Some(reason) = p.text("reason") {
             encounter["reasonCode"] = json!([{"text": reason}]);
         }
-        let op = self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?;
+        let mut ops = Vec::new();
+        if let Some(note) = p.text("note").filter(|_| wanted == "finished" || wanted == "referred") {
+            ops.push(self.visit_record_op(&encounter, id, &doctor, note, wanted == "referred", now)?);
+        }
+        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
         let record = audit::record(ctx, ACTION, "success", format!("Encounter/{id}"), vec![patient], Some(wanted));
-        self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await.map_err(|e| match e {
+        self.store.commit_audited(&Ctx::system(), ops, vec![record]).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
             other => other.into(),
         })?;
         Ok(body(&self.current_body("Encounter", id).await?.0))
+    }
+
+    /// The visit's record (互联网复诊记录) as an EMR entry of the hospital: a final
+    /// `Composition` (LOINC 11506-3 progress note) for the patient and the visit, authored by the
+    /// doctor, custodian the hospital, so it is part of the hospital's records and the shared
+    /// health record like any note from an in-person visit.
+    fn visit_record_op(
+        &self,
+        encounter: &Value,
+        id: &str,
+        doctor: &str,
+        note: &str,
+        referred: bool,
+        now: i64,
+    ) -> EngineResult<WriteOp> {
+        let escaped = note.trim().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let div = format!(
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>",
+            escaped.lines().map(|l| format!("<p>{l}</p>")).collect::<String>()
+        );
+        let title = if referred { "互联网复诊记录（转线下就诊）" } else { "互联网复诊记录" };
+        let composition = json!({"resourceType": "Composition", "status": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}], "text": "互联网复诊记录"},
+            "subject": encounter["subject"], "encounter": {"reference": format!("Encounter/{id}")},
+            "date": fhir::normalize::format_instant(now),
+            "author": [{"reference": format!("Practitioner/{doctor}")}],
+            "title": title, "custodian": encounter["serviceProvider"],
+            "section": [{"title": "诊疗记录", "text": {"status": "generated", "div": div}}]});
+        self.new_resource_op("Composition", now, composition)
+    }
+
+    /// Runs the visit timeouts until the process ends: a sweep every minute.
+    pub async fn visit_timeouts_run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.expire_visits(now_ms()).await {
+                tracing::warn!(error = %e, "internet visits: the timeout sweep failed; retrying");
+            }
+        }
+    }
+
+    /// The visits' timeouts at `now` (Unix ms): a visit still waiting [`WAITING_TIMEOUT_MS`]
+    /// after its request (or after its proof was accepted) is cancelled, the doctor not having
+    /// taken it; a consultation still in progress [`CONSULTING_TIMEOUT_MS`] after it started is
+    /// closed (`finished`, without a visit record: the doctor never wrote one). Each change is
+    /// audited as the system's and reaches the supervision feed. Returns how many changed.
+    pub async fn expire_visits(&self, now: i64) -> EngineResult<usize> {
+        let tag = VISIT_TAG;
+        let waiting_cutoff = format!("lt{}", fhir::normalize::format_instant(now - WAITING_TIMEOUT_MS));
+        let consulting_cutoff = format!("lt{}", fhir::normalize::format_instant(now - CONSULTING_TIMEOUT_MS));
+        let waiting =
+            self.scan("Encounter", &[("_tag", tag), ("status", "planned"), ("_lastUpdated", &waiting_cutoff)]).await?;
+        let consulting =
+            self.scan("Encounter", &[("_tag", tag), ("status", "in-progress"), ("date", &consulting_cutoff)]).await?;
+        let mut changed = 0;
+        for (stored, closing) in waiting.iter().map(|s| (s, false)).chain(consulting.iter().map(|s| (s, true))) {
+            let mut encounter = body(stored);
+            let patient = subject_patient(&encounter);
+            let instant = fhir::normalize::format_instant(now);
+            let (status, why) = if closing {
+                ("finished", "问诊超过 48 小时未结束，系统自动关闭 / closed by the platform: in progress for 48 hours")
+            } else {
+                (
+                    "cancelled",
+                    "医生 24 小时内未接诊，系统自动取消 / cancelled by the platform: no doctor took it within 24 hours",
+                )
+            };
+            encounter["status"] = json!(status);
+            encounter["period"]["end"] = json!(instant);
+            encounter["hospitalization"]["dischargeDisposition"] = json!({"text": why});
+            let op = self.build_op("Encounter", &stored.id, stored.version + 1, now, WriteMethod::Update, encounter)?;
+            let record = audit::record(
+                &Ctx::system(),
+                "internet-visit-timeout",
+                "success",
+                format!("Encounter/{}", stored.id),
+                vec![patient],
+                Some(status),
+            );
+            match self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await {
+                Ok(()) => changed += 1,
+                // Changed meanwhile (the doctor started or closed it): the next sweep decides.
+                Err(StoreError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(changed)
     }
 
     // ---- prescriptions -----------------------------------------------------------------------
@@ -546,11 +969,7 @@ impl Engine {
         patient_out: &mut Option<String>,
     ) -> EngineResult<Value> {
         let (_, encounter, doctor) = self.visit(encounter_id).await?;
-        let patient = encounter["subject"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Patient"))
-            .unwrap_or_default()
-            .to_string();
+        let patient = subject_patient(&encounter);
         *patient_out = Some(patient.clone());
         let organization = encounter["serviceProvider"]["reference"]
             .as_str()
@@ -847,11 +1266,15 @@ impl Engine {
             .to_string();
         let principal = Self::caller(ctx);
         let pharmacist = principal.and_then(|c| c.practitioner.clone());
-        let allowed = principal
-            .is_some_and(|c| c.role == Role::Pharmacist && c.organization.as_deref() == Some(organization.as_str()));
+        let reviewer = principal.filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.as_deref());
+        let allowed = match reviewer {
+            Some(org) => self.reviewed_hospitals(org).await?.contains(&organization),
+            None => false,
+        };
         let Some(pharmacist) = pharmacist.filter(|_| allowed) else {
             return Err(EngineError::Forbidden(
-                "处方由开方医院的药师审核 / prescriptions are reviewed by a pharmacist of the prescribing hospital"
+                "处方由开方医院或其认可的审方中心的药师审核 / prescriptions are reviewed by a pharmacist of the \
+                 prescribing hospital or of a review centre it has approved"
                     .into(),
             ));
         };
@@ -1010,7 +1433,7 @@ impl Engine {
     /// the MedicationRequests in one transaction.
     pub async fn dispense(&self, ctx: &Ctx, parameters: Value) -> EngineResult<Value> {
         const ACTION: &str = "rx-dispense";
-        let p = Params::parse(&parameters, "MedicationRequest/$dispense", &["prescription", "pharmacy"])?;
+        let p = Params::parse(&parameters, "MedicationRequest/$dispense", &["prescription", "pharmacy", "sale"])?;
         let number = p.text("prescription").ok_or_else(|| bad("'prescription' (the number) is required"))?.to_string();
         let result = self.dispense_checked(ctx, &p, &number).await;
         self.finish(ctx, ACTION, format!("MedicationRequest?identifier={number}"), result).await
@@ -1025,6 +1448,10 @@ impl Engine {
         if !allowed {
             return Err(EngineError::Forbidden("a prescription is dispensed by the pharmacy it was sent to".into()));
         }
+        let sale = match p.all.iter().find(|(n, _)| *n == "sale") {
+            Some((_, sale)) => Some(retail_sale(sale, number)?),
+            None => None,
+        };
         let requests = self.prescription_requests(number).await?;
         let now = now_ms();
         let day = today().to_string();
@@ -1032,11 +1459,7 @@ impl Engine {
         let mut patient = String::new();
         for (i, stored) in requests.iter().enumerate() {
             let mut mr = body(stored);
-            patient = mr["subject"]["reference"]
-                .as_str()
-                .and_then(|r| reference_id(r, "Patient"))
-                .unwrap_or_default()
-                .to_string();
+            patient = subject_patient(&mr);
             match mr["status"].as_str() {
                 Some("active") => {}
                 Some("completed") => {
@@ -1076,6 +1499,10 @@ impl Engine {
                 "whenHandedOver": fhir::normalize::format_instant(now),
                 "dosageInstruction": mr["dosageInstruction"],
             });
+            let mut dispense = dispense;
+            if let Some(sale) = &sale {
+                dispense["extension"] = json!([sale]);
+            }
             ops.push(self.build_op(
                 "MedicationDispense",
                 &format!("{number}-{}-dispense", i + 1),
@@ -1125,6 +1552,35 @@ impl Engine {
         ))
     }
 }
+
+/// The `sale` parameter of `$dispense` (a retail pharmacy's sale: parts `receipt`, `amount` in
+/// CNY, `paidAt`) as the [`RETAIL_SALE_EXTENSION`] on each MedicationDispense, naming the
+/// prescription, so the sale links back to it.
+fn retail_sale(sale: &Value, number: &str) -> EngineResult<Value> {
+    let receipt = part(sale, "receipt").and_then(value_text).map(str::trim).filter(|r| !r.is_empty() && r.len() <= 64);
+    let Some(receipt) = receipt else {
+        return Err(bad("'sale' needs 'receipt' (the sales receipt number, at most 64 characters)"));
+    };
+    let amount = part(sale, "amount").and_then(value_number).filter(|a| a.is_finite() && *a >= 0.0 && *a < 1e7);
+    let Some(amount) = amount else {
+        return Err(bad("'sale' needs 'amount' (the price paid in CNY, ≥ 0)"));
+    };
+    let mut fields = vec![
+        json!({"url": "prescription", "valueIdentifier": {"system": RX_SYSTEM, "value": number}}),
+        json!({"url": "receipt", "valueString": receipt}),
+        json!({"url": "amount", "valueMoney": {"value": (amount * 100.0).round() / 100.0, "currency": "CNY"}}),
+    ];
+    if let Some(paid) = part(sale, "paidAt").and_then(|p| p["valueDateTime"].as_str()) {
+        if paid.len() < 20 || fhir::normalize::date_range(paid).is_none() {
+            return Err(bad(format!("'sale' paidAt '{paid}' is not a dateTime with a time and time zone")));
+        }
+        fields.push(json!({"url": "paidAt", "valueDateTime": paid}));
+    }
+    Ok(json!({"url": RETAIL_SALE_EXTENSION, "extension": fields}))
+}
+
+/// On a MedicationDispense: the retail sale (`prescription`, `receipt`, `amount`, `paidAt`).
+pub const RETAIL_SALE_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/rx-retail-sale";
 
 /// On the MedicationRequests: how the resident gets the drugs (`method` pickup | home, and the
 /// delivery `address`). Not part of the signed content.
@@ -1347,6 +1803,79 @@ impl Engine {
     /// `GET MedicationRequest/$pharmacy-queue`: the approved prescriptions sent to the caller's
     /// pharmacy (a pharmacist's organization) and not yet dispensed, oldest first. A pharmacy
     /// sees only what was sent to it.
+    /// The hospitals whose prescriptions pharmacists of `organization` review: its own, and
+    /// those that approved it as their review centre (审方中心) by an active
+    /// `OrganizationAffiliation` (`organization` the centre, `participatingOrganization` the
+    /// hospital, `code` [`REVIEW_CENTRE_CODE`], `period` covering today).
+    pub async fn reviewed_hospitals(&self, organization: &str) -> EngineResult<Vec<String>> {
+        let mut hospitals = vec![organization.to_string()];
+        let centre = format!("Organization/{organization}");
+        let today = today().format("%Y-%m-%d").to_string();
+        let role = REVIEW_CENTRE_CODE;
+        for a in self
+            .scan(
+                "OrganizationAffiliation",
+                &[("primary-organization", centre.as_str()), ("role", role), ("active", "true")],
+            )
+            .await?
+        {
+            let a = body(&a);
+            let within = a["period"]["start"].as_str().is_none_or(|s| s.get(..10).unwrap_or(s) <= today.as_str())
+                && a["period"]["end"].as_str().is_none_or(|e| e.get(..10).unwrap_or(e) >= today.as_str());
+            let hospital =
+                a["participatingOrganization"]["reference"].as_str().and_then(|r| reference_id(r, "Organization"));
+            if let Some(h) = hospital.filter(|_| within)
+                && !hospitals.iter().any(|x| x == h)
+            {
+                hospitals.push(h.to_string());
+            }
+        }
+        Ok(hospitals)
+    }
+
+    /// `GET Task/$review-queue?_count=N&_offset=M` (a pharmacist): the pending prescription
+    /// reviews of the hospitals the pharmacist's organization reviews for, oldest first, as a
+    /// searchset Bundle of review Tasks; audited with the patients shown.
+    pub async fn review_queue(&self, ctx: &Ctx, params: &[(String, String)]) -> EngineResult<Value> {
+        const ACTION: &str = "rx-review-queue";
+        let Some(organization) =
+            Self::caller(ctx).filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.clone())
+        else {
+            let e = EngineError::Forbidden("the review queue is a pharmacist's".into());
+            return Err(self.refuse(ctx, ACTION, "Task/$review-queue".into(), None, e).await);
+        };
+        let mut query: Vec<(String, String)> = vec![
+            ("code".into(), REVIEW_CODE.into()),
+            ("status".into(), "requested".into()),
+            ("_total".into(), "none".into()),
+        ];
+        for (k, v) in params {
+            match k.as_str() {
+                "_count" | "_offset" => query.push((k.clone(), v.clone())),
+                other => return Err(bad(format!("Task/$review-queue has no parameter '{other}' (_count, _offset)"))),
+            }
+        }
+        let hospitals = self.reviewed_hospitals(&organization).await?;
+        let owners: Vec<String> = hospitals.iter().map(|h| format!("Organization/{h}")).collect();
+        query.push(("owner".into(), owners.join(",")));
+        let mut page = self.search(&Ctx::system(), Some("Task"), &query, &crate::RequestOptions::default()).await?;
+        let patients: Vec<String> = page["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["for"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")))
+            .map(str::to_string)
+            .collect();
+        // The links name the system search; the queue pages with its own parameters.
+        if let Some(o) = page.as_object_mut() {
+            o.remove("link");
+        }
+        let record =
+            audit::record(ctx, ACTION, "success", "Task/$review-queue".into(), patients, Some(&owners.join(",")));
+        self.audit.append(record).await?;
+        Ok(page)
+    }
+
     pub async fn pharmacy_queue(&self, ctx: &Ctx) -> EngineResult<Value> {
         let Some(pharmacy) =
             Self::caller(ctx).filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.clone())

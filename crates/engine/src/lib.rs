@@ -25,6 +25,7 @@ mod quality;
 mod registries;
 mod sealing;
 mod searchset;
+mod subscriptions;
 mod supervision;
 mod terminology;
 
@@ -35,12 +36,17 @@ pub use checkin::CHECK_IN_CARE_STEP;
 pub use error::{EngineError, EngineResult};
 pub use guidance::{Advice, GuidanceRules, Suggestion};
 pub use healthcard::{CARE_STEPS, CardStatus, HealthCard, HealthCardConfig, IssuedCode, Verification};
-pub use internet::{DRUG_SYSTEM, OVERRIDE_EXTENSION, REVIEW_CODE, RX_SYSTEM, RxConfig, SUPERVISION_TAG, VISIT_TAG};
+pub use internet::{
+    CONSENT_POLICY, CONSULTING_TIMEOUT_MS, DELIVERY_EXTENSION, DELIVERY_STATES, DRUG_SYSTEM, InternetDoctor,
+    OVERRIDE_EXTENSION, PROOF_EXTENSION, RETAIL_SALE_EXTENSION, REVIEW_CENTRE_CODE, REVIEW_CODE, RX_SYSTEM, RxConfig,
+    SUPERVISION_TAG, SecondFactor, VISIT_TAG, WAITING_TIMEOUT_MS, overrides_of, task_prescription,
+};
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
 pub use quality::{Finding, REPORTING_DEADLINE_HOURS};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
+pub use subscriptions::{OWNER_TAG, RestHook, SubscriptionChannels, SubscriptionConfig};
 pub use supervision::MAX_FEED_COUNT;
 
 use std::sync::Arc;
@@ -70,6 +76,8 @@ pub struct EngineConfig {
     pub guidance: std::sync::Arc<GuidanceRules>,
     /// The internet hospital's drug catalogue and interaction knowledge base (internet.rs).
     pub rx: RxConfig,
+    /// FHIR Subscriptions: rest-hook allow-list, retries (subscriptions.rs).
+    pub subscriptions: SubscriptionConfig,
 }
 
 /// Whether a permitted read waits for its audit record to be committed.
@@ -94,6 +102,7 @@ impl Default for EngineConfig {
             health_card: HealthCardConfig::default(),
             guidance: GuidanceRules::builtin(),
             rx: RxConfig::default(),
+            subscriptions: SubscriptionConfig::default(),
         }
     }
 }
@@ -185,6 +194,8 @@ pub struct Engine {
     mpi_wake: tokio::sync::Notify,
     /// Serialises residents' bookings (booking.rs).
     booking: tokio::sync::Mutex<()>,
+    /// Checks a staff member's fresh second factor (internet.rs); installed by the API layer.
+    second_factor: std::sync::OnceLock<Arc<dyn SecondFactor>>,
     /// Serialises scorecard writes (quality.rs).
     quality: tokio::sync::Mutex<()>,
     /// Scorecard counts not yet written (quality.rs).
@@ -209,6 +220,7 @@ impl Engine {
             mpi: tokio::sync::Mutex::new(None),
             mpi_wake: tokio::sync::Notify::new(),
             booking: tokio::sync::Mutex::new(()),
+            second_factor: std::sync::OnceLock::new(),
             quality: tokio::sync::Mutex::new(()),
             quality_counts: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
             terminology: terminology::TerminologyLayer::default(),

@@ -102,7 +102,7 @@ fn at<'a>(body: &'a Value, path: &[&str]) -> &'a Value {
     path.iter().fold(body, |v, k| &v[*k])
 }
 
-fn is_icd10(code: &str) -> bool {
+pub(crate) fn is_icd10(code: &str) -> bool {
     let b = code.as_bytes();
     b.len() >= 3
         && b[0].is_ascii_uppercase()
@@ -307,16 +307,7 @@ impl Engine {
             }
         }
         let reason = format!("{} resource(s) quarantined by blocking data-quality rules", blocked.len());
-        self.audit
-            .append(audit::record(
-                ctx,
-                "quality-block",
-                "failure",
-                "quality/quarantine".into(),
-                Vec::new(),
-                Some(&reason),
-            ))
-            .await?;
+        self.audit_block(ctx, &reason).await?;
         Err(EngineError::Unprocessable(issues))
     }
 
@@ -422,6 +413,38 @@ impl Engine {
         Ok(json!({"organization": organization, "from": from, "to": to, "days": days}))
     }
 
+    /// Keeps something refused before it could be read as resources (a CDA document) in the
+    /// quarantine of the caller's institution: the bytes as received (base64), the rule and the
+    /// reasons; audited. Answers the entry's id.
+    pub(crate) async fn quarantine_raw(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        content_type: &str,
+        bytes: &[u8],
+        rule: &str,
+        reasons: &[String],
+    ) -> EngineResult<String> {
+        let organization =
+            ctx.principal.as_deref().and_then(|p| p.organization.clone()).unwrap_or_else(|| "unknown".into());
+        let now = now_ms();
+        let id = format!("{organization}|{now:013}|{}", uuid::Uuid::new_v4());
+        let record = json!({"id": id, "organization": organization, "received": fhir::normalize::format_instant(now),
+            "status": "held", "resourceType": kind, "contentType": content_type, "data": crypto::base64(bytes),
+            "findings": reasons.iter().map(|m| json!({"rule": rule, "blocking": true, "message": m})).collect::<Vec<_>>()});
+        self.store.kv_put(QUARANTINE_KIND, &id, &record.to_string(), &[]).await?;
+        let reason = format!("{kind} quarantined: {rule}");
+        self.audit_block(ctx, &reason).await?;
+        Ok(id)
+    }
+
+    /// Audits what the quarantine took in.
+    async fn audit_block(&self, ctx: &Ctx, reason: &str) -> EngineResult<()> {
+        let record =
+            audit::record(ctx, "quality-block", "failure", "quality/quarantine".into(), Vec::new(), Some(reason));
+        Ok(self.audit.append(record).await?)
+    }
+
     /// `GET /quality/quarantine?organization=…`: what blocking rules held back, newest last.
     pub async fn quality_quarantine(&self, ctx: &Ctx, organization: &str) -> EngineResult<Value> {
         self.quality_reader(ctx, organization, "quality-quarantine").await?;
@@ -457,6 +480,23 @@ impl Engine {
             serde_json::from_str(&text).map_err(|e| EngineError::bad_request(IssueType::Exception, e.to_string()))?;
         let organization = held["organization"].as_str().unwrap_or_default().to_string();
         self.quality_reader(ctx, &organization, "quality-reprocess").await?;
+        if held["resourceType"] == "ClinicalDocument" {
+            // A document is retried as received (after the platform was fixed); a corrected
+            // document is sent to POST /cda again, and the held one discarded.
+            if corrected.is_some() {
+                return Err(EngineError::bad_request(
+                    IssueType::NotSupported,
+                    "a held CDA document is reprocessed as received (no body); send a corrected document to POST /cda",
+                ));
+            }
+            let bytes = crypto::unbase64(held["data"].as_str().unwrap_or_default())
+                .map_err(|e| EngineError::bad_request(IssueType::Exception, format!("held document: {e}")))?;
+            // Not through `ingest_cda`: a document refused again stays this one entry.
+            let transaction = crate::documents::cda_transaction(&bytes)?;
+            let answer = Box::pin(self.bundle(ctx, transaction, opts)).await?;
+            self.store.kv_delete(QUARANTINE_KIND, id).await?;
+            return Ok(json!({"reprocessed": id, "response": answer}));
+        }
         let resource = corrected.unwrap_or_else(|| held["resource"].clone());
         let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_string();
         if resource_type != held["resourceType"].as_str().unwrap_or_default() {

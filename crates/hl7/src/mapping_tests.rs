@@ -96,10 +96,10 @@ fn oru_r01_maps_to_a_report_observations_and_the_order() {
     assert_eq!(order["request"]["ifNoneExist"], "identifier=https://hutong.dev/fhir/sid/FZ-HOSP/placer-order|P-F100");
 
     let report = &of_type(&b, "DiagnosticReport")[0];
-    assert_eq!(
-        report["request"]["url"],
-        "DiagnosticReport?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/filler-order|F100"
-    );
+    // Ids derived from the identifiers: an update of a known id, no criteria search.
+    let report_id = crate::oru::derived_id("dr", "https://hutong.dev/fhir/sid/FZ-HOSP/filler-order", "F100");
+    assert_eq!(report["request"]["url"], format!("DiagnosticReport/{report_id}"));
+    assert_eq!(report["resource"]["id"], report_id.as_str());
     let r = &report["resource"];
     assert_eq!(r["status"], "final");
     assert_eq!(r["code"]["coding"][0], json!({"system": "http://loinc.org", "code": "58410-2", "display": "血常规"}));
@@ -114,9 +114,11 @@ fn oru_r01_maps_to_a_report_observations_and_the_order() {
     let results: Vec<&Value> = r["result"].as_array().unwrap().iter().map(|x| &x["reference"]).collect();
     assert_eq!(results, observations.iter().map(|o| &o["fullUrl"]).collect::<Vec<_>>());
     let wbc = &observations[0];
+    let wbc_id = crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "F100-1-1");
+    assert_eq!(wbc["request"]["url"], format!("Observation/{wbc_id}"));
     assert_eq!(
-        wbc["request"]["url"],
-        "Observation?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/observation|F100-1-1"
+        wbc["resource"]["identifier"][0],
+        json!({"system": "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "value": "F100-1-1"})
     );
     let wbc = &wbc["resource"];
     assert_eq!(wbc["status"], "final");
@@ -359,10 +361,8 @@ OBX|2|FN|1553-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H||
     assert!(matches!(&error, Hl7Error::InvalidField { field, .. } if field == "PID-7"), "{error:?}");
     let b = bundle(&sample.replace("196203520", "19620320"));
     let report = &of_type(&b, "DiagnosticReport")[0];
-    assert_eq!(
-        report["request"]["url"],
-        "DiagnosticReport?identifier=https://hutong.dev/fhir/sid/ELAB-3/filler-order|1045813"
-    );
+    let report_id = crate::oru::derived_id("dr", "https://hutong.dev/fhir/sid/ELAB-3/filler-order", "1045813");
+    assert_eq!(report["request"]["url"], format!("DiagnosticReport/{report_id}"));
     assert_eq!(report["resource"]["status"], "final");
     assert_eq!(report["resource"]["effectiveDateTime"], "2002-02-15T07:30:00+08:00");
     let observations = of_type(&b, "Observation");
@@ -381,4 +381,16 @@ OBX|2|FN|1553-5^GLUCOSE^POST 12H CFST:MCNC:PT:SER/PLAS:QN||^182|mg/dl|70_105|H||
     assert_eq!(observations[1]["resource"]["valueString"], "^182");
     let patient = &of_type(&b, "Patient")[0]["resource"];
     assert_eq!(patient["identifier"][0]["value"], "555-44-4444");
+}
+
+#[test]
+fn result_ids_are_derived_from_their_identifiers() {
+    let id = crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "F100-1-1");
+    assert_eq!(id, crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "F100-1-1"));
+    assert_ne!(id, crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/XM-HOSP/observation", "F100-1-1"));
+    assert_ne!(id, crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "F100-1-2"));
+    assert_ne!(id, crate::oru::derived_id("dr", "https://hutong.dev/fhir/sid/FZ-HOSP/observation", "F100-1-1"));
+    // A valid FHIR id whatever the order number holds.
+    let odd = crate::oru::derived_id("obs", "https://hutong.dev/fhir/sid/%E5%8E%A6/observation", "单号/01 ^&|-1-1");
+    assert!(odd.len() <= 64 && odd.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{odd}");
 }

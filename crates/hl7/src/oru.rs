@@ -1,7 +1,9 @@
 //! ORU^R01 (unsolicited observation results) to FHIR: one DiagnosticReport per OBR and one
-//! Observation per OBX, each a conditional update on identifiers built from the order numbers
-//! (filler, else placer) and the OBX set id, so a result sent again (corrected, or because its
-//! ACK was lost) updates what is there instead of adding to it. The report is `basedOn` the
+//! Observation per OBX, identified by identifiers built from the order numbers (filler, else
+//! placer) and the OBX set id. Their ids are derived from those identifiers ([`derived_id`]), so
+//! each is an update of a known id (`PUT Observation/{id}`, creating it the first time) that
+//! needs no search: a result sent again (corrected, or because its ACK was lost) updates what is
+//! there instead of adding to it, and the same content again makes no new version. The report is `basedOn` the
 //! ServiceRequest of its order (created from the OBR when no ORM announced it). Mapping table in
 //! `docs/HL7V2.md`.
 
@@ -297,11 +299,12 @@ fn report(
         let full_url = urn(*next);
         *next += 1;
         results.push(json!({"reference": full_url}));
+        let id = derived_id("obs", &system, &identifier_value);
+        observation["id"] = json!(id);
         entries.push(json!({
             "fullUrl": full_url,
             "resource": observation,
-            "request": {"method": "PUT",
-                        "url": format!("Observation?identifier={}|{}", query_escape(&system), query_escape(&identifier_value))},
+            "request": {"method": "PUT", "url": format!("Observation/{id}")},
         }));
     }
 
@@ -324,7 +327,9 @@ fn report(
         }
     };
     let mut diagnostic = Map::new();
+    let report_id = derived_id("dr", &key_system, &key_value);
     diagnostic.insert("resourceType".into(), json!("DiagnosticReport"));
+    diagnostic.insert("id".into(), json!(report_id));
     diagnostic.insert("identifier".into(), order_identifiers(facility, &placer, &filler).0.into());
     diagnostic.insert("basedOn".into(), json!([{"reference": order_urn}]));
     diagnostic.insert("status".into(), json!(status));
@@ -371,11 +376,18 @@ fn report(
     entries.push(json!({
         "fullUrl": urn(*next),
         "resource": Value::Object(diagnostic),
-        "request": {"method": "PUT",
-                    "url": format!("DiagnosticReport?identifier={}|{}", query_escape(&key_system), query_escape(&key_value))},
+        "request": {"method": "PUT", "url": format!("DiagnosticReport/{report_id}")},
     }));
     *next += 1;
     Ok(())
+}
+
+/// The id of the resource that an identifier (`system`, `value`) names in this mapping:
+/// `{prefix}-` and 40 hex digits of SM3(`system|value`), a valid FHIR id whatever the order
+/// numbers contain, the same for every message that carries the identifier, and different for
+/// different ones (160 bits: no collision in practice).
+pub(crate) fn derived_id(prefix: &str, system: &str, value: &str) -> String {
+    format!("{prefix}-{}", &crypto::sm3::sm3_hex(format!("{system}|{value}").as_bytes())[..40])
 }
 
 /// OBX-5 by its value type (OBX-2) as `value[x]` members.

@@ -111,6 +111,29 @@ pub enum BenchCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// WS/T 500 CDA documents stored and extracted (`POST /cda`'s engine call), several at once.
+    Cda {
+        /// Documents to store.
+        #[arg(long, default_value_t = 3000)]
+        documents: usize,
+        /// Documents submitted at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Approximate size of each document in KB (typical: 20–50).
+        #[arg(long, default_value_t = 30)]
+        kb: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A population-register CSV imported (`hutong import`) and linked by the master patient
+    /// index; persons/s including the linkage.
+    Register {
+        /// Register rows (persons registered, some several times).
+        #[arg(long, default_value_t = 100_000)]
+        persons: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// The internet hospital's prescribing path (sign + checks + store) and review-queue listing.
     Rx {
         /// Prescriptions to sign.
@@ -202,6 +225,10 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
         BenchCommand::Terminology { requests, seed, store } => terminology(requests, seed, store).await,
         BenchCommand::Booking { clients, slots, contended, store } => booking(clients, slots, contended, store).await,
+        BenchCommand::Cda { documents, concurrency, kb, store } => {
+            crate::bench_docs::cda(documents, concurrency.max(1), kb.max(1), store).await
+        }
+        BenchCommand::Register { persons, store } => crate::bench_docs::register(persons.max(1), store).await,
         BenchCommand::Rx { prescriptions, concurrency, drugs, pairs, pending, store } => {
             crate::bench_rx::rx(prescriptions, concurrency.max(1), drugs.max(30), pairs, pending, store).await
         }

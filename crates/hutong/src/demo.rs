@@ -458,6 +458,58 @@ pub fn resident_reports(patient: &str, now: chrono::DateTime<chrono::Utc>) -> Va
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
+/// The demo's internet hospital (issue 7), for `hutong serve --demo`: a retail pharmacy on the
+/// facility registry (`pharmacy-1`), the hospital pharmacist of 福州市第一医院 who reviews
+/// prescriptions (`pharm-1`), and for the demo resident a confirmed, active hypertension (I10)
+/// diagnosed at an outpatient visit of 福州市第一医院 a month before `now`: the offline diagnosis
+/// a follow-up visit needs, with drugs for it in the demo catalogue.
+pub fn internet_hospital_bundle(patient: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
+    use registry::facility as f;
+    let visit = (now - chrono::Duration::days(30)).format("%Y-%m-%dT09:30:00+08:00").to_string();
+    let day = &visit[..10];
+    let (credit_code, _) = institution_codes("350102", 9);
+    let encounter_url = "urn:uuid:8f0d2a9e-0000-4000-8000-000000000101";
+    let entries = vec![
+        put(json!({
+            "resourceType": "Organization", "id": "pharmacy-1", "active": true, "name": "鼓楼区惠民大药房",
+            "meta": {"profile": [f::ORGANIZATION_PROFILE]},
+            "identifier": [{"system": f::USCC_SYSTEM, "value": credit_code}],
+            "type": [coding(f::INSTITUTION_TYPE_SYSTEM, "pharmacy")],
+            "address": [{"state": "福建省", "city": "福州市", "district": "鼓楼区", "line": ["八一七北路88号"],
+                         "extension": [{"url": access::DIVISION_EXTENSION, "valueCode": "350102"}]}],
+        })),
+        put(json!({
+            "resourceType": "Practitioner", "id": "pharm-1", "active": true,
+            "name": [{"text": "陈静", "family": "陈", "given": ["静"]}], "gender": "female",
+            "qualification": [{"code": {"text": "执业药师"}}],
+        })),
+        post(
+            encounter_url,
+            json!({
+                "resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "门诊"},
+                "type": [{"text": "门诊就诊"}], "serviceType": {"text": "心血管内科"},
+                "subject": {"reference": format!("Patient/{patient}")},
+                "participant": [{"individual": {"reference": "Practitioner/doc-1"}}],
+                "period": {"start": visit, "end": visit},
+                "serviceProvider": {"reference": "Organization/org-1"},
+            }),
+        ),
+        post(
+            "urn:uuid:8f0d2a9e-0000-4000-8000-000000000102",
+            json!({
+                "resourceType": "Condition",
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10", "display": "原发性高血压"}], "text": "原发性高血压"},
+                "subject": {"reference": format!("Patient/{patient}")}, "encounter": {"reference": encounter_url},
+                "onsetDateTime": day, "recordedDate": day,
+            }),
+        ),
+    ];
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
 /// The demo data set: reference data plus `residents` resident bundles, deterministic.
 pub fn demo_bundles(residents: usize) -> Vec<Value> {
     let mut rng = StdRng::seed_from_u64(20_181_122);
@@ -551,7 +603,7 @@ mod tests {
             .collect();
         assert_eq!(slots.len(), 12 * 7 * 5, "five slots a day for a week for each of 12 doctors");
         assert_eq!(slots[0]["resource"]["start"], "2026-12-02T08:30:00+08:00", "from tomorrow, Beijing time");
-        for bundle in [scheduling.clone(), resident_reports("p1", now)] {
+        for bundle in [scheduling.clone(), resident_reports("p1", now), internet_hospital_bundle("p1", now)] {
             for entry in bundle["entry"].as_array().unwrap() {
                 let issues = fhir::validate::validate(fhir::Definitions::r4(), &entry["resource"]);
                 assert!(issues.is_empty(), "{}: {issues:?}", entry["resource"]);

@@ -9,6 +9,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_docs;
 mod bench_rx;
 mod demo;
 mod import;
@@ -137,7 +138,17 @@ pub fn engine_for(store: Arc<dyn ResourceStore>, args: &StoreArgs) -> Engine {
         Ok("durable") => engine::AuditMode::Durable,
         _ => engine::AuditMode::Queued,
     };
-    Engine::new(store, EngineConfig { export_dir: args.data.join("export"), audit_reads, ..EngineConfig::default() })
+    // HUTONG_SUBSCRIPTION_HOSTS=a.example.org,10.1.2.3:8080 replaces the rest-hook allow-list
+    // (default: loopback only; docs/SUBSCRIPTIONS.md).
+    let mut subscriptions = engine::SubscriptionConfig::default();
+    if let Ok(hosts) = std::env::var("HUTONG_SUBSCRIPTION_HOSTS") {
+        subscriptions.allowed_hosts =
+            hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
+    }
+    Engine::new(
+        store,
+        EngineConfig { export_dir: args.data.join("export"), audit_reads, subscriptions, ..EngineConfig::default() },
+    )
 }
 
 /// Loads the demo data set if the store holds no Patient yet; returns how many resources.
@@ -260,9 +271,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 security::demo_accounts(&auth, &engine, &store.data).await?;
                 println!(
-                    "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, cdc, insurer, \
-                     regulator, operator, auditor, steward; demo system client in {}",
-                    store.data.join("demo-client.json").display()
+                    "Demo accounts (see README): resident, doctor, nurse, family-doctor, pharmacist, pharmacy, cdc, \
+                     insurer, regulator, operator, auditor, steward; demo system client in {}; internet-hospital \
+                     staff sign-ins in {}",
+                    store.data.join("demo-client.json").display(),
+                    store.data.join("demo-staff.json").display()
                 );
             }
             // The master patient index matches Patients as they arrive (and those imported
@@ -271,6 +284,12 @@ async fn main() -> anyhow::Result<()> {
             // Booking confirmations, cancellations, waiting-list promotions and visit reminders
             // (engine/src/notify.rs) through the local SMS and app outboxes.
             tokio::spawn(engine.clone().notify_run(Arc::new(notify::FileNotifier::new(&store.data))));
+            // Internet visits nobody took, or left open, time out (engine/src/internet.rs).
+            tokio::spawn(engine.clone().visit_timeouts_run());
+            // FHIR Subscriptions (engine/src/subscriptions.rs): rest-hooks and websockets, through
+            // the hub the HTTP layer also serves the websocket endpoint with.
+            let subscription_hub = Arc::new(api::subscriptions::SubscriptionHub::default());
+            tokio::spawn(engine.clone().subscriptions_run(subscription_hub.clone()));
             // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
             security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));
             // Seal the audit log every minute: an SM2-signed checkpoint over the chain's head,
@@ -334,7 +353,13 @@ async fn main() -> anyhow::Result<()> {
             }
             let hl7: Arc<dyn api::hl7v2::Hl7Receiver> =
                 Arc::new(mllp::HttpReceiver { engine: engine.clone(), quarantine: store.data.join("hl7-quarantine") });
-            let config = api::ApiConfig { max_body_bytes, base_url, hl7: Some(hl7), ..api::ApiConfig::default() };
+            let config = api::ApiConfig {
+                max_body_bytes,
+                base_url,
+                hl7: Some(hl7),
+                subscriptions: subscription_hub,
+                ..api::ApiConfig::default()
+            };
             let app = api::router(api::AppState { engine: engine.clone(), auth: auth.clone(), config });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use auth::{Auth, AuthConfig, FileSms, NewUser};
 use crypto::KeyRing;
-use serde_json::json;
+use serde_json::{Value, json};
 use store::ResourceStore;
 
 use crate::StoreArgs;
@@ -544,7 +544,8 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         ("doctor", "doctor", "张医生", Some("org-1"), Some("doc-1"), None),
         ("nurse", "nurse", "李护士", Some("org-1"), None, None),
         ("family-doctor", "family-doctor", "王家庭医生", Some("org-4"), Some("doc-4"), None),
-        ("pharmacist", "pharmacist", "陈药师", Some("org-1"), None, None),
+        ("pharmacist", "pharmacist", "陈药师", Some("org-1"), Some("pharm-1"), None),
+        ("pharmacy", "pharmacist", "惠民大药房药师", Some("pharmacy-1"), None, Some("350102")),
         ("cdc", "cdc-officer", "福州市疾控中心", Some("cdc-fz"), None, Some("350100")),
         ("insurer", "insurer", "福建省医保中心", Some("ybj-fj"), None, Some("350000")),
         ("regulator", "regulator", "福建省卫健委", Some("wjw-fj"), None, Some("350000")),
@@ -571,16 +572,14 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         // Lab and imaging results for the portal's 我的报告.
         let reports = crate::demo::resident_reports(&resident_patient, chrono::Utc::now());
         engine.bundle(&store::Ctx::system(), reports, &opts).await.context("loading the demo resident's reports")?;
+        // The internet hospital: a pharmacy, the hospital pharmacist, and an offline diagnosis
+        // (hypertension) the resident can ask a follow-up visit for.
+        let internet = crate::demo::internet_hospital_bundle(&resident_patient, chrono::Utc::now());
+        engine.bundle(&store::Ctx::system(), internet, &opts).await.context("loading the demo internet hospital")?;
         // The portal signs residents in by real name + ID number + SMS code: the synthetic
         // resident's name and ID number go to a file readable by the owner only (never to the log).
-        let path = data.join("demo-resident.json");
         let sign_in = json!({"name": resident_name, "idNumber": resident_id, "phone": "13800000001"});
-        std::fs::write(&path, sign_in.to_string()).with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
+        write_private(&data.join("demo-resident.json"), &sign_in)?;
         let mut patients = vec![resident_patient];
         if !child_patient.is_empty() {
             patients.push(child_patient); // acts as guardian of a second resident
@@ -598,17 +597,35 @@ pub async fn demo_accounts(auth: &Auth, engine: &engine::Engine, data: &std::pat
         .await
         .map_err(|e| anyhow::anyhow!("demo resident account: {e}"))?;
     }
+    write_demo_staff(data)?;
     let (id, secret) = auth
         .create_client("demo hospital system", "system/*.*", Some("org-1".into()), Some("350102".into()))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let path = data.join("demo-client.json");
-    std::fs::write(&path, json!({"client_id": id, "client_secret": secret}).to_string())
-        .with_context(|| format!("writing {}", path.display()))?;
+    write_private(&data.join("demo-client.json"), &json!({"client_id": id, "client_secret": secret}))
+}
+
+/// Writes a demo credentials file readable by its owner only.
+fn write_private(path: &std::path::Path, content: &Value) -> anyhow::Result<()> {
+    std::fs::write(path, content.to_string()).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
     Ok(())
+}
+
+/// The demo staff sign-ins of the internet hospital's workbench (`<data>/demo-staff.json`,
+/// readable by its owner only; synthetic accounts): user name, password, TOTP secret (base32)
+/// and the page each one signs in at.
+fn write_demo_staff(data: &std::path::Path) -> anyhow::Result<()> {
+    let account = |username: &str, page: &str, role: &str| json!({"username": username, "password": DEMO_PASSWORD, "totpSecret": DEMO_TOTP, "page": page, "role": role});
+    let staff = json!({
+        "doctor": account("doctor", "/doctor/", "internet-practice doctor at 福州市第一医院 (Practitioner/doc-1)"),
+        "pharmacist": account("pharmacist", "/pharmacist/", "pharmacist of 福州市第一医院 (Practitioner/pharm-1)"),
+        "pharmacy": account("pharmacy", "/pharmacy/", "pharmacist of 鼓楼区惠民大药房 (Organization/pharmacy-1)"),
+        "regulator": account("regulator", "/regulator/", "regulator, 福建省卫健委"),
+    });
+    write_private(&data.join("demo-staff.json"), &staff)
 }

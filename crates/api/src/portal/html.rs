@@ -57,6 +57,7 @@ pub const MENU: &[(&str, &str, &str)] = &[
     ("/portal/card", "我的健康卡", "Health card"),
     ("/portal/doctors", "找医生/科室", "Find a doctor"),
     ("/portal/appointments", "我的预约", "Appointments"),
+    ("/portal/visits", "互联网复诊", "Online follow-up"),
     ("/portal/reports", "我的报告", "Reports"),
     ("/portal/records", "我的档案", "My records"),
     ("/portal/access-log", "访问记录", "Access log"),
@@ -81,7 +82,7 @@ label{display:block;font-weight:600;margin:.6rem 0 .2rem}input,select{font:inher
 button,.button{font:inherit;display:inline-block;background:#0b4f9c;color:#fff;border:0;border-radius:4px;\
 padding:.55rem 1rem;margin:.5rem .3rem 0 0;cursor:pointer;text-decoration:none}button.secondary{background:#fff;color:#0b4f9c;border:\
 1px solid #0b4f9c}button.danger{background:#a4161a}a:focus-visible,button:focus-visible,input:focus-visible,\
-select:focus-visible{outline:3px solid #000;outline-offset:2px;box-shadow:0 0 0 6px #fff}.error{background:#fdecea;border:2px solid #a4161a;\
+select:focus-visible,textarea:focus-visible{outline:3px solid #000;outline-offset:2px;box-shadow:0 0 0 6px #fff}.error{background:#fdecea;border:2px solid #a4161a;\
 color:#6b0d10;padding:.75rem;border-radius:6px;margin:0 0 1rem}.notice{background:#e7f4ea;border:2px solid #1e6b34;\
 color:#0f3d1d;padding:.75rem;border-radius:6px;margin:0 0 1rem}.muted{color:#4a4a4a}table{border-collapse:collapse;\
 width:100%;background:#fff}th,td{border:1px solid #ccd;padding:.4rem;text-align:left;vertical-align:top}\
@@ -89,16 +90,49 @@ width:100%;background:#fff}th,td{border:1px solid #ccd;padding:.4rem;text-align:
 z-index:9}.qr{background:#fff;display:inline-block;padding:.5rem;border:1px solid #ccd}.qr svg{width:16rem;\
 height:16rem;max-width:80vw;max-height:80vw}ul.plain{list-style:none;padding:0;margin:0}.slots form{display:inline}\
 .high{color:#a4161a;font-weight:700}.low{color:#0b4f9c;font-weight:700}footer{text-align:center;padding:1rem;\
-font-size:.9rem;color:#4a4a4a}";
+font-size:.9rem;color:#4a4a4a}.wide main{max-width:72rem}.cols{display:grid;grid-template-columns:repeat(auto-fit,\
+minmax(20rem,1fr));gap:1rem}.warn{background:#fff4e5;border:2px solid #8a4b00;color:#4d2a00;padding:.6rem;border-radius:6px;\
+margin:.4rem 0}.stop{background:#fdecea;border:2px solid #a4161a;color:#6b0d10;padding:.6rem;border-radius:6px;margin:.4rem 0}\
+.msg{border-left:4px solid #0b4f9c;padding:.3rem .6rem;margin:.4rem 0;background:#fff}.msg.mine{border-color:#1e6b34}\
+textarea{font:inherit;width:100%;padding:.5rem;border:1px solid #555;border-radius:4px}.inline form{display:inline}";
+
+/// The site a page belongs to: the resident portal or one of the staff workbench's areas.
+pub struct Site {
+    /// The home page (the brand links there).
+    pub home: &'static str,
+    /// The brand text: (Chinese, English).
+    pub brand: (&'static str, &'static str),
+    /// The sections in menu order: (path, Chinese, English).
+    pub menu: &'static [(&'static str, &'static str, &'static str)],
+    /// Where the sign-out form posts.
+    pub logout: &'static str,
+    /// The label before the signed-in person's name, and where it links (if anywhere).
+    pub person_label: (&'static str, &'static str),
+    pub person_link: Option<&'static str>,
+    /// Desktop-first pages (a wider column) instead of phone-first.
+    pub wide: bool,
+}
+
+/// The resident portal.
+pub const PORTAL: Site = Site {
+    home: "/portal/",
+    brand: ("健康福建 12320", "Fujian Health 12320"),
+    menu: MENU,
+    logout: "/portal/logout",
+    person_label: ("就诊人：", "Acting for: "),
+    person_link: Some("/portal/family"),
+    wide: false,
+};
 
 /// What the frame shows around a page.
 pub struct Frame<'a> {
+    pub site: &'a Site,
     pub lang: Lang,
     pub title: &'a str,
     /// The current section's path (marked in the menu); `None` for the sign-in pages.
     pub section: Option<&'a str>,
-    /// The name of the person the resident is acting for, and the signed-in resident's form
-    /// token (for the sign-out button).
+    /// The name of the person signed in or acted for, and the signed-in person's form token
+    /// (for the sign-out button).
     pub acting_for: Option<&'a str>,
     pub csrf: Option<&'a str>,
     /// The current path and query without `lang` (for the language switch).
@@ -108,17 +142,19 @@ pub struct Frame<'a> {
 /// A complete page: the frame around `body`, with `error` or `notice` shown first.
 pub fn page(frame: &Frame, error: Option<&str>, notice: Option<&str>, body: &str) -> String {
     let l = frame.lang;
+    let site = frame.site;
     let mut out = String::with_capacity(8 * 1024 + body.len());
     let html_lang = l.t("zh-CN", "en");
+    let brand = l.t(site.brand.0, site.brand.1);
     let _ = write!(
         out,
         "<!doctype html><html lang=\"{html_lang}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width,initial-scale=1\"><title>{} - {}</title><style>{CSS}</style></head><body>\
-         <a class=\"skip\" href=\"#main\">{}</a><header><a class=\"brand\" href=\"/portal/\">{}</a>",
+         content=\"width=device-width,initial-scale=1\"><title>{} - {brand}</title><style>{CSS}</style></head><body{}>\
+         <a class=\"skip\" href=\"#main\">{}</a><header><a class=\"brand\" href=\"{}\">{brand}</a>",
         esc(frame.title),
-        l.t("健康福建 12320", "Fujian Health 12320"),
+        if site.wide { " class=\"wide\"" } else { "" },
         l.t("跳到主要内容", "Skip to main content"),
-        l.t("健康福建 12320", "Fujian Health 12320"),
+        site.home,
     );
     let (other, other_label) = match l {
         Lang::Zh => ("en", "English"),
@@ -127,7 +163,15 @@ pub fn page(frame: &Frame, error: Option<&str>, notice: Option<&str>, body: &str
     let sep = if frame.here.contains('?') { '&' } else { '?' };
     let _ = write!(out, "<span>");
     if let Some(name) = frame.acting_for {
-        let _ = write!(out, "<a href=\"/portal/family\">{}{}</a> · ", l.t("就诊人：", "Acting for: "), esc(name));
+        let label = l.t(site.person_label.0, site.person_label.1);
+        match site.person_link {
+            Some(link) => {
+                let _ = write!(out, "<a href=\"{link}\">{label}{}</a> · ", esc(name));
+            }
+            None => {
+                let _ = write!(out, "{label}{} · ", esc(name));
+            }
+        }
     }
     let _ = write!(
         out,
@@ -137,7 +181,7 @@ pub fn page(frame: &Frame, error: Option<&str>, notice: Option<&str>, body: &str
     );
     if let Some(section) = frame.section {
         let _ = write!(out, "<nav aria-label=\"{}\"><ul>", l.t("主菜单", "Main menu"));
-        for (path, zh, en) in MENU {
+        for (path, zh, en) in site.menu {
             let current = if *path == section { " aria-current=\"page\"" } else { "" };
             let _ = write!(out, "<li><a href=\"{path}\"{current}>{}</a></li>", l.t(zh, en));
         }
@@ -155,8 +199,9 @@ pub fn page(frame: &Frame, error: Option<&str>, notice: Option<&str>, body: &str
     if let Some(csrf) = frame.csrf {
         let _ = write!(
             out,
-            "<form method=\"post\" action=\"/portal/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+            "<form method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button class=\"secondary\" type=\"submit\">{}</button></form>",
+            site.logout,
             esc(csrf),
             l.t("退出登录", "Sign out")
         );

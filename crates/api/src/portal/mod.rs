@@ -22,8 +22,8 @@
 //! Languages: `?lang=en` or `?lang=zh` on any page sets the cookie [`LANG_COOKIE`]; default
 //! Chinese. Engine errors become clear messages in the page language ([`html::engine_message`]).
 
-mod html;
-mod pages;
+pub(crate) mod html;
+pub(crate) mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +69,11 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/consents", get(pages::consents).post(pages::grant_consent))
         .route("/portal/consents/{id}/revoke", post(pages::revoke_consent))
         .route("/portal/family", get(pages::family).post(pages::switch_family))
+        .route("/portal/visits", get(pages::internet::visits).post(pages::internet::request_visit))
+        .route("/portal/visits/new", get(pages::internet::new_visit))
+        .route("/portal/visits/{id}", get(pages::internet::show_visit))
+        .route("/portal/visits/{id}/messages", post(pages::internet::post_message))
+        .route("/portal/prescriptions/route", post(pages::internet::route))
         .route("/portal/{*rest}", get(pages::not_found).post(pages::not_found))
 }
 
@@ -112,6 +117,11 @@ pub(crate) fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
 }
 
 pub(crate) fn visit(state: &AppState, request: &Request) -> Visit {
+    visit_at(state, request, "/portal")
+}
+
+/// The visit of a request to the site under `path` (where the language cookie is kept).
+pub(crate) fn visit_at(state: &AppState, request: &Request, path: &str) -> Visit {
     let headers = request.headers().clone();
     let query: HashMap<String, String> =
         request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
@@ -125,7 +135,7 @@ pub(crate) fn visit(state: &AppState, request: &Request) -> Visit {
         _ => Lang::Zh,
     };
     if let Some(code @ ("zh" | "en")) = asked {
-        cookies_out.push(cookie(LANG_COOKIE, code, "/portal", 365 * 86_400, secure));
+        cookies_out.push(cookie(LANG_COOKIE, code, path, 365 * 86_400, secure));
     }
     let kept: Vec<(String, String)> =
         query.iter().filter(|(k, _)| *k != "lang").map(|(k, v)| (k.clone(), v.clone())).collect();

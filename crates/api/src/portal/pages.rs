@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use engine::{EngineError, RequestOptions};
 use serde_json::{Value, json};
+use store::Ctx;
 
-use super::html::{Frame, Lang, csrf_field, esc, page, url};
+use super::html::{Frame, Lang, PORTAL, csrf_field, esc, page, url};
 use super::{
     ACTING_COOKIE, PRE_COOKIE, SESSION_COOKIE, Session, Visit, cookie, form, html, redirect, session, token_ok, visit,
 };
@@ -35,6 +36,7 @@ async fn render(
 ) -> Html {
     let name = patient_name(state, s, &s.patient).await;
     let frame = Frame {
+        site: &PORTAL,
         lang: v.lang,
         title,
         section: Some(section),
@@ -58,7 +60,7 @@ async fn patient_name(state: &AppState, s: &Session, patient: &str) -> String {
     }
 }
 
-fn person_name(resource: &Value) -> String {
+pub(crate) fn person_name(resource: &Value) -> String {
     let name = &resource["name"][0];
     if let Some(text) = name["text"].as_str() {
         return text.to_string();
@@ -67,7 +69,7 @@ fn person_name(resource: &Value) -> String {
     format!("{}{}", name["family"].as_str().unwrap_or(""), given.join(""))
 }
 
-fn opts(state: &AppState, v: &Visit) -> RequestOptions {
+pub(crate) fn opts(state: &AppState, v: &Visit) -> RequestOptions {
     RequestOptions { base_url: crate::base_url(state, &v.headers), ..RequestOptions::default() }
 }
 
@@ -79,8 +81,19 @@ async fn search(
     resource_type: &str,
     params: &[(&str, &str)],
 ) -> Result<(Vec<Value>, HashMap<String, Value>), EngineError> {
+    search_as(state, v, &s.ctx, resource_type, params).await
+}
+
+/// Runs a search with the caller's `ctx`: the matches, and the included resources by `Type/id`.
+pub(crate) async fn search_as(
+    state: &AppState,
+    v: &Visit,
+    ctx: &Ctx,
+    resource_type: &str,
+    params: &[(&str, &str)],
+) -> Result<(Vec<Value>, HashMap<String, Value>), EngineError> {
     let params: Vec<(String, String)> = params.iter().map(|(k, val)| (k.to_string(), val.to_string())).collect();
-    let bundle = state.engine.search(&s.ctx, Some(resource_type), &params, &opts(state, v)).await?;
+    let bundle = state.engine.search(ctx, Some(resource_type), &params, &opts(state, v)).await?;
     let mut matches = Vec::new();
     let mut included = HashMap::new();
     for entry in bundle["entry"].as_array().into_iter().flatten() {
@@ -100,23 +113,33 @@ async fn search(
 }
 
 async fn read(state: &AppState, s: &Session, resource_type: &str, id: &str) -> Result<(Value, i64), EngineError> {
-    let stored = state.engine.read(&s.ctx, resource_type, id).await?;
+    read_as(state, &s.ctx, resource_type, id).await
+}
+
+/// Reads one resource with the caller's `ctx`: its JSON and version.
+pub(crate) async fn read_as(
+    state: &AppState,
+    ctx: &Ctx,
+    resource_type: &str,
+    id: &str,
+) -> Result<(Value, i64), EngineError> {
+    let stored = state.engine.read(ctx, resource_type, id).await?;
     let body = stored.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
     Ok((body, stored.version))
 }
 
-fn error_status(e: &EngineError) -> StatusCode {
+pub(crate) fn error_status(e: &EngineError) -> StatusCode {
     StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn message(state: &AppState, e: &EngineError, lang: Lang) -> String {
+pub(crate) fn message(state: &AppState, e: &EngineError, lang: Lang) -> String {
     if e.http_status() >= 500 {
         tracing::error!(error = %e, "portal request failed");
     }
     super::engine_message(e, lang, &state.engine.config().booking)
 }
 
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     crypto::random_token(16)
 }
 
@@ -126,7 +149,7 @@ fn to_login() -> Html {
 }
 
 /// A FHIR date or instant as shown to residents: `2026-12-02 08:30`, Beijing time.
-fn when(text: &str) -> String {
+pub(crate) fn when(text: &str) -> String {
     match chrono::DateTime::parse_from_rfc3339(text) {
         Ok(t) => {
             let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset");
@@ -136,7 +159,7 @@ fn when(text: &str) -> String {
     }
 }
 
-fn text_of(concept: &Value) -> String {
+pub(crate) fn text_of(concept: &Value) -> String {
     concept["text"]
         .as_str()
         .or_else(|| concept["coding"][0]["display"].as_str())
@@ -145,7 +168,7 @@ fn text_of(concept: &Value) -> String {
         .to_string()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -204,6 +227,7 @@ fn login_page(v: &Visit, pre: &str, step2: Option<(&str, &str)>, error: Option<&
     }
     body.push_str("</form></div>");
     let frame = Frame {
+        site: &PORTAL,
         lang: l,
         title: l.t("实名登录", "Sign in"),
         section: None,
@@ -1491,3 +1515,8 @@ pub async fn switch_family(State(state): State<AppState>, request: Request) -> H
     cookies.push(cookie(ACTING_COOKIE, &wanted, "/portal", 86_400, v.secure));
     redirect("/portal/", cookies)
 }
+
+// ---- the internet hospital -------------------------------------------------------------
+
+pub(crate) mod internet;
+pub(crate) use internet::{delivery_label, prescription_status_label, rejection};

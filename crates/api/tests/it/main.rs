@@ -16,7 +16,9 @@ mod portal;
 mod registries;
 mod security;
 mod services;
+mod subscriptions;
 mod terminology;
+mod workbench;
 
 struct TestApp {
     app: axum::Router,
@@ -29,29 +31,42 @@ struct TestApp {
 }
 
 async fn app(max_body_bytes: usize) -> TestApp {
+    app_with(max_body_bytes, EngineConfig::default()).await
+}
+
+/// [`app`] over an engine with `config` (its export folder in the test's temporary folder).
+async fn app_with(max_body_bytes: usize, config: EngineConfig) -> TestApp {
+    app_on(max_body_bytes, config, None).await
+}
+
+/// [`app_with`] on `store` (a SQLite store in the temporary folder when `None`).
+async fn app_on(max_body_bytes: usize, config: EngineConfig, store: Option<Arc<dyn store::ResourceStore>>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn store::ResourceStore> = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        EngineConfig { export_dir: dir.path().join("export"), ..EngineConfig::default() },
-    ));
+    let store: Arc<dyn store::ResourceStore> =
+        store.unwrap_or_else(|| Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap()));
+    let engine = Arc::new(Engine::new(store.clone(), EngineConfig { export_dir: dir.path().join("export"), ..config }));
     let auth = Arc::new(auth::Auth::new(
         store,
         Arc::new(crypto::KeyRing::ephemeral()),
         auth::AuthConfig::default(),
         Arc::new(auth::FileSms::new(dir.path().join("sms.txt"))),
     ));
-    let (id, secret) = auth.create_client("tests", "system/*.*", None, None).await.unwrap();
+    let bearer = client_bearer(&auth, "tests", "system/*.*").await;
+    let config = ApiConfig { max_body_bytes, ..ApiConfig::default() };
+    let state = AppState { engine, auth: auth.clone(), config };
+    let app = router(state.clone());
+    TestApp { app, auth, bearer, dir, state }
+}
+
+/// `Bearer …` of a new system client with `scopes`.
+async fn client_bearer(auth: &auth::Auth, name: &str, scopes: &str) -> String {
+    let (id, secret) = auth.create_client(name, scopes, None, None).await.unwrap();
     let form = [("grant_type", "client_credentials"), ("client_id", id.as_str()), ("client_secret", secret.as_str())]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let token = auth.token(&form, None, None).await.unwrap();
-    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
-    let config = ApiConfig { max_body_bytes, ..ApiConfig::default() };
-    let state = AppState { engine, auth: auth.clone(), config };
-    let app = router(state.clone());
-    TestApp { app, auth, bearer, dir, state }
+    format!("Bearer {}", token["access_token"].as_str().unwrap())
 }
 
 async fn send(app: &TestApp, mut request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {

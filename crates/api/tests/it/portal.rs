@@ -26,35 +26,40 @@ fn id_number(first17: &str) -> String {
 const PHONE: &str = "13900000007";
 
 /// A cookie-keeping client of the router.
-struct Browser<'a> {
+pub(super) struct Browser<'a> {
     app: &'a TestApp,
     jar: HashMap<String, String>,
 }
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
+pub(super) struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub fn location(&self) -> &str {
         self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     /// The first form token in the page.
-    fn csrf(&self) -> String {
+    pub fn csrf(&self) -> String {
         let at = self.text.find("name=\"csrf\" value=\"").expect("a form token in the page") + 19;
         self.text[at..].split('"').next().unwrap().to_string()
     }
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub fn new(app: &'a TestApp) -> Self {
         Browser { app, jar: HashMap::new() }
     }
 
-    async fn send(&mut self, request: axum::http::request::Builder, body: String) -> Page {
+    /// A cookie's value.
+    pub fn jar_value(&self, name: &str) -> Option<String> {
+        self.jar.get(name).cloned()
+    }
+
+    pub async fn send(&mut self, request: axum::http::request::Builder, body: String) -> Page {
         let cookies = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
         let mut request = request.header(header::HOST, "test.local");
         if !cookies.is_empty() {
@@ -77,11 +82,11 @@ impl<'a> Browser<'a> {
         Page { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
     }
 
-    async fn get(&mut self, uri: &str) -> Page {
+    pub async fn get(&mut self, uri: &str) -> Page {
         self.send(Request::builder().uri(uri), String::new()).await
     }
 
-    async fn post(&mut self, uri: &str, form: &[(&str, &str)]) -> Page {
+    pub async fn post(&mut self, uri: &str, form: &[(&str, &str)]) -> Page {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
         let request = Request::builder()
             .method("POST")

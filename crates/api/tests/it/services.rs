@@ -307,3 +307,170 @@ async fn data_quality_blocks_quarantines_scores_and_reprocesses() {
     let resident = resident_token(&app).await;
     assert_eq!(send(&app, with_token(req("GET", &uri, None, ""), &resident)).await.0, StatusCode::FORBIDDEN);
 }
+
+/// A doctor starts each consultation with a fresh code of their authenticator (`otp`), checked
+/// against their own account: none, a wrong one or another account's refuse with a 403 that says
+/// what to do; the right one starts the visit.
+#[tokio::test]
+async fn starting_a_consultation_needs_a_fresh_second_factor() {
+    let app = app(1 << 20).await;
+    let licence = json!({"code": {"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/qualification-type", "code": "physician-practice"}]},
+        "period": {"start": "2010-07-01", "end": "2035-06-30"}});
+    let registration: Vec<serde_json::Value> = ["primary-site", "internet-practice", "prescribing-right"]
+        .iter()
+        .map(|c| json!({"system": "https://hutong.dev/fhir/CodeSystem/practice-registration", "code": c}))
+        .collect();
+    put(&app, hospital("h1", "3A")).await;
+    for doctor in ["d1", "d2"] {
+        put(&app, json!({"resourceType": "Practitioner", "id": doctor, "active": true, "name": [{"text": "医生"}],
+            "extension": [{"url": "https://hutong.dev/fhir/StructureDefinition/independent-practice-start", "valueDate": "2012-01-01"}],
+            "qualification": [licence]}))
+        .await;
+    }
+    put(
+        &app,
+        json!({"resourceType": "PractitionerRole", "id": "r1", "active": true, "period": {"start": "2015-01-01"},
+        "practitioner": {"reference": "Practitioner/d1"}, "organization": {"reference": "Organization/h1"},
+        "code": [{"coding": registration}]}),
+    )
+    .await;
+    put(&app, json!({"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-05"})).await;
+    put(
+        &app,
+        json!({"resourceType": "Encounter", "id": "e-offline", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p1"}}),
+    )
+    .await;
+    put(&app, json!({"resourceType": "Condition", "id": "c1",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
+        "subject": {"reference": "Patient/p1"}, "encounter": {"reference": "Encounter/e-offline"}}))
+    .await;
+    let request = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/p1"}},
+        {"name": "practitionerRole", "valueReference": {"reference": "PractitionerRole/r1"}},
+        {"name": "condition", "valueReference": {"reference": "Condition/c1"}},
+        {"name": "consent", "valueBoolean": true}]});
+    let (status, _, visit) =
+        send(&app, req("POST", "/fhir/Encounter/$request-follow-up", FHIR, &request.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED, "{visit}");
+    let visit = visit["id"].as_str().unwrap().to_string();
+
+    // Two doctors' accounts; each signs in with password and TOTP.
+    let mut tokens = Vec::new();
+    let mut secrets = Vec::new();
+    for (user, doctor) in [("doc-a", "d1"), ("doc-b", "d2")] {
+        let (_, _, totp) = app
+            .auth
+            .create_user(auth::NewUser {
+                username: user.into(),
+                role: "doctor".into(),
+                password: Some("Pass#word1".into()),
+                organization: Some("h1".into()),
+                practitioner: Some(doctor.into()),
+                region: Some("350102".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let secret = crypto::totp::base32_decode(&totp.unwrap()).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let code = crypto::totp::generate(&secret, now, 6);
+        let (status, body) =
+            token(&app, &format!("grant_type=password&username={user}&password=Pass%23word1&totp={code}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap().to_string());
+        secrets.push(secret);
+    }
+    let start = |otp: Option<String>| {
+        let mut parameter = vec![json!({"name": "status", "valueCode": "in-progress"})];
+        if let Some(otp) = otp {
+            parameter.push(json!({"name": "otp", "valueString": otp}));
+        }
+        json!({"resourceType": "Parameters", "parameter": parameter}).to_string()
+    };
+    let code_of = |secret: &[u8]| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        crypto::totp::generate(secret, now, 6)
+    };
+    let uri = format!("/fhir/Encounter/{visit}/$visit-status");
+    let doctor = &tokens[0];
+    // No code: 403 saying what is needed.
+    let (status, _, body) = send(&app, with_token(req("POST", &uri, FHIR, &start(None)), doctor)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_outcome(&body, "otp");
+    // A wrong code (a well-formed one that is not current).
+    let wrong = format!("{:06}", (code_of(&secrets[0]).parse::<u32>().unwrap() + 500_000) % 1_000_000);
+    let (status, _, body) = send(&app, with_token(req("POST", &uri, FHIR, &start(Some(wrong))), doctor)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_outcome(&body, "authenticator code is wrong");
+    // The other doctor's current code is not this doctor's second factor.
+    let (status, _, body) =
+        send(&app, with_token(req("POST", &uri, FHIR, &start(Some(code_of(&secrets[1])))), doctor)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The other doctor with their own code is not the treating doctor.
+    let (status, _, body) =
+        send(&app, with_token(req("POST", &uri, FHIR, &start(Some(code_of(&secrets[1])))), &tokens[1])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_outcome(&body, "treating doctor");
+    // The visit is still waiting; the right code starts it.
+    let (status, _, body) =
+        send(&app, with_token(req("POST", &uri, FHIR, &start(Some(code_of(&secrets[0])))), doctor)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "in-progress");
+}
+
+/// A CDA document refused before extraction (not well-formed, a DTD) is kept in the sending
+/// institution's quarantine with the reason and the bytes as sent; a retry as held is refused
+/// again and keeps it; discarding removes it.
+#[tokio::test]
+async fn refused_cda_documents_are_quarantined_not_lost() {
+    let app = app(1 << 20).await;
+    let cda_type = Some("application/hl7-cda+xml");
+    let broken = "<?xml version=\"1.0\"?><ClinicalDocument xmlns=\"urn:hl7-org:v3\"><title>门诊病历</title>";
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, broken)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_outcome(&body, "not well-formed");
+    assert_eq!(body["issue"][1]["severity"], "information");
+    assert!(body["issue"][1]["diagnostics"].as_str().unwrap().starts_with("the document is quarantined as unknown|"));
+    let bomb = "<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"aaaa\">]><ClinicalDocument xmlns=\"urn:hl7-org:v3\">&a;</ClinicalDocument>";
+    let (status, _, body) = send(&app, req("POST", "/cda", cda_type, bomb)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_outcome(&body, "DTD");
+
+    let (status, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let documents: Vec<&serde_json::Value> =
+        held["held"].as_array().unwrap().iter().filter(|h| h["resourceType"] == "ClinicalDocument").collect();
+    assert_eq!(documents.len(), 2, "{held}");
+    let held_broken = documents
+        .iter()
+        .find(|d| d["findings"][0]["message"].as_str().unwrap().contains("not well-formed"))
+        .expect("the broken document is held");
+    assert_eq!(held_broken["findings"][0]["rule"], "cda-unreadable");
+    assert_eq!(
+        crypto::unbase64(held_broken["data"].as_str().unwrap()).unwrap(),
+        broken.as_bytes(),
+        "the bytes as sent"
+    );
+    let id = held_broken["id"].as_str().unwrap().replace('|', "%7C");
+    // Retried as held: refused again, and still the one entry.
+    let (status, _, _) = send(&app, req("POST", &format!("/quality/quarantine/{id}/reprocess"), FHIR, "")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, _, again) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(again["held"].as_array().unwrap().len(), held["held"].as_array().unwrap().len(), "still one entry each");
+    let (status, _, _) = send(
+        &app,
+        req("POST", &format!("/quality/quarantine/{id}/reprocess"), FHIR, "{\"resourceType\": \"Patient\"}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a document is not corrected as a resource");
+    let (status, _, _) = send(&app, req("DELETE", &format!("/quality/quarantine/{id}"), None, "")).await;
+    assert!(status.is_success(), "{status}");
+    let (_, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    let left =
+        held["held"].as_array().unwrap().iter().filter(|h| h["id"].as_str().unwrap().replace('|', "%7C") == id).count();
+    assert_eq!(left, 0);
+}

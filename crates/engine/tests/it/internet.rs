@@ -87,6 +87,7 @@ fn request(role: &str, condition: Option<&str>) -> Value {
         json!({"name": "patient", "valueReference": {"reference": "Patient/p1"}}),
         json!({"name": "practitionerRole", "valueReference": {"reference": format!("PractitionerRole/{role}")}}),
         json!({"name": "reason", "valueString": "高血压复诊配药"}),
+        json!({"name": "consent", "valueBoolean": true}),
     ];
     if let Some(c) = condition {
         parameter.push(json!({"name": "condition", "valueReference": {"reference": format!("Condition/{c}")}}));
@@ -145,6 +146,12 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     assert!(issues(&err).contains("复诊"), "{}", issues(&err));
     let err = e.request_follow_up(&resident(), request("r1", Some("online-dx"))).await.unwrap_err();
     assert!(issues(&err).contains("offline"), "{}", issues(&err));
+    // The informed consent must be accepted.
+    let mut unconsented = request("r1", Some("htn"));
+    unconsented["parameter"].as_array_mut().unwrap().retain(|p| p["name"] != "consent");
+    let err = e.request_follow_up(&resident(), unconsented).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("informed consent"), "{}", issues(&err));
     // Someone else's patient.
     let stranger = principal(Role::Resident, None, None, &["p2"]);
     assert_eq!(e.request_follow_up(&stranger, request("r1", Some("htn"))).await.unwrap_err().http_status(), 403);
@@ -155,6 +162,13 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     let visit = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
     assert_eq!((visit["status"].as_str(), visit["class"]["code"].as_str()), (Some("planned"), Some("VR")));
     let id = visit["id"].as_str().unwrap().to_string();
+    // The consent is on record, naming the visit.
+    let consents =
+        e.search(&Ctx::system(), Some("Consent"), &[("patient".into(), "Patient/p1".into())], &opts()).await.unwrap();
+    let consents = consents["entry"].as_array().unwrap();
+    assert_eq!(consents.len(), 1, "one visit, one consent (refused requests record none)");
+    assert_eq!(consents[0]["resource"]["provision"]["data"][0]["reference"]["reference"], format!("Encounter/{id}"));
+    assert_eq!(consents[0]["resource"]["policy"][0]["uri"], engine::CONSENT_POLICY);
     // Only the treating doctor starts it; it cannot finish before it starts.
     let other_doctor = principal(Role::Doctor, Some("h1"), Some("d9"), &[]);
     assert_eq!(e.visit_status(&other_doctor, &id, status("in-progress")).await.unwrap_err().http_status(), 403);
@@ -165,15 +179,35 @@ async fn follow_up_visits_need_an_offline_diagnosis_and_an_eligible_doctor() {
     // offline when the condition changes.
     assert_eq!(e.visit_status(&resident(), &id, status("cancelled")).await.unwrap_err().http_status(), 409);
     assert_eq!(e.visit_status(&resident(), &id, status("finished")).await.unwrap_err().http_status(), 403);
-    let referred = e.visit_status(&doctor(), &id, status("referred")).await.unwrap();
+    // Closing needs the visit's record, which becomes the hospital's EMR entry.
+    let err = e.visit_status(&doctor(), &id, status("referred")).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("'note'"), "{}", issues(&err));
+    let mut referral = status("referred");
+    referral["parameter"].as_array_mut().unwrap().push(
+        json!({"name": "note", "valueString": "主诉：血压控制不佳，头痛加重。\n处理：建议线下心内科就诊 <急>。"}),
+    );
+    let referred = e.visit_status(&doctor(), &id, referral).await.unwrap();
     assert_eq!(referred["status"], "finished");
+    let records = e
+        .search(&Ctx::system(), Some("Composition"), &[("encounter".into(), format!("Encounter/{id}"))], &opts())
+        .await
+        .unwrap();
+    let record = &records["entry"][0]["resource"];
+    assert_eq!(record["title"], "互联网复诊记录（转线下就诊）");
+    assert_eq!(
+        (record["author"][0]["reference"].as_str(), record["custodian"]["reference"].as_str()),
+        (Some("Practitioner/d1"), Some("Organization/h1"))
+    );
+    let div = record["section"][0]["text"]["div"].as_str().unwrap();
+    assert!(div.contains("<p>处理：建议线下心内科就诊 &lt;急&gt;。</p>"), "{div}");
     assert!(referred["hospitalization"]["dischargeDisposition"]["text"].as_str().unwrap().contains("转线下"));
     // No prescription after the visit ended.
     let err = e.prescribe(&doctor(), &KeyRing::ephemeral(), prescribe(&id, vec![item("D0001", 30.0, 1, 7)])).await;
     assert_eq!(err.unwrap_err().http_status(), 409);
 
     let outcomes = audited(e.store().as_ref(), "internet-visit-request").await;
-    assert_eq!(outcomes, ["failure", "failure", "denied", "failure", "success"]);
+    assert_eq!(outcomes, ["failure", "failure", "failure", "denied", "failure", "success"]);
 }
 
 #[tokio::test]
@@ -382,7 +416,31 @@ async fn residents_send_prescriptions_to_a_pharmacy_which_alone_dispenses_and_de
         {"name": "pharmacy", "valueReference": {"reference": format!("Organization/{pharmacy}")}}]})
     };
     assert_eq!(e.dispense(&pharmacist("h1", "ph1"), dispense("h1")).await.unwrap_err().http_status(), 403);
-    e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap();
+    // A retail sale links back to the prescription; a malformed one is refused before anything.
+    let with_sale = |sale: Value| {
+        let mut d = dispense("shop-1");
+        d["parameter"].as_array_mut().unwrap().push(sale);
+        d
+    };
+    let no_receipt = json!({"name": "sale", "part": [{"name": "amount", "valueDecimal": 36.5}]});
+    let err = e.dispense(&pharmacist("shop-1", "ph-shop"), with_sale(no_receipt)).await.unwrap_err();
+    assert!(issues(&err).contains("receipt"), "{}", issues(&err));
+    let sale = json!({"name": "sale", "part": [{"name": "receipt", "valueString": "POS-20261201-0001"},
+        {"name": "amount", "valueDecimal": 36.5}, {"name": "paidAt", "valueDateTime": "2026-12-01T10:00:00+08:00"}]});
+    e.dispense(&pharmacist("shop-1", "ph-shop"), with_sale(sale)).await.unwrap();
+    let sold = e
+        .search(
+            &Ctx::system(),
+            Some("MedicationDispense"),
+            &[("prescription".into(), format!("MedicationRequest/{number}-1"))],
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let sale = &sold["entry"][0]["resource"]["extension"][0];
+    assert_eq!(sale["url"], engine::RETAIL_SALE_EXTENSION);
+    assert_eq!(sale["extension"][0]["valueIdentifier"]["value"], number.as_str());
+    assert_eq!(sale["extension"][2]["valueMoney"], json!({"value": 36.5, "currency": "CNY"}));
     assert_eq!(e.dispense(&pharmacist("shop-1", "ph-shop"), dispense("shop-1")).await.unwrap_err().http_status(), 409);
     assert_eq!(e.route_prescription(&resident(), route("h1", "pickup", None)).await.unwrap_err().http_status(), 409);
 
@@ -417,4 +475,192 @@ async fn residents_send_prescriptions_to_a_pharmacy_which_alone_dispenses_and_de
         format!("MedicationRequest/{number}-1")
     );
     assert_eq!(sold["entry"][0]["resource"]["performer"][0]["actor"]["reference"], "Organization/shop-1");
+}
+
+fn with_proof(data: &[u8], content_type: &str, diagnosis: Value) -> Value {
+    let mut r = request("r1", None);
+    let list = r["parameter"].as_array_mut().unwrap();
+    list.push(json!({"name": "proof", "valueAttachment": {"contentType": content_type,
+        "data": crypto::base64(data), "title": "门诊病历"}}));
+    list.push(diagnosis);
+    r
+}
+
+fn decision(decision: &str, extra: Vec<Value>) -> Value {
+    let mut parameter = vec![json!({"name": "decision", "valueCode": decision})];
+    parameter.extend(extra);
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
+fn proof_status(visit: &Value) -> String {
+    let proof = visit["extension"].as_array().unwrap().iter().find(|x| x["url"] == engine::PROOF_EXTENSION).unwrap();
+    let status = proof["extension"].as_array().unwrap().iter().find(|x| x["url"] == "status").unwrap();
+    status["valueCode"].as_str().unwrap().to_string()
+}
+
+/// A diagnosis made offline but not on the platform: the resident uploads its proof, the visit
+/// waits until the treating doctor accepts it (then it is a confirmed diagnosis with the proof as
+/// evidence, and the visit can start) or rejects it (the visit is cancelled with the reason).
+#[tokio::test]
+async fn an_uploaded_proof_of_an_offline_diagnosis_is_reviewed_by_the_doctor() {
+    let t = engine();
+    let e = &t.engine;
+    fixtures(e).await;
+    let png = b"\x89PNG\r\n\x1a\n synthetic scan of a clinic record";
+    let text_dx = json!({"name": "diagnosis", "valueString": "2型糖尿病"});
+    // Bad uploads: a type not accepted, content that is not what it says, no diagnosis.
+    let err = e.request_follow_up(&resident(), with_proof(png, "text/html", text_dx.clone())).await.unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert!(issues(&err).contains("image/jpeg, image/png or application/pdf"), "{}", issues(&err));
+    let err = e.request_follow_up(&resident(), with_proof(b"GIF89a", "image/png", text_dx.clone())).await.unwrap_err();
+    assert!(issues(&err).contains("not image/png"), "{}", issues(&err));
+    let bad_code =
+        json!({"name": "diagnosis", "valueCoding": {"system": "http://hl7.org/fhir/sid/icd-10", "code": "diabetes"}});
+    let err = e.request_follow_up(&resident(), with_proof(png, "image/png", bad_code)).await.unwrap_err();
+    assert!(issues(&err).contains("not an ICD-10 code"), "{}", issues(&err));
+    for ty in ["DocumentReference", "Binary", "Encounter"] {
+        let found = e.search(&Ctx::system(), Some(ty), &[], &opts()).await.unwrap();
+        let n = found["entry"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, if ty == "Encounter" { 2 } else { 0 }, "a refused request stores no {ty}");
+    }
+
+    let visit = e.request_follow_up(&resident(), with_proof(png, "image/png", text_dx.clone())).await.unwrap();
+    let id = visit["id"].as_str().unwrap().to_string();
+    assert_eq!((visit["status"].as_str(), proof_status(&visit).as_str()), (Some("planned"), "pending"));
+    assert!(visit.get("reasonReference").is_none());
+    // It cannot start before the review; only the treating doctor reviews.
+    let err = e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap_err();
+    assert_eq!(err.http_status(), 422);
+    assert!(issues(&err).contains("review-proof"), "{}", issues(&err));
+    let other_doctor = principal(Role::Doctor, Some("h1"), Some("d9"), &[]);
+    assert_eq!(e.review_proof(&other_doctor, &id, decision("accept", vec![])).await.unwrap_err().http_status(), 403);
+    assert_eq!(e.review_proof(&resident(), &id, decision("accept", vec![])).await.unwrap_err().http_status(), 403);
+    // The resident named it in text: accepting needs the ICD-10 code.
+    let err = e.review_proof(&doctor(), &id, decision("accept", vec![])).await.unwrap_err();
+    assert!(issues(&err).contains("ICD-10"), "{}", issues(&err));
+    let e11 = json!({"name": "diagnosis", "valueCoding": {"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9", "display": "2型糖尿病"}});
+    let accepted = e.review_proof(&doctor(), &id, decision("accept", vec![e11])).await.unwrap();
+    assert_eq!(proof_status(&accepted), "accepted");
+    let condition_id =
+        accepted["reasonReference"][0]["reference"].as_str().unwrap().strip_prefix("Condition/").unwrap();
+    let condition = e.read(&Ctx::system(), "Condition", condition_id).await.unwrap();
+    let condition: Value = serde_json::from_str(&condition.body.unwrap()).unwrap();
+    assert_eq!(condition["code"]["coding"][0]["code"], "E11.9");
+    assert_eq!(condition["verificationStatus"]["coding"][0]["code"], "confirmed");
+    assert_eq!(condition["recorder"]["reference"], "Practitioner/d1");
+    let document = condition["evidence"][0]["detail"][0]["reference"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("DocumentReference/")
+        .unwrap();
+    let document = e.read(&Ctx::system(), "DocumentReference", document).await.unwrap();
+    let document: Value = serde_json::from_str(&document.body.unwrap()).unwrap();
+    assert_eq!(document["docStatus"], "final");
+    let binary = document["content"][0]["attachment"]["url"].as_str().unwrap().strip_prefix("Binary/").unwrap();
+    let binary = e.read(&Ctx::system(), "Binary", binary).await.unwrap();
+    let binary: Value = serde_json::from_str(&binary.body.unwrap()).unwrap();
+    assert_eq!(crypto::unbase64(binary["data"].as_str().unwrap()).unwrap(), png);
+    // Reviewed once; then the visit starts as any other.
+    assert_eq!(e.review_proof(&doctor(), &id, decision("accept", vec![])).await.unwrap_err().http_status(), 409);
+    assert_eq!(e.visit_status(&doctor(), &id, status("in-progress")).await.unwrap()["status"], "in-progress");
+
+    // A rejected proof cancels the visit with the reason; a rejection needs one.
+    let visit = e.request_follow_up(&resident(), with_proof(png, "image/png", text_dx)).await.unwrap();
+    let id = visit["id"].as_str().unwrap().to_string();
+    assert_eq!(e.review_proof(&doctor(), &id, decision("reject", vec![])).await.unwrap_err().http_status(), 400);
+    let reason = json!({"name": "reason", "valueString": "图片不清晰，请重新上传"});
+    let rejected = e.review_proof(&doctor(), &id, decision("reject", vec![reason])).await.unwrap();
+    assert_eq!((rejected["status"].as_str(), proof_status(&rejected).as_str()), (Some("cancelled"), "rejected"));
+    assert!(rejected["hospitalization"]["dischargeDisposition"]["text"].as_str().unwrap().contains("图片不清晰"));
+    assert_eq!(
+        audited(e.store().as_ref(), "internet-proof-review").await,
+        ["denied", "denied", "failure", "success", "failure", "failure", "success"]
+    );
+}
+
+fn queue_tasks(page: &Value) -> Vec<String> {
+    page["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A hospital may have its prescriptions reviewed by an approved review centre (审方中心):
+/// the centre's pharmacists see them in their queue and review them only while the approval
+/// (an active OrganizationAffiliation within its period) holds; other pharmacists never do.
+#[tokio::test]
+async fn an_approved_review_centre_reviews_the_hospitals_prescriptions() {
+    let t = engine();
+    let e = &t.engine;
+    let keys = KeyRing::ephemeral();
+    fixtures(e).await;
+    put(e, json!({"resourceType": "Organization", "id": "rc1", "name": "区域审方中心"})).await;
+    let visit = visit_in_progress(e).await;
+    let signed = e.prescribe(&doctor(), &keys, prescribe(&visit, vec![item("D0001", 30.0, 1, 7)])).await.unwrap();
+    let task =
+        param(&signed, "task")["valueReference"]["reference"].as_str().unwrap().trim_start_matches("Task/").to_string();
+    let centre = pharmacist("rc1", "ph-rc");
+    let approve = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "approve"}]});
+
+    // Not approved yet: an empty queue, and no review.
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    assert_eq!(e.review_prescription(&centre, &keys, &task, approve.clone()).await.unwrap_err().http_status(), 403);
+    // The hospital's own pharmacists see it.
+    assert_eq!(queue_tasks(&e.review_queue(&pharmacist("h1", "ph1"), &[]).await.unwrap()), vec![task.as_str()]);
+    // An expired approval does not count; a current one does.
+    let affiliation = |id: &str, start: &str, end: &str| {
+        json!({"resourceType": "OrganizationAffiliation", "id": id, "active": true,
+            "period": {"start": start, "end": end},
+            "organization": {"reference": "Organization/rc1"}, "participatingOrganization": {"reference": "Organization/h1"},
+            "code": [{"coding": [{"system": "https://hutong.dev/fhir/CodeSystem/internet-hospital", "code": "rx-review-centre"}]}]})
+    };
+    put(e, affiliation("aff-old", "2020-01-01", "2021-01-01")).await;
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    put(e, affiliation("aff-now", "2025-01-01", "2099-12-31")).await;
+    assert_eq!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()), vec![task.as_str()]);
+    // Paging parameters only; a doctor has no review queue.
+    let err = e.review_queue(&centre, &[("owner".into(), "Organization/h2".into())]).await.unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(e.review_queue(&doctor(), &[]).await.unwrap_err().http_status(), 403);
+    // Another hospital's pharmacist still cannot; the centre's approves, and the queue empties.
+    assert_eq!(
+        e.review_prescription(&pharmacist("h2", "ph2"), &keys, &task, approve.clone()).await.unwrap_err().http_status(),
+        403
+    );
+    let approved = e.review_prescription(&centre, &keys, &task, approve).await.unwrap();
+    assert_eq!(param(&approved, "status")["valueCode"], "active");
+    assert!(queue_tasks(&e.review_queue(&centre, &[]).await.unwrap()).is_empty());
+    let verified = e
+        .verify_prescription(&Ctx::system(), &{
+            param(&signed, "prescription")["valueIdentifier"]["value"].as_str().unwrap().to_string()
+        })
+        .await
+        .unwrap();
+    assert_eq!(param(&verified, "valid")["valueBoolean"], true);
+}
+
+/// Visits time out: waiting 24 h untaken → cancelled; in progress 48 h → closed; each audited,
+/// and nothing changes before its time.
+#[tokio::test]
+async fn visits_nobody_takes_or_closes_time_out() {
+    let t = engine();
+    let e = &t.engine;
+    fixtures(e).await;
+    let waiting = e.request_follow_up(&resident(), request("r1", Some("htn"))).await.unwrap();
+    let waiting = waiting["id"].as_str().unwrap().to_string();
+    let consulting = visit_in_progress(e).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let hour = 3_600_000;
+    let status_of = |id: String| async move {
+        let r = e.read(&Ctx::system(), "Encounter", &id).await.unwrap();
+        let b: Value = serde_json::from_str(&r.body.unwrap()).unwrap();
+        (b["status"].as_str().unwrap().to_string(), b["hospitalization"]["dischargeDisposition"]["text"].clone())
+    };
+    assert_eq!(e.expire_visits(now + 23 * hour).await.unwrap(), 0);
+    assert_eq!(e.expire_visits(now + 25 * hour).await.unwrap(), 1);
+    let (status, why) = status_of(waiting.clone()).await;
+    assert_eq!(status, "cancelled");
+    assert!(why.as_str().unwrap().contains("24 hours"), "{why}");
+    assert_eq!(status_of(consulting.clone()).await.0, "in-progress");
+    assert_eq!(e.expire_visits(now + 49 * hour).await.unwrap(), 1);
+    assert_eq!(status_of(consulting).await.0, "finished");
+    assert_eq!(e.expire_visits(now + 100 * hour).await.unwrap(), 0, "each visit times out once");
+    assert_eq!(audited(e.store().as_ref(), "internet-visit-timeout").await, ["success", "success"]);
 }

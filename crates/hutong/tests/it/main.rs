@@ -2,8 +2,10 @@
 
 mod clients;
 mod crash;
+mod internet_browser;
 mod mllp;
 mod portal_browser;
 mod security;
 mod serve;
 mod terminology;
+mod webdriver;

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 use hl7::Message;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A synthetic ADT^A04 (no real person) with the control id, MRN, name and charset given.
 fn a04(control_id: &str, mrn: &str, name: &str, charset: &str) -> String {
@@ -260,7 +260,12 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     // Sent again (the ACK was lost, a new control id): nothing is duplicated.
     accepted(&send(&samples::oru_r01("E-ORU2", "MZ700001", "F7001", "UNICODE UTF-8")));
     assert_eq!(search(&format!("Observation?subject={patient_ref}&_count=50")).len(), 6);
-    assert_eq!(search(&format!("DiagnosticReport?subject={patient_ref}")).len(), 1);
+    let again = search(&format!("DiagnosticReport?subject={patient_ref}"));
+    assert_eq!(again.len(), 1);
+    // Results have ids derived from their identifiers; the same content again is no new version.
+    assert!(again[0]["id"].as_str().unwrap().starts_with("dr-"), "{}", again[0]["id"]);
+    assert_eq!((&again[0]["id"], &again[0]["meta"]["versionId"]), (&reports[0]["id"], &json!("1")));
+    assert!(observations.iter().all(|o| o["id"].as_str().unwrap().starts_with("obs-")));
     assert_eq!(search(&format!("ServiceRequest?subject={patient_ref}")).len(), 1);
     // The order is cancelled.
     accepted(&send(&samples::orm_o01("E-ORM2", "MZ700001", "P-F7001", "CA")));
