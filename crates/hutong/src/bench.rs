@@ -108,6 +108,12 @@ pub enum BenchCommand {
         /// Share of requests that race for a slot already taken (answered 409).
         #[arg(long, default_value_t = 0.1)]
         contended: f64,
+        /// Offered load in requests/s, spread evenly over the clients (open loop: each request
+        /// has a scheduled time, and its latency counts from that time, so a late start is
+        /// measured too). Without it every client sends its next request as soon as the last
+        /// is answered (closed loop: the server's maximum, with queueing in the latency).
+        #[arg(long)]
+        rate: Option<f64>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -224,7 +230,9 @@ pub async fn run(which: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audit { entries, store } => audit(entries, store).await,
         BenchCommand::Linkage { records, seed } => linkage(records, seed),
         BenchCommand::Terminology { requests, seed, store } => terminology(requests, seed, store).await,
-        BenchCommand::Booking { clients, slots, contended, store } => booking(clients, slots, contended, store).await,
+        BenchCommand::Booking { clients, slots, contended, rate, store } => {
+            booking(clients, slots, contended, rate.filter(|r| *r > 0.0), store).await
+        }
         BenchCommand::Cda { documents, concurrency, kb, store } => {
             crate::bench_docs::cda(documents, concurrency.max(1), kb.max(1), store).await
         }
@@ -908,7 +916,13 @@ async fn audit(entries: usize, args: StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) -> anyhow::Result<()> {
+async fn booking(
+    clients: usize,
+    slots: usize,
+    contended: f64,
+    rate: Option<f64>,
+    args: StoreArgs,
+) -> anyhow::Result<()> {
     use rand::Rng;
     use std::sync::atomic::AtomicUsize;
     let store = open_store(&args).await?;
@@ -952,7 +966,16 @@ async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) 
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
             let (mut latencies, mut booked, mut refused) = (Vec::new(), 0usize, 0usize);
-            loop {
+            for k in 0usize.. {
+                // The request's scheduled time (open loop) or now (closed loop).
+                let t = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64((k * clients + c) as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let taken = next.load(Ordering::Relaxed);
                 let slot = if taken > 0 && rng.random_bool(contended) {
                     rng.random_range(0..taken.min(slots))
@@ -973,7 +996,6 @@ async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) 
                     .header("content-type", "application/fhir+json")
                     .header("prefer", "return=minimal")
                     .body(http_body_util::Full::new(Bytes::from(body.to_string())))?;
-                let t = Instant::now();
                 let response = client.request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
@@ -997,8 +1019,12 @@ async fn booking(clients: usize, slots: usize, contended: f64, args: StoreArgs) 
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     println!(
-        "{booked} bookings and {refused} refusals (409) from {clients} clients in {elapsed:.1} s: {:.0} bookings/s, \
+        "{booked} bookings and {refused} refusals (409) from {clients} clients ({}) in {elapsed:.1} s: {:.0} bookings/s, \
          {:.0} requests/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        match rate {
+            Some(r) => format!("offered {r:.0} requests/s"),
+            None => "closed loop".to_string(),
+        },
         booked as f64 / elapsed,
         (booked + refused) as f64 / elapsed,
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,

@@ -288,7 +288,7 @@ fn committer(
 const BACKSTOP_CHECKPOINT_PAGES: u32 = 20_000;
 
 /// The least time between two background checkpoints.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The checkpointer thread: after commits (at most every [`CHECKPOINT_INTERVAL`]), copies the
 /// WAL's committed pages into the database file with a `PASSIVE` checkpoint on its own
