@@ -169,6 +169,22 @@ fn pharmacy_param(p: &Params<'_>) -> EngineResult<String> {
         .ok_or_else(|| bad("'pharmacy' (Organization/{id}) is required"))
 }
 
+/// A signature Provenance's signer (Practitioner id) and signature (base64url, as `rx::sign`
+/// takes it); empty strings when absent.
+fn signer_and_signature(provenance: &Value) -> (String, String) {
+    let signer = provenance["agent"][0]["who"]["reference"]
+        .as_str()
+        .and_then(|r| reference_id(r, "Practitioner"))
+        .unwrap_or_default()
+        .to_string();
+    let signature = provenance["signature"][0]["data"]
+        .as_str()
+        .and_then(|d| crypto::unbase64(d).ok())
+        .map(|b| crypto::base64url(&b))
+        .unwrap_or_default();
+    (signer, signature)
+}
+
 /// The Patient id a resource's `subject` names (empty when none).
 fn subject_patient(resource: &Value) -> String {
     resource["subject"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or_default().to_string()
@@ -1298,16 +1314,7 @@ impl Engine {
         // The doctor's signature must still hold over what is stored.
         let content = prescription_content(&number, &bodies);
         let (_, doctor_provenance) = self.current_body("Provenance", &format!("{number}-doctor")).await?;
-        let doctor = doctor_provenance["agent"][0]["who"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Practitioner"))
-            .unwrap_or_default()
-            .to_string();
-        let doctor_signature = doctor_provenance["signature"][0]["data"]
-            .as_str()
-            .and_then(|d| crypto::unbase64(d).ok())
-            .map(|b| crypto::base64url(&b))
-            .unwrap_or_default();
+        let (doctor, doctor_signature) = signer_and_signature(&doctor_provenance);
         rx::sign::verify(&self.verifying_key(&doctor).await?, &content, &doctor_signature)
             .map_err(|e| conflict(format!("处方签名校验失败 / the doctor's signature does not verify: {e}")))?;
         let now = now_ms();
@@ -1391,16 +1398,7 @@ impl Engine {
             [("doctor", format!("{number}-doctor")), ("pharmacist", format!("{number}-pharmacist"))]
         {
             let Ok((_, provenance)) = self.current_body("Provenance", &provenance_id).await else { continue };
-            let signer = provenance["agent"][0]["who"]["reference"]
-                .as_str()
-                .and_then(|r| reference_id(r, "Practitioner"))
-                .unwrap_or_default()
-                .to_string();
-            let signature = provenance["signature"][0]["data"]
-                .as_str()
-                .and_then(|d| crypto::unbase64(d).ok())
-                .map(|b| crypto::base64url(&b))
-                .unwrap_or_default();
+            let (signer, signature) = signer_and_signature(&provenance);
             let signed = if who == "doctor" {
                 content.clone()
             } else {
