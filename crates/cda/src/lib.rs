@@ -534,6 +534,18 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
         entries.push(json!({"fullUrl": full_url, "resource": resource,
             "request": {"method": "POST", "url": ty, "ifNoneExist": if_none_exist}}));
     };
+    // What the document alone says (its diagnoses, observations, medications, the reference to
+    // it) is written under an id derived from its identifier: an update of a known id needs no
+    // search, and the same document again makes no new version.
+    let mut derived_entries: Vec<Value> = Vec::new();
+    let mut put = |prefix: &str, mut resource: Value, identifier: &Value| {
+        let ty = resource["resourceType"].as_str().unwrap_or_default().to_string();
+        let key =
+            format!("{}|{}", identifier["system"].as_str().unwrap_or(""), identifier["value"].as_str().unwrap_or(""));
+        let id = format!("{prefix}-{}", &crypto::sm3::sm3_hex(key.as_bytes())[..40]);
+        resource["id"] = json!(id);
+        derived_entries.push(json!({"resource": resource, "request": {"method": "PUT", "url": format!("{ty}/{id}")}}));
+    };
     // The patient: conditional on the first identifier (national ID number first when present).
     let mut ids = doc.patient_ids.clone();
     ids.sort_by_key(|(root, _)| if root == "2.16.156.10011.1.3" { 0 } else { 1 });
@@ -592,7 +604,7 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
             "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
             "code": codeable(dx), "subject": subject, "recordedDate": dx.time.clone().unwrap_or_else(|| doc.effective.clone())});
         context(&mut c);
-        add(format!("urn:uuid:00000000-0000-4000-8001-{n:012}"), c, condition(&id));
+        put("cdx", c, &id);
     }
     for (n, m) in doc.observations.iter().enumerate() {
         let id = derived(&format!("obs{n}"));
@@ -613,7 +625,7 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
             MeasuredValue::Code(c) => o["valueCodeableConcept"] = codeable(c),
         }
         context(&mut o);
-        add(format!("urn:uuid:00000000-0000-4000-8002-{n:012}"), o, condition(&id));
+        put("cobs", o, &id);
     }
     for (n, m) in doc.medications.iter().enumerate() {
         let id = derived(&format!("med{n}"));
@@ -635,7 +647,7 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
         if doc.encounter.is_some() {
             s["context"] = json!({"reference": encounter_url});
         }
-        add(format!("urn:uuid:00000000-0000-4000-8003-{n:012}"), s, condition(&id));
+        put("cmed", s, &id);
     }
     // A Binary has no identifier: its id is derived from the document id, and writing the same
     // content again makes no new version.
@@ -666,10 +678,9 @@ pub fn to_transaction(doc: &Document, xml: &str) -> Value {
     if doc.encounter.is_some() {
         reference["context"] = json!({"encounter": [{"reference": encounter_url}]});
     }
-    let cond = format!("identifier=urn:hutong:cda:{}|{doc_key}#document", doc.id_root);
+    put("cdoc", reference, &derived("document"));
     entries.push(json!({"resource": binary, "request": {"method": "PUT", "url": binary_url}}));
-    entries.push(json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000004", "resource": reference,
-        "request": {"method": "POST", "url": "DocumentReference", "ifNoneExist": cond}}));
+    entries.extend(derived_entries);
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 

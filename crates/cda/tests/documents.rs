@@ -41,15 +41,24 @@ fn a_wst500_outpatient_record_becomes_fhir_resources() {
         (1, 1, 1, 3, 1)
     );
     assert_eq!((of("DocumentReference"), of("Binary")), (1, 1));
-    // The national ID number is the patient's match key; everything else is conditional on the document.
+    // The national ID number is the patient's match key and the visit is created when new; what
+    // the document alone says is written under ids derived from the document's identifiers.
     let patient = entries.iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap();
     assert_eq!(patient["request"]["ifNoneExist"], "identifier=urn:oid:2.16.156.10011.1.3|350102198002031231");
-    assert!(
-        entries
-            .iter()
-            .filter(|e| e["resource"]["resourceType"] != "Binary")
-            .all(|e| e["request"]["ifNoneExist"].is_string())
-    );
+    for e in entries {
+        let ty = e["resource"]["resourceType"].as_str().unwrap();
+        if ty == "Patient" || ty == "Encounter" {
+            assert!(e["request"]["ifNoneExist"].is_string(), "{e}");
+        } else {
+            let id = e["resource"]["id"].as_str().unwrap();
+            assert_eq!(e["request"]["method"], "PUT", "{e}");
+            assert_eq!(e["request"]["url"], format!("{ty}/{id}"));
+            assert!(id.len() > 40 && id.len() <= 64, "{id}");
+        }
+    }
+    // The same document again: the same ids.
+    let again = cda::to_transaction(&cda::parse(&xml).unwrap(), &xml);
+    assert_eq!(again, bundle);
     let reference = entries.iter().find(|e| e["resource"]["resourceType"] == "DocumentReference").unwrap();
     assert_eq!(reference["resource"]["masterIdentifier"]["value"], "RN001-2026-000000000000000000001");
     assert_eq!(reference["resource"]["type"]["coding"][0]["code"], "C0002");
