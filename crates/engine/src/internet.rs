@@ -675,6 +675,26 @@ impl Engine {
         self.store.read(&Ctx::system(), ty, id).await?.ok_or_else(|| EngineError::NotFound(format!("{ty}/{id}")))
     }
 
+    /// An internet-hospital Task with this `code` (404 naming `what` otherwise) and the
+    /// Organization id that owns it.
+    pub(crate) async fn owned_task(
+        &self,
+        task_id: &str,
+        code: &str,
+        what: &str,
+    ) -> EngineResult<(StoredResource, Value, String)> {
+        let (stored, task) = self.current_body("Task", task_id).await?;
+        if task["code"]["coding"][0]["code"] != code {
+            return Err(EngineError::NotFound(format!("Task/{task_id} ({what})")));
+        }
+        let owner = task["owner"]["reference"]
+            .as_str()
+            .and_then(|r| reference_id(r, "Organization"))
+            .unwrap_or_default()
+            .to_string();
+        Ok((stored, task, owner))
+    }
+
     /// The visit and its treating doctor's Practitioner id.
     async fn visit(&self, id: &str) -> EngineResult<(StoredResource, Value, String)> {
         let (stored, encounter) = self.current_body("Encounter", id).await?;
@@ -1271,15 +1291,8 @@ impl Engine {
         if decision == "reject" && reason.is_none() {
             return Err(bad("驳回须说明理由 / a rejection needs a 'reason' for the doctor"));
         }
-        let (task_stored, mut task) = self.current_body("Task", task_id).await?;
-        if task["code"]["coding"][0]["code"] != "rx-review" {
-            return Err(EngineError::NotFound(format!("Task/{task_id} (a prescription review)")));
-        }
-        let organization = task["owner"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Organization"))
-            .unwrap_or_default()
-            .to_string();
+        let (task_stored, mut task, organization) =
+            self.owned_task(task_id, "rx-review", "a prescription review").await?;
         let principal = Self::caller(ctx);
         let pharmacist = principal.and_then(|c| c.practitioner.clone());
         let reviewer = principal.filter(|c| c.role == Role::Pharmacist).and_then(|c| c.organization.as_deref());
@@ -1739,15 +1752,7 @@ impl Engine {
         let Some(position) = DELIVERY_STATES.iter().position(|s| *s == state) else {
             return Err(bad(format!("state '{state}' is not dispatched, in-transit or delivered")));
         };
-        let (stored, mut task) = self.current_body("Task", task_id).await?;
-        if task["code"]["coding"][0]["code"] != "rx-delivery" {
-            return Err(EngineError::NotFound(format!("Task/{task_id} (a prescription delivery)")));
-        }
-        let pharmacy = task["owner"]["reference"]
-            .as_str()
-            .and_then(|r| reference_id(r, "Organization"))
-            .unwrap_or_default()
-            .to_string();
+        let (stored, mut task, pharmacy) = self.owned_task(task_id, "rx-delivery", "a prescription delivery").await?;
         let patient =
             task["for"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or_default().to_string();
         let allowed = Self::caller(ctx).is_none_or(|c| {

@@ -86,11 +86,8 @@ impl Engine {
     /// prescribing hospital or of a review centre it approved.
     pub async fn review_detail(&self, ctx: &Ctx, task_id: &str) -> EngineResult<(Value, Vec<Value>)> {
         const ACTION: &str = "rx-review-read";
-        let (_, task) = self.current_body("Task", task_id).await?;
-        if task["code"]["coding"][0]["code"] != "rx-review" {
-            return Err(EngineError::NotFound(format!("Task/{task_id} (a prescription review)")));
-        }
-        let owner = task["owner"]["reference"].as_str().and_then(|r| reference_id(r, "Organization")).unwrap_or("");
+        let (_, task, owner) = self.owned_task(task_id, "rx-review", "a prescription review").await?;
+        let owner = owner.as_str();
         let patient = task["for"]["reference"].as_str().and_then(|r| reference_id(r, "Patient")).unwrap_or("");
         let entity = format!("Task/{task_id}");
         let allowed = match Self::caller(ctx) {
