@@ -334,14 +334,17 @@ impl Failure {
 /// after writing rows (an I/O or constraint error, not expected), the transaction is rolled back
 /// and the group is redone with a savepoint per commit, so it is rolled back alone. Each commit is
 /// answered only after the transaction that holds it has committed, so the durability of an
-/// answered commit is unchanged.
+/// answered commit is unchanged. Write transactions begin `IMMEDIATE`: they take the write lock
+/// before their first read, so another process writing the same file (an admin command while
+/// `serve` runs) makes them wait (`busy_timeout`) instead of failing with "database is locked"
+/// when its commit lands between their checks and their writes.
 fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
     if group.len() == 1 {
         let PendingCommit { ops, object, audit, done } = group.into_iter().next().expect("one");
         let _ = done.send(commit_ops(conn, &ops, object.as_ref(), &audit));
         return;
     }
-    let outcomes = match conn.transaction() {
+    let outcomes = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => {
             let mut outcomes = Vec::with_capacity(group.len());
             let mut dirty = false;
@@ -375,7 +378,7 @@ fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
 
 /// The slow path of [`commit_group`]: each commit in its own savepoint.
 fn commit_group_savepoints(conn: &mut Connection, group: Vec<PendingCommit>) {
-    let tx = match conn.transaction() {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let message = format!("sqlite: {e}");
@@ -411,7 +414,7 @@ fn commit_ops(
     object: Option<&KvPut>,
     audit: &[AuditRecord],
 ) -> StoreResult<()> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
     apply_ops(&tx, ops, object, audit).map_err(Failure::error)?;
     tx.commit().map_err(backend)
 }
@@ -856,7 +859,7 @@ impl ResourceStore for SqliteStore {
     async fn kv_delete(&self, kind: &str, id: &str) -> StoreResult<bool> {
         let (kind, id) = (kind.to_string(), id.to_string());
         self.write_with(move |conn| {
-            let tx = conn.transaction().map_err(backend)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
             tx.execute("DELETE FROM security_lookup WHERE kind = ?1 AND id = ?2", params![kind, id])
                 .map_err(backend)?;
             let n = tx
