@@ -632,14 +632,7 @@ impl Engine {
             if let Some(document_id) = reference_id(&document, "DocumentReference") {
                 let (doc_stored, mut doc) = self.current_body("DocumentReference", document_id).await?;
                 doc["docStatus"] = json!("final");
-                ops.push(self.build_op(
-                    "DocumentReference",
-                    document_id,
-                    doc_stored.version + 1,
-                    now,
-                    WriteMethod::Update,
-                    doc,
-                )?);
+                ops.push(self.update_op(&doc_stored, now, doc)?);
             }
         } else {
             let Some(reason) = reason else {
@@ -661,7 +654,7 @@ impl Engine {
         if let Some(reason) = reason {
             set(proof, "reason", json!({"url": "reason", "valueString": reason}));
         }
-        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
+        ops.push(self.update_op(&stored, now, encounter)?);
         self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
             other => other.into(),
@@ -693,6 +686,11 @@ impl Engine {
             .unwrap_or_default()
             .to_string();
         Ok((stored, task, owner))
+    }
+
+    /// The next version of a stored resource, with `body`.
+    fn update_op(&self, stored: &StoredResource, now: i64, body: Value) -> EngineResult<WriteOp> {
+        self.build_op(&stored.resource_type, &stored.id, stored.version + 1, now, WriteMethod::Update, body)
     }
 
     /// The visit and its treating doctor's Practitioner id.
@@ -792,7 +790,7 @@ impl Engine {
         if let Some(note) = p.text("note").filter(|_| wanted == "finished" || wanted == "referred") {
             ops.push(self.visit_record_op(&encounter, id, &doctor, note, wanted == "referred", now)?);
         }
-        ops.push(self.build_op("Encounter", id, stored.version + 1, now, WriteMethod::Update, encounter)?);
+        ops.push(self.update_op(&stored, now, encounter)?);
         let record = audit::record(ctx, ACTION, "success", format!("Encounter/{id}"), vec![patient], Some(wanted));
         self.store.commit_audited(&Ctx::system(), ops, vec![record]).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the visit changed meanwhile: reload it"),
@@ -870,7 +868,7 @@ impl Engine {
             encounter["status"] = json!(status);
             encounter["period"]["end"] = json!(instant);
             encounter["hospitalization"]["dischargeDisposition"] = json!({"text": why});
-            let op = self.build_op("Encounter", &stored.id, stored.version + 1, now, WriteMethod::Update, encounter)?;
+            let op = self.update_op(stored, now, encounter)?;
             let record = audit::record(
                 &Ctx::system(),
                 "internet-visit-timeout",
@@ -1341,14 +1339,7 @@ impl Engine {
                 mr["statusReason"] =
                     json!({"text": format!("药师驳回 / rejected by the pharmacist: {}", reason.unwrap_or(""))});
             }
-            ops.push(self.build_op(
-                "MedicationRequest",
-                &stored.id,
-                stored.version + 1,
-                now,
-                WriteMethod::Update,
-                mr,
-            )?);
+            ops.push(self.update_op(stored, now, mr)?);
         }
         let mut signature = None;
         if decision == "approve" {
@@ -1382,7 +1373,7 @@ impl Engine {
         if let Some(r) = reason {
             task["statusReason"] = json!({"text": r});
         }
-        ops.push(self.build_op("Task", task_id, task_stored.version + 1, now, WriteMethod::Update, task)?);
+        ops.push(self.update_op(&task_stored, now, task)?);
         self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the prescription changed meanwhile: reload the review"),
             other => other.into(),
@@ -1523,14 +1514,7 @@ impl Engine {
                 dispense,
             )?);
             mr["status"] = json!("completed");
-            ops.push(self.build_op(
-                "MedicationRequest",
-                &stored.id,
-                stored.version + 1,
-                now,
-                WriteMethod::Update,
-                mr,
-            )?);
+            ops.push(self.update_op(stored, now, mr)?);
         }
         let home = requests.first().map(body).is_some_and(|b| delivery_of(&b).0 == "home");
         if home {
@@ -1720,14 +1704,7 @@ impl Engine {
             parts.extend(address.map(|a| json!({"url": "address", "valueString": a})));
             extensions.push(json!({"url": DELIVERY_EXTENSION, "extension": parts}));
             mr["extension"] = json!(extensions);
-            ops.push(self.build_op(
-                "MedicationRequest",
-                &stored.id,
-                stored.version + 1,
-                now,
-                WriteMethod::Update,
-                mr,
-            )?);
+            ops.push(self.update_op(stored, now, mr)?);
         }
         self.store.commit(&Ctx::system(), ops).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the prescription changed meanwhile: try again"),
@@ -1794,7 +1771,7 @@ impl Engine {
             task["note"] =
                 json!([{"text": format!("carrier: {carrier}; tracking: {}", p.text("trackingNumber").unwrap_or("-"))}]);
         }
-        let op = self.build_op("Task", task_id, stored.version + 1, now, WriteMethod::Update, task)?;
+        let op = self.update_op(&stored, now, task)?;
         let record = audit::record(ctx, ACTION, "success", format!("Task/{task_id}"), vec![patient], Some(state));
         self.store.commit_audited(&Ctx::system(), vec![op], vec![record]).await.map_err(|e| match e {
             StoreError::VersionConflict { .. } => conflict("the delivery changed meanwhile: try again"),
