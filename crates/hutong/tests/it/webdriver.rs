@@ -167,17 +167,26 @@ impl Driver {
         self.cmd("POST", &format!("/element/{element}/value"), Some(json!({"text": text}))).unwrap();
     }
 
-    /// Waits until the page source contains `text`.
+    /// Waits until the page source contains `text` and the page has finished loading (on a
+    /// loaded machine the source can be read while the parser is still building the DOM, so a
+    /// heading can be there before the lines under it).
     pub fn wait_for(&self, text: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let source = self.source();
-            if source.contains(text) {
-                return source;
+            if source.contains(text) && self.loaded() {
+                // The source read after the load completed holds the whole page.
+                return self.source();
             }
             assert!(Instant::now() < deadline, "'{text}' never appeared on {}:\n{source}", self.url());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the document has finished loading (`document.readyState` is `complete`).
+    pub fn loaded(&self) -> bool {
+        let script = json!({"script": "return document.readyState", "args": []});
+        self.cmd("POST", "/execute/sync", Some(script)).is_ok_and(|v| v == "complete")
     }
 
     /// Presses one key (a WebDriver key code such as Tab, `\u{E004}`) on the focused element.
