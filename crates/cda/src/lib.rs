@@ -1,5 +1,6 @@
 //! CDA R2 documents (WS/T 500-2016 shared documents and C-CDA), pure: parsing that refuses DTDs
-//! and therefore every entity (no XXE, no billion laughs), header validation, and extraction into
+//! and therefore every entity (no XXE, no billion laughs), header validation, the sections each
+//! WS/T 500 document type requires (`data/wst500-sections.tsv`, by section LOINC code), and extraction into
 //! one FHIR transaction Bundle: the document itself (`DocumentReference` + `Binary`), the patient
 //! (conditional on its identifier), the encounter, diagnoses (`Condition`, ICD-10), measurements
 //! (`Observation`) and medications (`MedicationStatement`), each linked to the document and
@@ -71,6 +72,33 @@ fn nesting_depth(xml: &str, limit: usize) -> usize {
 pub const WST500_DOCUMENTS: &str = include_str!("../data/wst500-documents.tsv");
 /// The code system of WS/T 500 document types (卫生信息共享文档编码体系).
 pub const WST500_TYPE_SYSTEM: &str = "2.16.156.10011.2.4";
+/// The sections of each WS/T 500 document type (type, section LOINC code or `-`, name,
+/// required), written by `scripts/wst500-sections.py`; crates/cda/data/README.md says how the
+/// required ones were chosen.
+pub const WST500_SECTIONS: &str = include_str!("../data/wst500-sections.tsv");
+/// LOINC, the code system of WS/T 500 section codes.
+pub const LOINC: &str = "2.16.840.1.113883.6.1";
+
+/// A section a WS/T 500 document type must carry, recognised by its LOINC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequiredSection {
+    pub loinc: &'static str,
+    pub name: &'static str,
+}
+
+/// The sections a WS/T 500 document of type `type_code` (`C0002`) must carry; none for any
+/// other type.
+pub fn wst500_required_sections(type_code: &str) -> Vec<RequiredSection> {
+    WST500_SECTIONS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let (ty, loinc, name, required) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            (ty == type_code && required == "yes" && loinc != "-").then_some(RequiredSection { loinc, name })
+        })
+        .collect()
+}
 /// Extension on extracted resources: the document they come from.
 pub const SOURCE_DOCUMENT_EXTENSION: &str = "https://hutong.dev/fhir/StructureDefinition/source-document";
 
@@ -414,7 +442,13 @@ pub fn parse(xml: &str) -> Result<Document, CdaError> {
     let body = path(root, &["component", "structuredBody"]);
     match body {
         Some(body) => {
+            let mut loinc_codes = Vec::new();
             for section in body.descendants().filter(|n| n.is_element() && n.tag_name().name() == "section") {
+                // Only a LOINC code identifies a section; a code in another system makes it
+                // an extra section, which is fine.
+                if let Some(code) = child(section, "code").filter(|c| c.attribute("codeSystem") == Some(LOINC)) {
+                    loinc_codes.extend(code.attribute("code").map(str::trim));
+                }
                 let name = child(section, "title")
                     .and_then(text_of)
                     .or_else(|| {
@@ -427,9 +461,30 @@ pub fn parse(xml: &str) -> Result<Document, CdaError> {
             if d.sections.is_empty() {
                 problems.push("component/structuredBody has no section: a document needs its required sections".into());
             }
+            for required in wst500_required_sections(&d.type_code) {
+                if !loinc_codes.contains(&required.loinc) {
+                    problems.push(format!(
+                        "{} {} needs the {} section (LOINC {}): add a section whose code is {} in code system {LOINC}; a title alone does not count",
+                        d.type_code, d.type_display, required.name, required.loinc, required.loinc
+                    ));
+                }
+            }
             extract_entries(body, &mut d);
         }
-        None if path(root, &["component", "nonXMLBody"]).is_some() => {}
+        None if path(root, &["component", "nonXMLBody"]).is_some() => {
+            // A WS/T 500 type with required sections is a structured document: an unstructured
+            // body cannot carry them.
+            let required = wst500_required_sections(&d.type_code);
+            if !required.is_empty() {
+                let names: Vec<String> = required.iter().map(|r| format!("{} (LOINC {})", r.name, r.loinc)).collect();
+                problems.push(format!(
+                    "{} {} needs a structuredBody with its required sections ({}), not a nonXMLBody",
+                    d.type_code,
+                    d.type_display,
+                    names.join(", ")
+                ));
+            }
+        }
         None => problems.push("ClinicalDocument/component needs a structuredBody (or a nonXMLBody)".into()),
     }
     if problems.is_empty() { Ok(d) } else { Err(CdaError::Invalid(problems)) }

@@ -165,3 +165,139 @@ fn the_ccda_to_fhir_sample_documents_parse_and_extract() {
         d.diagnoses
     );
 }
+
+/// The WS/T 500 fixtures of the types the issue names, each written from its schema with the
+/// sections its type requires (crates/cda/data/wst500-sections.tsv). 转诊记录, also named by the
+/// issue, is not a WS/T 500-2016 type (it is WS/T 483.20), so it has no fixture and no rule.
+const NAMED_TYPES: &[(&str, &str)] = &[
+    ("C0001", "C0001-summary.xml"),
+    ("C0002", "C0002-outpatient.xml"),
+    ("C0006", "C0006-examination.xml"),
+    ("C0007", "C0007-laboratory.xml"),
+    ("C0053", "C0053-discharge.xml"),
+];
+
+/// `xml` without the section whose LOINC code is `loinc` (its whole `<component>`).
+fn without_section(xml: &str, loinc: &str) -> String {
+    let at = xml.find(&format!("code=\"{loinc}\" codeSystem=\"{}\"", cda::LOINC)).expect("the section is there");
+    let start = xml[..at].rfind("<component>").unwrap();
+    let end = at + xml[at..].find("</component>").unwrap() + "</component>".len();
+    format!("{}{}", &xml[..start], &xml[end..])
+}
+
+/// `xml` with `sections` added at the end of its structured body.
+fn with_sections(xml: &str, sections: &str) -> String {
+    xml.replacen("</structuredBody>", &format!("{sections}</structuredBody>"), 1)
+}
+
+fn problems_of(xml: &str) -> Vec<String> {
+    match cda::parse(xml) {
+        Err(CdaError::Invalid(problems)) => problems,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_named_wst500_type_needs_its_required_sections() {
+    for (ty, file) in NAMED_TYPES {
+        let xml = fixture(file);
+        let d = cda::parse(&xml).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&d.type_code, ty);
+        let required = cda::wst500_required_sections(ty);
+        assert!(!required.is_empty(), "{ty} has required sections");
+        for section in &required {
+            let expected =
+                format!("{ty} {} needs the {} section (LOINC {})", d.type_display, section.name, section.loinc);
+            // Removed: refused, with that section (and nothing else) named.
+            let problems = problems_of(&without_section(&xml, section.loinc));
+            assert_eq!(problems.len(), 1, "{ty}: {problems:?}");
+            assert!(problems[0].starts_with(&expected), "{ty}: {problems:?}");
+            // A title alone, or the code in another code system, does not make the section.
+            let titled = without_section(&xml, section.loinc);
+            let titled = with_sections(
+                &titled,
+                &format!("<component><section><title>{}</title><text/></section></component>", section.name),
+            );
+            assert!(problems_of(&titled)[0].starts_with(&expected), "{ty}: a title alone");
+            let elsewhere = xml.replace(
+                &format!("code=\"{}\" codeSystem=\"{}\"", section.loinc, cda::LOINC),
+                &format!("code=\"{}\" codeSystem=\"2.16.156.10011.2.2.1\"", section.loinc),
+            );
+            assert!(problems_of(&elsewhere)[0].starts_with(&expected), "{ty}: the code in another system");
+        }
+        // Every required section gone: each one named.
+        let bare = required.iter().fold(xml.clone(), |x, s| without_section(&x, s.loinc));
+        let bare = with_sections(&bare, "<component><section><title>其他</title><text/></section></component>");
+        assert_eq!(problems_of(&bare).len(), required.len(), "{ty}");
+        // Sections the table does not know, or coded in another system, are fine extras.
+        let extra = with_sections(
+            &xml,
+            r#"<component><section><code code="51848-0" codeSystem="2.16.840.1.113883.6.1" displayName="Assessment"/><text/></section></component>
+<component><section><code code="HT01" codeSystem="2.16.156.10011.2.2.1" displayName="随访计划"/><title>随访计划</title><text/></section></component>"#,
+        );
+        let with_extra = cda::parse(&extra).unwrap_or_else(|e| panic!("{ty} with extra sections: {e}"));
+        assert_eq!(with_extra.sections.len(), d.sections.len() + 2);
+    }
+}
+
+#[test]
+fn section_rules_leave_other_document_types_alone() {
+    // A C-CDA (LOINC-typed) document with none of the WS/T 500 outpatient sections.
+    let xml = fixture("C0002-outpatient.xml").replace(
+        r#"code="C0002" codeSystem="2.16.156.10011.2.4""#,
+        r#"code="34133-9" codeSystem="2.16.840.1.113883.6.1""#,
+    );
+    let xml = without_section(&without_section(&xml, "10154-3"), "29548-5");
+    let d = cda::parse(&xml).unwrap();
+    assert_eq!((d.type_code.as_str(), d.sections.len()), ("34133-9", 2));
+    // A WS/T 500 type for which the table requires nothing (C0004 西药处方) needs only a section.
+    let prescription = fixture("C0002-outpatient.xml").replace(r#"code="C0002""#, r#"code="C0004""#);
+    let prescription = without_section(&without_section(&prescription, "10154-3"), "29548-5");
+    assert!(cda::wst500_required_sections("C0004").is_empty());
+    assert_eq!(cda::parse(&prescription).unwrap().type_display, "西药处方");
+    // An unstructured body cannot carry required sections; a C-CDA one may still be unstructured.
+    let body_start = |x: &str| x.find("<component>\n    <structuredBody>").unwrap();
+    let body_end = |x: &str| x.find("</ClinicalDocument>").unwrap();
+    let unstructured = |x: &str| {
+        format!(
+            "{}<component><nonXMLBody><text mediaType=\"text/plain\">门诊记录</text></nonXMLBody></component>\n{}",
+            &x[..body_start(x)],
+            &x[body_end(x)..]
+        )
+    };
+    let problems = problems_of(&unstructured(&fixture("C0002-outpatient.xml")));
+    assert!(
+        problems[0].contains("C0002 门急诊病历 needs a structuredBody") && problems[0].contains("主诉 (LOINC 10154-3)")
+    );
+    assert!(cda::parse(&unstructured(&xml)).is_ok());
+}
+
+#[test]
+fn the_section_table_covers_all_53_types() {
+    let rows =
+        |text: &'static str| text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split('\t').collect::<Vec<_>>());
+    let types: Vec<Vec<&str>> = rows(cda::WST500_DOCUMENTS).collect();
+    let sections: Vec<Vec<&str>> = rows(cda::WST500_SECTIONS).collect();
+    assert_eq!(types.len(), 53);
+    for row in &sections {
+        assert_eq!(row.len(), 4, "{row:?}");
+        assert!(types.iter().any(|t| t[0] == row[0]), "{row:?}");
+        assert!(row[1] == "-" || row[1].split_once('-').is_some_and(|(n, c)| n.parse::<u32>().is_ok() && c.len() == 1));
+        assert!(row[3] == "yes" || row[3] == "no", "{row:?}");
+        assert!(row[3] == "no" || row[1] != "-", "a required section has a code: {row:?}");
+    }
+    for ty in &types {
+        let listed = sections.iter().filter(|s| s[0] == ty[0]).count();
+        assert!(listed > 0, "{} {} has its sections listed", ty[0], ty[1]);
+        let required = cda::wst500_required_sections(ty[0]);
+        let named = NAMED_TYPES.iter().any(|(t, _)| *t == ty[0]);
+        assert_eq!(!required.is_empty(), named, "{}: only the named types require sections", ty[0]);
+    }
+    // The codes the rules rely on, as WS/T 500 gives them.
+    let code_of = |ty: &str, name: &str| sections.iter().find(|s| s[0] == ty && s[2] == name).map(|s| s[1]);
+    assert_eq!(code_of("C0002", "主诉"), Some("10154-3"));
+    assert_eq!(code_of("C0002", "诊断记录"), Some("29548-5"));
+    assert_eq!(code_of("C0053", "出院诊断"), Some("11535-2"));
+    assert_eq!(code_of("C0001", "卫生事件"), Some("-"), "WS/T 500 gives 卫生事件 no code");
+    assert!(!cda::WST500_DOCUMENTS.contains("转诊"), "转诊记录 is not a WS/T 500 type");
+}

@@ -68,9 +68,10 @@ pub(crate) fn cda_transaction(bytes: &[u8]) -> EngineResult<Value> {
 impl Engine {
     /// Stores a CDA document and what it says. Answers the transaction-response Bundle.
     /// A document refused before anything is extracted (an unreadable encoding, not
-    /// well-formed XML, a DTD, a header that fails validation) is kept in the data-quality
-    /// quarantine of the sending institution with the reasons (`quality.rs`), the bytes as
-    /// received, so nothing sent is lost; the refusal names the quarantine entry.
+    /// well-formed XML, a DTD, a header that fails validation, a section its WS/T 500 type
+    /// requires missing) is kept in the data-quality quarantine of the sending institution with
+    /// the reasons (`quality.rs`), the bytes as received, so nothing sent is lost; the refusal
+    /// names the quarantine entry.
     pub async fn ingest_cda(&self, ctx: &Ctx, bytes: &[u8], opts: &RequestOptions) -> EngineResult<Value> {
         match cda_transaction(bytes) {
             Ok(transaction) => self.bundle(ctx, transaction, opts).await,

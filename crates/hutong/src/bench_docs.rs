@@ -239,3 +239,26 @@ pub async fn register(persons: usize, args: StoreArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's documents are valid C0002 records: every section the type requires is
+    /// there (by its LOINC code), so the benchmark measures accepted documents.
+    #[test]
+    fn benchmark_documents_carry_the_sections_their_type_requires() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for n in 0..4 {
+            let xml = document(&mut rng, n, n / 2, 2);
+            let d = cda::parse(&xml).unwrap_or_else(|e| panic!("document {n}: {e}"));
+            assert_eq!(d.type_code, "C0002");
+            let required = cda::wst500_required_sections("C0002");
+            assert!(!required.is_empty());
+            for section in required {
+                assert!(xml.contains(&format!("code=\"{}\" codeSystem=\"{}\"", section.loinc, cda::LOINC)));
+            }
+            assert_eq!((d.diagnoses.len(), d.observations.len(), d.medications.len()), (1, 3 + LABS.len(), 1));
+        }
+    }
+}

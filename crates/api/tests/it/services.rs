@@ -422,6 +422,44 @@ async fn starting_a_consultation_needs_a_fresh_second_factor() {
     assert_eq!(body["status"], "in-progress");
 }
 
+/// A WS/T 500 document without a section its type requires is refused naming the section, held in
+/// the quarantine with that reason, and writes nothing.
+#[tokio::test]
+async fn a_cda_document_missing_a_required_section_is_refused_and_quarantined() {
+    let app = app(1 << 20).await;
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cda/tests/fixtures/C0002-outpatient.xml");
+    let xml = std::fs::read_to_string(path).unwrap();
+    // The chief complaint section taken away, its title left in an uncoded section.
+    let at = xml.find(r#"code="10154-3""#).unwrap();
+    let start = xml[..at].rfind("<component>").unwrap();
+    let end = at + xml[at..].find("</component>").unwrap() + "</component>".len();
+    let missing =
+        format!("{}<component><section><title>主诉</title><text/></section></component>{}", &xml[..start], &xml[end..]);
+    let (status, _, body) = send(&app, req("POST", "/cda", Some("application/hl7-cda+xml"), &missing)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_outcome(&body, "C0002 门急诊病历 needs the 主诉 section (LOINC 10154-3)");
+    let issues = body["issue"].as_array().unwrap();
+    assert_eq!(issues.len(), 2, "the missing section, then the quarantine entry: {body}");
+    assert!(issues[1]["diagnostics"].as_str().unwrap().starts_with("the document is quarantined as "), "{body}");
+
+    let (status, _, held) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let held: Vec<&serde_json::Value> =
+        held["held"].as_array().unwrap().iter().filter(|h| h["resourceType"] == "ClinicalDocument").collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["findings"][0]["rule"], "cda-invalid");
+    assert!(held[0]["findings"][0]["message"].as_str().unwrap().contains("主诉 section (LOINC 10154-3)"), "{held:?}");
+    assert_eq!(crypto::unbase64(held[0]["data"].as_str().unwrap()).unwrap(), missing.as_bytes());
+    // Nothing was written.
+    let (_, _, patients) =
+        send(&app, req("GET", "/fhir/Patient?identifier=urn:oid:2.16.156.10011.1.3|350102198002031231", None, ""))
+            .await;
+    assert_eq!(patients["entry"].as_array().map_or(0, Vec::len), 0, "{patients}");
+    // The complete document is accepted.
+    let (status, _, body) = send(&app, req("POST", "/cda", Some("application/hl7-cda+xml"), &xml)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A CDA document refused before extraction (not well-formed, a DTD) is kept in the sending
 /// institution's quarantine with the reason and the bytes as sent; a retry as held is refused
 /// again and keeps it; discarding removes it.
