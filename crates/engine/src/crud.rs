@@ -122,7 +122,7 @@ impl Engine {
         }
         ordered.append(object);
         let body = Value::Object(ordered);
-        let index = fhir::index::extract(self.defs, &body);
+        let index = fhir::index::extract_stored(self.defs, &body);
         let compartments = fhir::index::patient_compartments(self.defs, &body);
         let text =
             serde_json::to_string(&body).map_err(|e| EngineError::bad_request(IssueType::Structure, e.to_string()))?;

@@ -1,6 +1,19 @@
 //! Search-index extraction: evaluates each applicable SearchParameter's expression over a
 //! resource and turns the selected values into typed, normalised [`IndexEntry`] rows that a
 //! store can persist and query. Also computes a resource's Patient-compartment membership.
+//!
+//! Some official parameters select exactly what other parameters of the same type select, and
+//! a store keeps no rows of their own for them ([`extract_stored`], [`stored_as`]):
+//! - a *typed subset*: `Observation.patient` is `Observation.subject.where(resolve() is
+//!   Patient)`, so its rows are the `subject` rows whose target type is Patient;
+//! - a *union*: `Observation.combo-code` is `Observation.code | Observation.component.code`, so
+//!   its rows are the `code` rows and the `component-code` rows together (also for the
+//!   quantity, concept and composite `combo-` parameters).
+//!
+//! Both are found by comparing the compiled expressions, so nothing is listed by hand. A plain
+//! Observation then has 7 index rows instead of 11 (every clinical resource saves its
+//! `patient` rows), which is most of what a write costs. [`extract`] still yields every
+//! parameter's entries, for the in-memory uses (`_include`, subscriptions).
 
 /// One indexed value of one search parameter of one resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +87,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::definitions::{Definitions, ParamType, SearchParamDef};
-use crate::fhirpath::{self, Expression, Node, Path};
+use crate::fhirpath::{self, Condition, Expression, Node, Path, Step};
 use crate::normalize::{date_range, decimal_range, normalize_string};
 
 /// Parameters stored as columns or answered without index rows.
@@ -87,6 +100,18 @@ struct CompiledParam {
     paths: Vec<Path>,
     /// For composites: each component's type and relative path.
     components: Vec<(ParamType, Expression)>,
+    /// Answered from other parameters' rows (see the module doc); `None` for a parameter with
+    /// rows of its own.
+    stored_as: Option<StoredAs>,
+}
+
+/// Where the rows of a parameter without rows of its own are (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAs {
+    /// The parameters (of the same resource type and kind) whose rows together are this one's.
+    pub params: Vec<String>,
+    /// Only the rows whose reference's target type is this (typed subsets).
+    pub target_type: Option<String>,
 }
 
 type Compiled = HashMap<String, Vec<CompiledParam>>;
@@ -115,9 +140,71 @@ fn compile_all(defs: &Definitions) -> (Compiled, Unsupported) {
                 Err(reason) => unsupported.push((resource_type.clone(), p.code.clone(), reason)),
             }
         }
+        find_stored_as(&mut params);
         by_type.insert(resource_type.clone(), params);
     }
     (by_type, unsupported)
+}
+
+/// Marks the parameters of one resource type whose rows other parameters already hold.
+fn find_stored_as(params: &mut [CompiledParam]) {
+    let mut found: Vec<(usize, StoredAs)> = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let others = || params.iter().enumerate().filter(move |(j, _)| *j != i).map(|(_, q)| q);
+        // Typed subset: every path is another parameter's path plus `.where(resolve() is T)`.
+        if p.kind == ParamType::Reference {
+            let mut target: Option<&str> = None;
+            let stripped: Option<Vec<Path>> = p
+                .paths
+                .iter()
+                .map(|path| match path.steps.split_last() {
+                    Some((Step::Where(Condition::ResolvesTo(t)), rest)) if target.is_none_or(|seen| seen == t) => {
+                        target = Some(t);
+                        Some(Path { root: path.root.clone(), steps: rest.to_vec() })
+                    }
+                    _ => None,
+                })
+                .collect();
+            if let (Some(stripped), Some(t)) = (stripped, target)
+                && let Some(q) = others().find(|q| q.kind == ParamType::Reference && q.paths == stripped)
+            {
+                found.push((i, StoredAs { params: vec![q.code.clone()], target_type: Some(t.to_string()) }));
+                continue;
+            }
+        }
+        // Union: the paths are exactly those of two or more other parameters of the same kind
+        // (and, for composites, the same components), each path covered once.
+        if p.paths.len() >= 2 {
+            let parts: Vec<&CompiledParam> = others()
+                .filter(|q| {
+                    q.kind == p.kind
+                        && q.components == p.components
+                        && !q.paths.is_empty()
+                        && q.paths.len() < p.paths.len()
+                        && q.paths.iter().all(|path| p.paths.contains(path))
+                })
+                .collect();
+            let covered: usize = parts.iter().map(|q| q.paths.len()).sum();
+            let every_path_once =
+                p.paths.iter().all(|path| parts.iter().filter(|q| q.paths.contains(path)).count() == 1);
+            if parts.len() >= 2 && covered == p.paths.len() && every_path_once {
+                let params = parts.iter().map(|q| q.code.clone()).collect();
+                found.push((i, StoredAs { params, target_type: None }));
+            }
+        }
+    }
+    // A parameter stored as others must not be one that others are stored as (no chains).
+    let aliased: Vec<String> = found.iter().map(|(i, _)| params[*i].code.clone()).collect();
+    for (i, stored) in found {
+        if stored.params.iter().all(|q| !aliased.contains(q)) {
+            params[i].stored_as = Some(stored);
+        }
+    }
+}
+
+/// Where the rows of `resource_type`'s parameter `code` are kept, when it has none of its own.
+pub fn stored_as(resource_type: &str, code: &str) -> Option<&'static StoredAs> {
+    compiled(Definitions::r4()).0.get(resource_type)?.iter().find(|p| p.code == code).and_then(|p| p.stored_as.as_ref())
 }
 
 fn compile_param(defs: &Definitions, resource_type: &str, p: &SearchParamDef) -> Result<Option<CompiledParam>, String> {
@@ -147,7 +234,7 @@ fn compile_param(defs: &Definitions, resource_type: &str, p: &SearchParamDef) ->
             return Err(format!("composites of {} components are not supported (only 2)", components.len()));
         }
     }
-    Ok(Some(CompiledParam { code: p.code.clone(), kind: p.kind, paths, components }))
+    Ok(Some(CompiledParam { code: p.code.clone(), kind: p.kind, paths, components, stored_as: None }))
 }
 
 /// The official parameters this server does not index, as (resource type, code, reason).
@@ -159,6 +246,16 @@ pub fn unsupported_params() -> Vec<(String, String, String)> {
 /// (the `Resource`-level `_id`/`_lastUpdated` are columns, not entries; `_tag`, `_profile`,
 /// `_security`, `_source` are entries).
 pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexEntry> {
+    extract_where(defs, resource, false)
+}
+
+/// The entries a store keeps: [`extract`] without the parameters answered from other
+/// parameters' rows ([`stored_as`]).
+pub fn extract_stored(defs: &Definitions, resource: &Value) -> Vec<IndexEntry> {
+    extract_where(defs, resource, true)
+}
+
+fn extract_where(defs: &Definitions, resource: &Value, stored_only: bool) -> Vec<IndexEntry> {
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
         return Vec::new();
     };
@@ -167,7 +264,7 @@ pub fn extract(defs: &Definitions, resource: &Value) -> Vec<IndexEntry> {
     };
     let mut entries = Vec::new();
     let mut nodes = Vec::new();
-    for param in params {
+    for param in params.iter().filter(|p| !stored_only || p.stored_as.is_none()) {
         nodes.clear();
         for path in &param.paths {
             path.evaluate_into(resource, &mut nodes);
@@ -458,3 +555,63 @@ pub fn patient_compartments(defs: &Definitions, resource: &Value) -> Vec<String>
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stored_as_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn typed_subsets_and_unions_are_found_from_the_expressions() {
+        let patient = stored_as("Observation", "patient").expect("Observation.patient is a typed subset");
+        assert_eq!(
+            (patient.params.as_slice(), patient.target_type.as_deref()),
+            (&["subject".to_string()][..], Some("Patient"))
+        );
+        let combo = stored_as("Observation", "combo-code").expect("combo-code is a union");
+        assert_eq!(combo.params, ["code", "component-code"]);
+        assert_eq!(combo.target_type, None);
+        let composite = stored_as("Observation", "combo-code-value-quantity").expect("a composite union");
+        assert_eq!(composite.params, ["code-value-quantity", "component-code-value-quantity"]);
+        assert_eq!(stored_as("Appointment", "practitioner").unwrap().params, ["actor"]);
+        // Parameters with rows of their own, and one whose expression is not another's subset.
+        for (t, p) in
+            [("Observation", "subject"), ("Observation", "code"), ("Patient", "name"), ("Encounter", "subject")]
+        {
+            assert_eq!(stored_as(t, p), None, "{t}.{p}");
+        }
+    }
+
+    #[test]
+    fn stored_entries_hold_every_row_of_the_parameters_answered_from_them() {
+        let defs = Definitions::r4();
+        let observation = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": "Patient/p1"},
+            "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]});
+        let all = extract(defs, &observation);
+        let stored = extract_stored(defs, &observation);
+        assert!(stored.len() < all.len(), "{} stored of {}", stored.len(), all.len());
+        for entry in &all {
+            match stored_as("Observation", &entry.param) {
+                None => assert!(stored.contains(entry), "{entry:?} is stored"),
+                Some(s) => {
+                    assert!(!stored.iter().any(|e| e.param == entry.param), "{} has no rows", entry.param);
+                    let found = stored.iter().any(|e| {
+                        s.params.contains(&e.param)
+                            && e.value == entry.value
+                            && s.target_type.as_ref().is_none_or(
+                                |t| matches!(&e.value, IndexValue::Reference { target_type: Some(x), .. } if x == t),
+                            )
+                    });
+                    assert!(found, "{entry:?} is answered from {:?}", s.params);
+                }
+            }
+        }
+        // A subject that is a Group is no Patient row.
+        let group = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Group/g1"}});
+        assert!(!extract(defs, &group).iter().any(|e| e.param == "patient"));
+    }
+}

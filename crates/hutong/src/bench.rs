@@ -517,7 +517,7 @@ async fn stages(parsed: &[Value], resources: usize, store: &dyn store::ResourceS
             let r = &e["resource"];
             let issues = fhir::validate::validate(defs, r);
             anyhow::ensure!(issues.is_empty(), "generated data must be valid: {issues:?}");
-            index_rows += fhir::index::extract(defs, r).len();
+            index_rows += fhir::index::extract_stored(defs, r).len();
         }
     }
     let cpu_s = t.elapsed().as_secs_f64();
@@ -546,7 +546,7 @@ async fn stages(parsed: &[Value], resources: usize, store: &dyn store::ResourceS
                         last_updated: 0,
                         method: WriteMethod::Create,
                         body: Some(r.to_string()),
-                        index: fhir::index::extract(defs, r),
+                        index: fhir::index::extract_stored(defs, r),
                         compartments: fhir::index::patient_compartments(defs, r),
                     }
                 })

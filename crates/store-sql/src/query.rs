@@ -69,7 +69,7 @@ pub fn build_search(query: &SearchQuery, dialect: Dialect, now_ms: i64) -> Searc
     let filter = where_clause(&mut page, joined.as_ref().map(|(d, _)| *d));
     let mut order = Vec::new();
     for key in &query.sort {
-        let expr = sort_expr(&mut page, &key.param, key.descending);
+        let expr = sort_expr(&mut page, &key.param, key.descending, &types);
         order.push(format!("{expr} {}", if key.descending { "DESC" } else { "ASC" }));
     }
     let limit = page.int(query.count as i64);
@@ -118,7 +118,7 @@ pub fn table_for(kind: ParamType) -> &'static str {
     }
 }
 
-fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
+fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool, types: &[String]) -> String {
     match param.code.as_str() {
         "_id" => return "r.id".into(),
         "_lastUpdated" => return "r.last_updated".into(),
@@ -133,7 +133,7 @@ fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
         ParamType::Uri => ("uri", "MIN"),
         ParamType::Composite | ParamType::Special => ("c1_code", "MIN"),
     };
-    let p = sql.text(param.code.clone());
+    let rows = param_rows(sql, "i", &param.code, types, false);
     let table = table_for(param.kind);
     // Resources without a value sort last in both directions.
     let null_sentinel = match (param.kind, descending) {
@@ -144,9 +144,7 @@ fn sort_expr(sql: &mut Sql, param: &ParamRef, descending: bool) -> String {
         (_, false) => "'\u{10FFFF}'".into(),
         (_, true) => "''".into(),
     };
-    format!(
-        "COALESCE((SELECT {agg}(i.{column}) FROM {table} i WHERE i.rid = r.rid AND i.param = {p}), {null_sentinel})"
-    )
+    format!("COALESCE((SELECT {agg}(i.{column}) FROM {table} i WHERE i.rid = r.rid AND {rows}), {null_sentinel})")
 }
 
 /// How selective a criterion usually is (lower drives the query); `None` if it cannot drive
@@ -189,11 +187,19 @@ fn driver_join(sql: &mut Sql, criterion: &Criterion, types: &[String], now_ms: i
     let scope = index_scope(sql, table, &param.code, types);
     let on_i = conds.join(" OR ");
     let on_i2 = rename_index_alias(&on_i, "i2");
+    // The first matching row: by `n` within a parameter, by parameter then `n` across the
+    // parameters that hold the rows of one answered from theirs.
+    let earlier = if stored_elsewhere(&param.code, types) {
+        let rows = param_rows(sql, "i2", &param.code, types, false);
+        format!("{rows} AND (i2.param < i.param OR (i2.param = i.param AND i2.n < i.n))")
+    } else {
+        "i2.param = i.param AND i2.n < i.n".to_string()
+    };
     Some((
         table,
         format!(
-            "{scope} AND ({on_i}) AND NOT EXISTS (SELECT 1 FROM {table} i2 WHERE i2.rid = i.rid AND i2.param = i.param \
-             AND i2.n < i.n AND ({on_i2}))"
+            "{scope} AND ({on_i}) AND NOT EXISTS (SELECT 1 FROM {table} i2 WHERE i2.rid = i.rid AND {earlier} \
+             AND ({on_i2}))"
         ),
     ))
 }
@@ -280,10 +286,10 @@ fn criterion_sql(
                     conds.join(" OR ")
                 );
             }
-            let p = sql.text(param.code.clone());
+            let rows = param_rows(sql, "i", &param.code, types, false);
             let exists = if negate { "NOT EXISTS" } else { "EXISTS" };
             format!(
-                "{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND i.param = {p} AND ({}))",
+                "{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND {rows} AND ({}))",
                 conds.join(" OR ")
             )
         }
@@ -292,9 +298,9 @@ fn criterion_sql(
                 return if *missing { "1 = 0".into() } else { "1 = 1".into() };
             }
             let table = table_for(param.kind);
-            let p = sql.text(param.code.clone());
+            let rows = param_rows(sql, "i", &param.code, types, false);
             let exists = if *missing { "NOT EXISTS" } else { "EXISTS" };
-            format!("{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND i.param = {p})")
+            format!("{exists} (SELECT 1 FROM {table} i WHERE i.rid = {alias}.rid AND {rows})")
         }
         Criterion::Chain { param, target_types, criterion } => {
             // Nested chains need distinct aliases: `rt`, `rtt`, …
@@ -308,12 +314,12 @@ fn criterion_sql(
                      AND {t}.id = i.target_id WHERE {scope} AND {t}.deleted = 0 AND {t}.type IN ({targets}) AND {inner})"
                 );
             }
-            let p = sql.text(param.code.clone());
+            let rows = param_rows(sql, "i", &param.code, types, false);
             let targets = in_list(sql, target_types);
             let inner = criterion_sql(sql, criterion, &t, target_types, now_ms, false);
             format!(
                 "EXISTS (SELECT 1 FROM idx_reference i JOIN resource {t} ON {t}.type = i.target_type AND {t}.id = i.target_id \
-                 WHERE i.rid = {alias}.rid AND i.param = {p} AND {t}.deleted = 0 AND {t}.type IN ({targets}) AND {inner})"
+                 WHERE i.rid = {alias}.rid AND {rows} AND {t}.deleted = 0 AND {t}.type IN ({targets}) AND {inner})"
             )
         }
         Criterion::Has { source_type, reference_param, criterion } => {
@@ -333,13 +339,63 @@ fn or_join(conds: Vec<String>) -> String {
     if conds.is_empty() { "1 = 0".into() } else { format!("({})", conds.join(" OR ")) }
 }
 
-/// `i.type IN (…) AND i.param = …`.
+/// `i.type IN (…) AND i.param = …`: the rows of parameter `code` of resources of `types`.
 fn index_scope(sql: &mut Sql, _table: &str, code: &str, types: &[String]) -> String {
-    let p = sql.text(code.to_string());
-    if types.is_empty() {
-        format!("i.param = {p}")
+    param_rows(sql, "i", code, types, true)
+}
+
+/// Whether any of `types` keeps no rows of its own for `code` (`fhir::index::stored_as`).
+fn stored_elsewhere(code: &str, types: &[String]) -> bool {
+    types.iter().any(|t| fhir::index::stored_as(t, code).is_some())
+}
+
+/// The condition selecting, on index rows aliased `a`, the rows of parameter `code` for
+/// resources of `types`: `a.param = code`, or for a parameter answered from other parameters'
+/// rows (`fhir::index::stored_as`) theirs, only those pointing to its target type for a typed
+/// subset (`Observation.patient`: the `subject` rows whose target is a Patient). With
+/// `with_types` (or when the types differ in how they keep `code`), the types are named too;
+/// a probe correlated on `rid` needs no type otherwise.
+fn param_rows(sql: &mut Sql, a: &str, code: &str, types: &[String], with_types: bool) -> String {
+    if !stored_elsewhere(code, types) {
+        let p = sql.text(code.to_string());
+        return if with_types && !types.is_empty() {
+            format!("{a}.type IN ({}) AND {a}.param = {p}", in_list(sql, types))
+        } else {
+            format!("{a}.param = {p}")
+        };
+    }
+    let mut groups: Vec<(Option<&'static fhir::index::StoredAs>, Vec<String>)> = Vec::new();
+    for t in types {
+        let stored = fhir::index::stored_as(t, code);
+        match groups.iter_mut().find(|(s, _)| *s == stored) {
+            Some((_, list)) => list.push(t.clone()),
+            None => groups.push((stored, vec![t.clone()])),
+        }
+    }
+    let name_types = with_types || groups.len() > 1;
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(stored, group)| {
+            let mut part = Vec::new();
+            if name_types {
+                part.push(format!("{a}.type IN ({})", in_list(sql, &group)));
+            }
+            match stored {
+                None => part.push(format!("{a}.param = {}", sql.text(code.to_string()))),
+                Some(s) => {
+                    part.push(format!("{a}.param IN ({})", in_list(sql, &s.params)));
+                    if let Some(target) = &s.target_type {
+                        part.push(format!("{a}.target_type = {}", sql.text(target.clone())));
+                    }
+                }
+            }
+            part.join(" AND ")
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
     } else {
-        format!("i.type IN ({}) AND i.param = {p}", in_list(sql, types))
+        format!("(({}))", parts.join(") OR ("))
     }
 }
 

@@ -9,6 +9,7 @@ mod matching;
 mod mpi;
 mod registries;
 mod sealing;
+mod search_aliases;
 mod terminology;
 
 use std::sync::Arc;
