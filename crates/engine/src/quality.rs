@@ -675,8 +675,8 @@ impl Engine {
         let reprocessor = self.reprocessors.read().ok().and_then(|r| r.get(&kind).cloned());
         let Some(reprocessor) = reprocessor else {
             return Err(EngineError::NotSupported(format!(
-                "reprocessing a held {kind} in this server process (no {kind} processing is installed; run it under \
-                 `hutong serve`, or discard the entry and send the content again)"
+                "reprocessing held {kind} entries here (this process has no {kind} processing installed: \
+                 `hutong serve` installs it; or discard the entry and have the content sent again)"
             )));
         };
         let bytes = crypto::unbase64(held["data"].as_str().unwrap_or_default())
