@@ -521,6 +521,20 @@ async fn held_raw_entries_are_reprocessed_by_the_reprocessor_of_their_kind() {
     };
     let id = app.state.engine.quarantine_hold(&store::Ctx::system(), &hold).await.unwrap();
     assert!(id.starts_with("unknown|"), "no Organization has the sender's identifier: {id}");
+    // A caller without an organization (the MLLP listener): the one Organization with the
+    // sender's identifier (any system) owns the entry; when two have it, neither does.
+    for (org, code) in [("h-solo", "SOLO,1"), ("h-twin-a", "TWIN"), ("h-twin-b", "TWIN")] {
+        let mut organization = hospital(org, "3A");
+        let facility = json!({"system": "https://hutong.dev/fhir/sid/hl7-facility", "value": code});
+        organization["identifier"].as_array_mut().unwrap().push(facility);
+        put(&app, organization).await;
+    }
+    for (sender, owner) in [("SOLO,1", "h-solo|"), ("TWIN", "unknown|")] {
+        let hold = engine::RawHold { sender: Some(sender.into()), ..hold.clone() };
+        let placed = app.state.engine.quarantine_hold(&store::Ctx::system(), &hold).await.unwrap();
+        assert!(placed.starts_with(owner), "{sender}: {placed}");
+        app.state.engine.quality_discard(&store::Ctx::system(), &placed).await.unwrap();
+    }
     let uri = format!("/quality/quarantine/{}/reprocess", id.replace('|', "%7C"));
     let held = |body: serde_json::Value| -> Vec<serde_json::Value> {
         body["held"].as_array().unwrap().iter().filter(|h| h["id"] == id.as_str()).cloned().collect()
