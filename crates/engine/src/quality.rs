@@ -691,16 +691,12 @@ impl Engine {
                 Ok(json!({"reprocessed": id, "resourceType": kind, "corrected": corrected.is_some(), "result": answer}))
             }
             Err(RawRefusal { error, findings }) => {
-                let reason = match findings.is_empty() {
-                    true => format!(
-                        "{kind} not reprocessed: {}",
-                        error.issues().first().map(|i| i.diagnostics.as_str()).unwrap_or_default()
-                    ),
-                    false => format!(
-                        "{kind} not reprocessed: {}",
-                        findings.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
+                let why = if findings.is_empty() {
+                    error.issues().first().map(|i| i.diagnostics.clone()).unwrap_or_default()
+                } else {
+                    findings.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>().join(", ")
                 };
+                let reason = format!("{kind} not reprocessed: {why}");
                 let record = audit::record(ctx, "quality-reprocess", "failure", entity, Vec::new(), Some(&reason));
                 if findings.is_empty() {
                     self.audit.append(record).await?;

@@ -260,8 +260,13 @@ impl Failure {
         Outcome::new(ack, self.http_status())
     }
 
-    /// The refusal of a reprocessing request (`POST /quality/quarantine/{id}/reprocess`).
+    /// The refusal of a reprocessing request (`POST /quality/quarantine/{id}/reprocess`). A
+    /// refusal of the caller's authority (403) says nothing about the message: the entry keeps
+    /// its reasons.
     fn into_refusal(self) -> engine::RawRefusal {
+        if let Failure::Engine(_, error @ EngineError::Forbidden(_)) = self {
+            return engine::RawRefusal { error, findings: Vec::new() };
+        }
         let finding = self.finding();
         let code = self.ack_code();
         let error = match self {

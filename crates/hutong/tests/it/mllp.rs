@@ -591,11 +591,16 @@ fn unmappable_messages_are_held_for_the_sender_and_reprocessed_or_discarded() {
     assert_eq!(held.len(), 1, "no new entry: {held:?}");
     assert_eq!(held[0]["findings"][0]["rule"], "hl7-mapping");
     assert_eq!(held[0]["lastAttempt"]["corrected"], false);
+    // Operators see entries but write no clinical data: a correction they send is refused, and
+    // the reasons stay the message's.
+    let corrected = json!({"message": samples::oru_r01("Q-ORU1", "MZ600001", "F6001", "")});
+    let (status, body) = http("POST", &path("/reprocess"), &operator, &corrected.to_string());
+    assert_eq!((status, body["resourceType"].as_str()), (403, Some("OperationOutcome")), "{body}");
+    assert_eq!(held_messages(&server, &hospital, "org-1")[0]["findings"], held[0]["findings"]);
     // A body that is not a correction is refused and changes nothing.
     assert_eq!(http("POST", &path("/reprocess"), &hospital, "{\"text\": 1}").0, 400);
 
     // Corrected: committed as the institution's client, the entry removed.
-    let corrected = json!({"message": samples::oru_r01("Q-ORU1", "MZ600001", "F6001", "")});
     let (status, body) = http("POST", &path("/reprocess"), &hospital, &corrected.to_string());
     assert_eq!(status, 200, "{body}");
     assert_eq!((&body["reprocessed"], &body["result"]["ackCode"]), (&json!(id), &json!("AA")));
