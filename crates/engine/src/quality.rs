@@ -23,11 +23,11 @@
 //! document is retried by the engine itself; other kinds are processed again by the
 //! [`RawReprocessor`] the binary installs for them (`hutong serve`: `HL7v2Message`).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use fhir::{Issue, IssueType};
 use serde_json::{Value, json};
-use std::sync::Arc;
-
 use store::{Ctx, WriteOp};
 
 use crate::crud::now_ms;
