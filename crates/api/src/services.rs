@@ -6,8 +6,9 @@
 //! - `POST /cda` (a CDA R2 / WS/T 500 document, `application/hl7-cda+xml`) → the
 //!   transaction-response Bundle of what was stored (engine/src/documents.rs)
 //! - `GET /quality/scorecard?organization=…&from=…&to=…`, `GET /quality/quarantine?organization=…`,
-//!   `POST /quality/quarantine/{id}/reprocess`, `DELETE /quality/quarantine/{id}` → data quality
-//!   (engine/src/quality.rs)
+//!   `POST /quality/quarantine/{id}/reprocess` (no body: retry what is held; a corrected resource;
+//!   `{"message": "MSH|…"}` for a held HL7 v2 message), `DELETE /quality/quarantine/{id}` → data
+//!   quality (engine/src/quality.rs)
 //! - `GET /supervision/feed?after=SEQ&_count=N` → the internet hospital's supervision feed
 //!   (engine/src/supervision.rs)
 
@@ -194,7 +195,13 @@ pub async fn quality_held(
     } else {
         match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) if v.is_object() => Some(v),
-            _ => return bad("the body must be the corrected resource (JSON), or empty to retry it as held".into()),
+            _ => {
+                return bad(
+                    "the body must be JSON: the corrected resource, or {\"message\": \"MSH|…\"} for a held HL7 \
+                            v2 message; or empty to retry what is held"
+                        .into(),
+                );
+            }
         }
     };
     json_answer(state.engine.quality_reprocess(&ctx, &id, corrected, &opts).await)

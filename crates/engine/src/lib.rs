@@ -44,7 +44,7 @@ pub use internet::{
 pub use kpi::BOOKING_RATE_TARGET;
 pub use mpi::{LINK_WEIGHT_EXTENSION, MPI_SYSTEM, REPLACED_BY_EXTENSION};
 pub use notify::{Channel, NOTICE_SYSTEM, Notifier};
-pub use quality::{Finding, REPORTING_DEADLINE_HOURS};
+pub use quality::{Finding, HeldRaw, REPORTING_DEADLINE_HOURS, RawFinding, RawHold, RawRefusal, RawReprocessor};
 pub use sealing::{SEALED_EXTENSION, SealingStore};
 pub use subscriptions::{OWNER_TAG, RestHook, SubscriptionChannels, SubscriptionConfig};
 pub use supervision::MAX_FEED_COUNT;
@@ -198,6 +198,9 @@ pub struct Engine {
     second_factor: std::sync::OnceLock<Arc<dyn SecondFactor>>,
     /// Serialises scorecard writes (quality.rs).
     quality: tokio::sync::Mutex<()>,
+    /// What processes held raw quarantine entries again, by kind (quality.rs); installed by
+    /// the binary (`hutong serve` for `HL7v2Message`).
+    reprocessors: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn RawReprocessor>>>,
     /// Scorecard counts not yet written (quality.rs).
     quality_counts: quality::PendingCounts,
     /// Stored CodeSystems, ValueSets and ConceptMaps over the preloaded terminology (terminology.rs).
@@ -222,6 +225,7 @@ impl Engine {
             booking: tokio::sync::Mutex::new(()),
             second_factor: std::sync::OnceLock::new(),
             quality: tokio::sync::Mutex::new(()),
+            reprocessors: std::sync::RwLock::new(std::collections::HashMap::new()),
             quality_counts: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
             terminology: terminology::TerminologyLayer::default(),
         }

@@ -17,6 +17,13 @@
 //! resource in the quarantine with its reasons, visible to the sending institution, which can
 //! send a corrected version through it (`POST /quality/quarantine/{id}/reprocess`) or discard it.
 //! Nothing is altered: non-blocking findings are counted, the data is stored as sent.
+//!
+//! What could not even be read as resources is held there too, as the bytes received
+//! ([`RawHold`]: a refused CDA document, an HL7 v2 message that was not committed). A held
+//! document is retried by the engine itself; other kinds are processed again by the
+//! [`RawReprocessor`] the binary installs for them (`hutong serve`: `HL7v2Message`).
+
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use fhir::{Issue, IssueType};
@@ -45,6 +52,79 @@ pub(crate) struct Counts {
 
 /// The counts gathered in memory by institution-day, and when they were last written (ms).
 pub(crate) type PendingCounts = std::sync::Mutex<(std::collections::HashMap<String, Counts>, i64)>;
+
+/// Something received that could not be read or committed as resources, to keep in the
+/// quarantine as the bytes received ([`Engine::quarantine_hold`]).
+#[derive(Debug, Clone)]
+pub struct RawHold {
+    /// What it is (`ClinicalDocument`, `HL7v2Message`); a [`RawReprocessor`] is installed per kind.
+    pub kind: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    /// The sending institution's identifier as the content names it (HL7 MSH-4-1), which
+    /// places the entry when the caller has no organization (the MLLP listener).
+    pub sender: Option<String>,
+    pub findings: Vec<RawFinding>,
+    /// What tells entries apart and what processing them again needs (e.g. MSH-4, MSH-9,
+    /// MSH-10 and the character set assumed), kept as `details`.
+    pub details: Value,
+}
+
+/// One reason a raw entry is held: a rule name, the message for people, and codes of the
+/// content's own vocabulary (e.g. `{"ackCode": "AE", "errorCode": "102"}`), merged into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawFinding {
+    pub rule: String,
+    pub message: String,
+    pub codes: serde_json::Map<String, Value>,
+}
+
+impl RawFinding {
+    fn to_json(&self) -> Value {
+        let mut finding = json!({"rule": self.rule, "blocking": true, "message": self.message});
+        for (k, v) in &self.codes {
+            finding[k.as_str()] = v.clone();
+        }
+        finding
+    }
+}
+
+/// A held raw entry, as a [`RawReprocessor`] gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldRaw<'a> {
+    pub id: &'a str,
+    /// The bytes as received.
+    pub bytes: &'a [u8],
+    /// The whole entry (its `details`, `findings`, `organization`).
+    pub entry: &'a Value,
+}
+
+/// Why processing a held entry again failed: the error the caller gets, and the reasons that
+/// replace the entry's (none when the request itself was wrong, e.g. a malformed correction:
+/// the entry is left as it was).
+#[derive(Debug)]
+pub struct RawRefusal {
+    pub error: EngineError,
+    pub findings: Vec<RawFinding>,
+}
+
+/// Processes a held raw entry of one kind again (`POST /quality/quarantine/{id}/reprocess`), as
+/// the caller, with the same processing it first failed: the held bytes, or the caller's
+/// correction (`corrected`, the request's JSON body, whose shape the kind defines). Answers
+/// what to report on success; the engine then removes the entry. A failure must not keep
+/// anything itself: the engine updates the entry with the refusal's findings. The binary
+/// installs one per kind ([`Engine::install_reprocessor`]), since the processing (e.g. HL7 v2)
+/// lives in crates the engine does not depend on.
+#[async_trait::async_trait]
+pub trait RawReprocessor: Send + Sync {
+    async fn reprocess(
+        &self,
+        engine: &Engine,
+        ctx: &Ctx,
+        held: HeldRaw<'_>,
+        corrected: Option<&Value>,
+    ) -> Result<Value, RawRefusal>;
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -413,9 +493,8 @@ impl Engine {
         Ok(json!({"organization": organization, "from": from, "to": to, "days": days}))
     }
 
-    /// Keeps something refused before it could be read as resources (a CDA document) in the
-    /// quarantine of the caller's institution: the bytes as received (base64), the rule and the
-    /// reasons; audited. Answers the entry's id.
+    /// Keeps a refused CDA document in the quarantine ([`Engine::quarantine_hold`]) with one rule
+    /// for its reasons. Answers the entry's id.
     pub(crate) async fn quarantine_raw(
         &self,
         ctx: &Ctx,
@@ -425,17 +504,74 @@ impl Engine {
         rule: &str,
         reasons: &[String],
     ) -> EngineResult<String> {
-        let organization =
-            ctx.principal.as_deref().and_then(|p| p.organization.clone()).unwrap_or_else(|| "unknown".into());
+        let findings = reasons
+            .iter()
+            .map(|m| RawFinding { rule: rule.to_string(), message: m.clone(), codes: serde_json::Map::new() })
+            .collect();
+        let hold = RawHold {
+            kind: kind.to_string(),
+            content_type: content_type.to_string(),
+            bytes: bytes.to_vec(),
+            sender: None,
+            findings,
+            details: Value::Null,
+        };
+        self.quarantine_hold(ctx, &hold).await
+    }
+
+    /// Keeps something refused before it could be committed as resources (a CDA document, an
+    /// HL7 v2 message) in the quarantine: the bytes as received (base64), the reasons, the
+    /// details. The entry belongs to the caller's institution; a caller without one (the MLLP
+    /// listener) places it with the Organization whose identifier is `hold.sender`, when
+    /// exactly one has it, and under `unknown` otherwise (operators see those). The entry and
+    /// its audit record commit together before this answers the entry's id, so a refusal that
+    /// names the entry never names one that is not there.
+    pub async fn quarantine_hold(&self, ctx: &Ctx, hold: &RawHold) -> EngineResult<String> {
+        let organization = match ctx.principal.as_deref().and_then(|p| p.organization.clone()) {
+            Some(own) => own,
+            None => match hold.sender.as_deref().filter(|s| !s.trim().is_empty()) {
+                Some(sender) => self.organization_with_identifier(sender).await?.unwrap_or_else(|| "unknown".into()),
+                None => "unknown".into(),
+            },
+        };
         let now = now_ms();
         let id = format!("{organization}|{now:013}|{}", uuid::Uuid::new_v4());
-        let record = json!({"id": id, "organization": organization, "received": fhir::normalize::format_instant(now),
-            "status": "held", "resourceType": kind, "contentType": content_type, "data": crypto::base64(bytes),
-            "findings": reasons.iter().map(|m| json!({"rule": rule, "blocking": true, "message": m})).collect::<Vec<_>>()});
-        self.store.kv_put(QUARANTINE_KIND, &id, &record.to_string(), &[]).await?;
-        let reason = format!("{kind} quarantined: {rule}");
-        self.audit_block(ctx, &reason).await?;
+        let mut record = json!({"id": id, "organization": organization, "received": fhir::normalize::format_instant(now),
+            "status": "held", "resourceType": hold.kind, "contentType": hold.content_type, "data": crypto::base64(&hold.bytes),
+            "findings": hold.findings.iter().map(RawFinding::to_json).collect::<Vec<_>>()});
+        if !hold.details.is_null() {
+            record["details"] = hold.details.clone();
+        }
+        let rules: Vec<&str> = hold.findings.iter().map(|f| f.rule.as_str()).collect();
+        let reason = format!("{} quarantined as {id}: {}", hold.kind, rules.join(", "));
+        let audit =
+            audit::record(ctx, "quality-block", "failure", "quality/quarantine".into(), Vec::new(), Some(&reason));
+        self.store.kv_put_audited(QUARANTINE_KIND, &id, &record.to_string(), &[], vec![audit]).await?;
         Ok(id)
+    }
+
+    /// The id of the one Organization with an identifier of this value (any system), if
+    /// exactly one has it. A store lookup rather than a search as the caller: it only places
+    /// a quarantine entry (nothing is disclosed to the caller), Organizations are reference
+    /// data outside any patient's records, and the MLLP listener's scopes deliberately reach
+    /// only what its mappings write.
+    async fn organization_with_identifier(&self, value: &str) -> EngineResult<Option<String>> {
+        let mut escaped = String::new();
+        for c in value.trim().chars() {
+            if matches!(c, '\\' | ',' | '|' | '$') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        let pairs = [("identifier".to_string(), escaped), ("_count".to_string(), "2".to_string())];
+        let parsed = fhir::search::parse(self.defs, Some("Organization"), &pairs, &self.parse_options(false))
+            .map_err(EngineError::BadRequest)?;
+        let query = fhir::search::SearchQuery { total: fhir::search::TotalMode::None, ..parsed.query };
+        let found = self.store.search(&Ctx::system(), &query).await?.resources;
+        Ok(match found.as_slice() {
+            [one] => Some(one.id.clone()),
+            _ => None,
+        })
     }
 
     /// Audits what the quarantine took in.
@@ -497,6 +633,9 @@ impl Engine {
             self.store.kv_delete(QUARANTINE_KIND, id).await?;
             return Ok(json!({"reprocessed": id, "response": answer}));
         }
+        if held["data"].is_string() {
+            return self.reprocess_raw(ctx, id, held, corrected.as_ref()).await;
+        }
         let resource = corrected.unwrap_or_else(|| held["resource"].clone());
         let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_string();
         if resource_type != held["resourceType"].as_str().unwrap_or_default() {
@@ -515,6 +654,64 @@ impl Engine {
         )
     }
 
+    /// Installs what processes held entries of `kind` again (the last one installed wins).
+    pub fn install_reprocessor(&self, kind: &str, reprocessor: Arc<dyn RawReprocessor>) {
+        if let Ok(mut installed) = self.reprocessors.write() {
+            installed.insert(kind.to_string(), reprocessor);
+        }
+    }
+
+    /// A held raw entry processed again by its kind's [`RawReprocessor`], as the caller: on
+    /// success the entry is removed; on failure it stays with the new reasons and the caller
+    /// gets the refusal (plus where the entry is). Audited either way.
+    async fn reprocess_raw(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        mut held: Value,
+        corrected: Option<&Value>,
+    ) -> EngineResult<Value> {
+        let kind = held["resourceType"].as_str().unwrap_or_default().to_string();
+        let reprocessor = self.reprocessors.read().ok().and_then(|r| r.get(&kind).cloned());
+        let Some(reprocessor) = reprocessor else {
+            return Err(EngineError::NotSupported(format!(
+                "reprocessing held {kind} entries here (this process has no {kind} processing installed: \
+                 `hutong serve` installs it; or discard the entry and have the content sent again)"
+            )));
+        };
+        let bytes = crypto::unbase64(held["data"].as_str().unwrap_or_default())
+            .map_err(|e| EngineError::bad_request(IssueType::Exception, format!("held {kind}: {e}")))?;
+        let entity = format!("quality/quarantine/{id}");
+        let result = reprocessor.reprocess(self, ctx, HeldRaw { id, bytes: &bytes, entry: &held }, corrected).await;
+        match result {
+            Ok(answer) => {
+                self.store.kv_delete(QUARANTINE_KIND, id).await?;
+                let record = audit::record(ctx, "quality-reprocess", "success", entity, Vec::new(), None);
+                self.audit.append(record).await?;
+                Ok(json!({"reprocessed": id, "resourceType": kind, "corrected": corrected.is_some(), "result": answer}))
+            }
+            Err(RawRefusal { error, findings }) => {
+                let why = if findings.is_empty() {
+                    error.issues().first().map(|i| i.diagnostics.clone()).unwrap_or_default()
+                } else {
+                    findings.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>().join(", ")
+                };
+                let reason = format!("{kind} not reprocessed: {why}");
+                let record = audit::record(ctx, "quality-reprocess", "failure", entity, Vec::new(), Some(&reason));
+                if findings.is_empty() {
+                    self.audit.append(record).await?;
+                    return Err(error);
+                }
+                held["findings"] = findings.iter().map(RawFinding::to_json).collect();
+                let subject = ctx.principal.as_deref().map(|p| p.subject.clone()).unwrap_or_default();
+                held["lastAttempt"] = json!({"at": fhir::normalize::format_instant(now_ms()), "by": subject,
+                    "corrected": corrected.is_some()});
+                self.store.kv_put_audited(QUARANTINE_KIND, id, &held.to_string(), &[], vec![record]).await?;
+                Err(with_note(error, format!("the {kind} stays in the quarantine as {id}, with these reasons")))
+            }
+        }
+    }
+
     pub async fn quality_discard(&self, ctx: &Ctx, id: &str) -> EngineResult<()> {
         let text = self
             .store
@@ -527,6 +724,23 @@ impl Engine {
         let record =
             audit::record(ctx, "quality-discard", "success", format!("quality/quarantine/{id}"), Vec::new(), None);
         Ok(self.audit.append(record).await?)
+    }
+}
+
+/// The error with an informational issue added (where the refused content is kept).
+fn with_note(error: EngineError, note: String) -> EngineError {
+    let mut issue = Issue::error(IssueType::Informational, note);
+    issue.severity = fhir::IssueSeverity::Information;
+    match error {
+        EngineError::BadRequest(mut issues) => {
+            issues.push(issue);
+            EngineError::BadRequest(issues)
+        }
+        EngineError::Unprocessable(mut issues) => {
+            issues.push(issue);
+            EngineError::Unprocessable(issues)
+        }
+        other => other,
     }
 }
 

@@ -351,6 +351,8 @@ async fn main() -> anyhow::Result<()> {
                 };
                 tokio::spawn(mllp::serve(listener, engine.clone(), config));
             }
+            // Held HL7 v2 messages are processed again by the listener's processing.
+            engine.install_reprocessor(mllp::QUARANTINE_KIND, Arc::new(mllp::Reprocessor));
             let hl7: Arc<dyn api::hl7v2::Hl7Receiver> =
                 Arc::new(mllp::HttpReceiver { engine: engine.clone(), quarantine: store.data.join("hl7-quarantine") });
             let config = api::ApiConfig {

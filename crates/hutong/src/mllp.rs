@@ -1,7 +1,8 @@
 //! The HL7 v2 listener of `hutong serve --mllp-listen`: MLLP over TCP, one engine transaction per
 //! message, AA only after the commit, AE/AR with ERR segments otherwise. A message that is not
-//! committed is kept in `<data>/hl7-quarantine/` for reprocessing before it is NAKed. Rules and
-//! mapping: `docs/HL7V2.md`.
+//! committed is kept for reprocessing before it is NAKed: in the data-quality quarantine of the
+//! sending institution (kind `HL7v2Message`, processed again by [`Reprocessor`]), or in
+//! `<data>/hl7-quarantine/` when the store cannot take it. Rules and mapping: `docs/HL7V2.md`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct MllpConfig {
     /// Largest message accepted on a connection; a larger frame is refused and the connection closed.
     pub max_message_bytes: usize,
-    /// Where messages that were not committed are kept (`<data>/hl7-quarantine`).
+    /// Where messages that were not committed are kept when the store cannot take them
+    /// (`<data>/hl7-quarantine`); otherwise they go to the data-quality quarantine.
     pub quarantine: PathBuf,
     /// Who writes: [`listener_principal`].
     pub principal: Arc<access::Principal>,
@@ -138,36 +140,170 @@ async fn process(bytes: &[u8], peer: SocketAddr, engine: &Engine, config: &MllpC
     receive(bytes, &ctx, hl7::message::Charset::Utf8, engine, &config.quarantine).await.ack
 }
 
+/// The kind of a held message in the data-quality quarantine.
+pub const QUARANTINE_KIND: &str = "HL7v2Message";
+/// The media type of a held message.
+pub const QUARANTINE_CONTENT_TYPE: &str = "x-application/hl7-v2+er7";
+
 /// Handles one message, whoever carried it (MLLP or `POST /hl7v2`): parse, map, commit as
-/// `ctx` in one transaction, answer. A message that is not committed is kept in `quarantine`
-/// before the NAK is returned. `default_charset` applies when MSH-18 is empty.
+/// `ctx` in one transaction, answer. A message that is not committed is kept in the
+/// data-quality quarantine (the entry committed before the NAK, which names it), or, when the
+/// store cannot take it, in a file in `fallback_dir`. `default_charset` applies when MSH-18 is
+/// empty.
 pub async fn receive(
     bytes: &[u8],
     ctx: &Ctx,
     default_charset: hl7::message::Charset,
     engine: &Engine,
-    quarantine_dir: &Path,
+    fallback_dir: &Path,
 ) -> Outcome {
-    let source = ctx.source.clone().unwrap_or_default();
-    let message = match Message::parse_with_default(bytes, default_charset) {
-        Ok(m) => m,
-        Err(e) => {
-            quarantine(quarantine_dir, bytes, &e.to_string()).await;
-            let code = if e.rejects() { AckCode::Reject } else { AckCode::Error };
-            return Outcome::new(hl7::ack_unparsed(code, &[AckError::from(&e)], &control_id(), &now()), 400);
+    match handle(bytes, ctx, default_charset, engine).await {
+        Ok(message) => Outcome::new(hl7::ack(&message, AckCode::Accept, &[], &control_id(), &now()), 200),
+        Err(failure) => {
+            failure.log(ctx);
+            let kept = keep(bytes, ctx, default_charset, engine, &failure, fallback_dir).await;
+            failure.nak(&kept)
         }
-    };
-    let nak = |e: &Hl7Error| {
-        let (code, status) = if e.rejects() { (AckCode::Reject, 400) } else { (AckCode::Error, 422) };
-        let status = if matches!(e, Hl7Error::UnknownKey { .. }) { 404 } else { status };
-        Outcome::new(hl7::ack(&message, code, &[AckError::from(e)], &control_id(), &now()), status)
-    };
+    }
+}
+
+/// Why a message was not committed.
+enum Failure {
+    /// The bytes could not be read as a message.
+    Unreadable(Hl7Error),
+    /// The message was read but cannot be mapped (or names a record that is not here).
+    Mapping(Message, Hl7Error),
+    /// The engine refused or failed the transaction (or the merge's link).
+    Engine(Message, EngineError),
+}
+
+impl Failure {
+    /// The quarantine's rule name.
+    fn rule(&self) -> &'static str {
+        match self {
+            Failure::Unreadable(_) => "hl7-parse",
+            Failure::Mapping(..) => "hl7-mapping",
+            Failure::Engine(..) => "hl7-engine",
+        }
+    }
+
+    fn message(&self) -> Option<&Message> {
+        match self {
+            Failure::Unreadable(_) => None,
+            Failure::Mapping(m, _) | Failure::Engine(m, _) => Some(m),
+        }
+    }
+
+    fn ack_code(&self) -> AckCode {
+        match self {
+            Failure::Unreadable(e) | Failure::Mapping(_, e) if e.rejects() => AckCode::Reject,
+            _ => AckCode::Error,
+        }
+    }
+
+    /// The ERR segment: a table 0357 code and the reason.
+    fn ack_error(&self) -> AckError {
+        match self {
+            Failure::Unreadable(e) | Failure::Mapping(_, e) => AckError::from(e),
+            Failure::Engine(_, e) => {
+                let (code, text) = engine_error(e);
+                AckError::error(code, text)
+            }
+        }
+    }
+
+    /// The HTTP status of `POST /hl7v2`.
+    fn http_status(&self) -> u16 {
+        match self {
+            Failure::Unreadable(_) => 400,
+            Failure::Mapping(_, Hl7Error::UnknownKey { .. }) => 404,
+            Failure::Mapping(_, e) if e.rejects() => 400,
+            Failure::Mapping(..) => 422,
+            // The content's faults are 422 like the mapping's; the rest keep the FHIR API's status.
+            Failure::Engine(_, e) => match e.http_status() {
+                400 => 422,
+                other => other,
+            },
+        }
+    }
+
+    /// The reason can quote the message's values (a birth date, a name): the log gets the code
+    /// only, the reason is in the NAK and the quarantine; storage failures are logged in full.
+    fn log(&self, ctx: &Ctx) {
+        let source = ctx.source.as_deref().unwrap_or_default();
+        let control_id = self.message().map(Message::control_id).unwrap_or_default();
+        let code = self.ack_error().code.0;
+        tracing::warn!(source = %source, control_id = %control_id, rule = self.rule(), code = %code, "HL7 message not committed");
+        if let Failure::Engine(_, EngineError::Store(detail)) = self {
+            tracing::error!(control_id = %control_id, error = %detail, "storage failure on an HL7 message");
+        }
+    }
+
+    /// The quarantine's finding for this failure.
+    fn finding(&self) -> engine::RawFinding {
+        let error = self.ack_error();
+        let mut codes = serde_json::Map::new();
+        codes.insert("ackCode".into(), self.ack_code().as_str().into());
+        codes.insert("errorCode".into(), error.code.0.clone().into());
+        codes.insert("error".into(), error.code.1.clone().into());
+        engine::RawFinding { rule: self.rule().to_string(), message: error.message, codes }
+    }
+
+    /// The NAK, its error naming where the message is kept.
+    fn nak(&self, kept: &str) -> Outcome {
+        let mut error = self.ack_error();
+        error.message = format!("{}; {kept}", error.message);
+        let ack = match self.message() {
+            Some(message) => hl7::ack(message, self.ack_code(), &[error], &control_id(), &now()),
+            None => hl7::ack_unparsed(self.ack_code(), &[error], &control_id(), &now()),
+        };
+        Outcome::new(ack, self.http_status())
+    }
+
+    /// The refusal of a reprocessing request (`POST /quality/quarantine/{id}/reprocess`). A
+    /// refusal of the caller's authority (403) says nothing about the message: the entry keeps
+    /// its reasons.
+    fn into_refusal(self) -> engine::RawRefusal {
+        if let Failure::Engine(_, error @ EngineError::Forbidden(_)) = self {
+            return engine::RawRefusal { error, findings: Vec::new() };
+        }
+        let finding = self.finding();
+        let code = self.ack_code();
+        let error = match self {
+            Failure::Engine(_, e) => e,
+            other => {
+                let issue = fhir::Issue::error(
+                    fhir::IssueType::Invalid,
+                    format!(
+                        "[{}] {} {}: {}",
+                        other.rule(),
+                        code.as_str(),
+                        finding.codes["errorCode"].as_str().unwrap_or_default(),
+                        finding.message
+                    ),
+                );
+                match code {
+                    AckCode::Error => EngineError::Unprocessable(vec![issue]),
+                    _ => EngineError::BadRequest(vec![issue]),
+                }
+            }
+        };
+        engine::RawRefusal { error, findings: vec![finding] }
+    }
+}
+
+/// Parses, maps and commits one message as `ctx` (for ADT^A40 also the link in the master
+/// patient index). Keeps nothing: the caller decides what a failure becomes.
+async fn handle(
+    bytes: &[u8],
+    ctx: &Ctx,
+    default_charset: hl7::message::Charset,
+    engine: &Engine,
+) -> Result<Message, Failure> {
+    let message = Message::parse_with_default(bytes, default_charset).map_err(Failure::Unreadable)?;
     let mapped = match hl7::to_fhir(&message) {
         Ok(m) => m,
-        Err(e) => {
-            quarantine(quarantine_dir, bytes, &e.to_string()).await;
-            return nak(&e);
-        }
+        Err(e) => return Err(Failure::Mapping(message, e)),
     };
     let mut bundle = mapped.bundle;
     // ADT^A40: the prior record is read first; the transaction's If-Match on it makes a
@@ -187,15 +323,14 @@ pub async fn receive(
                           number"
                         .into(),
                 };
-                quarantine(quarantine_dir, bytes, &e.to_string()).await;
-                return nak(&e);
+                return Err(Failure::Mapping(message, e));
             }
-            Err(e) => return engine_failure(&message, bytes, &e, quarantine_dir, &source).await,
+            Err(e) => return Err(Failure::Engine(message, e)),
         }
     }
     let committed = match engine.bundle(ctx, bundle, &RequestOptions::default()).await {
         Ok(response) => response,
-        Err(e) => return engine_failure(&message, bytes, &e, quarantine_dir, &source).await,
+        Err(e) => return Err(Failure::Engine(message, e)),
     };
     // The merge in the master patient index: both records of the sender are one person.
     if let Some(prior) = prior_id {
@@ -211,11 +346,128 @@ pub async fn receive(
             // The records are merged (committed) but not yet linked: the sender sends the
             // message again, which changes nothing but the link.
             tracing::warn!(control_id = %message.control_id(), error = %e, "ADT^A40 committed but not linked in the MPI");
-            return engine_failure(&message, bytes, &e, quarantine_dir, &source).await;
+            return Err(Failure::Engine(message, e));
         }
     }
+    let source = ctx.source.as_deref().unwrap_or_default();
     tracing::info!(source = %source, control_id = %message.control_id(), "HL7 message committed");
-    Outcome::new(hl7::ack(&message, AckCode::Accept, &[], &control_id(), &now()), 200)
+    Ok(message)
+}
+
+/// The header fields that tell held messages apart: MSH-4, MSH-9, MSH-10 (read leniently from
+/// the first line when the message as a whole could not be read) and MSH-4-1, the sender.
+fn header(bytes: &[u8], message: Option<&Message>) -> (serde_json::Value, Option<String>) {
+    let (facility, message_type, control, sender) = match message {
+        Some(m) => (m.get("MSH-4"), m.get("MSH-9"), m.get("MSH-10"), m.get("MSH-4-1")),
+        None => {
+            let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+            let line = &bytes[start..];
+            let line = &line[..line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len())];
+            let line = String::from_utf8_lossy(line);
+            let mut chars = line.chars().skip(3);
+            match (line.starts_with("MSH"), chars.next(), chars.next()) {
+                (true, Some(field), Some(component)) if field.is_ascii_punctuation() => {
+                    let fields: Vec<&str> = line.split(field).collect();
+                    // fields[0] is "MSH" and fields[1] MSH-2: MSH-n is fields[n - 1].
+                    let at = |n: usize| fields.get(n - 1).map(|f| f.to_string()).filter(|f| !f.is_empty());
+                    let sender = at(4).and_then(|f| f.split(component).next().map(str::to_string));
+                    (at(4), at(9), at(10), sender)
+                }
+                _ => (None, None, None, None),
+            }
+        }
+    };
+    (serde_json::json!({"sendingFacility": facility, "messageType": message_type, "controlId": control}), sender)
+}
+
+/// Keeps a message that was not committed in the data-quality quarantine, or in a file when
+/// the store cannot take it; answers the text the NAK adds.
+async fn keep(
+    bytes: &[u8],
+    ctx: &Ctx,
+    default_charset: hl7::message::Charset,
+    engine: &Engine,
+    failure: &Failure,
+    fallback_dir: &Path,
+) -> String {
+    let (mut details, sender) = header(bytes, failure.message());
+    details["charset"] = default_charset.name().into();
+    let hold = engine::RawHold {
+        kind: QUARANTINE_KIND.into(),
+        content_type: QUARANTINE_CONTENT_TYPE.into(),
+        bytes: bytes.to_vec(),
+        sender,
+        findings: vec![failure.finding()],
+        details,
+    };
+    match engine.quarantine_hold(ctx, &hold).await {
+        Ok(id) => {
+            tracing::info!(entry = %id, rule = failure.rule(), "HL7 message quarantined");
+            format!("kept for reprocessing as data-quality quarantine entry {id}")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the quarantine could not take an HL7 message; keeping it in a file");
+            match quarantine_file(fallback_dir, bytes, &failure.finding().message).await {
+                Some(file) => format!("kept for reprocessing as {file}"),
+                None => "it could not be kept here: send it again".into(),
+            }
+        }
+    }
+}
+
+/// Processes held `HL7v2Message` entries again (`POST /quality/quarantine/{id}/reprocess`),
+/// as the caller: the held bytes, or a correction sent as `{"message": "MSH|…"}` (text; it is
+/// encoded in the character set its MSH-18 names).
+pub struct Reprocessor;
+
+#[async_trait::async_trait]
+impl engine::RawReprocessor for Reprocessor {
+    async fn reprocess(
+        &self,
+        engine: &Engine,
+        ctx: &Ctx,
+        held: engine::HeldRaw<'_>,
+        corrected: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, engine::RawRefusal> {
+        let default_charset = held.entry["details"]["charset"]
+            .as_str()
+            .and_then(|c| hl7::message::Charset::from_msh18(c).ok())
+            .unwrap_or(hl7::message::Charset::Utf8);
+        let bytes = match corrected {
+            None => held.bytes.to_vec(),
+            Some(body) => match body["message"].as_str().filter(|_| body.as_object().is_some_and(|o| o.len() == 1)) {
+                Some(text) => declared_charset(text).unwrap_or(default_charset).encode(text),
+                None => {
+                    return Err(engine::RawRefusal {
+                        error: EngineError::bad_request(
+                            fhir::IssueType::Invalid,
+                            "the body must be {\"message\": \"MSH|…\"} with the corrected HL7 v2 message as text \
+                             (segments separated by \\r), or empty to retry the message as held",
+                        ),
+                        findings: Vec::new(),
+                    });
+                }
+            },
+        };
+        match handle(&bytes, ctx, default_charset, engine).await {
+            Ok(message) => {
+                Ok(serde_json::json!({"ackCode": AckCode::Accept.as_str(), "controlId": message.control_id(),
+                "messageType": message.get("MSH-9")}))
+            }
+            Err(failure) => {
+                failure.log(ctx);
+                Err(failure.into_refusal())
+            }
+        }
+    }
+}
+
+/// The character set MSH-18 of a message's text names, if it names one this reads.
+fn declared_charset(text: &str) -> Option<hl7::message::Charset> {
+    let line = text.trim_start().split(['\r', '\n']).next()?;
+    let separator = line.strip_prefix("MSH")?.chars().next()?;
+    let msh18 = line.split(separator).nth(17)?.split(['^', '~']).next()?.trim();
+    if msh18.is_empty() { None } else { hl7::message::Charset::from_msh18(msh18).ok() }
 }
 
 /// The prior Patient of a merge (its stored JSON and version), found by its record number.
@@ -244,34 +496,10 @@ async fn prior_patient(
     }
 }
 
-/// An engine error: the message is kept and answered AE with the reason.
-async fn engine_failure(
-    message: &Message,
-    bytes: &[u8],
-    e: &EngineError,
-    quarantine_dir: &Path,
-    source: &str,
-) -> Outcome {
-    let (code, text) = engine_error(e);
-    // The reason can quote the message's values (a birth date, a name): the log gets the code
-    // only, the reason is in the NAK and the quarantine; storage failures are logged in full.
-    tracing::warn!(source = %source, control_id = %message.control_id(), code = code.0, "HL7 message not committed");
-    if let EngineError::Store(detail) = e {
-        tracing::error!(control_id = %message.control_id(), error = %detail, "storage failure on an HL7 message");
-    }
-    quarantine(quarantine_dir, bytes, &text).await;
-    // The content's faults are 422 like the mapping's; the rest keep the FHIR API's status.
-    let status = match e.http_status() {
-        400 => 422,
-        other => other,
-    };
-    let ack = hl7::ack(message, AckCode::Error, &[AckError::error(code, text)], &control_id(), &now());
-    Outcome::new(ack, status)
-}
-
 /// `POST /hl7v2`: the same processing, as the authenticated caller.
 pub struct HttpReceiver {
     pub engine: Arc<Engine>,
+    /// Where messages are kept when the store cannot take them.
     pub quarantine: PathBuf,
 }
 
@@ -314,10 +542,10 @@ fn engine_error(e: &EngineError) -> ((&'static str, &'static str), String) {
     }
 }
 
-/// Keeps a message that was not committed: `<id>.hl7` holds the bytes as received and
-/// `<id>.txt` the reason. Written to a temporary name, synced, then renamed, so a file present
-/// under its final name is complete.
-async fn quarantine(dir: &Path, bytes: &[u8], reason: &str) {
+/// Keeps a message in a file when the store cannot take it: `<id>.hl7` holds the bytes as
+/// received and `<id>.txt` the reason. Written to a temporary name, synced, then renamed, so a
+/// file present under its final name is complete. Answers the file's name.
+async fn quarantine_file(dir: &Path, bytes: &[u8], reason: &str) -> Option<String> {
     let dir = dir.to_path_buf();
     let (bytes, reason) = (bytes.to_vec(), reason.to_string());
     let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), uuid::Uuid::new_v4().simple());
@@ -329,9 +557,18 @@ async fn quarantine(dir: &Path, bytes: &[u8], reason: &str) {
     })
     .await;
     match written {
-        Ok(Ok(path)) => tracing::info!(file = %path.display(), "HL7 message quarantined"),
-        Ok(Err(e)) => tracing::error!(error = %e, "could not quarantine an HL7 message (the sender was NAKed)"),
-        Err(e) => tracing::error!(error = %e, "quarantine task failed"),
+        Ok(Ok(path)) => {
+            tracing::warn!(file = %path.display(), "HL7 message quarantined in a file (the store could not take it)");
+            path.file_name().map(|n| n.to_string_lossy().into_owned())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not quarantine an HL7 message (the sender was NAKed)");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "quarantine task failed");
+            None
+        }
     }
 }
 
@@ -369,6 +606,74 @@ mod tests {
         }
         assert!(!scopes.allows("MedicationRequest", Perm::Create));
         assert!(!scopes.allows("Person", Perm::Create) && scopes.allows("Person", Perm::Update));
+    }
+
+    /// A message not committed goes to the data-quality quarantine, and its NAK names the
+    /// entry; when the store cannot take it, it is kept in a file instead and the NAK says so.
+    #[tokio::test]
+    async fn a_message_the_store_cannot_take_is_kept_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store_sqlite::SqliteStore::open(dir.path()).unwrap());
+        let engine = Engine::new(
+            store.clone(),
+            engine::EngineConfig { export_dir: dir.path().join("export"), ..Default::default() },
+        );
+        let ctx = Ctx::for_shared(Ctx::next_request_id(), Arc::new(listener_principal()), Some("192.0.2.1:9".into()));
+        let fallback = dir.path().join("hl7-quarantine");
+        let unknown_type = b"MSH|^~\\&|FIN|FZ-HOSP|HUTONG|REGION|20261130093000||DFT^P03|C-1|P|2.5\rPID|1||M1\r";
+        let error_text = |outcome: &Outcome| Message::parse(&outcome.ack).unwrap().get("ERR-8").unwrap_or_default();
+
+        let held = receive(unknown_type, &ctx, hl7::message::Charset::Utf8, &engine, &fallback).await;
+        assert_eq!(held.http_status, 400);
+        let text = error_text(&held);
+        let id = text.split("quarantine entry ").nth(1).expect("the NAK names the entry").to_string();
+        assert!(id.starts_with("unknown|"), "no Organization has the identifier FZ-HOSP: {id}");
+        let entry: serde_json::Value = serde_json::from_str(
+            &store::ResourceStore::kv_get(&*store, "quality-quarantine", &id).await.unwrap().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(entry["resourceType"], QUARANTINE_KIND);
+        assert_eq!(entry["findings"][0]["rule"], "hl7-mapping");
+        assert_eq!(
+            (&entry["findings"][0]["ackCode"], &entry["findings"][0]["errorCode"]),
+            (&"AR".into(), &"200".into())
+        );
+        assert_eq!(entry["details"]["controlId"], "C-1");
+        assert_eq!(crypto::unbase64(entry["data"].as_str().unwrap()).unwrap(), unknown_type);
+        assert!(!fallback.exists(), "no file while the store takes the message");
+
+        // The store loses its table of security objects (where quarantine entries live).
+        let conn = rusqlite::Connection::open(dir.path().join("hutong.db")).unwrap();
+        conn.execute("ALTER TABLE security_object RENAME TO security_object_gone", []).unwrap();
+        let kept = receive(unknown_type, &ctx, hl7::message::Charset::Utf8, &engine, &fallback).await;
+        assert_eq!(Message::parse(&kept.ack).unwrap().get("MSA-1").as_deref(), Some("AR"));
+        let text = error_text(&kept);
+        let file = text.split("kept for reprocessing as ").nth(1).expect("the NAK says where it is kept").to_string();
+        assert!(file.ends_with(".hl7"), "{text}");
+        assert_eq!(std::fs::read(fallback.join(&file)).unwrap(), unknown_type, "the bytes as received");
+        let reason = std::fs::read_to_string(fallback.join(file.replace(".hl7", ".txt"))).unwrap();
+        assert!(reason.contains("DFT"), "{reason}");
+    }
+
+    #[test]
+    fn the_header_of_an_unreadable_message_is_read_leniently() {
+        let (details, sender) =
+            header(b"\r\nMSH|^~\\&|HIS|FZ-HOSP^1.2.3^ISO|HUTONG||202611300930||ADT^A04|X-9|P|9.9", None);
+        assert_eq!(sender.as_deref(), Some("FZ-HOSP"));
+        assert_eq!(details["sendingFacility"], "FZ-HOSP^1.2.3^ISO");
+        assert_eq!((&details["messageType"], &details["controlId"]), (&"ADT^A04".into(), &"X-9".into()));
+        let (details, sender) = header(b"GET / HTTP/1.1", None);
+        assert_eq!((sender, &details["controlId"]), (None, &serde_json::Value::Null));
+    }
+
+    #[test]
+    fn a_correction_is_encoded_in_the_character_set_it_declares() {
+        assert_eq!(
+            declared_charset("MSH|^~\\&|A|B|C|D|2026||ADT^A04|1|P|2.4||||||GBK\rPID|1"),
+            Some(hl7::message::Charset::Gb18030)
+        );
+        assert_eq!(declared_charset("MSH|^~\\&|A|B|C|D|2026||ADT^A04|1|P|2.4\rPID|1"), None);
+        assert_eq!(declared_charset("PID|1"), None);
     }
 
     #[test]

@@ -512,3 +512,96 @@ async fn refused_cda_documents_are_quarantined_not_lost() {
         held["held"].as_array().unwrap().iter().filter(|h| h["id"].as_str().unwrap().replace('|', "%7C") == id).count();
     assert_eq!(left, 0);
 }
+
+/// Processes held `HL7v2Message` entries in place of the binary's HL7 processing: the bytes
+/// `MSH|good` (held or sent as `{"message": …}`) commit, anything else is refused again.
+struct StubReprocessor;
+
+#[async_trait::async_trait]
+impl engine::RawReprocessor for StubReprocessor {
+    async fn reprocess(
+        &self,
+        _engine: &engine::Engine,
+        _ctx: &store::Ctx,
+        held: engine::HeldRaw<'_>,
+        corrected: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, engine::RawRefusal> {
+        let bytes = corrected.and_then(|c| c["message"].as_str()).map(str::as_bytes).unwrap_or(held.bytes);
+        if bytes == b"MSH|good" {
+            return Ok(json!({"ackCode": "AA"}));
+        }
+        let finding =
+            engine::RawFinding { rule: "hl7-mapping".into(), message: "still bad".into(), codes: Default::default() };
+        Err(engine::RawRefusal {
+            error: engine::EngineError::Unprocessable(vec![fhir::Issue::error(fhir::IssueType::Invalid, "still bad")]),
+            findings: vec![finding],
+        })
+    }
+}
+
+/// A held raw entry of a kind no reprocessor is installed for answers 501 and stays; with one
+/// installed, a retry refused again keeps the one entry with the new reasons and answers the
+/// refusal, and a correction that commits removes it.
+#[tokio::test]
+async fn held_raw_entries_are_reprocessed_by_the_reprocessor_of_their_kind() {
+    let app = app(1 << 20).await;
+    let hold = engine::RawHold {
+        kind: "HL7v2Message".into(),
+        content_type: "x-application/hl7-v2+er7".into(),
+        bytes: b"MSH|bad".to_vec(),
+        sender: Some("NO-SUCH-HOSP".into()),
+        findings: vec![engine::RawFinding {
+            rule: "hl7-parse".into(),
+            message: "unreadable".into(),
+            codes: [("ackCode".to_string(), json!("AR"))].into_iter().collect(),
+        }],
+        details: json!({"controlId": "C-1"}),
+    };
+    let id = app.state.engine.quarantine_hold(&store::Ctx::system(), &hold).await.unwrap();
+    assert!(id.starts_with("unknown|"), "no Organization has the sender's identifier: {id}");
+    // A caller without an organization (the MLLP listener): the one Organization with the
+    // sender's identifier (any system) owns the entry; when two have it, neither does.
+    for (org, code) in [("h-solo", "SOLO,1"), ("h-twin-a", "TWIN"), ("h-twin-b", "TWIN")] {
+        let mut organization = hospital(org, "3A");
+        let facility = json!({"system": "https://hutong.dev/fhir/sid/hl7-facility", "value": code});
+        organization["identifier"].as_array_mut().unwrap().push(facility);
+        put(&app, organization).await;
+    }
+    for (sender, owner) in [("SOLO,1", "h-solo|"), ("TWIN", "unknown|")] {
+        let hold = engine::RawHold { sender: Some(sender.into()), ..hold.clone() };
+        let placed = app.state.engine.quarantine_hold(&store::Ctx::system(), &hold).await.unwrap();
+        assert!(placed.starts_with(owner), "{sender}: {placed}");
+        app.state.engine.quality_discard(&store::Ctx::system(), &placed).await.unwrap();
+    }
+    let uri = format!("/quality/quarantine/{}/reprocess", id.replace('|', "%7C"));
+    let held = |body: serde_json::Value| -> Vec<serde_json::Value> {
+        body["held"].as_array().unwrap().iter().filter(|h| h["id"] == id.as_str()).cloned().collect()
+    };
+    let (_, _, list) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    let entry = &held(list)[0];
+    assert_eq!((&entry["findings"][0]["rule"], &entry["findings"][0]["ackCode"]), (&json!("hl7-parse"), &json!("AR")));
+    assert_eq!(entry["details"]["controlId"], "C-1");
+
+    let (status, _, body) = send(&app, req("POST", &uri, None, "")).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert_outcome(&body, "no HL7v2Message processing installed");
+
+    app.state.engine.install_reprocessor("HL7v2Message", std::sync::Arc::new(StubReprocessor));
+    let (status, _, body) = send(&app, req("POST", &uri, None, "")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_outcome(&body, "still bad");
+    assert!(body["issue"][1]["diagnostics"].as_str().unwrap().contains(&id), "{body}");
+    let (_, _, list) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    let entries = held(list);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["findings"], json!([{"rule": "hl7-mapping", "blocking": true, "message": "still bad"}]));
+    assert_eq!(entries[0]["lastAttempt"]["corrected"], false);
+
+    let (status, _, body) = send(&app, req("POST", &uri, None, "[1]")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = send(&app, req("POST", &uri, None, "{\"message\": \"MSH|good\"}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((&body["reprocessed"], &body["result"]["ackCode"]), (&json!(id), &json!("AA")));
+    let (_, _, list) = send(&app, req("GET", "/quality/quarantine?organization=unknown", None, "")).await;
+    assert!(held(list).is_empty());
+}

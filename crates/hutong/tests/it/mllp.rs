@@ -1,6 +1,7 @@
 //! The HL7 v2 listener of the real binary over loopback: ADT^A04 in UTF-8 and GBK acknowledged
 //! after the commit and found by FHIR search, a resend that updates rather than duplicates,
-//! unknown types rejected, invalid content NAKed and kept, garbage and oversized messages that
+//! unknown types rejected, invalid content NAKed and held in the data-quality quarantine (seen,
+//! reprocessed and discarded through `/quality/quarantine`), garbage and oversized messages that
 //! close only their own connection.
 
 use std::io::{Read, Write};
@@ -126,12 +127,15 @@ fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     assert_eq!((ack.get("MSA-1").as_deref(), ack.get("ERR-3-1").as_deref()), (Some("AE"), Some("102")));
     assert!(ack.get("ERR-8").unwrap().contains("1990-02-30"), "{:?}", ack.get("ERR-8"));
     assert!(search(&mrn_query("MZ900006")).is_empty());
-    let kept: Vec<String> = std::fs::read_dir(data.path().join("hl7-quarantine"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".hl7"))
+    // The three are held in the data-quality quarantine: no Organization is known by FZ-HOSP,
+    // so under `unknown`, for operators.
+    let held = held_messages(&server, &operator_bearer(&server), "unknown");
+    let mut rules: Vec<(&str, &str)> = held
+        .iter()
+        .map(|h| (h["details"]["controlId"].as_str().unwrap(), h["findings"][0]["rule"].as_str().unwrap()))
         .collect();
-    assert_eq!(kept.len(), 3, "{kept:?}");
+    rules.sort();
+    assert_eq!(rules, [("MSG-O1", "hl7-mapping"), ("MSG-U2", "hl7-mapping"), ("MSG-U5", "hl7-engine")]);
 
     // Garbage: the sender gets a NAK and its connection is closed; others carry on.
     let mut garbage = TcpStream::connect(&mllp_addr).unwrap();
@@ -429,10 +433,232 @@ fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
         format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap());
     let (status, _, _) = post_hl7(&server.addr, &resident, "application/hl7-v2", bad.as_bytes());
     assert_eq!(status, 403);
-    // Every refused message is kept: the clash, the unknown prior record, the two over HTTP.
-    let kept = std::fs::read_dir(data.path().join("hl7-quarantine"))
+    // Every refused message is kept: the clash and the unknown prior record from a sender the
+    // registry does not know, the two over HTTP for the caller's institution.
+    let control_ids = |held: Vec<Value>| -> Vec<String> {
+        let mut ids: Vec<String> =
+            held.iter().map(|h| h["details"]["controlId"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(control_ids(held_messages(&server, &operator_bearer(&server), "unknown")), ["E-A40c", "E-SIU4"]);
+    assert_eq!(control_ids(held_messages(&server, &bearer, "org-1")), ["E-ORU10", "E-X1"]);
+}
+
+/// `Bearer …` of the demo operator (password and the demo authenticator's current code).
+fn operator_bearer(server: &super::serve::Server) -> String {
+    let secret = crypto::totp::base32_decode("HUTONGDEMOTOTPKEY234").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let form = format!(
+        "grant_type=password&username=operator&password=Hutong%232026&totp={}",
+        crypto::totp::generate(&secret, now, 6)
+    );
+    let (status, body) = super::security::http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    );
+    assert_eq!(status, 200, "{body}");
+    format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap())
+}
+
+/// The HL7 v2 messages an institution's quarantine holds, as `bearer` sees them.
+fn held_messages(server: &super::serve::Server, bearer: &str, organization: &str) -> Vec<Value> {
+    let (status, body) = super::security::http(
+        &server.addr,
+        "GET",
+        &format!("/quality/quarantine?organization={organization}"),
+        &[("Authorization", bearer)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let held: Value = serde_json::from_str(&body).unwrap();
+    held["held"].as_array().unwrap().iter().filter(|h| h["resourceType"] == "HL7v2Message").cloned().collect()
+}
+
+/// The quarantine entry a NAK names.
+fn entry_named(ack: &Message) -> String {
+    let text = ack.get("ERR-8").unwrap_or_default();
+    text.split("data-quality quarantine entry ").nth(1).unwrap_or_else(|| panic!("no entry named: {text}")).to_string()
+}
+
+/// A message read but not committed is held in the sending institution's data-quality
+/// quarantine (found by MSH-4 among the registry's Organizations) with the bytes as received
+/// and the reason, and the NAK names the entry. The institution's system clients and operators
+/// see it, other institutions' clients do not; the institution reprocesses it as held (refused
+/// again, still one entry, new reasons) or corrected (committed, entry gone), or discards it;
+/// each step is in the audit log.
+#[test]
+fn unmappable_messages_are_held_for_the_sender_and_reprocessed_or_discarded() {
+    use hl7::samples;
+    let data = tempfile::tempdir().unwrap();
+    let mllp_addr = Arc::new(Mutex::new(String::new()));
+    let seen = mllp_addr.clone();
+    let server = super::serve::start_with(data.path(), true, &["--mllp-listen", "127.0.0.1:0"], move |line| {
+        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
+            *seen.lock().unwrap() = a.to_string();
+        }
+    });
+    let mllp_addr = mllp_addr.lock().unwrap().clone();
+    let hospital = super::serve::demo_bearer(&server, data.path()); // a system client of org-1
+    let operator = operator_bearer(&server);
+    let http = |method: &str, path: &str, bearer: &str, body: &str| -> (u16, Value) {
+        let (status, text) = super::security::http(
+            &server.addr,
+            method,
+            path,
+            &[("Authorization", bearer), ("Content-Type", "application/json")],
+            body,
+        );
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    // The registry knows org-1 by the facility code its interface engine sends in MSH-4.
+    let (status, mut org) = http("GET", "/fhir/Organization/org-1", &hospital, "");
+    assert_eq!(status, 200, "{org}");
+    org["identifier"]
+        .as_array_mut()
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".hl7"))
-        .count();
-    assert_eq!(kept, 4);
+        .push(json!({"system": "https://hutong.dev/fhir/sid/hl7-facility", "value": "FZ-HOSP"}));
+    let (status, body) = http("PUT", "/fhir/Organization/org-1", &hospital, &org.to_string());
+    assert_eq!(status, 200, "{body}");
+
+    // An ORU whose result is not a number (OBX-5 "6,8"): not mapped, NAKed naming the entry.
+    let mut stream = TcpStream::connect(&mllp_addr).unwrap();
+    let bad = samples::oru_r01("Q-ORU1", "MZ600001", "F6001", "").replace("|6.8|", "|6,8|");
+    let ack = exchange(&mut stream, bad.as_bytes());
+    assert_eq!(ack.get("MSA-1").as_deref(), Some("AE"));
+    assert!(ack.get("ERR-8").unwrap().contains("OBX-5"), "{:?}", ack.get("ERR-8"));
+    let id = entry_named(&ack);
+    assert!(id.starts_with("org-1|"), "held for the institution MSH-4 names: {id}");
+    let path = |action: &str| format!("/quality/quarantine/{}{action}", id.replace('|', "%7C"));
+
+    // The operator and the institution's own client see it, with what tells it apart.
+    for bearer in [&operator, &hospital] {
+        let held = held_messages(&server, bearer, "org-1");
+        assert_eq!(held.len(), 1, "{held:?}");
+        let entry = &held[0];
+        assert_eq!(entry["id"], id.as_str());
+        assert_eq!(entry["contentType"], "x-application/hl7-v2+er7");
+        assert_eq!(crypto::unbase64(entry["data"].as_str().unwrap()).unwrap(), bad.as_bytes(), "the bytes as received");
+        assert_eq!(entry["findings"][0]["rule"], "hl7-mapping");
+        assert_eq!(
+            (&entry["findings"][0]["ackCode"], &entry["findings"][0]["errorCode"]),
+            (&json!("AE"), &json!("102"))
+        );
+        assert!(entry["findings"][0]["message"].as_str().unwrap().contains("OBX-5"), "{entry}");
+        assert_eq!(
+            entry["details"],
+            json!({"sendingFacility": "FZ-HOSP", "messageType": "ORU^R01^ORU_R01", "controlId": "Q-ORU1", "charset": "UTF-8"})
+        );
+    }
+    // Another institution's client may neither see nor touch it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hutong"))
+        .args(["admin", "create-client", "--name", "other-lab", "--scopes", "system/*.*", "--organization", "org-2"])
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        created["client_id"].as_str().unwrap(),
+        created["client_secret"].as_str().unwrap()
+    );
+    let (status, token) = super::security::http(
+        &server.addr,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    );
+    assert_eq!(status, 200, "{token}");
+    let other = format!("Bearer {}", serde_json::from_str::<Value>(&token).unwrap()["access_token"].as_str().unwrap());
+    let (status, body) = http("GET", "/quality/quarantine?organization=org-1", &other, "");
+    assert_eq!((status, body["resourceType"].as_str()), (403, Some("OperationOutcome")), "{body}");
+    assert_eq!(http("POST", &path("/reprocess"), &other, "").0, 403);
+    assert_eq!(http("DELETE", &path(""), &other, "").0, 403);
+
+    // Retried as held: refused again with the reason; still the one entry, its reasons renewed.
+    let (status, body) = http("POST", &path("/reprocess"), &hospital, "");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("OBX-5"), "{body}");
+    assert!(body["issue"][1]["diagnostics"].as_str().unwrap().contains(&id), "{body}");
+    let held = held_messages(&server, &hospital, "org-1");
+    assert_eq!(held.len(), 1, "no new entry: {held:?}");
+    assert_eq!(held[0]["findings"][0]["rule"], "hl7-mapping");
+    assert_eq!(held[0]["lastAttempt"]["corrected"], false);
+    // Operators see entries but write no clinical data: a correction they send is refused, and
+    // the reasons stay the message's.
+    let corrected = json!({"message": samples::oru_r01("Q-ORU1", "MZ600001", "F6001", "")});
+    let (status, body) = http("POST", &path("/reprocess"), &operator, &corrected.to_string());
+    assert_eq!((status, body["resourceType"].as_str()), (403, Some("OperationOutcome")), "{body}");
+    assert_eq!(held_messages(&server, &hospital, "org-1")[0]["findings"], held[0]["findings"]);
+    // A body that is not a correction is refused and changes nothing.
+    assert_eq!(http("POST", &path("/reprocess"), &hospital, "{\"text\": 1}").0, 400);
+
+    // Corrected: committed as the institution's client, the entry removed.
+    let (status, body) = http("POST", &path("/reprocess"), &hospital, &corrected.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((&body["reprocessed"], &body["result"]["ackCode"]), (&json!(id), &json!("AA")));
+    assert!(held_messages(&server, &operator, "org-1").is_empty());
+    let (status, reports) = http(
+        "GET",
+        "/fhir/DiagnosticReport?identifier=https://hutong.dev/fhir/sid/FZ-HOSP/filler-order%7CF6001",
+        &hospital,
+        "",
+    );
+    assert_eq!((status, reports["entry"].as_array().map(Vec::len)), (200, Some(1)), "{reports}");
+
+    // A message from a sender the registry does not know is the operators' to see.
+    let unknown = samples::oru_r01("Q-ORU2", "MZ600002", "F6002", "").replacen("|FZ-HOSP|", "|NO-SUCH-HOSP|", 1);
+    let ack = exchange(&mut stream, unknown.replace("|6.8|", "|6,8|").as_bytes());
+    let unknown_id = entry_named(&ack);
+    assert!(unknown_id.starts_with("unknown|"), "{unknown_id}");
+    assert_eq!(held_messages(&server, &operator, "unknown").len(), 1);
+    assert_eq!(http("GET", "/quality/quarantine?organization=unknown", &hospital, "").0, 403);
+    // Over HTTP it is the caller's; one the institution will not correct is discarded.
+    let (status, _, ack) = post_hl7(
+        &server.addr,
+        &hospital,
+        "application/hl7-v2",
+        b"MSH|^~\\&|FIN|X|||||DFT^P03|Q-DFT1|P|2.5\rPID|1||M1\r",
+    );
+    assert_eq!(status, 400);
+    let discarded = entry_named(&ack.unwrap());
+    assert!(discarded.starts_with("org-1|"), "{discarded}");
+    assert_eq!(held_messages(&server, &hospital, "org-1")[0]["findings"][0]["ackCode"], "AR");
+    let (status, _) = http("DELETE", &format!("/quality/quarantine/{}", discarded.replace('|', "%7C")), &hospital, "");
+    assert_eq!(status, 204);
+    assert!(held_messages(&server, &hospital, "org-1").is_empty());
+    assert!(!data.path().join("hl7-quarantine").exists(), "no file while the store takes messages");
+
+    // Each step is in the audit log.
+    let conn = rusqlite::Connection::open(data.path().join("hutong.db")).unwrap();
+    let audited = |action: &str, outcome: &str, detail: &str| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM audit_log WHERE action = ?1 AND outcome = ?2 AND detail LIKE ?3",
+            rusqlite::params![action, outcome, format!("%{detail}%")],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(audited("quality-block", "failure", &id), 1, "held");
+    assert_eq!(audited("quality-block", "failure", &unknown_id), 1);
+    assert_eq!(audited("quality-block", "failure", &discarded), 1);
+    assert!(audited("quality-quarantine", "success", "") >= 5, "each look at the quarantine");
+    assert_eq!(
+        audited("quality-quarantine", "denied", ""),
+        2,
+        "the other institution's client, and org-1's at unknown"
+    );
+    assert_eq!(audited("quality-reprocess", "denied", ""), 1);
+    assert_eq!(audited("quality-discard", "denied", ""), 1);
+    assert_eq!(audited("quality-reprocess", "failure", "hl7-mapping"), 1);
+    assert_eq!(audited("quality-reprocess", "failure", "the body must be"), 1, "the malformed correction");
+    assert_eq!(audited("quality-reprocess", "success", ""), 1);
+    assert_eq!(audited("quality-discard", "success", ""), 1);
 }
