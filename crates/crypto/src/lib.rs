@@ -91,16 +91,35 @@ pub fn random_token(bytes: usize) -> String {
 
 /// Base64url without padding.
 pub fn base64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+    encode64(data, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", false)
+}
+
+/// Base64 of `data` in `alphabet`, padded with `=` to a multiple of four when `pad`.
+fn encode64(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    let mut chunks = data.chunks_exact(3);
+    for c in &mut chunks {
+        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        out.extend_from_slice(&[
+            alphabet[(n >> 18) as usize & 63],
+            alphabet[(n >> 12) as usize & 63],
+            alphabet[(n >> 6) as usize & 63],
+            alphabet[n as usize & 63],
+        ]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let n = (u32::from(rest[0]) << 16) | (u32::from(*rest.get(1).unwrap_or(&0)) << 8);
+        out.push(alphabet[(n >> 18) as usize & 63]);
+        out.push(alphabet[(n >> 12) as usize & 63]);
+        if rest.len() == 2 {
+            out.push(alphabet[(n >> 6) as usize & 63]);
+        }
+        if pad {
+            out.resize(out.len().div_ceil(4) * 4, b'=');
         }
     }
-    out
+    String::from_utf8(out).expect("the base64 alphabets are ASCII")
 }
 
 /// Decodes base64url without padding.
@@ -129,18 +148,7 @@ pub fn unbase64url(text: &str) -> Result<Vec<u8>, CryptoError> {
 
 /// Standard base64 with padding (FHIR `base64Binary`).
 pub fn base64(data: &[u8]) -> String {
-    let mut out: String = base64url(data)
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !out.len().is_multiple_of(4) {
-        out.push('=');
-    }
-    out
+    encode64(data, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", true)
 }
 
 /// Decodes standard base64 (padding optional; whitespace ignored).
@@ -174,6 +182,19 @@ mod tests {
         }
         assert_eq!(super::base64(b"abcd"), "YWJjZA==");
         assert_eq!(super::base64(&[0xfb, 0xff]), "+/8=");
+        // RFC 4648 section 10.
+        for (plain, encoded) in [
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(plain.as_bytes()), encoded);
+            assert_eq!(super::base64url(plain.as_bytes()), encoded.trim_end_matches('='));
+        }
+        assert_eq!(super::base64url(&[0xfb, 0xff]), "-_8");
         assert!(super::unbase64("-_8").is_err(), "base64url characters are not standard base64");
     }
 

@@ -499,9 +499,12 @@ impl Engine {
                 }
             }
             let mut changes = Changes::default();
+            // One read for the step's Patients; a deleted one is absent, as its body would be.
+            let keys: Vec<(String, String)> = ids.iter().map(|id| ("Patient".to_string(), id.clone())).collect();
+            let current: HashMap<String, StoredResource> =
+                self.store.read_many(&Ctx::system(), &keys).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
             for id in &ids {
-                let current = self.store.read(&Ctx::system(), "Patient", id).await?;
-                let body = current.as_ref().and_then(body_of);
+                let body = current.get(id).and_then(body_of);
                 state.apply(id, body.as_ref(), &mut changes);
             }
             matched += ids.len();
@@ -629,7 +632,13 @@ impl Engine {
 
     /// The Person resource of a person now (`None`: it has no records and was not merged, so it
     /// goes).
-    async fn person_resource(&self, state: &MpiState, p: u32) -> EngineResult<Option<Value>> {
+    /// `records`: the current Patients of the index's sources (at least this person's).
+    fn person_resource(
+        &self,
+        state: &MpiState,
+        p: u32,
+        records: &HashMap<String, StoredResource>,
+    ) -> EngineResult<Option<Value>> {
         let id = &state.person_ids[p as usize];
         let mut person = json!({
             "resourceType": "Person",
@@ -648,12 +657,9 @@ impl Engine {
             }]);
             return Ok(Some(person));
         }
-        let keys: Vec<(String, String)> = sources.iter().map(|s| ("Patient".to_string(), s.clone())).collect();
-        let mut records: Vec<(i64, Value)> = self
-            .store
-            .read_many(&Ctx::system(), &keys)
-            .await?
+        let mut records: Vec<(i64, Value)> = sources
             .iter()
+            .filter_map(|id| records.get(id))
             .filter_map(|r| Some((r.last_updated, body_of(r)?)))
             .collect();
         records.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
@@ -701,9 +707,18 @@ impl Engine {
     async fn mpi_commit(&self, state: &MpiState, changes: Changes) -> EngineResult<()> {
         let mut entries = Vec::new();
         let mut gone = Vec::new();
+        // The source Patients of every changed person, in one read.
+        let keys: Vec<(String, String)> = changes
+            .persons
+            .iter()
+            .flat_map(|&p| state.source_ids_of(p))
+            .map(|id| ("Patient".to_string(), id))
+            .collect();
+        let records: HashMap<String, StoredResource> =
+            self.store.read_many(&Ctx::system(), &keys).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
         for &p in &changes.persons {
             let id = &state.person_ids[p as usize];
-            match self.person_resource(state, p).await? {
+            match self.person_resource(state, p, &records)? {
                 Some(person) => entries.push(json!({
                     "resource": person,
                     "request": {"method": "PUT", "url": format!("Person/{id}")},

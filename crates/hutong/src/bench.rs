@@ -258,7 +258,10 @@ async fn hl7(senders: usize, messages: usize, patients: usize, no_mpi: bool, arg
     let store = open_store(&args).await?;
     let engine = Arc::new(engine_for(store.clone(), &args));
     if !no_mpi {
-        // As `serve` runs it: the master patient index follows the outbox while messages arrive.
+        // As `serve` runs it: the master patient index follows the outbox while messages arrive,
+        // loaded (and its default match model trained, about a second) before the clock starts,
+        // as a server has done long before its first message.
+        engine.mpi_sync().await?;
         tokio::spawn(engine.clone().mpi_run());
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -980,15 +980,12 @@ impl ResourceStore for SqliteStore {
                 .map_err(backend)?
                 .query_row(params_from_iter(binds.iter()), |r| r.get(0))
                 .map_err(backend)?;
-            let n = binds.len();
-            binds.push((query.count as i64).into());
-            binds.push((query.offset as i64).into());
+            // LIMIT and OFFSET as numbers: a bound LIMIT recompiles the statement at each use.
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE {filter} \
-                     ORDER BY last_updated DESC, rid DESC, version DESC LIMIT ?{} OFFSET ?{}",
-                    n + 1,
-                    n + 2
+                     ORDER BY last_updated DESC, rid DESC, version DESC LIMIT {} OFFSET {}",
+                    query.count, query.offset
                 ))
                 .map_err(backend)?;
             let resources = stmt
@@ -1065,11 +1062,11 @@ impl ResourceStore for SqliteStore {
     async fn outbox_read(&self, after: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         self.read_with(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, type, id, version, method, last_updated FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )
+                .prepare_cached(&format!(
+                    "SELECT seq, type, id, version, method, last_updated FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT {limit}"
+                ))
                 .map_err(backend)?;
-            stmt.query_map(params![after, limit as i64], |r| {
+            stmt.query_map(params![after], |r| {
                 let method: String = r.get(4)?;
                 Ok(OutboxEvent {
                     seq: r.get(0)?,
