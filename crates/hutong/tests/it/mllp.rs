@@ -49,23 +49,27 @@ fn read_ack(stream: &mut TcpStream) -> Option<Message> {
     }
 }
 
+/// `hutong serve --demo` with an MLLP listener on a free port (and `extra` arguments): the
+/// server and the listener's address, as the server printed it.
+fn serve_with_mllp(data: &std::path::Path, extra: &[&str]) -> (super::serve::Server, String) {
+    let mllp_addr = Arc::new(Mutex::new(String::new()));
+    let seen = mllp_addr.clone();
+    let mut args = vec!["--mllp-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = super::serve::start_with(data, true, &args, move |line| {
+        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
+            *seen.lock().unwrap() = a.to_string();
+        }
+    });
+    let mllp_addr = mllp_addr.lock().unwrap().clone();
+    assert!(!mllp_addr.is_empty(), "the server printed the MLLP address");
+    (server, mllp_addr)
+}
+
 #[test]
 fn adt_over_mllp_lands_in_fhir_once_and_bad_input_is_naked() {
     let data = tempfile::tempdir().unwrap();
-    let mllp_addr = Arc::new(Mutex::new(String::new()));
-    let seen = mllp_addr.clone();
-    let server = super::serve::start_with(
-        data.path(),
-        true,
-        &["--mllp-listen", "127.0.0.1:0", "--mllp-max-message-bytes", "4096"],
-        move |line| {
-            if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
-                *seen.lock().unwrap() = a.to_string();
-            }
-        },
-    );
-    let mllp_addr = mllp_addr.lock().unwrap().clone();
-    assert!(!mllp_addr.is_empty(), "the server printed the MLLP address");
+    let (server, mllp_addr) = serve_with_mllp(data.path(), &["--mllp-max-message-bytes", "4096"]);
     let bearer = super::serve::demo_bearer(&server, data.path());
     let search = |query: &str| -> Vec<Value> {
         let (status, body) =
@@ -217,14 +221,7 @@ fn post_hl7(addr: &str, bearer: &str, content_type: &str, body: &[u8]) -> (u16, 
 fn results_orders_appointments_documents_and_merges_over_mllp_and_http() {
     use hl7::samples;
     let data = tempfile::tempdir().unwrap();
-    let mllp_addr = Arc::new(Mutex::new(String::new()));
-    let seen = mllp_addr.clone();
-    let server = super::serve::start_with(data.path(), true, &["--mllp-listen", "127.0.0.1:0"], move |line| {
-        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
-            *seen.lock().unwrap() = a.to_string();
-        }
-    });
-    let mllp_addr = mllp_addr.lock().unwrap().clone();
+    let (server, mllp_addr) = serve_with_mllp(data.path(), &[]);
     let bearer = super::serve::demo_bearer(&server, data.path());
     let search = |query: &str| -> Vec<Value> {
         let (status, body) =
@@ -494,14 +491,7 @@ fn entry_named(ack: &Message) -> String {
 fn unmappable_messages_are_held_for_the_sender_and_reprocessed_or_discarded() {
     use hl7::samples;
     let data = tempfile::tempdir().unwrap();
-    let mllp_addr = Arc::new(Mutex::new(String::new()));
-    let seen = mllp_addr.clone();
-    let server = super::serve::start_with(data.path(), true, &["--mllp-listen", "127.0.0.1:0"], move |line| {
-        if let Some(a) = line.strip_prefix("Hutong HL7 v2 listener on mllp://") {
-            *seen.lock().unwrap() = a.to_string();
-        }
-    });
-    let mllp_addr = mllp_addr.lock().unwrap().clone();
+    let (server, mllp_addr) = serve_with_mllp(data.path(), &[]);
     let hospital = super::serve::demo_bearer(&server, data.path()); // a system client of org-1
     let operator = operator_bearer(&server);
     let http = |method: &str, path: &str, bearer: &str, body: &str| -> (u16, Value) {
@@ -562,20 +552,7 @@ fn unmappable_messages_are_held_for_the_sender_and_reprocessed_or_discarded() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let form = format!(
-        "grant_type=client_credentials&client_id={}&client_secret={}",
-        created["client_id"].as_str().unwrap(),
-        created["client_secret"].as_str().unwrap()
-    );
-    let (status, token) = super::security::http(
-        &server.addr,
-        "POST",
-        "/oauth2/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
-    );
-    assert_eq!(status, 200, "{token}");
-    let other = format!("Bearer {}", serde_json::from_str::<Value>(&token).unwrap()["access_token"].as_str().unwrap());
+    let other = super::serve::client_bearer(&server, &created);
     let (status, body) = http("GET", "/quality/quarantine?organization=org-1", &other, "");
     assert_eq!((status, body["resourceType"].as_str()), (403, Some("OperationOutcome")), "{body}");
     assert_eq!(http("POST", &path("/reprocess"), &other, "").0, 403);

@@ -79,10 +79,16 @@ pub fn dechunk(mut body: &str) -> String {
 /// A system client's bearer token, from the demo client the server wrote.
 pub fn demo_bearer(server: &Server, data: &std::path::Path) -> String {
     let demo: Value = serde_json::from_str(&std::fs::read_to_string(data.join("demo-client.json")).unwrap()).unwrap();
+    client_bearer(server, &demo)
+}
+
+/// The bearer token of a system client (`client_id`, `client_secret`, as `admin create-client`
+/// prints them), by the client-credentials grant.
+pub fn client_bearer(server: &Server, client: &Value) -> String {
     let form = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}",
-        demo["client_id"].as_str().unwrap(),
-        demo["client_secret"].as_str().unwrap()
+        client["client_id"].as_str().unwrap(),
+        client["client_secret"].as_str().unwrap()
     );
     let (status, body) = super::security::http(
         &server.addr,
