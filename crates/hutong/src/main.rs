@@ -353,6 +353,13 @@ async fn main() -> anyhow::Result<()> {
             }
             // Held HL7 v2 messages are processed again by the listener's processing.
             engine.install_reprocessor(mllp::QUARANTINE_KIND, Arc::new(mllp::Reprocessor));
+            // Messages an earlier run kept in files become quarantine entries.
+            let adopted =
+                mllp::adopt_files(&store.data.join("hl7-quarantine"), &engine, Arc::new(mllp::listener_principal()))
+                    .await;
+            if adopted > 0 {
+                println!("moved {adopted} HL7 v2 message(s) kept in files into the data-quality quarantine");
+            }
             let hl7: Arc<dyn api::hl7v2::Hl7Receiver> =
                 Arc::new(mllp::HttpReceiver { engine: engine.clone(), quarantine: store.data.join("hl7-quarantine") });
             let config = api::ApiConfig {

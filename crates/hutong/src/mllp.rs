@@ -415,6 +415,47 @@ async fn keep(
     }
 }
 
+/// Moves messages kept in files (`<data>/hl7-quarantine/*.hl7`, by a version before the
+/// quarantine entries, or when the store could not take them) into the data-quality quarantine,
+/// as the listener: each becomes an entry with its reason (`hl7-file`), and its files are
+/// removed once the entry is committed. A file that cannot be moved stays. Answers how many moved.
+pub async fn adopt_files(dir: &Path, engine: &Engine, principal: Arc<access::Principal>) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "hl7"))
+        .collect();
+    files.sort();
+    let ctx = Ctx::for_shared(Ctx::next_request_id(), principal, Some("hl7-quarantine files".into()));
+    let mut moved = 0;
+    for file in files {
+        let Ok(bytes) = std::fs::read(&file) else { continue };
+        let reason_file = file.with_extension("txt");
+        let reason = std::fs::read_to_string(&reason_file).unwrap_or_default();
+        let (mut details, sender) = header(&bytes, None);
+        details["file"] = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().into();
+        let message = if reason.trim().is_empty() { "kept in a file; no reason was recorded".into() } else { reason };
+        let hold = engine::RawHold {
+            kind: QUARANTINE_KIND.into(),
+            content_type: QUARANTINE_CONTENT_TYPE.into(),
+            bytes,
+            sender,
+            findings: vec![engine::RawFinding { rule: "hl7-file".into(), message, codes: serde_json::Map::new() }],
+            details,
+        };
+        match engine.quarantine_hold(&ctx, &hold).await {
+            Ok(id) => {
+                moved += 1;
+                let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_file(&reason_file);
+                tracing::info!(entry = %id, "an HL7 message kept in a file is now a quarantine entry");
+            }
+            Err(e) => tracing::warn!(error = %e, file = %file.display(), "could not move a quarantined HL7 file"),
+        }
+    }
+    moved
+}
+
 /// Processes held `HL7v2Message` entries again (`POST /quality/quarantine/{id}/reprocess`),
 /// as the caller: the held bytes, or a correction sent as `{"message": "MSH|…"}` (text; it is
 /// encoded in the character set its MSH-18 names).
@@ -653,6 +694,25 @@ mod tests {
         assert_eq!(std::fs::read(fallback.join(&file)).unwrap(), unknown_type, "the bytes as received");
         let reason = std::fs::read_to_string(fallback.join(file.replace(".hl7", ".txt"))).unwrap();
         assert!(reason.contains("DFT"), "{reason}");
+
+        // A file that cannot be moved stays; once the store is back, the next start moves it
+        // into the quarantine with its reason, and removes the files.
+        let principal = Arc::new(listener_principal());
+        assert_eq!(adopt_files(&fallback, &engine, principal.clone()).await, 0);
+        assert!(fallback.join(&file).exists(), "kept while the store cannot take it");
+        conn.execute("ALTER TABLE security_object_gone RENAME TO security_object", []).unwrap();
+        assert_eq!(adopt_files(&fallback, &engine, principal).await, 1);
+        assert_eq!(std::fs::read_dir(&fallback).unwrap().count(), 0, "both files are gone");
+        let held = store::ResourceStore::kv_list(&*store, "quality-quarantine", "unknown|", 10).await.unwrap();
+        assert_eq!(held.len(), 2, "the first entry and the adopted file");
+        let adopted: serde_json::Value = held
+            .iter()
+            .map(|(_, body)| serde_json::from_str(body).unwrap())
+            .find(|e: &serde_json::Value| e["findings"][0]["rule"] == "hl7-file")
+            .unwrap();
+        assert!(adopted["findings"][0]["message"].as_str().unwrap().contains("DFT"), "{adopted}");
+        assert_eq!(crypto::unbase64(adopted["data"].as_str().unwrap()).unwrap(), unknown_type);
+        assert_eq!(adopted["details"]["file"], file.as_str());
     }
 
     #[test]
