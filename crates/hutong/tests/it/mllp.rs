@@ -450,15 +450,7 @@ fn operator_bearer(server: &super::serve::Server) -> String {
         "grant_type=password&username=operator&password=Hutong%232026&totp={}",
         crypto::totp::generate(&secret, now, 6)
     );
-    let (status, body) = super::security::http(
-        &server.addr,
-        "POST",
-        "/oauth2/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
-    );
-    assert_eq!(status, 200, "{body}");
-    format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap())
+    super::serve::form_bearer(server, &form)
 }
 
 /// The HL7 v2 messages an institution's quarantine holds, as `bearer` sees them.

@@ -90,12 +90,17 @@ pub fn client_bearer(server: &Server, client: &Value) -> String {
         client["client_id"].as_str().unwrap(),
         client["client_secret"].as_str().unwrap()
     );
+    form_bearer(server, &form)
+}
+
+/// The bearer token the token endpoint grants for `form` (a urlencoded grant).
+pub fn form_bearer(server: &Server, form: &str) -> String {
     let (status, body) = super::security::http(
         &server.addr,
         "POST",
         "/oauth2/token",
         &[("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
+        form,
     );
     assert_eq!(status, 200, "{body}");
     format!("Bearer {}", serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap())
