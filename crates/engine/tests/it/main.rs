@@ -52,6 +52,20 @@ fn body(r: &store::StoredResource) -> Value {
     serde_json::from_str(r.body.as_deref().unwrap()).unwrap()
 }
 
+/// Every entry of a Bundle as `Type/id`, sorted (matches and included resources alike).
+fn all_ids(bundle: &Value) -> Vec<String> {
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn ids(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()

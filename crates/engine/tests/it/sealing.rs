@@ -8,24 +8,11 @@ use serde_json::{Value, json};
 use store::{Ctx, ResourceStore};
 use store_sqlite::SqliteStore;
 
-use super::{opts, pairs};
+use super::{all_ids as ids, opts, pairs};
 
 const ID_SYSTEM: &str = "urn:oid:2.16.156.10011.1.3";
 const ID: &str = "110105198001020038";
 const PHONE: &str = "13800138000";
-
-fn ids(bundle: &Value) -> Vec<String> {
-    let mut v: Vec<String> = bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 #[tokio::test]
 async fn identifiers_and_phones_are_sealed_at_rest_and_found_by_search() {

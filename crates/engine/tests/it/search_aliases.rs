@@ -17,17 +17,11 @@ fn mmhg(value: f64) -> Value {
 }
 
 async fn found(engine: &Engine, resource_type: &str, query: &[(&str, &str)]) -> Vec<String> {
-    let params: Vec<(String, String)> = query.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-    let bundle = engine.search(&Ctx::system(), Some(resource_type), &params, &RequestOptions::default()).await.unwrap();
-    let mut ids: Vec<String> = bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
-        })
-        .collect();
-    ids.sort();
+    let bundle = engine
+        .search(&Ctx::system(), Some(resource_type), &super::pairs(query), &RequestOptions::default())
+        .await
+        .unwrap();
+    let ids = super::all_ids(&bundle);
     if let Some(total) = bundle["total"].as_u64() {
         let matches =
             bundle["entry"].as_array().into_iter().flatten().filter(|e| e["search"]["mode"] == "match").count();
