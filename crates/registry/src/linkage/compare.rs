@@ -116,6 +116,17 @@ fn osa_within<T: PartialEq>(a: &[T], b: &[T], n: usize) -> bool {
     if a.len().abs_diff(b.len()) > n {
         return false;
     }
+    if n == 1 && a.len() == b.len() {
+        // One edit between strings of one length is a substitution or a swap of neighbours
+        // (an insertion needs a deletion too): at most two differing positions, and two only
+        // when they are neighbours holding each other's characters.
+        let mut diff = (0..a.len()).filter(|&i| a[i] != b[i]);
+        return match (diff.next(), diff.next(), diff.next()) {
+            (None, _, _) | (Some(_), None, _) => true,
+            (Some(i), Some(j), None) => j == i + 1 && a[i] == b[j] && a[j] == b[i],
+            _ => false,
+        };
+    }
     if a.len() > 64 || b.len() > 64 {
         return false;
     }
@@ -185,10 +196,6 @@ fn birth_level(a: &str, b: &str) -> u8 {
 }
 
 fn residence(a: &Prepared, b: &Prepared) -> u8 {
-    let address =
-        both(a.address.as_deref(), b.address.as_deref()).map(|(x, y)| if x == y { 1.0 } else { jaro_winkler(x, y) });
-    let locality =
-        both(a.locality.as_deref(), b.locality.as_deref()).map(|(x, y)| x == y || jaro_winkler(x, y) >= 0.88);
     let region = both(a.region.as_deref(), b.region.as_deref()).map(|(x, y)| {
         if x == y {
             2
@@ -198,10 +205,16 @@ fn residence(a: &Prepared, b: &Prepared) -> u8 {
             0
         }
     });
+    let same_region = region.is_none_or(|r| r == 2);
+    // Addresses and localities count only within one region: in another, the similarity of
+    // their text is not computed at all (most candidate pairs live in different regions).
+    let address = both(a.address.as_deref(), b.address.as_deref())
+        .map(|(x, y)| if x == y { 1.0 } else if same_region { jaro_winkler(x, y) } else { 0.0 });
+    let locality = both(a.locality.as_deref(), b.locality.as_deref())
+        .map(|(x, y)| x == y || (same_region && jaro_winkler(x, y) >= 0.88));
     if address.is_none() && locality.is_none() && region.is_none() {
         return NULL;
     }
-    let same_region = region.is_none_or(|r| r == 2);
     match (address, locality, region) {
         (Some(s), _, _) if s >= 0.92 && same_region => 0,
         (Some(s), _, _) if s >= 0.75 && same_region => 1,

@@ -74,6 +74,28 @@ impl BuildHasher for Fx {
     }
 }
 
+/// The hasher of the block map: its keys are already SipHash values (`key`), uniform over
+/// 64 bits, so hashing them again only costs time.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; FNV-1a for completeness.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Blocks = HashMap<u64, Vec<u32>, std::hash::BuildHasherDefault<KeyHasher>>;
+
 fn key(rule: u8, parts: &[&str]) -> u64 {
     let mut h = Fx.build_hasher();
     rule.hash(&mut h);
@@ -127,15 +149,21 @@ pub(crate) fn block_keys(p: &Prepared) -> Vec<(u8, u64)> {
 
 /// Pairs no score may link without a person looking: household members agree on family name,
 /// birth date (twins), address and phone, and those agreements are not independent, so their
-/// weights add up past any threshold. Two different valid ID numbers mean review at most; so do
-/// the twin pattern (same family name and birth date, wholly different given names) when an ID
-/// number is missing (with both present, the ID comparison decides).
+/// weights add up past any threshold. Two different valid ID numbers mean review at most; so does
+/// the twin pattern: the same family name, the birth date the same, one edit apart or missing,
+/// and given names wholly different, or alike in sound but of different sexes (思 and 丝, a
+/// brother and a sister), when an ID number is missing, or when the two are of different sexes
+/// and their ID numbers differ (one mistyped: with both valid, the ID comparison decides; two
+/// invalid numbers that differ are more often one number mistyped twice, as in FEBRL).
 pub fn needs_review(g: &Gamma) -> bool {
     let id = g[Comparison::IdNumber as usize];
-    let twins = g[Comparison::Given as usize] == 3
-        && g[Comparison::BirthDate as usize] == 0
+    let given = g[Comparison::Given as usize];
+    let birth = g[Comparison::BirthDate as usize];
+    let other_sex = g[Comparison::Sex as usize] == 1;
+    let twins = (given == 3 || (given == 2 && other_sex))
+        && (birth <= 1 || birth == NULL)
         && g[Comparison::Family as usize] <= 1
-        && id == NULL;
+        && (id == NULL || (id == 2 && other_sex));
     id == 3 || twins
 }
 
@@ -153,7 +181,7 @@ pub struct Linker {
     person_of: Vec<u32>,
     persons: u32,
     members: Vec<Vec<u32>>,
-    blocks: HashMap<u64, Vec<u32>>,
+    blocks: Blocks,
     family_tf: HashMap<String, u32>,
     given_tf: HashMap<String, u32>,
     family_total: u32,
@@ -169,7 +197,7 @@ impl Linker {
             person_of: Vec::new(),
             persons: 0,
             members: Vec::new(),
-            blocks: HashMap::new(),
+            blocks: Blocks::default(),
             family_tf: HashMap::new(),
             given_tf: HashMap::new(),
             family_total: 0,
@@ -268,16 +296,16 @@ impl Linker {
         }
         seen.sort_unstable();
         seen.dedup();
-        let mut best: HashMap<u32, Candidate> = HashMap::new();
-        for record in seen {
-            let (weight, gamma) = self.score(probe, &self.records[record as usize]);
-            let person = self.person_of[record as usize];
-            let entry = best.entry(person).or_insert(Candidate { person, record, weight, gamma });
-            if weight > entry.weight {
-                *entry = Candidate { person, record, weight, gamma };
-            }
-        }
-        let mut out: Vec<Candidate> = best.into_values().collect();
+        // Every record scored, then the best record of each person (the first of equals).
+        let mut out: Vec<Candidate> = seen
+            .into_iter()
+            .map(|record| {
+                let (weight, gamma) = self.score(probe, &self.records[record as usize]);
+                Candidate { person: self.person_of[record as usize], record, weight, gamma }
+            })
+            .collect();
+        out.sort_by(|a, b| a.person.cmp(&b.person).then(b.weight.total_cmp(&a.weight)).then(a.record.cmp(&b.record)));
+        out.dedup_by_key(|c| c.person);
         out.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.person.cmp(&b.person)));
         out
     }
@@ -473,7 +501,7 @@ pub fn default_model() -> Model {
 /// Candidate pairs (i < j) of a record set by the blocking keys (of one rule, or of all), at
 /// most `max` of them (the first records' pairs; for training, a sample suffices).
 pub(crate) fn candidate_pairs(records: &[Prepared], rule: Option<u8>, max: usize) -> Vec<(u32, u32)> {
-    let mut blocks: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut blocks = Blocks::default();
     let mut pairs = Vec::new();
     let mut mine: Vec<u32> = Vec::new();
     for (j, r) in records.iter().enumerate() {
@@ -502,7 +530,43 @@ pub(crate) fn candidate_pairs(records: &[Prepared], rule: Option<u8>, max: usize
 
 #[cfg(test)]
 mod weigh_tests {
+    use super::super::compare::COMPARISONS;
     use super::*;
+
+    /// A comparison vector from (comparison, level) pairs, every other comparison missing.
+    fn vector(levels: &[(Comparison, u8)]) -> Gamma {
+        let mut g = [NULL; COMPARISONS];
+        for &(c, level) in levels {
+            g[c as usize] = level;
+        }
+        g
+    }
+
+    #[test]
+    fn twins_are_held_back_unless_their_id_numbers_agree() {
+        use Comparison::*;
+        let household = [(Family, 0), (BirthDate, 0), (Phone, 0), (Residence, 0)];
+        let with = |extra: &[(Comparison, u8)]| vector(&[&household[..], extra].concat());
+        // Wholly different given names, no ID number: twins.
+        assert!(needs_review(&with(&[(Given, 3), (Sex, 0)])));
+        // The same with a birth date one edit apart, or missing.
+        assert!(needs_review(&vector(&[(Family, 0), (Given, 3), (BirthDate, 1), (Phone, 0)])));
+        assert!(needs_review(&vector(&[(Family, 0), (Given, 3), (Phone, 0), (Residence, 0)])));
+        // A brother and a sister with names alike in sound (思 and 丝).
+        assert!(needs_review(&with(&[(Given, 2), (Sex, 1)])));
+        // Of different sexes, one ID number mistyped.
+        assert!(needs_review(&with(&[(Given, 3), (Sex, 1), (IdNumber, 2)])));
+        // Agreeing ID numbers decide.
+        assert!(!needs_review(&with(&[(Given, 3), (Sex, 1), (IdNumber, 0)])));
+        assert!(!needs_review(&with(&[(Given, 3), (IdNumber, 1)])));
+        // One person: a given name alike in sound, the same sex.
+        assert!(!needs_review(&with(&[(Given, 2), (Sex, 0)])));
+        // Two invalid numbers that differ and no sex recorded (FEBRL's mistyped social security
+        // numbers): the score decides.
+        assert!(!needs_review(&with(&[(Given, 3), (IdNumber, 2)])));
+        // A different family name is not a twin.
+        assert!(!needs_review(&vector(&[(Family, 3), (Given, 3), (BirthDate, 0), (Phone, 0)])));
+    }
 
     #[test]
     fn namesakes_with_different_valid_ids_are_held_back() {

@@ -144,15 +144,19 @@ impl Model {
         constrain(&mut m);
 
         // λ over all pairs: expected matches among the candidate pairs, scaled from the records
-        // they cover to all records when the candidates were capped.
+        // they cover to all records when the candidates were capped. The capped candidates are
+        // the pairs among the first `covered` records, and a true pair has both its records
+        // there with probability covered(covered − 1) / n(n − 1) (records arrive in no
+        // particular order): the scale is that ratio's inverse, quadratic in n / covered.
         let mut patterns: HashMap<Gamma, f64> = HashMap::new();
         for &(a, b) in all {
             *patterns.entry(gamma(&records[a as usize], &records[b as usize])).or_default() += 1.0;
         }
         let (_, lambda_candidates, _) = em(&patterns, &u, m.clone(), 0.1, false);
-        let covered = all.iter().map(|p| p.1 as usize + 1).max().unwrap_or(n).max(1);
-        let matches = lambda_candidates * all.len() as f64 * n as f64 / covered as f64;
+        let covered = all.iter().map(|p| p.1 as usize + 1).max().unwrap_or(n).max(2) as f64;
         let all_pairs = (n as f64 * (n as f64 - 1.0) / 2.0).max(1.0);
+        let covered_pairs = (covered * (covered - 1.0) / 2.0).min(all_pairs);
+        let matches = lambda_candidates * all.len() as f64 * all_pairs / covered_pairs;
         let lambda = (matches / all_pairs).clamp(1e-12, 0.5);
         (Model::with(lambda, m, u, iterations), report)
     }

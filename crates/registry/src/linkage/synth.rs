@@ -6,6 +6,8 @@
 //! swapped day and month, changed phones, moves. Twins (same family, birth date and address,
 //! different given name and ID) are the hard negatives. Synthetic only: no real person.
 
+use std::collections::HashSet;
+
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 use super::record::Record;
@@ -162,14 +164,27 @@ fn zipf_index(rng: &mut StdRng, n: usize) -> usize {
     n - 1
 }
 
-fn id_number(rng: &mut StdRng, division: &str, (y, m, d): (u32, u32, u32), sex: char) -> String {
-    let mut seq: u32 = rng.random_range(0..500) * 2;
-    if sex == 'M' {
-        seq += 1;
+/// A new person's ID number: unique, as real ones are (the sequence code is allocated per
+/// division and birth date, so two persons born on one day in one district never share it).
+fn id_number(
+    rng: &mut StdRng,
+    issued: &mut HashSet<String>,
+    division: &str,
+    (y, m, d): (u32, u32, u32),
+    sex: char,
+) -> String {
+    loop {
+        let mut seq: u32 = rng.random_range(0..500) * 2;
+        if sex == 'M' {
+            seq += 1;
+        }
+        let body = format!("{division}{y:04}{m:02}{d:02}{seq:03}");
+        let check = crypto::idnum::check_character(&body).unwrap_or('0');
+        let id = format!("{body}{check}");
+        if issued.insert(id.clone()) {
+            return id;
+        }
     }
-    let body = format!("{division}{y:04}{m:02}{d:02}{seq:03}");
-    let check = crypto::idnum::check_character(&body).unwrap_or('0');
-    format!("{body}{check}")
 }
 
 fn phone(rng: &mut StdRng) -> String {
@@ -178,7 +193,7 @@ fn phone(rng: &mut StdRng) -> String {
     format!("{}{:08}", prefix.choose(rng).unwrap_or(&"138"), rng.random_range(0..100_000_000u32))
 }
 
-fn new_person(rng: &mut StdRng) -> Person {
+fn new_person(rng: &mut StdRng, issued: &mut HashSet<String>) -> Person {
     let family = FAMILY[zipf_index(rng, FAMILY.len())].to_string();
     let mut given = GIVEN[zipf_index(rng, GIVEN.len())].to_string();
     if rng.random_bool(0.7) {
@@ -190,7 +205,7 @@ fn new_person(rng: &mut StdRng) -> Person {
     let sex = if rng.random_bool(0.5) { 'M' } else { 'F' };
     let division = *DIVISIONS.choose(rng).unwrap_or(&"110101");
     Person {
-        id: id_number(rng, division, (y, m, d), sex),
+        id: id_number(rng, issued, division, (y, m, d), sex),
         phone: phone(rng),
         address: address(rng),
         town: TOWNS.choose(rng).unwrap_or(&"城关镇"),
@@ -329,8 +344,9 @@ pub fn generate(settings: Settings) -> Vec<Synthetic> {
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let mut out: Vec<Synthetic> = Vec::with_capacity(settings.records + 4);
     let mut person_id = 0u32;
+    let mut issued = HashSet::new();
     while out.len() < settings.records {
-        let p = new_person(&mut rng);
+        let p = new_person(&mut rng, &mut issued);
         // Records per person: 1 (45%), 2 (30%), 3 (17%), 4 (8%).
         let copies = match rng.random_range(0..100) {
             0..45 => 1,
@@ -344,14 +360,15 @@ pub fn generate(settings: Settings) -> Vec<Synthetic> {
         person_id += 1;
         // A twin now and then: same family, birth date and home, another given name and ID.
         if rng.random_bool(0.01) {
-            let mut twin = new_person(&mut rng);
+            let mut twin = new_person(&mut rng, &mut issued);
             twin.family = p.family.clone();
             twin.birth = p.birth;
             twin.division = p.division;
             twin.address = p.address.clone();
             twin.town = p.town;
             twin.phone = p.phone.clone();
-            twin.id = id_number(&mut rng, twin.division, twin.birth, twin.sex);
+            issued.remove(&twin.id);
+            twin.id = id_number(&mut rng, &mut issued, twin.division, twin.birth, twin.sex);
             out.push(Synthetic { person: person_id, record: observe(&mut rng, &twin, true) });
             person_id += 1;
         }
@@ -381,6 +398,14 @@ mod tests {
             .filter(|id| crypto::idnum::normalize(id).is_ok())
             .count();
         assert!(valid > 1300, "{valid} valid ID numbers");
+        // An ID number belongs to one person (the twins of a family included).
+        let mut owner: std::collections::HashMap<String, u32> = Default::default();
+        for s in &generate(Settings { records: 50_000, seed: 2 }) {
+            if let Some(id) = s.record.id_number.as_deref().filter(|id| crypto::idnum::normalize(id).is_ok()) {
+                let first = *owner.entry(id.to_string()).or_insert(s.person);
+                assert_eq!(first, s.person, "{id} issued twice");
+            }
+        }
         // Deterministic for a seed.
         assert_eq!(
             generate(Settings { records: 50, seed: 9 })[7].record,

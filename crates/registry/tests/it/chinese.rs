@@ -24,6 +24,28 @@ fn synthetic_chinese_records_at_100k() {
 }
 
 #[test]
+fn the_share_of_matches_does_not_depend_on_the_candidate_cap() {
+    // Training reads a capped number of candidate pairs (the first records' pairs) and scales
+    // the matches it finds there up to all records. The estimate must come out alike with the
+    // cap and without it, and near the truth.
+    let data = generate(Settings { records: 30_000, seed: 5 });
+    let records: Vec<Record> = data.iter().map(|s| s.record.clone()).collect();
+    let (all, all_report) = Linker::train(&records, 200_000, 5_000_000, 5);
+    let (capped, capped_report) = Linker::train(&records, 200_000, 50_000, 5);
+    assert!(capped_report.candidate_pairs * 4 < all_report.candidate_pairs, "{capped_report:?} {all_report:?}");
+    let mut per_person: std::collections::HashMap<u32, u64> = Default::default();
+    for s in &data {
+        *per_person.entry(s.person).or_default() += 1;
+    }
+    let true_pairs: u64 = per_person.values().map(|n| n * (n - 1) / 2).sum();
+    let truth = true_pairs as f64 / (30_000.0 * 29_999.0 / 2.0);
+    for (what, lambda) in [("all candidates", all.lambda), ("capped", capped.lambda)] {
+        let ratio = lambda / truth;
+        assert!((0.67..=1.5).contains(&ratio), "{what}: λ {lambda:.3e}, true share {truth:.3e}");
+    }
+}
+
+#[test]
 #[ignore = "diagnostic: prints the errors of a 20,000-record linkage"]
 fn show_errors() {
     let data = generate(Settings { records: 20_000, seed: 2026 });
