@@ -208,8 +208,15 @@ fn residence(a: &Prepared, b: &Prepared) -> u8 {
     let same_region = region.is_none_or(|r| r == 2);
     // Addresses and localities count only within one region: in another, the similarity of
     // their text is not computed at all (most candidate pairs live in different regions).
-    let address = both(a.address.as_deref(), b.address.as_deref())
-        .map(|(x, y)| if x == y { 1.0 } else if same_region { jaro_winkler(x, y) } else { 0.0 });
+    let address = both(a.address.as_deref(), b.address.as_deref()).map(|(x, y)| {
+        if x == y {
+            1.0
+        } else if same_region {
+            jaro_winkler(x, y)
+        } else {
+            0.0
+        }
+    });
     let locality = both(a.locality.as_deref(), b.locality.as_deref())
         .map(|(x, y)| x == y || (same_region && jaro_winkler(x, y) >= 0.88));
     if address.is_none() && locality.is_none() && region.is_none() {
