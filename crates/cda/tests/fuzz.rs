@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn seeds() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("tests/fixtures");
     let mut out = vec![std::fs::read_to_string(dir.join("C0002-outpatient.xml")).unwrap()];
     // The C-CDA samples when the test data is fetched (scripts/fetch-test-data.sh).
     let home = std::env::var("HOME").unwrap_or_default();

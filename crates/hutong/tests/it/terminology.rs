@@ -12,7 +12,11 @@ fn hutong(args: &[&str], data: &Path) -> std::process::Output {
 #[test]
 fn csv_code_systems_are_loaded_through_the_engine() {
     let data = tempfile::tempdir().unwrap();
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/drug-catalogue-sample.csv");
+    // The checkout this test runs in (not the one it was compiled in: a build cache may be shared).
+    let sample = format!(
+        "{}/tests/data/drug-catalogue-sample.csv",
+        std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")
+    );
     let load = [
         "terminology",
         "load",
@@ -22,7 +26,7 @@ fn csv_code_systems_are_loaded_through_the_engine() {
         "Drugs",
         "--version",
         "2026",
-        sample,
+        &sample,
     ];
     let first = hutong(&load, data.path());
     let out = String::from_utf8_lossy(&first.stdout).to_string();
