@@ -117,6 +117,8 @@ struct Review {
 pub(crate) struct MpiState {
     linker: Linker,
     sources: HashMap<String, Source>,
+    /// The source id of each linker record (also of retired records: check `sources`).
+    source_of: HashMap<u32, String>,
     person_ids: Vec<String>,
     persons: HashMap<String, u32>,
     /// Merged-away persons and the person each went into.
@@ -162,12 +164,19 @@ impl MpiState {
         MpiState {
             linker,
             sources: HashMap::new(),
+            source_of: HashMap::new(),
             person_ids: Vec::new(),
             persons: HashMap::new(),
             merged_into: HashMap::new(),
             reviews: HashMap::new(),
             id_flags: HashMap::new(),
         }
+    }
+
+    /// Records that source `id` is linker record `src.record` now.
+    fn bind(&mut self, id: &str, src: Source) {
+        self.source_of.insert(src.record, id.to_string());
+        self.sources.insert(id.to_string(), src);
     }
 
     fn new_person(&mut self, id: Option<String>) -> u32 {
@@ -227,7 +236,7 @@ impl MpiState {
                 if src.assurance == Assurance::Manual {
                     let (assurance, weight) = (src.assurance, src.weight);
                     let r = self.linker.insert_linked(&record, person);
-                    self.sources.insert(id.to_string(), Source { record: r, assurance, weight, content });
+                    self.bind(id, Source { record: r, assurance, weight, content });
                     ch.sources.insert(id.to_string());
                     return;
                 }
@@ -273,7 +282,7 @@ impl MpiState {
             ch.persons.insert(prev);
         }
         let r = self.linker.insert_linked(record, person);
-        self.sources.insert(id.to_string(), Source { record: r, assurance, weight, content });
+        self.bind(id, Source { record: r, assurance, weight, content });
         ch.persons.insert(person);
         ch.sources.insert(id.to_string());
         match review {
@@ -383,14 +392,13 @@ impl MpiState {
 
     /// The source Patient ids of a person, in record order.
     fn source_ids_of(&self, p: u32) -> Vec<String> {
-        let mut ids: Vec<(u32, &String)> = self
-            .sources
-            .iter()
-            .filter(|(_, s)| !self.linker.is_retired(s.record) && self.linker.person_of(s.record) == p)
-            .map(|(id, s)| (s.record, id))
-            .collect();
-        ids.sort();
-        ids.into_iter().map(|(_, id)| id.clone()).collect()
+        let mut records: Vec<u32> = self.linker.members(p).to_vec();
+        records.sort_unstable();
+        records
+            .into_iter()
+            .filter_map(|r| self.source_of.get(&r).filter(|id| self.sources.get(*id).is_some_and(|s| s.record == r)))
+            .cloned()
+            .collect()
     }
 }
 
@@ -589,7 +597,7 @@ impl Engine {
                 Some((p, assurance, weight)) => {
                     let content = fingerprint(&record);
                     let r = state.linker.insert_linked(&record, p);
-                    state.sources.insert(stored.id.clone(), Source { record: r, assurance, weight, content });
+                    state.bind(&stored.id, Source { record: r, assurance, weight, content });
                 }
                 None => unlinked.push((stored.id.clone(), body)),
             }
@@ -780,7 +788,7 @@ impl Engine {
                     let person = old.linker.person_of(src.record);
                     let r = fresh.linker.insert_linked(&record, person);
                     let (assurance, weight, content) = (src.assurance, src.weight, fingerprint(&record));
-                    fresh.sources.insert(id.clone(), Source { record: r, assurance, weight, content });
+                    fresh.bind(id, Source { record: r, assurance, weight, content });
                     fresh.merged_into.remove(&person);
                     continue;
                 }
