@@ -119,7 +119,8 @@ impl Engine {
             if t == "Subscription" {
                 resource["documentation"] = json!(
                     "FHIR R4 Subscriptions: criteria are searches on a known type with supported parameters; \
-                     channels rest-hook (http endpoints on the server's allow-list; no payload: POST to the \
+                     channels rest-hook (https or http endpoints on the server's allow-list, https verified against the \
+                     trusted roots; no payload: POST to the \
                      endpoint; payload application/fhir+json: PUT endpoint/type/id) and websocket (bind <id> on the \
                      websocket URL of this statement, ping <id> per notification). A Subscription is activated on \
                      write and belongs to the client or user that created it."

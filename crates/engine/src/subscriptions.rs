@@ -216,19 +216,17 @@ pub(crate) fn issues(engine: &Engine, body: &Value, location: &str) -> Vec<Issue
     match channel["type"].as_str() {
         Some("rest-hook") => match channel["endpoint"].as_str() {
             None => out.push(
-                Issue::error(IssueType::Required, "a rest-hook Subscription needs channel.endpoint (an http URL)")
-                    .at(at("channel.endpoint")),
+                Issue::error(
+                    IssueType::Required,
+                    "a rest-hook Subscription needs channel.endpoint (an https or http URL)",
+                )
+                .at(at("channel.endpoint")),
             ),
             Some(url) => {
                 let problem = match parse_endpoint(url) {
                     Err(e) => Some(e),
-                    Ok(e) if e.scheme.eq_ignore_ascii_case("https") => Some(
-                        "https endpoints are not supported yet (this build has no TLS client); use http inside a \
-                         trusted network or a local TLS-terminating proxy"
-                            .to_string(),
-                    ),
-                    Ok(e) if !e.scheme.eq_ignore_ascii_case("http") => {
-                        Some(format!("the endpoint scheme '{}' is not allowed (use http)", e.scheme))
+                    Ok(e) if !e.scheme.eq_ignore_ascii_case("http") && !e.scheme.eq_ignore_ascii_case("https") => {
+                        Some(format!("the endpoint scheme '{}' is not allowed (use https, or http)", e.scheme))
                     }
                     Ok(e) if !host_allowed(&e, &engine.config.subscriptions.allowed_hosts) => Some(format!(
                         "the endpoint host '{}' is not on this server's allow-list for rest-hooks (ask the operator \

@@ -288,7 +288,18 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(engine.clone().visit_timeouts_run());
             // FHIR Subscriptions (engine/src/subscriptions.rs): rest-hooks and websockets, through
             // the hub the HTTP layer also serves the websocket endpoint with.
-            let subscription_hub = Arc::new(api::subscriptions::SubscriptionHub::default());
+            // HUTONG_SUBSCRIPTION_CA=file.pem: more trusted roots for https rest-hooks.
+            let subscription_hub = Arc::new(match std::env::var_os("HUTONG_SUBSCRIPTION_CA") {
+                Some(path) => {
+                    let pem = std::fs::read(&path).with_context(|| {
+                        format!("HUTONG_SUBSCRIPTION_CA: cannot read {}", std::path::Path::new(&path).display())
+                    })?;
+                    api::subscriptions::SubscriptionHub::with_extra_roots(&pem).map_err(|e| {
+                        anyhow::anyhow!("HUTONG_SUBSCRIPTION_CA {}: {e}", std::path::Path::new(&path).display())
+                    })?
+                }
+                None => api::subscriptions::SubscriptionHub::default(),
+            });
             tokio::spawn(engine.clone().subscriptions_run(subscription_hub.clone()));
             // Rotated keys are picked up without a restart (`hutong admin rotate-keys`).
             security::spawn_key_reload(auth.clone(), security::key_dir(&store, &keys));

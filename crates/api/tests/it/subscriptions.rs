@@ -42,6 +42,89 @@ async fn hook_server(status: StatusCode) -> (String, mpsc::UnboundedReceiver<Rec
     (format!("http://{addr}"), rx)
 }
 
+/// A rest-hook endpoint on loopback over TLS, with a certificate for 127.0.0.1 issued by a CA
+/// made here: (its `https` URL, the CA certificate as PEM, what it receives). It reads one
+/// request per connection and answers 200.
+async fn tls_hook_server() -> (String, String, mpsc::UnboundedReceiver<Received>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Hutong test regional CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                // A handshake the client gives up (an untrusted certificate) ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body_at, length) = loop {
+                    let Ok(n) = tls.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let length = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (head, end + 4, length);
+                    }
+                };
+                while buf.len() < body_at + length {
+                    let Ok(n) = tls.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let mut lines = head.lines();
+                let mut request_line = lines.next().unwrap_or_default().split(' ');
+                let method = Method::from_bytes(request_line.next().unwrap_or_default().as_bytes()).unwrap();
+                let path = request_line.next().unwrap_or_default().to_string();
+                let mut headers = HeaderMap::new();
+                for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+                    headers.insert(
+                        axum::http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                        v.trim().parse().unwrap(),
+                    );
+                }
+                let body = String::from_utf8_lossy(&buf[body_at..body_at + length]).to_string();
+                let _ = tx.send(Received { method, path, headers, body });
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (format!("https://{addr}"), ca.pem(), rx)
+}
+
 /// The test app with a fast subscription worker running, and Hutong itself served on loopback.
 async fn live() -> (TestApp, SocketAddr) {
     live_on(None).await
@@ -49,6 +132,14 @@ async fn live() -> (TestApp, SocketAddr) {
 
 /// [`live`] on `store` (SQLite when `None`).
 async fn live_on(store: Option<std::sync::Arc<dyn store::ResourceStore>>) -> (TestApp, SocketAddr) {
+    live_with(store, None).await
+}
+
+/// [`live_on`], its worker delivering through `hub` (the app's own when `None`).
+async fn live_with(
+    store: Option<std::sync::Arc<dyn store::ResourceStore>>,
+    hub: Option<std::sync::Arc<api::subscriptions::SubscriptionHub>>,
+) -> (TestApp, SocketAddr) {
     let config = EngineConfig {
         subscriptions: SubscriptionConfig {
             max_failures: 3,
@@ -59,7 +150,8 @@ async fn live_on(store: Option<std::sync::Arc<dyn store::ResourceStore>>) -> (Te
         ..EngineConfig::default()
     };
     let app = app_on(1 << 22, config, store).await;
-    tokio::spawn(app.state.engine.clone().subscriptions_run(app.state.config.subscriptions.clone()));
+    let hub = hub.unwrap_or_else(|| app.state.config.subscriptions.clone());
+    tokio::spawn(app.state.engine.clone().subscriptions_run(hub));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.app.clone();
@@ -272,6 +364,44 @@ async fn failing_endpoints_are_retried_then_the_subscription_is_in_error() {
 }
 
 #[tokio::test]
+async fn https_rest_hooks_verify_the_endpoint_certificate() {
+    let (endpoint, ca_pem, mut hooks) = tls_hook_server().await;
+    // Trusted through the operator's CA file (HUTONG_SUBSCRIPTION_CA): delivered over TLS.
+    let hub = api::subscriptions::SubscriptionHub::with_extra_roots(ca_pem.as_bytes()).unwrap();
+    let (app, _) = live_with(None, Some(std::sync::Arc::new(hub))).await;
+    let sub = subscribe(
+        &app,
+        "Observation?subject=Patient/p1",
+        json!({"type": "rest-hook", "endpoint": format!("{endpoint}/fhir"), "payload": "application/fhir+json",
+               "header": ["Authorization: Bearer hook-secret"]}),
+    )
+    .await;
+    let id = create(&app, "Observation", &observation("p1", "2339-0")).await;
+    let hook = next(&mut hooks).await;
+    assert_eq!((hook.method, hook.path.as_str()), (Method::PUT, format!("/fhir/Observation/{id}").as_str()));
+    assert_eq!(hook.headers[header::AUTHORIZATION], "Bearer hook-secret");
+    let payload: Value = serde_json::from_str(&hook.body).unwrap();
+    assert_eq!(payload["id"].as_str(), Some(id.as_str()));
+    let (_, _, active) = send(&app, req("GET", &format!("/fhir/Subscription/{sub}"), None, "")).await;
+    assert_eq!(active["status"], "active", "{active}");
+
+    // Without that CA, the same endpoint's certificate is not trusted: no request reaches it,
+    // and the Subscription goes to error saying why.
+    let (app, _) = live().await;
+    let untrusted = subscribe(&app, "Observation", json!({"type": "rest-hook", "endpoint": endpoint})).await;
+    create(&app, "Observation", &observation("p1", "2339-0")).await;
+    let status = in_error(&app, &untrusted).await;
+    assert_eq!(status["status"], "error", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("certificate") && error.contains("UnknownIssuer"), "{error}");
+    nothing_within(&mut hooks, Duration::from_millis(300)).await;
+
+    // A CA file without certificates is refused with a reason.
+    let refused = api::subscriptions::SubscriptionHub::with_extra_roots(b"not a certificate").unwrap_err();
+    assert!(refused.contains("no certificate"), "{refused}");
+}
+
+#[tokio::test]
 async fn websocket_clients_bind_and_are_pinged() {
     let (app, addr) = live().await;
     let id = subscribe(&app, "Observation?code=http://loinc.org|2339-0", json!({"type": "websocket"})).await;
@@ -324,8 +454,12 @@ async fn invalid_subscriptions_are_refused_with_an_operation_outcome() {
         ("Subscription?status=active", hook.clone(), "Subscriptions themselves"),
         ("Observation", json!({"type": "email", "endpoint": "mailto:a@b.cn"}), "not supported"),
         ("Observation", json!({"type": "rest-hook"}), "channel.endpoint"),
-        ("Observation", json!({"type": "rest-hook", "endpoint": "ftp://127.0.0.1/x"}), "scheme 'ftp'"),
-        ("Observation", json!({"type": "rest-hook", "endpoint": "https://127.0.0.1/x"}), "https"),
+        (
+            "Observation",
+            json!({"type": "rest-hook", "endpoint": "ftp://127.0.0.1/x"}),
+            "scheme 'ftp' is not allowed (use https, or http)",
+        ),
+        ("Observation", json!({"type": "rest-hook", "endpoint": "https://10.0.0.8/x"}), "allow-list"),
         ("Observation", json!({"type": "rest-hook", "endpoint": "http://10.0.0.8/x"}), "allow-list"),
         (
             "Observation",

@@ -184,6 +184,25 @@ fn every_official_search_parameter_is_declared_supported_or_unsupported() {
 }
 
 #[test]
+fn a_bad_subscription_ca_file_fails_fast() {
+    let data = tempfile::tempdir().unwrap();
+    let junk = data.path().join("ca.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for (file, words) in [(data.path().join("missing.pem"), "cannot read"), (junk, "holds no certificate")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_hutong"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path().join("store"))
+            .env("HUTONG_MLLP_LISTEN", "off")
+            .env("HUTONG_SUBSCRIPTION_CA", &file)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("HUTONG_SUBSCRIPTION_CA") && stderr.contains(words), "{stderr}");
+    }
+}
+
+#[test]
 fn bad_listen_address_fails_fast() {
     let output =
         Command::new(env!("CARGO_BIN_EXE_hutong")).args(["serve", "--listen", "not-an-address"]).output().unwrap();
