@@ -51,7 +51,7 @@ pub fn map(message: &Message) -> Result<Mapped, Hl7Error> {
         "A40" => merge = Some(prior_record(message, &facility, &entries[0])?),
         _ => {}
     }
-    Ok(Mapped { bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}), merge })
+    Ok(Mapped { bundle: crate::types::transaction(entries), merge })
 }
 
 /// The Patient entry of a message: a conditional update on the MRN (`upsert`: ADT, whose PID
@@ -65,7 +65,7 @@ pub(crate) fn patient_entry(message: &Message, facility: &str, upsert: bool) -> 
     } else {
         json!({"method": "POST", "url": "Patient", "ifNoneExist": query})
     };
-    Ok(json!({"fullUrl": PATIENT_URN, "resource": patient, "request": request}))
+    Ok(crate::types::entry(PATIENT_URN, patient, request))
 }
 
 /// ADT^A40: the prior record (MRG-1, type MR or none; its authority MRG-1.4, else the sending
@@ -119,11 +119,11 @@ pub fn complete_merge(bundle: &mut Value, mut prior: Value, version: i64) {
     }
     let entries = bundle["entry"].as_array_mut().expect("a mapped Bundle has entries");
     entries[0]["resource"]["link"] = json!([{"other": {"reference": format!("Patient/{id}")}, "type": "replaces"}]);
-    entries.push(json!({
-        "fullUrl": format!("urn:uuid:9b7c1a4e-0000-4000-8000-{:012}", 3),
-        "resource": prior,
-        "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": format!("W/\"{version}\"")},
-    }));
+    entries.push(crate::types::entry(
+        format!("urn:uuid:9b7c1a4e-0000-4000-8000-{:012}", 3),
+        prior,
+        json!({"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": format!("W/\"{version}\"")}),
+    ));
 }
 
 pub(crate) fn required(message: &Message, path: &str, why: &str) -> Result<String, Hl7Error> {
@@ -473,7 +473,7 @@ fn encounter(message: &Message, facility: &str, event: &str) -> Result<Value, Hl
         Some(_) => json!({"method": "PUT", "url": format!("Encounter?{query}")}),
         None => json!({"method": "POST", "url": "Encounter", "ifNoneExist": query}),
     };
-    Ok(json!({"fullUrl": ENCOUNTER_URN, "resource": encounter, "request": request}))
+    Ok(crate::types::entry(ENCOUNTER_URN, encounter, request))
 }
 
 /// A PL field of PV1 (3 assigned, 6 prior location) as a display: facility, point of care,
@@ -521,9 +521,9 @@ pub(crate) fn visit_entry(message: &Message, facility: &str) -> Result<Option<Va
         "subject": {"reference": PATIENT_URN},
     });
     let query = format!("identifier={}|{}", query_escape(&system), query_escape(&visit));
-    Ok(Some(json!({
-        "fullUrl": ENCOUNTER_URN,
-        "resource": encounter,
-        "request": {"method": "POST", "url": "Encounter", "ifNoneExist": query},
-    })))
+    Ok(Some(crate::types::entry(
+        ENCOUNTER_URN,
+        encounter,
+        json!({"method": "POST", "url": "Encounter", "ifNoneExist": query}),
+    )))
 }

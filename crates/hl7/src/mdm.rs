@@ -83,7 +83,7 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
             "securityContext": {"reference": PATIENT_URN},
             "data": a["data"],
         });
-        entries.push(json!({"fullUrl": urn(20 + n), "resource": binary, "request": {"method": "PUT", "url": format!("Binary/{id}")}}));
+        entries.push(crate::types::entry(urn(20 + n), binary, json!({"method": "PUT", "url": format!("Binary/{id}")})));
         content.push(json!({"attachment": {"contentType": a["contentType"], "url": format!("Binary/{id}")}}));
     }
 
@@ -145,11 +145,11 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
         document["relatesTo"] =
             json!([{"code": "appends", "target": {"identifier": {"system": system, "value": parent}}}]);
     }
-    entries.push(json!({
-        "fullUrl": urn(10),
-        "resource": document,
-        "request": {"method": "PUT",
-                    "url": format!("DocumentReference?identifier={}|{}", query_escape(&system), query_escape(&number))},
-    }));
-    Ok(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    entries.push(crate::types::entry(
+        urn(10),
+        document,
+        json!({"method": "PUT",
+               "url": format!("DocumentReference?identifier={}|{}", query_escape(&system), query_escape(&number))}),
+    ));
+    Ok(crate::types::transaction(entries))
 }

@@ -47,7 +47,7 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
     for (n, (ordinal, orc, obr)) in orders.into_iter().enumerate() {
         entries.push(service_request(message, &facility, ordinal, orc, obr, encounter_ref.as_ref(), urn(10 + n))?);
     }
-    Ok(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    Ok(crate::types::transaction(entries))
 }
 
 fn service_request(
@@ -149,10 +149,10 @@ fn service_request(
             request["note"] = json!([{"text": format!("specimen: {text}")}]);
         }
     }
-    Ok(json!({
-        "fullUrl": full_url,
-        "resource": request,
-        "request": {"method": "PUT",
-                    "url": format!("ServiceRequest?identifier={}|{}", query_escape(&key_system), query_escape(&key_value))},
-    }))
+    Ok(crate::types::entry(
+        full_url,
+        request,
+        json!({"method": "PUT",
+                    "url": format!("ServiceRequest?identifier={}|{}", query_escape(&key_system), query_escape(&key_value))}),
+    ))
 }

@@ -105,7 +105,7 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
     for group in &groups {
         report(message, &facility, group, encounter_ref.as_ref(), &mut next, &mut entries)?;
     }
-    Ok(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    Ok(crate::types::transaction(entries))
 }
 
 /// The order numbers of an OBR (placer OBR-2, filler OBR-3), each falling back to its ORC.
@@ -187,12 +187,8 @@ fn report(
     if let Some(e) = encounter {
         order["encounter"] = e.clone();
     }
-    entries.push(json!({
-        "fullUrl": order_urn,
-        "resource": order,
-        "request": {"method": "POST", "url": "ServiceRequest",
-                    "ifNoneExist": format!("identifier={}|{}", query_escape(&order_key.0), query_escape(&order_key.1))},
-    }));
+    entries.push(crate::types::entry(order_urn.clone(), order, json!({"method": "POST", "url": "ServiceRequest",
+                    "ifNoneExist": format!("identifier={}|{}", query_escape(&order_key.0), query_escape(&order_key.1))})));
 
     let mut results = Vec::new();
     let mut presented = Vec::new();
@@ -301,11 +297,11 @@ fn report(
         results.push(json!({"reference": full_url}));
         let id = derived_id("obs", &system, &identifier_value);
         observation["id"] = json!(id);
-        entries.push(json!({
-            "fullUrl": full_url,
-            "resource": observation,
-            "request": {"method": "PUT", "url": format!("Observation/{id}")},
-        }));
+        entries.push(crate::types::entry(
+            full_url,
+            observation,
+            json!({"method": "PUT", "url": format!("Observation/{id}")}),
+        ));
     }
 
     let status = match component(message, obr, 25, 1).as_str() {
@@ -373,11 +369,11 @@ fn report(
     if !group.notes.is_empty() {
         diagnostic.insert("conclusion".into(), json!(group.notes.join("\n")));
     }
-    entries.push(json!({
-        "fullUrl": urn(*next),
-        "resource": Value::Object(diagnostic),
-        "request": {"method": "PUT", "url": format!("DiagnosticReport/{report_id}")},
-    }));
+    entries.push(crate::types::entry(
+        urn(*next),
+        Value::Object(diagnostic),
+        json!({"method": "PUT", "url": format!("DiagnosticReport/{report_id}")}),
+    ));
     *next += 1;
     Ok(())
 }

@@ -140,23 +140,19 @@ pub fn to_bundle(message: &Message) -> Result<Value, Hl7Error> {
         )
     };
     if holds {
-        entries.push(json!({
-            "fullUrl": schedule_urn,
-            "resource": schedule,
-            "request": {"method": "POST", "url": "Schedule", "ifNoneExist": query(&json!(schedule_system), &json!(resource_key))},
-        }));
-        entries.push(json!({
-            "fullUrl": slot_urn,
-            "resource": slot,
-            "request": {"method": "POST", "url": "Slot", "ifNoneExist": query(&json!(slot_system), &json!(slot_key))},
-        }));
+        entries.push(crate::types::entry(schedule_urn, schedule, json!({"method": "POST", "url": "Schedule", "ifNoneExist": query(&json!(schedule_system), &json!(resource_key))})));
+        entries.push(crate::types::entry(
+            slot_urn,
+            slot,
+            json!({"method": "POST", "url": "Slot", "ifNoneExist": query(&json!(slot_system), &json!(slot_key))}),
+        ));
     }
-    entries.push(json!({
-        "fullUrl": urn(12),
-        "resource": Value::Object(appointment),
-        "request": {"method": "PUT", "url": format!("Appointment?{}", query(&key["system"], &key["value"]))},
-    }));
-    Ok(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    entries.push(crate::types::entry(
+        urn(12),
+        Value::Object(appointment),
+        json!({"method": "PUT", "url": format!("Appointment?{}", query(&key["system"], &key["value"]))}),
+    ));
+    Ok(crate::types::transaction(entries))
 }
 
 /// The booked resource: its schedule key and the actor reference.

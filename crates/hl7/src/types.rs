@@ -224,6 +224,25 @@ pub fn urn(n: usize) -> String {
     format!("urn:uuid:9b7c1a4e-0000-4000-8000-{n:012}")
 }
 
+/// A transaction Bundle of `entries`, moved in (`json!` would serialise every entry into a new
+/// `Value`: a deep copy of the whole Bundle).
+pub(crate) fn transaction(entries: Vec<Value>) -> Value {
+    let mut bundle = Map::with_capacity(3);
+    bundle.insert("resourceType".into(), Value::String("Bundle".into()));
+    bundle.insert("type".into(), Value::String("transaction".into()));
+    bundle.insert("entry".into(), Value::Array(entries));
+    Value::Object(bundle)
+}
+
+/// A transaction entry: `fullUrl`, the resource and the request, moved in.
+pub(crate) fn entry(full_url: impl Into<String>, resource: Value, request: Value) -> Value {
+    let mut entry = Map::with_capacity(3);
+    entry.insert("fullUrl".into(), Value::String(full_url.into()));
+    entry.insert("resource".into(), resource);
+    entry.insert("request".into(), request);
+    Value::Object(entry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
