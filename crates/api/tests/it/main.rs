@@ -91,6 +91,13 @@ fn req(method: &str, uri: &str, content_type: Option<&str>, body: &str) -> Reque
 
 const FHIR: Option<&str> = Some("application/fhir+json");
 
+/// The WS/T 500 outpatient record of the cda crate's fixtures (read from the checkout the tests
+/// run in).
+fn outpatient_cda() -> String {
+    let dir = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"));
+    std::fs::read_to_string(dir.join("../cda/tests/fixtures/C0002-outpatient.xml")).unwrap()
+}
+
 fn assert_outcome(body: &Value, words: &str) {
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
     let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();

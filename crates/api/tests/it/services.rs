@@ -192,9 +192,7 @@ async fn internet_hospital_operations_answer_outcomes() {
 #[tokio::test]
 async fn cda_documents_are_stored_once_with_what_they_say() {
     let app = app(16 << 20).await;
-    let path = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
-        .join("../cda/tests/fixtures/C0002-outpatient.xml");
-    let xml = std::fs::read_to_string(path).unwrap();
+    let xml = super::outpatient_cda();
     let cda_type = Some("application/hl7-cda+xml");
     let (status, _, body) = send(&app, req("POST", "/cda", cda_type, &xml)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -428,9 +426,7 @@ async fn starting_a_consultation_needs_a_fresh_second_factor() {
 #[tokio::test]
 async fn a_cda_document_missing_a_required_section_is_refused_and_quarantined() {
     let app = app(1 << 20).await;
-    let path = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
-        .join("../cda/tests/fixtures/C0002-outpatient.xml");
-    let xml = std::fs::read_to_string(path).unwrap();
+    let xml = super::outpatient_cda();
     // The chief complaint section taken away, its title left in an uncoded section.
     let at = xml.find(r#"code="10154-3""#).unwrap();
     let start = xml[..at].rfind("<component>").unwrap();

@@ -271,9 +271,7 @@ async fn new_cda_documents_reach_document_subscribers() {
         json!({"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}),
     )
     .await;
-    let path = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
-        .join("../cda/tests/fixtures/C0002-outpatient.xml");
-    let xml = std::fs::read_to_string(path).unwrap();
+    let xml = super::outpatient_cda();
     let (status, _, _) = send(&app, req("POST", "/cda", Some("application/hl7-cda+xml"), &xml)).await;
     assert_eq!(status, StatusCode::OK);
     let hook = next(&mut hooks).await;
