@@ -244,7 +244,13 @@ impl Linker {
             })
             .collect();
         let all = candidate_pairs(&prepared, None, max_candidates);
-        Model::estimate(&prepared, &sessions, &all, random_pairs, seed)
+        // Capped: the pairs stop inside the records, after the last record they reach.
+        let covered = if all.len() >= max_candidates {
+            all.iter().map(|p| p.1 as usize + 1).max().unwrap_or(prepared.len())
+        } else {
+            prepared.len()
+        };
+        Model::estimate(&prepared, &sessions, (&all, covered), random_pairs, seed)
     }
 
     fn term_weight(&self, c: usize, level: u8, probe: &Prepared) -> f64 {

@@ -73,11 +73,12 @@ impl Model {
     /// for the other comparisons only (pairs found by agreeing on a field say nothing about how
     /// often true matches agree on it), and m is the mean over the sessions that estimated it.
     /// λ is then the share of matches among all random pairs, from the expected matches among
-    /// the candidate pairs `all` (m and u fixed).
+    /// the candidate pairs `all` (m and u fixed), which are the pairs among the first `covered`
+    /// records (all of them, unless the candidates were capped).
     pub(crate) fn estimate(
         records: &[Prepared],
         sessions: &[Session],
-        all: &[(u32, u32)],
+        (all, covered): (&[(u32, u32)], usize),
         random_pairs: usize,
         seed: u64,
     ) -> (Model, TrainingReport) {
@@ -153,7 +154,7 @@ impl Model {
             *patterns.entry(gamma(&records[a as usize], &records[b as usize])).or_default() += 1.0;
         }
         let (_, lambda_candidates, _) = em(&patterns, &u, m.clone(), 0.1, false);
-        let covered = all.iter().map(|p| p.1 as usize + 1).max().unwrap_or(n).max(2) as f64;
+        let covered = covered.clamp(2, n.max(2)) as f64;
         let all_pairs = (n as f64 * (n as f64 - 1.0) / 2.0).max(1.0);
         let covered_pairs = (covered * (covered - 1.0) / 2.0).min(all_pairs);
         let matches = lambda_candidates * all.len() as f64 * all_pairs / covered_pairs;
