@@ -416,7 +416,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// User + system CPU time of this process so far, seconds (Linux `/proc/self/stat`).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// User + system CPU time so far of this process's threads named `name` (Linux
+/// `/proc/self/task/*/comm`), seconds.
+fn thread_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .map(|task| stat_cpu_seconds(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default()))
+        .sum()
+}
+
+/// utime + stime of a `/proc/…/stat` line, seconds.
+fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -476,6 +491,8 @@ async fn ingest(
     // End to end through the engine.
     use futures::StreamExt;
     let t = Instant::now();
+    let cpu = cpu_seconds();
+    let committer_cpu = thread_cpu_seconds("sqlite-commit");
     // Each submission is its own task, as each HTTP connection is in the server, so two
     // Bundles are prepared on both cores while the store commits another.
     let mut latencies: Vec<Duration> = futures::stream::iter(parsed)
@@ -497,6 +514,8 @@ async fn ingest(
         .into_iter()
         .collect::<Result<_, _>>()?;
     let total_s = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    let committer_cpu = thread_cpu_seconds("sqlite-commit") - committer_cpu;
     latencies.sort();
     println!(
         "  engine transactions:       {:>10.0} resources/s, per bundle p50 {:.2} ms p99 {:.2} ms ({} backend, {concurrency} at once)",
@@ -504,6 +523,16 @@ async fn ingest(
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         store.backend()
+    );
+    println!(
+        "  CPU time of this process:  {:>10.0} µs per resource ({:.1} cores busy on average){}",
+        cpu * 1e6 / resources as f64,
+        cpu / total_s,
+        if committer_cpu > 0.0 {
+            format!(", of which the SQLite committer {:.0} µs", committer_cpu * 1e6 / resources as f64)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -257,6 +257,13 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
+/// `(type, id)` of a unique violation's detail, "Key (type, id)=(Basic, b1) already exists."
+/// (FHIR types and ids hold neither commas nor parentheses).
+fn conflicting_key(detail: &str) -> Option<(&str, &str)> {
+    let values = detail.strip_prefix("Key (type, id)=(")?.split_once(')')?.0;
+    values.split_once(", ")
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -317,7 +324,12 @@ async fn write_ops(tx: &tokio_postgres::Transaction<'_>, ops: &[WriteOp]) -> Sto
                 }
             }
             Err(e) if is_unique_violation(&e) => {
-                let op = new_ops[0];
+                // Another transaction created one of them since the check: the one the
+                // violated key names.
+                let key = e.as_db_error().and_then(|d| d.detail()).and_then(conflicting_key);
+                let op = key
+                    .and_then(|(t, i)| new_ops.iter().find(|o| o.resource_type == t && o.id == i))
+                    .unwrap_or(&new_ops[0]);
                 return Err(StoreError::VersionConflict {
                     resource_type: op.resource_type.clone(),
                     id: op.id.clone(),
@@ -908,5 +920,14 @@ impl ResourceStore for PgStore {
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_unique_violation_names_the_resource() {
+        assert_eq!(super::conflicting_key("Key (type, id)=(Basic, b-1.x) already exists."), Some(("Basic", "b-1.x")));
+        assert_eq!(super::conflicting_key("Key (kind, lookup)=(user, a) already exists."), None);
     }
 }

@@ -17,6 +17,7 @@
 //! database file in the background (the writer does only when the WAL has grown large), so no
 //! commit waits for a checkpoint.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -353,7 +354,13 @@ fn commit_group(conn: &mut Connection, group: Vec<PendingCommit>) {
                     Ok(()) => outcomes.push(Ok(())),
                     Err(Failure::Clean(e)) => outcomes.push(Err(e)),
                     Err(Failure::Dirty(e)) => {
-                        tracing::warn!(error = %e, "a grouped commit failed after writing rows: redoing the group with savepoints");
+                        // A create that conflicts (see [`Current::Absent`]) is expected; anything
+                        // else is not.
+                        if matches!(e, StoreError::VersionConflict { .. }) {
+                            tracing::debug!(error = %e, "a grouped create conflicted: redoing the group with savepoints");
+                        } else {
+                            tracing::warn!(error = %e, "a grouped commit failed after writing rows: redoing the group with savepoints");
+                        }
                         dirty = true;
                         break;
                     }
@@ -428,16 +435,34 @@ fn current_row(tx: &rusqlite::Transaction<'_>, resource_type: &str, id: &str) ->
         .map_err(backend)
 }
 
+/// What the checks found of an op's resource before its commit wrote anything.
+#[derive(Clone, Copy)]
+enum Current {
+    /// A create (version 1): no row was looked up; the `UNIQUE (type, id)` of `resource` turns
+    /// an insert over an existing row into a version conflict.
+    Absent,
+    /// The row `(rid, version)` the op replaces.
+    Row(i64, i64),
+    /// An earlier op of the same commit writes this resource: looked up when written.
+    Earlier,
+}
+
 /// The checks of one commit, before any of its rows is written: each op replaces the version
 /// it names (an op may follow an earlier op of the same commit on the same resource), and the
-/// security object's lookups are not held by another object of its kind.
-fn check_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], object: Option<&KvPut>) -> StoreResult<()> {
-    let mut written: Vec<(&str, &str, i64)> = Vec::new();
+/// security object's lookups are not held by another object of its kind. A create is checked by
+/// the insert itself (see [`Current::Absent`]), so a conflicting create fails after rows were
+/// written; [`commit_group`] then redoes its group with a savepoint per commit.
+fn check_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], object: Option<&KvPut>) -> StoreResult<Vec<Current>> {
+    let mut written: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut currents = Vec::with_capacity(ops.len());
     for op in ops {
-        let earlier = written.iter().rev().find(|(t, i, _)| *t == op.resource_type && *i == op.id).map(|w| w.2);
-        let actual = match earlier {
-            Some(version) => version,
-            None => current_row(tx, &op.resource_type, &op.id)?.map_or(0, |c| c.1),
+        let (actual, current) = match written.get(&(op.resource_type.as_str(), op.id.as_str())) {
+            Some(version) => (*version, Current::Earlier),
+            None if op.version == 1 => (0, Current::Absent),
+            None => match current_row(tx, &op.resource_type, &op.id)? {
+                Some((rid, version)) => (version, Current::Row(rid, version)),
+                None => (0, Current::Absent),
+            },
         };
         if actual != op.version - 1 {
             return Err(StoreError::VersionConflict {
@@ -447,7 +472,8 @@ fn check_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], object: Option<&Kv
                 actual,
             });
         }
-        written.push((&op.resource_type, &op.id, op.version));
+        written.insert((&op.resource_type, &op.id), op.version);
+        currents.push(current);
     }
     if let Some(object) = object {
         for lookup in &object.lookups {
@@ -462,7 +488,7 @@ fn check_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], object: Option<&Kv
             }
         }
     }
-    Ok(())
+    Ok(currents)
 }
 
 /// The rows of one commit, inside the caller's transaction: checked first ([`check_ops`]), then
@@ -473,8 +499,8 @@ fn apply_ops(
     object: Option<&KvPut>,
     audit: &[AuditRecord],
 ) -> Result<(), Failure> {
-    check_ops(tx, ops, object).map_err(Failure::Clean)?;
-    write_ops(tx, ops).map_err(Failure::Dirty)?;
+    let currents = check_ops(tx, ops, object).map_err(Failure::Clean)?;
+    write_ops(tx, ops, &currents).map_err(Failure::Dirty)?;
     if let Some(object) = object {
         put_object(tx, object).map_err(Failure::Dirty)?;
     }
@@ -507,19 +533,86 @@ fn put_object(tx: &rusqlite::Transaction<'_>, object: &KvPut) -> StoreResult<()>
     Ok(())
 }
 
-/// The rows of checked ops.
-fn write_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()> {
-    for op in ops {
-        let current = current_row(tx, &op.resource_type, &op.id)?;
-        let actual = current.map_or(0, |c| c.1);
-        if actual != op.version - 1 {
-            return Err(StoreError::VersionConflict {
-                resource_type: op.resource_type.clone(),
-                id: op.id.clone(),
-                expected: op.version - 1,
-                actual,
-            });
+/// The statements [`write_ops`] runs for every op, prepared once per commit rather than looked
+/// up in the connection's statement cache for every row.
+struct RowStatements<'c> {
+    insert: rusqlite::CachedStatement<'c>,
+    history: rusqlite::CachedStatement<'c>,
+    compartment: rusqlite::CachedStatement<'c>,
+    outbox: rusqlite::CachedStatement<'c>,
+    /// One per [`schema::INDEX_TABLES`] entry, prepared when first used.
+    index: Vec<Option<rusqlite::CachedStatement<'c>>>,
+}
+
+impl<'c> RowStatements<'c> {
+    fn new(tx: &'c rusqlite::Transaction<'_>) -> StoreResult<Self> {
+        Ok(RowStatements {
+            insert: tx
+                .prepare_cached(
+                    "INSERT INTO resource (type, id, version, last_updated, deleted, method, patient_key, body) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(backend)?,
+            history: tx
+                .prepare_cached(
+                    "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, \
+                     body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+                )
+                .map_err(backend)?,
+            compartment: tx
+                .prepare_cached("INSERT OR IGNORE INTO compartment (patient_key, rid) VALUES (?1, ?2)")
+                .map_err(backend)?,
+            outbox: tx
+                .prepare_cached(
+                    "INSERT INTO outbox (type, id, version, method, last_updated) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(backend)?,
+            index: schema::INDEX_TABLES.iter().map(|_| None).collect(),
+        })
+    }
+
+    /// Writes one index row, binding its values in place (no copies).
+    fn index_row(
+        &mut self,
+        tx: &'c rusqlite::Transaction<'_>,
+        row: &rows::Row<'_>,
+        rid: i64,
+        resource_type: &str,
+        n: usize,
+        patient_key: &str,
+    ) -> StoreResult<()> {
+        let slot = schema::INDEX_TABLES.iter().position(|t| *t == row.table).expect("an index table");
+        let statement = match &mut self.index[slot] {
+            Some(statement) => statement,
+            empty => empty.insert(tx.prepare_cached(rows::sqlite_insert_sql(row.table)).map_err(backend)?),
+        };
+        statement.raw_bind_parameter(1, rid).map_err(backend)?;
+        statement.raw_bind_parameter(2, resource_type).map_err(backend)?;
+        statement.raw_bind_parameter(3, row.param).map_err(backend)?;
+        statement.raw_bind_parameter(4, n as i64).map_err(backend)?;
+        for (i, cell) in row.values.iter().enumerate() {
+            match cell {
+                Cell::Text(t) => statement.raw_bind_parameter(5 + i, t),
+                Cell::Int(v) => statement.raw_bind_parameter(5 + i, v),
+                Cell::Real(r) => statement.raw_bind_parameter(5 + i, r),
+            }
+            .map_err(backend)?;
         }
+        statement.raw_bind_parameter(5 + row.values.len(), patient_key).map_err(backend)?;
+        statement.raw_execute().map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// The rows of checked ops (`currents` as [`check_ops`] found them).
+fn write_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp], currents: &[Current]) -> StoreResult<()> {
+    let mut statements = RowStatements::new(tx)?;
+    for (op, current) in ops.iter().zip(currents) {
+        let current = match current {
+            Current::Absent => None,
+            Current::Row(rid, version) => Some((*rid, *version)),
+            Current::Earlier => current_row(tx, &op.resource_type, &op.id)?,
+        };
         let deleted = i64::from(op.method == WriteMethod::Delete);
         let patient_key = op.compartments.first().map(String::as_str).unwrap_or("");
         let rid = match current {
@@ -553,12 +646,7 @@ fn write_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()>
                 rid
             }
             None => {
-                tx.prepare_cached(
-                    "INSERT INTO resource (type, id, version, last_updated, deleted, method, patient_key, body) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(backend)?
-                .execute(params![
+                let inserted = statements.insert.execute(params![
                     op.resource_type,
                     op.id,
                     op.version,
@@ -567,57 +655,49 @@ fn write_ops(tx: &rusqlite::Transaction<'_>, ops: &[WriteOp]) -> StoreResult<()>
                     op.method.code(),
                     patient_key,
                     op.body
-                ])
-                .map_err(backend)?;
-                tx.last_insert_rowid()
+                ]);
+                match inserted {
+                    Ok(_) => tx.last_insert_rowid(),
+                    // A create over a resource that exists (see [`Current::Absent`]).
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                    {
+                        let actual = current_row(tx, &op.resource_type, &op.id)?.map_or(0, |c| c.1);
+                        return Err(StoreError::VersionConflict {
+                            resource_type: op.resource_type.clone(),
+                            id: op.id.clone(),
+                            expected: op.version - 1,
+                            actual,
+                        });
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
             }
         };
-        tx.prepare_cached(
-            "INSERT INTO resource_history (rid, version, type, id, last_updated, deleted, method, patient_key, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
-        )
-        .map_err(backend)?
-        .execute(params![
-            rid,
-            op.version,
-            op.resource_type,
-            op.id,
-            op.last_updated,
-            deleted,
-            op.method.code(),
-            patient_key
-        ])
-        .map_err(backend)?;
+        statements
+            .history
+            .execute(params![
+                rid,
+                op.version,
+                op.resource_type,
+                op.id,
+                op.last_updated,
+                deleted,
+                op.method.code(),
+                patient_key
+            ])
+            .map_err(backend)?;
         if deleted == 0 {
             for (n, entry) in op.index.iter().enumerate() {
                 let Some(row) = rows::row(entry) else { continue };
-                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(row.values.len() + 5);
-                values.push(rid.into());
-                values.push(op.resource_type.clone().into());
-                values.push(row.param.to_string().into());
-                values.push((n as i64).into());
-                for cell in &row.values {
-                    values.push(match cell {
-                        Cell::Text(t) => t.map(str::to_string).into(),
-                        Cell::Int(i) => (*i).into(),
-                        Cell::Real(r) => (*r).into(),
-                    });
-                }
-                values.push(patient_key.to_string().into());
-                tx.prepare_cached(rows::sqlite_insert_sql(row.table))
-                    .map_err(backend)?
-                    .execute(params_from_iter(values))
-                    .map_err(backend)?;
+                statements.index_row(tx, &row, rid, &op.resource_type, n, patient_key)?;
             }
             for patient in &op.compartments {
-                tx.prepare_cached("INSERT OR IGNORE INTO compartment (patient_key, rid) VALUES (?1, ?2)")
-                    .map_err(backend)?
-                    .execute(params![patient, rid])
-                    .map_err(backend)?;
+                statements.compartment.execute(params![patient, rid]).map_err(backend)?;
             }
         }
-        tx.prepare_cached("INSERT INTO outbox (type, id, version, method, last_updated) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(backend)?
+        statements
+            .outbox
             .execute(params![op.resource_type, op.id, op.version, op.method.code(), op.last_updated])
             .map_err(backend)?;
     }

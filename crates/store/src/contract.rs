@@ -23,7 +23,8 @@ macro_rules! contract_suite {
             search_strings, search_tokens, search_references_chains_has, search_dates, search_numbers_quantities,
             search_uri_composite_missing, search_sort_paging_total, search_system_level,
             audit_chain_in_the_write_transaction, audit_concurrent_appends_chain, audit_prune_keeps_an_anchored_tail,
-            security_objects_and_lookups, concurrent_commits_fail_alone, single_use_lookup_with_audit
+            security_objects_and_lookups, concurrent_commits_fail_alone, concurrent_creates_of_one_id_fail_alone,
+            single_use_lookup_with_audit
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -760,6 +761,43 @@ pub async fn concurrent_commits_fail_alone(store: Arc<dyn ResourceStore>) {
     for pair in entries.windows(2) {
         assert_eq!((pair[1].seq, pair[1].prev_hash.as_str()), (pair[0].seq + 1, pair[0].hash.as_str()), "one chain");
     }
+}
+
+/// Concurrent creates of one id (grouped into one transaction by a backend that group-commits):
+/// exactly one wins; each loser fails with a version conflict and writes nothing, not its other
+/// ops, index rows or audit records.
+pub async fn concurrent_creates_of_one_id_fail_alone(store: Arc<dyn ResourceStore>) {
+    let head = store.audit_head().await.unwrap().0;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let patient = format!("c{i}");
+                let ops = vec![
+                    op("Patient", &patient, 1, vec![string("name", "Qian")], &[patient.as_str()]),
+                    op("Basic", "shared", 1, vec![], &[]),
+                ];
+                store.commit_audited(&ctx(), ops, vec![audit_record(&format!("create-{i}"), &[])]).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => winners.push(i),
+            Err(StoreError::VersionConflict { resource_type, id, expected, actual }) => {
+                assert_eq!((resource_type.as_str(), id.as_str(), expected, actual), ("Basic", "shared", 0, 1));
+            }
+            Err(e) => panic!("create {i}: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create of Basic/shared: {winners:?}");
+    let patients = (0..32).map(|i| ("Patient".to_string(), format!("c{i}"))).collect::<Vec<_>>();
+    let written = store.read_many(&ctx(), &patients).await.unwrap();
+    assert_eq!(written.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [format!("c{}", winners[0])]);
+    assert_eq!(ids(&store, Some("Patient"), &[("name", "qian")]).await, [format!("c{}", winners[0])]);
+    let entries = store.audit_read(head, 100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.record.action.clone()).collect::<Vec<_>>(), [format!("create-{}", winners[0])]);
 }
 
 /// A single-use record and its audit entry (`kv_put_audited`): of concurrent puts of one unique
