@@ -493,7 +493,14 @@ impl Engine {
             .map(|(_, t)| (t.ty.clone(), t.id.clone().unwrap_or_default()))
             .collect();
         let versions = self.store.current_versions(ctx, &keys).await?;
-        let bodies = self.store.read_many(ctx, &keys).await?;
+        // Bodies only of the resources that exist and are not deleted (none for new ones).
+        let live: Vec<(String, String)> = keys
+            .iter()
+            .zip(&versions)
+            .filter(|(_, version)| matches!(version, Some((_, false))))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let bodies = if live.is_empty() { Vec::new() } else { self.store.read_many(ctx, &live).await? };
         let mut current_state: HashMap<(String, String), StoredResource> = HashMap::new();
         for (key, version) in keys.iter().zip(versions) {
             if let Some((version, deleted)) = version {
@@ -563,7 +570,7 @@ impl Engine {
                         results[n] = Some((existing.clone(), 200));
                         continue;
                     }
-                    let body = resources[n].clone().unwrap_or(Value::Null);
+                    let body = resources[n].take().unwrap_or(Value::Null);
                     self.check_body(&target.ty, &body, &at(i)).map_err(|e| in_entry(i, e))?;
                     claim(&target.ty, &id, i)?;
                     let op = self.build_op(&target.ty, &id, 1, now, WriteMethod::Create, body)?;
@@ -590,14 +597,14 @@ impl Engine {
                             return Err(in_entry(i, EngineError::NotFound(format!("{}/{id}", target.ty))));
                         };
                         let mut doc: Value = crate::crud::body_json(c);
-                        let patch = resources[n].clone().and_then(binary_patch).unwrap_or(Value::Null);
+                        let patch = resources[n].take().and_then(binary_patch).unwrap_or(Value::Null);
                         let patch: json_patch::Patch =
                             serde_json::from_value(patch).map_err(|e| bad(i, format!("not a JSON Patch: {e}")))?;
                         json_patch::patch(&mut doc, &patch)
                             .map_err(|e| bad(i, format!("the patch cannot be applied: {e}")))?;
                         doc
                     } else {
-                        resources[n].clone().unwrap_or(Value::Null)
+                        resources[n].take().unwrap_or(Value::Null)
                     };
                     if let Some(body_id) = body.get("id").and_then(Value::as_str)
                         && body_id != id
