@@ -528,6 +528,11 @@ impl Engine {
         };
         let record = audit::record(ctx, interaction, "success", entity, patients, None);
         let patients_written = ops.iter().any(|op| op.resource_type == "Patient");
+        // The parsed bodies were for the checks above; the store gets the text only (and the
+        // committer thread does not spend its time freeing them).
+        for op in &mut ops {
+            op.parsed = None;
+        }
         let result = self.store.commit_audited(ctx, ops, vec![record]).await;
         if patients_written && result.is_ok() {
             self.mpi_wake.notify_one();
@@ -596,8 +601,8 @@ impl Engine {
                 WriteMethod::Delete => Action::Delete,
                 _ => Action::Update,
             };
-            if let Some(text) = &op.body {
-                let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if op.body.is_some() {
+                let body = crate::quality::parsed_body(op).unwrap_or(std::borrow::Cow::Owned(Value::Null));
                 let facts = self.facts(principal, &op.resource_type, &body).await?;
                 let mut decision = self.decide_on(principal, action, &facts).await?;
                 if decision.permit

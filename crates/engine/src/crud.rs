@@ -135,6 +135,7 @@ impl Engine {
             body: Some(text),
             index,
             compartments,
+            parsed: Some(std::sync::Arc::new(body)),
         })
     }
 
@@ -148,6 +149,7 @@ impl Engine {
             body: None,
             index: Vec::new(),
             compartments: Vec::new(),
+            parsed: None,
         }
     }
 

@@ -744,7 +744,9 @@ impl Engine {
         // re-link of a large registry is split, in transactions of COMMIT_ENTRIES.
         for chunk in entries.chunks(COMMIT_ENTRIES) {
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": chunk});
-            self.bundle(&Ctx::system(), bundle, &RequestOptions::default()).await?;
+            let minimal =
+                RequestOptions { return_preference: crate::ReturnPreference::Minimal, ..RequestOptions::default() };
+            self.bundle(&Ctx::system(), bundle, &minimal).await?;
         }
         Ok(())
     }

@@ -355,12 +355,12 @@ impl Engine {
         let mut rules: Vec<&'static str> = Vec::new();
         let mut received = 0u64;
         for op in ops {
-            let Some(body) = op.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) else { continue };
+            let Some(body) = parsed_body(op) else { continue };
             received += 1;
             let findings = check(&op.resource_type, &body, now);
             rules.extend(findings.iter().map(|f| f.rule));
             if findings.iter().any(|f| f.blocking) {
-                blocked.push((op.resource_type.clone(), body, findings));
+                blocked.push((op.resource_type.clone(), body.into_owned(), findings));
             } else if !findings.is_empty() {
                 warned += 1;
             }
@@ -794,5 +794,13 @@ mod tests {
         assert_eq!(rules("Condition", dx("I10")), []);
         assert_eq!(rules("Condition", dx("E11.9")), []);
         assert_eq!(rules("Condition", dx("高血压")), [("icd10-format", false)]);
+    }
+}
+
+/// An op's body as JSON: the engine's parsed copy when it has one, else parsed from the text.
+pub(crate) fn parsed_body(op: &WriteOp) -> Option<std::borrow::Cow<'_, Value>> {
+    match &op.parsed {
+        Some(parsed) => Some(std::borrow::Cow::Borrowed(parsed.as_ref())),
+        None => op.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).map(std::borrow::Cow::Owned),
     }
 }

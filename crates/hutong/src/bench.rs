@@ -580,6 +580,7 @@ async fn stages(parsed: &[Value], resources: usize, store: &dyn store::ResourceS
                         body: Some(r.to_string()),
                         index: fhir::index::extract_stored(defs, r),
                         compartments: fhir::index::patient_compartments(defs, r),
+                        parsed: None,
                     }
                 })
                 .collect()

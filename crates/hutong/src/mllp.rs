@@ -328,7 +328,9 @@ async fn handle(
             Err(e) => return Err(Failure::Engine(message, e)),
         }
     }
-    let committed = match engine.bundle(ctx, bundle, &RequestOptions::default()).await {
+    // The ACK needs no resources back: only the entries' locations (an A40's survivor).
+    let minimal = RequestOptions { return_preference: engine::ReturnPreference::Minimal, ..RequestOptions::default() };
+    let committed = match engine.bundle(ctx, bundle, &minimal).await {
         Ok(response) => response,
         Err(e) => return Err(Failure::Engine(message, e)),
     };

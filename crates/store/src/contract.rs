@@ -74,6 +74,7 @@ pub fn op(resource_type: &str, id: &str, version: i64, index: Vec<IndexEntry>, c
         body: Some(format!(r#"{{"resourceType":"{resource_type}","id":"{id}","meta":{{"versionId":"{version}"}}}}"#)),
         index,
         compartments: compartments.iter().map(|s| s.to_string()).collect(),
+        parsed: None,
     }
 }
 

@@ -123,6 +123,9 @@ pub struct WriteOp {
     /// Ids of the Patients whose compartment holds this resource. The first is the
     /// partitioning key (DESIGN.md §3); a Patient is in its own compartment.
     pub compartments: Vec<String>,
+    /// `body` as parsed JSON, when the caller has it: checks before the commit (authorization,
+    /// data quality) read it instead of parsing `body` again. Not stored.
+    pub parsed: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// An outbox event: one per committed version, written in the same database transaction.
