@@ -744,6 +744,14 @@ fn with_note(error: EngineError, note: String) -> EngineError {
     }
 }
 
+/// An op's body as JSON: the engine's parsed copy when it has one, else parsed from the text.
+pub(crate) fn parsed_body(op: &WriteOp) -> Option<std::borrow::Cow<'_, Value>> {
+    match &op.parsed {
+        Some(parsed) => Some(std::borrow::Cow::Borrowed(parsed.as_ref())),
+        None => op.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).map(std::borrow::Cow::Owned),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,13 +802,5 @@ mod tests {
         assert_eq!(rules("Condition", dx("I10")), []);
         assert_eq!(rules("Condition", dx("E11.9")), []);
         assert_eq!(rules("Condition", dx("高血压")), [("icd10-format", false)]);
-    }
-}
-
-/// An op's body as JSON: the engine's parsed copy when it has one, else parsed from the text.
-pub(crate) fn parsed_body(op: &WriteOp) -> Option<std::borrow::Cow<'_, Value>> {
-    match &op.parsed {
-        Some(parsed) => Some(std::borrow::Cow::Borrowed(parsed.as_ref())),
-        None => op.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).map(std::borrow::Cow::Owned),
     }
 }
