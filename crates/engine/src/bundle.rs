@@ -76,14 +76,16 @@ fn parse_etag(text: &str) -> Option<i64> {
     text.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
 }
 
-fn parse_entries(bundle: &Value) -> EngineResult<Vec<Entry>> {
-    let entries = match bundle.get("entry") {
+/// The entries of a Bundle, their resources moved out of it.
+fn parse_entries(mut bundle: Value) -> EngineResult<Vec<Entry>> {
+    let entries = match bundle.get_mut("entry") {
         None => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(EngineError::bad_request(IssueType::Structure, "Bundle.entry must be an array")),
     };
     let mut out = Vec::with_capacity(entries.len());
-    for (index, e) in entries.iter().enumerate() {
+    for (index, e) in entries.iter_mut().enumerate() {
+        let resource = e.get_mut("resource").map(Value::take);
         let request = e.get("request").ok_or_else(|| bad(index, "every entry needs a request (method and url)"))?;
         let method = match request.get("method").and_then(Value::as_str) {
             Some("GET") | Some("HEAD") => Method::Get,
@@ -104,7 +106,6 @@ fn parse_entries(bundle: &Value) -> EngineResult<Vec<Entry>> {
             .ok_or_else(|| bad(index, "request.url is missing"))?
             .trim_start_matches('/')
             .to_string();
-        let resource = e.get("resource").cloned();
         if matches!(method, Method::Post | Method::Put) && resource.is_none() {
             return Err(bad(index, "a POST or PUT entry needs a resource"));
         }
@@ -228,7 +229,7 @@ impl Engine {
                 format!("Bundle.type must be batch or transaction to be processed, not '{kind}'"),
             ));
         }
-        let entries = parse_entries(&bundle)?;
+        let entries = parse_entries(bundle)?;
         if entries.len() > self.config.max_bundle_entries {
             return Err(EngineError::TooCostly(format!(
                 "the Bundle has {} entries; the limit is {}",
