@@ -291,10 +291,9 @@ const BACKSTOP_CHECKPOINT_PAGES: u32 = 20_000;
 /// The checkpointer thread: after each group commit (or, when a pass takes longer than a commit,
 /// as soon as the pass ends), copies the WAL's committed pages into the database file with a
 /// `PASSIVE` checkpoint on its own connection, which neither waits for nor blocks the writer and
-/// the readers. With SQLite's
-/// automatic checkpoint, the commit that crossed the threshold copied thousands of pages before
-/// it (and every commit queued behind it) was answered: the longest waits of a busy server. Ends
-/// when the committer does.
+/// the readers. With SQLite's automatic checkpoint, the commit that crossed the threshold copied
+/// thousands of pages before it (and every commit queued behind it) was answered: the longest
+/// waits of a busy server. Ends when the committer does.
 ///
 /// Under a steady stream of commits a background pass never catches up with the last frame, so
 /// the WAL only starts over after the writer's backstop checkpoint, which copies what the passes
