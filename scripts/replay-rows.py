@@ -2,14 +2,14 @@
 """Replays the rows of an embedded store into a fresh SQLite file, to measure what the storage
 layout costs without the engine.
 
-    python3 scripts/replay-rows.py DATA/hutong.db full|deferred [RESOURCES_PER_TRANSACTION]
+    python3 scripts/replay-rows.py DATA/hutong.db full|deferred [RESOURCES_PER_TRANSACTION [OUT]]
 
 DATA is a data folder written by `hutong bench ingest --engine-only --data DATA` (or any
 embedded store). The rows of `resource`, `resource_history`, `compartment` and the `idx_*` tables
 are copied in rid order (the order the committer writes them), one transaction per
 RESOURCES_PER_TRANSACTION resources (default 316, two of the bench's Bundles, as the
 committer's group commits hold), with the store's pragmas (WAL, synchronous=NORMAL, 8 MiB page
-cache, no memory map) into /tmp/replay-MODE.db.
+cache, no memory map) into OUT (default /tmp/replay-MODE.db, replaced if it exists).
 
 - full: every index of the store in place during the load, as the server writes today;
 - deferred: the secondary indexes (every CREATE INDEX of the schema; primary keys and the
@@ -32,7 +32,7 @@ def main() -> None:
         sys.exit(__doc__)
     source, mode = sys.argv[1], sys.argv[2]
     per_transaction = int(sys.argv[3]) if len(sys.argv) > 3 else 316
-    target = f"/tmp/replay-{mode}.db"
+    target = sys.argv[4] if len(sys.argv) > 4 else f"/tmp/replay-{mode}.db"
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(target + suffix):
             os.remove(target + suffix)

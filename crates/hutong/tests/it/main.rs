@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `hutong` binary.
 
+mod bench;
 mod clients;
 mod crash;
 mod internet_browser;
