@@ -26,6 +26,7 @@ fn bench_ingest_commits_every_resource_twice_and_the_replay_copies_them() {
     let out = Command::new(env!("CARGO_BIN_EXE_hutong"))
         .args(["bench", "ingest", "--patients", "6", "--extra-observations", "4", "--seed", "7", "--data"])
         .arg(data.path())
+        .env_remove("HUTONG_DATABASE_URL") // the embedded store, whatever the caller's environment
         .stdin(Stdio::null())
         .output()
         .unwrap();
