@@ -547,7 +547,7 @@ async fn ingest(
         "  CPU time of this process:  {:>10.0} µs per resource ({:.1} cores busy on average){}",
         cpu * 1e6 / resources as f64,
         cpu / total_s,
-        if committer_cpu > 0.0 {
+        if store.backend() == "sqlite" {
             format!(
                 ", of which the SQLite committer {:.0} µs (writing {:.1} KB of WAL per resource)",
                 committer_cpu * 1e6 / resources as f64,
@@ -634,7 +634,7 @@ async fn stages(
     println!(
         "  store commit (rows only):  {:>10.0} resources/s{}",
         resources as f64 / raw_s,
-        if committer_cpu > 0.0 {
+        if store.backend() == "sqlite" {
             format!(
                 ", the SQLite committer {:.0} µs of CPU and {:.1} KB of WAL per resource",
                 committer_cpu * 1e6 / resources as f64,

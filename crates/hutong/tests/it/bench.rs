@@ -39,8 +39,9 @@ fn bench_ingest_commits_every_resource_twice_and_the_replay_copies_them() {
         ("store commit (rows only)", "µs of CPU", "KB of WAL"),
         ("CPU time of this process", "µs (writing", "KB of WAL"),
     ] {
-        assert!(figure(&stdout, line, cpu) > 0.0, "{stdout}");
-        // A resource's rows fill at least one page of the WAL between them.
+        // CPU time comes in 10 ms ticks, which a run this small may not reach.
+        assert!(figure(&stdout, line, cpu) >= 0.0, "{stdout}");
+        // Bytes are exact: a resource's rows fill at least one page of the WAL between them.
         assert!(figure(&stdout, line, wal) >= 0.5, "{stdout}");
     }
     let db = data.path().join("hutong.db");
