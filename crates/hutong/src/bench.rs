@@ -419,6 +419,25 @@ fn cpu_seconds() -> f64 {
     stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
 }
 
+/// The SQLite committer thread's CPU seconds and bytes written so far.
+fn committer_usage() -> (f64, f64) {
+    (thread_cpu_seconds("sqlite-commit"), thread_wchar("sqlite-commit"))
+}
+
+/// What the SQLite committer spent per resource since `since` ([`committer_usage`]), as a
+/// suffix for a figure's line; empty for other backends.
+fn committer_figures(backend: &str, since: (f64, f64), resources: usize) -> String {
+    if backend != "sqlite" {
+        return String::new();
+    }
+    let (cpu, written) = committer_usage();
+    format!(
+        ", the SQLite committer {:.0} µs of CPU and {:.1} KB of WAL per resource",
+        (cpu - since.0) * 1e6 / resources as f64,
+        (written - since.1) / 1e3 / resources as f64
+    )
+}
+
 /// Bytes the threads named `name` have passed to `write`-like system calls (`wchar` in
 /// `/proc/…/io`): for the SQLite committer, its WAL frames.
 fn thread_wchar(name: &str) -> f64 {
@@ -509,8 +528,7 @@ async fn ingest(
     use futures::StreamExt;
     let t = Instant::now();
     let cpu = cpu_seconds();
-    let committer_cpu = thread_cpu_seconds("sqlite-commit");
-    let written = thread_wchar("sqlite-commit");
+    let committer = committer_usage();
     // Each submission is its own task, as each HTTP connection is in the server, so two
     // Bundles are prepared on both cores while the store commits another.
     let mut latencies: Vec<Duration> = futures::stream::iter(parsed)
@@ -533,8 +551,7 @@ async fn ingest(
         .collect::<Result<_, _>>()?;
     let total_s = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
-    let committer_cpu = thread_cpu_seconds("sqlite-commit") - committer_cpu;
-    let written = thread_wchar("sqlite-commit") - written;
+    let committer = committer_figures(store.backend(), committer, resources);
     latencies.sort();
     println!(
         "  engine transactions:       {:>10.0} resources/s, per bundle p50 {:.2} ms p99 {:.2} ms ({} backend, {concurrency} at once)",
@@ -547,15 +564,7 @@ async fn ingest(
         "  CPU time of this process:  {:>10.0} µs per resource ({:.1} cores busy on average){}",
         cpu * 1e6 / resources as f64,
         cpu / total_s,
-        if store.backend() == "sqlite" {
-            format!(
-                ", of which the SQLite committer {:.0} µs (writing {:.1} KB of WAL per resource)",
-                committer_cpu * 1e6 / resources as f64,
-                written / 1e3 / resources as f64
-            )
-        } else {
-            String::new()
-        }
+        committer
     );
     Ok(())
 }
@@ -618,8 +627,7 @@ async fn stages(
         })
         .collect();
     let t = Instant::now();
-    let committer_cpu = thread_cpu_seconds("sqlite-commit");
-    let written = thread_wchar("sqlite-commit");
+    let committer = committer_usage();
     {
         use futures::StreamExt;
         let mut commits = futures::stream::iter(prepared.into_iter().map(|ops| store.commit(&ctx, ops)))
@@ -629,20 +637,10 @@ async fn stages(
         }
     }
     let raw_s = t.elapsed().as_secs_f64();
-    let committer_cpu = thread_cpu_seconds("sqlite-commit") - committer_cpu;
-    let written = thread_wchar("sqlite-commit") - written;
     println!(
         "  store commit (rows only):  {:>10.0} resources/s{}",
         resources as f64 / raw_s,
-        if store.backend() == "sqlite" {
-            format!(
-                ", the SQLite committer {:.0} µs of CPU and {:.1} KB of WAL per resource",
-                committer_cpu * 1e6 / resources as f64,
-                written / 1e3 / resources as f64
-            )
-        } else {
-            String::new()
-        }
+        committer_figures(store.backend(), committer, resources)
     );
     Ok(())
 }
