@@ -61,8 +61,9 @@ const CURSOR: &str = "mpi";
 
 /// Outbox events read per step. A step's changes are one transaction, and larger transactions
 /// cost less per Person written: 2,000 instead of 500 made `hutong bench register` about 20%
-/// faster (4–39% in six pairs) with 2–25% less CPU (docs/BENCHMARKS.md). A step changes at most three entries per Patient (two
-/// persons in a merge, one review task), so it stays within [`COMMIT_ENTRIES`].
+/// faster (4–39% in six pairs) with 2–25% less CPU (docs/BENCHMARKS.md). A step changes at
+/// most three entries per Patient (two persons in a merge, one review task), so it stays
+/// within [`COMMIT_ENTRIES`].
 const STEP_EVENTS: usize = 2000;
 
 /// Most entries in one transaction of index changes (a batch re-link of a large registry is

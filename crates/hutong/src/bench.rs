@@ -438,32 +438,32 @@ fn committer_figures(backend: &str, since: (f64, f64), resources: usize) -> Stri
     )
 }
 
-/// Bytes the threads named `name` have passed to `write`-like system calls (`wchar` in
-/// `/proc/…/io`): for the SQLite committer, its WAL frames.
-fn thread_wchar(name: &str) -> f64 {
+/// The sum of `figure` over this process's threads named `name` (Linux
+/// `/proc/self/task/*/comm`), each given its `/proc/self/task/<tid>` folder.
+fn sum_over_threads(name: &str, figure: impl Fn(&std::path::Path) -> f64) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     tasks
         .flatten()
         .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
-        .map(|task| {
-            std::fs::read_to_string(task.path().join("io"))
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("wchar:").and_then(|v| v.trim().parse::<f64>().ok()))
-                .unwrap_or(0.0)
-        })
+        .map(|task| figure(&task.path()))
         .sum()
 }
 
-/// User + system CPU time so far of this process's threads named `name` (Linux
-/// `/proc/self/task/*/comm`), seconds.
+/// Bytes the threads named `name` have passed to `write`-like system calls (`wchar` in
+/// `/proc/…/io`): for the SQLite committer, its WAL frames.
+fn thread_wchar(name: &str) -> f64 {
+    sum_over_threads(name, |task| {
+        std::fs::read_to_string(task.join("io"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar:").and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    })
+}
+
+/// User + system CPU time so far of this process's threads named `name`, seconds.
 fn thread_cpu_seconds(name: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
-    tasks
-        .flatten()
-        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
-        .map(|task| stat_cpu_seconds(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default()))
-        .sum()
+    sum_over_threads(name, |task| stat_cpu_seconds(&std::fs::read_to_string(task.join("stat")).unwrap_or_default()))
 }
 
 /// utime + stime of a `/proc/…/stat` line, seconds.
